@@ -1,0 +1,80 @@
+"""Model engines behind one factory: any `dspy.LM` model id, `local` (embedded llama.cpp), or scripted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dspy
+
+from agent.engines.scripted import AsyncScriptedEngine, ScriptedEngine
+
+LOCAL_MODEL = "local"
+_configured = False
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What the factory needs to know; the bot maps its settings onto this."""
+
+    model: str = LOCAL_MODEL
+    api_base: str | None = None
+    api_key: str | None = None
+    timeout_s: float = 60.0
+    max_tokens: int = 1024
+    temperature: float = 0.2
+    num_retries: int = 2
+
+
+@dataclass(frozen=True)
+class ModelHandle:
+    """A ready `dspy.LM` plus what the runtime must know about it."""
+
+    lm: dspy.LM
+    name: str
+    # Small local models need every step constrained by a JSON schema to produce valid steps.
+    constrained: bool = False
+
+
+def configure_dspy() -> None:
+    """Process-wide DSPy settings for a long-running service: nothing that grows without bound."""
+    global _configured
+    if not _configured:
+        dspy.configure(disable_history=True, max_trace_size=0, adapter=dspy.JSONAdapter())
+        _configured = True
+
+
+def build_model(config: ModelConfig) -> ModelHandle:
+    configure_dspy()
+    if config.model == LOCAL_MODEL:
+        from agent.engines.local import AsyncLocalEngine, LocalEngine
+
+        engine = LocalEngine(max_tokens=min(config.max_tokens, 256), temperature=config.temperature)
+        lm = dspy.LM(
+            "local",
+            engine=engine,
+            async_engine=AsyncLocalEngine(engine, config.timeout_s),
+            cache=False,
+            num_retries=0,
+        )
+        return ModelHandle(lm=lm, name=LOCAL_MODEL, constrained=True)
+    lm = dspy.LM(
+        config.model,
+        api_base=config.api_base,
+        api_key=config.api_key,
+        timeout=config.timeout_s,
+        max_tokens=config.max_tokens,
+        temperature=config.temperature,
+        cache=False,
+        num_retries=config.num_retries,
+    )
+    return ModelHandle(lm=lm, name=config.model)
+
+
+def scripted_model(engine: ScriptedEngine, *, constrained: bool = False) -> ModelHandle:
+    """A model that answers from a script, for tests and demos."""
+    configure_dspy()
+    lm = dspy.LM("scripted", engine=engine, async_engine=AsyncScriptedEngine(engine), cache=False, num_retries=0)
+    return ModelHandle(lm=lm, name="scripted", constrained=constrained)
+
+
+__all__ = ["LOCAL_MODEL", "ModelConfig", "ModelHandle", "ScriptedEngine", "build_model", "scripted_model"]

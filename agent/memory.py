@@ -1,0 +1,484 @@
+"""Per-channel memory: conversation turns, facts (FTS5, BM25), working memory and reasoning chains.
+
+This module and `agent.store` are the only places that speak SQL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import aiosqlite
+
+from agent.messages import Conversation, Step
+from agent.store import Store
+
+# Words so common that matching them says nothing about relevance; dropped from fact queries.
+STOPWORDS = frozenset(
+    [
+        "a",
+        "about",
+        "after",
+        "all",
+        "also",
+        "am",
+        "an",
+        "and",
+        "any",
+        "are",
+        "as",
+        "at",
+        "be",
+        "been",
+        "before",
+        "being",
+        "but",
+        "by",
+        "can",
+        "could",
+        "did",
+        "do",
+        "does",
+        "doing",
+        "for",
+        "from",
+        "had",
+        "has",
+        "have",
+        "having",
+        "he",
+        "her",
+        "here",
+        "hers",
+        "him",
+        "his",
+        "how",
+        "i",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "just",
+        "me",
+        "my",
+        "no",
+        "nor",
+        "not",
+        "now",
+        "of",
+        "off",
+        "on",
+        "once",
+        "only",
+        "or",
+        "other",
+        "our",
+        "ours",
+        "out",
+        "over",
+        "own",
+        "same",
+        "she",
+        "should",
+        "so",
+        "some",
+        "such",
+        "than",
+        "that",
+        "the",
+        "their",
+        "them",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "those",
+        "through",
+        "to",
+        "too",
+        "under",
+        "until",
+        "up",
+        "very",
+        "was",
+        "we",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "while",
+        "who",
+        "whom",
+        "why",
+        "will",
+        "with",
+        "would",
+        "you",
+        "your",
+        "yours",
+        "please",
+        "tell",
+        "know",
+        "remember",
+    ]
+)
+WORD = re.compile(r"\w+", re.UNICODE)
+MAX_QUERY_TERMS = 16
+KEEP_ACCESSED_MORE_THAN = 10
+EXPORT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str
+    text: str
+    user_id: str
+    created_at: float
+    thread: str = ""
+
+
+@dataclass(frozen=True)
+class Fact:
+    key: str
+    value: str
+    confidence: float
+    access_count: int
+    created_at: float
+    updated_at: float
+    last_access: float
+
+
+@dataclass(frozen=True)
+class ChainRecord:
+    """A reasoning chain as it is stored: the question, the answer and every step between."""
+
+    question: str
+    answer: str
+    status: str
+    model: str
+    started_at: float
+    duration_ms: float
+    steps: tuple[Step, ...] = ()
+    user_id: str = ""
+    error_id: str | None = None
+
+
+def scope_token(channel: str) -> str:
+    """One FTS token that stands for a channel: hex of a hash, so no user word can equal it."""
+    return "ch" + hashlib.blake2b(channel.encode(), digest_size=10).hexdigest()
+
+
+def query_terms(text: str) -> list[str]:
+    """The words of `text` worth matching: lower-cased, deduplicated, common words dropped."""
+    seen: dict[str, None] = {}
+    for word in WORD.findall(text.lower()):
+        if word not in STOPWORDS and (len(word) > 1 or word.isdigit()):
+            seen.setdefault(word, None)
+    return list(seen)[:MAX_QUERY_TERMS]
+
+
+def match_expression(channel: str, text: str) -> str | None:
+    """An FTS5 MATCH string scoped to the channel, every user word quoted; None when nothing to match."""
+    terms = query_terms(text)
+    if not terms:
+        return None
+    quoted = " OR ".join('"' + term.replace('"', '""') + '"' for term in terms)
+    return f'scope : "{scope_token(channel)}" AND {{key value}} : ({quoted})'
+
+
+class Memory:
+    """The memory API of one store. Every method is scoped to a channel; none sees another channel's rows."""
+
+    def __init__(self, store: Store, *, max_turns: int = 100) -> None:
+        self.store = store
+        self.max_turns = max_turns
+
+    # Turns -----------------------------------------------------------------------------------------
+
+    async def add_turn(
+        self, conv: Conversation, role: str, text: str, *, user_id: str = "", chain_id: int | None = None
+    ) -> None:
+        async with self.store.transaction() as db:
+            await self._insert_turn(db, conv, role, text, user_id, chain_id, time.time())
+
+    async def _insert_turn(
+        self,
+        db: aiosqlite.Connection,
+        conv: Conversation,
+        role: str,
+        text: str,
+        user_id: str,
+        chain_id: int | None,
+        now: float,
+    ) -> None:
+        async with db.execute(
+            "INSERT INTO conversations (channel, thread, created_at, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (channel, thread) DO UPDATE SET updated_at = excluded.updated_at RETURNING id",
+            (conv.channel, conv.thread, now, now),
+        ) as cursor:
+            row = await cursor.fetchone()
+        assert row is not None
+        await db.execute(
+            "INSERT INTO turns (conversation_id, channel, role, user_id, text, chain_id, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (row[0], conv.channel, role, user_id, text, chain_id, now),
+        )
+        # Bounded history: keep the newest `max_turns` of the channel.
+        await db.execute(
+            "DELETE FROM turns WHERE channel = ? AND id <= "
+            "(SELECT id FROM turns WHERE channel = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            (conv.channel, conv.channel, self.max_turns),
+        )
+
+    async def recent_turns(self, conv: Conversation, limit: int = 10) -> list[Turn]:
+        """The last `limit` turns of the conversation (its thread, or the channel's top level), oldest first."""
+        rows = await self.store.fetchall(
+            "SELECT t.role, t.text, t.user_id, t.created_at, c.thread FROM turns t "
+            "JOIN conversations c ON c.id = t.conversation_id "
+            "WHERE c.channel = ? AND c.thread = ? ORDER BY t.id DESC LIMIT ?",
+            (conv.channel, conv.thread, limit),
+        )
+        return [Turn(r[0], r[1], r[2], r[3], r[4]) for r in reversed(rows)]
+
+    async def channel_turns(self, channel: str, limit: int = 100) -> list[Turn]:
+        """The last `limit` turns of the whole channel, every thread included, oldest first."""
+        rows = await self.store.fetchall(
+            "SELECT t.role, t.text, t.user_id, t.created_at, c.thread FROM turns t "
+            "JOIN conversations c ON c.id = t.conversation_id "
+            "WHERE t.channel = ? ORDER BY t.id DESC LIMIT ?",
+            (channel, limit),
+        )
+        return [Turn(r[0], r[1], r[2], r[3], r[4]) for r in reversed(rows)]
+
+    # Facts -----------------------------------------------------------------------------------------
+
+    async def add_fact(self, channel: str, key: str, value: str, *, confidence: float = 1.0) -> None:
+        """Upsert: a known key gets the new value and confidence, and counts as one more access."""
+        now = time.time()
+        async with self.store.transaction() as db:
+            await db.execute(
+                "INSERT INTO facts (channel, scope, key, value, confidence, access_count, created_at, "
+                "updated_at, last_access) VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?) "
+                "ON CONFLICT (channel, key) DO UPDATE SET value = excluded.value, "
+                "confidence = excluded.confidence, access_count = access_count + 1, "
+                "updated_at = excluded.updated_at, last_access = excluded.last_access",
+                (channel, scope_token(channel), key.strip(), value.strip(), confidence, now, now, now),
+            )
+
+    async def get_fact(self, channel: str, key: str) -> Fact | None:
+        """One fact by key; reading it touches its last access and access count."""
+        async with (
+            self.store.transaction() as db,
+            db.execute(
+                "UPDATE facts SET last_access = ?, access_count = access_count + 1 "
+                "WHERE channel = ? AND key = ? "
+                "RETURNING key, value, confidence, access_count, created_at, updated_at, last_access",
+                (time.time(), channel, key.strip()),
+            ) as cursor,
+        ):
+            row = await cursor.fetchone()
+        return Fact(*row) if row else None
+
+    async def facts(self, channel: str) -> list[Fact]:
+        rows = await self.store.fetchall(
+            "SELECT key, value, confidence, access_count, created_at, updated_at, last_access "
+            "FROM facts WHERE channel = ? ORDER BY key",
+            (channel,),
+        )
+        return [Fact(*r) for r in rows]
+
+    async def relevant_facts(self, channel: str, query: str, k: int = 5, *, touch: bool = False) -> list[Fact]:
+        """The top-k facts of the channel for `query` by BM25 (key weighs twice the value)."""
+        expression = match_expression(channel, query)
+        if expression is None or k <= 0:
+            return []
+        rows = await self.store.fetchall(
+            "SELECT f.id, f.key, f.value, f.confidence, f.access_count, f.created_at, f.updated_at, "
+            "f.last_access FROM facts_fts JOIN facts f ON f.id = facts_fts.rowid "
+            "WHERE facts_fts MATCH ? ORDER BY bm25(facts_fts, 0.0, 2.0, 1.0) LIMIT ?",
+            (expression, k),
+        )
+        if touch and rows:
+            ids = [r[0] for r in rows]
+            async with self.store.transaction() as db:
+                await db.execute(
+                    f"UPDATE facts SET last_access = ?, access_count = access_count + 1 "
+                    f"WHERE id IN ({','.join('?' * len(ids))})",
+                    (time.time(), *ids),
+                )
+        return [Fact(*r[1:]) for r in rows]
+
+    async def prune_old_facts(self, max_age_days: float) -> int:
+        """Delete facts untouched for `max_age_days`, except those accessed more than 10 times."""
+        cutoff = time.time() - max_age_days * 86400
+        async with self.store.transaction() as db:
+            cursor = await db.execute(
+                "DELETE FROM facts WHERE last_access < ? AND access_count <= ?",
+                (cutoff, KEEP_ACCESSED_MORE_THAN),
+            )
+            return cursor.rowcount
+
+    # Working memory --------------------------------------------------------------------------------
+
+    async def set_working(self, conv: Conversation, key: str, value: str) -> None:
+        async with self.store.transaction() as db:
+            await db.execute(
+                "INSERT INTO working_memory (channel, thread, key, value, updated_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (channel, thread, key) DO UPDATE SET value = excluded.value, "
+                "updated_at = excluded.updated_at",
+                (conv.channel, conv.thread, key, value, time.time()),
+            )
+
+    async def working(self, conv: Conversation) -> dict[str, str]:
+        rows = await self.store.fetchall(
+            "SELECT key, value FROM working_memory WHERE channel = ? AND thread = ? ORDER BY key",
+            (conv.channel, conv.thread),
+        )
+        return {r[0]: r[1] for r in rows}
+
+    # Context for the prompt ------------------------------------------------------------------------
+
+    async def context_text(self, conv: Conversation, query: str, *, turns: int = 8, k: int = 5) -> str:
+        """What the model is told about this conversation: recent turns, notes, then relevant facts."""
+        facts = await self.relevant_facts(conv.channel, query, k, touch=True)
+        notes = await self.working(conv)
+        recent = await self.recent_turns(conv, turns)
+        parts = []
+        if recent:
+            parts.append("Recent conversation:\n" + "\n".join(f"{t.role}: {t.text}" for t in recent))
+        if notes:
+            parts.append("Notes:\n" + "\n".join(f"- {k}: {v}" for k, v in notes.items()))
+        if facts:
+            # Last, nearest the question: small models weigh what they read last.
+            parts.append("Known facts:\n" + "\n".join(f"- {f.key}: {f.value}" for f in facts))
+        return "\n\n".join(parts) if parts else "(nothing remembered yet)"
+
+    # Reasoning chains ------------------------------------------------------------------------------
+
+    async def record_exchange(self, conv: Conversation, chain: ChainRecord, *, reply_text: str) -> int:
+        """Store the user's turn, the reasoning chain and the reply in one transaction; returns the chain id."""
+        now = time.time()
+        async with self.store.transaction() as db:
+            async with db.execute(
+                "INSERT INTO chains (channel, thread, user_id, question, answer, status, model, error_id, "
+                "started_at, duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (
+                    conv.channel,
+                    conv.thread,
+                    chain.user_id,
+                    chain.question,
+                    chain.answer,
+                    chain.status,
+                    chain.model,
+                    chain.error_id,
+                    chain.started_at,
+                    chain.duration_ms,
+                ),
+            ) as cursor:
+                row = await cursor.fetchone()
+            assert row is not None
+            chain_id = int(row[0])
+            await db.executemany(
+                "INSERT INTO chain_steps (chain_id, idx, thought, tool, args, observation) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (chain_id, i, s.thought, s.tool, json.dumps(s.args, default=str), s.observation)
+                    for i, s in enumerate(chain.steps)
+                ],
+            )
+            await self._insert_turn(db, conv, "user", chain.question, chain.user_id, chain_id, now)
+            await self._insert_turn(db, conv, "assistant", reply_text, "", chain_id, now)
+        return chain_id
+
+    async def chain_steps(self, chain_id: int) -> list[Step]:
+        rows = await self.store.fetchall(
+            "SELECT thought, tool, args, observation FROM chain_steps WHERE chain_id = ? ORDER BY idx",
+            (chain_id,),
+        )
+        return [Step(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
+
+    async def chains_since(self, started_at: float, batch: int = 500) -> AsyncIterator[dict[str, Any]]:
+        """Every chain started at or after `started_at`, oldest first, with its steps, as plain data."""
+        last_id = 0
+        while True:
+            rows = await self.store.fetchall(
+                "SELECT id, channel, thread, user_id, question, answer, status, model, error_id, started_at, "
+                "duration_ms FROM chains WHERE started_at >= ? AND id > ? ORDER BY id LIMIT ?",
+                (started_at, last_id, batch),
+            )
+            for row in rows:
+                chain = dict(row)
+                chain["steps"] = [asdict(s) for s in await self.chain_steps(row["id"])]
+                yield chain
+            if len(rows) < batch:
+                return
+            last_id = rows[-1]["id"]
+
+    # Whole channel ---------------------------------------------------------------------------------
+
+    async def forget(self, channel: str) -> dict[str, int]:
+        """Delete everything remembered about a channel: turns, facts, notes and reasoning chains."""
+        counts = {}
+        async with self.store.transaction() as db:
+            for table in ("turns", "facts", "working_memory", "chains", "conversations"):
+                cursor = await db.execute(f"DELETE FROM {table} WHERE channel = ?", (channel,))
+                counts[table] = cursor.rowcount
+        return counts
+
+    async def export_channel(self, channel: str) -> dict[str, Any]:
+        """A channel's memory as JSON-ready data, for backup or moving it elsewhere."""
+        turns = await self.channel_turns(channel, limit=self.max_turns)
+        notes = await self.store.fetchall(
+            "SELECT thread, key, value, updated_at FROM working_memory WHERE channel = ? ORDER BY thread, key",
+            (channel,),
+        )
+        return {
+            "version": EXPORT_VERSION,
+            "channel": channel,
+            "facts": [asdict(f) for f in await self.facts(channel)],
+            "turns": [asdict(t) for t in turns],
+            "working_memory": [dict(zip(("thread", "key", "value", "updated_at"), n, strict=True)) for n in notes],
+        }
+
+    async def import_channel(self, data: dict[str, Any], channel: str | None = None) -> None:
+        """Load an export into `channel` (default: the exported one); facts upsert, turns append."""
+        if data.get("version") != EXPORT_VERSION:
+            raise ValueError(f"unsupported memory export version {data.get('version')!r}")
+        target = channel or str(data["channel"])
+        async with self.store.transaction() as db:
+            for f in data.get("facts", []):
+                await db.execute(
+                    "INSERT INTO facts (channel, scope, key, value, confidence, access_count, created_at, "
+                    "updated_at, last_access) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (channel, key) DO UPDATE SET value = excluded.value, "
+                    "confidence = excluded.confidence, access_count = excluded.access_count, "
+                    "updated_at = excluded.updated_at, last_access = excluded.last_access",
+                    (
+                        target,
+                        scope_token(target),
+                        f["key"],
+                        f["value"],
+                        f["confidence"],
+                        f["access_count"],
+                        f["created_at"],
+                        f["updated_at"],
+                        f["last_access"],
+                    ),
+                )
+            for t in data.get("turns", []):
+                conv = Conversation(target, t.get("thread", ""))
+                await self._insert_turn(db, conv, t["role"], t["text"], t["user_id"], None, t["created_at"])
+            for n in data.get("working_memory", []):
+                await db.execute(
+                    "INSERT OR REPLACE INTO working_memory (channel, thread, key, value, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (target, n["thread"], n["key"], n["value"], n["updated_at"]),
+                )

@@ -1,0 +1,73 @@
+"""The platform-neutral message model every adapter normalises into."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """Where memory lives: a channel key and, optionally, a thread inside it.
+
+    `channel` is the memory key: the plain name for the console (`team`), `platform:workspace/channel`
+    for chat platforms, so two workspaces never share memory.
+    """
+
+    channel: str
+    thread: str = ""
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    """One message as the agent sees it, whatever platform it came from."""
+
+    platform: str
+    channel: str
+    user: str
+    text: str
+    workspace: str = ""
+    thread: str = ""
+    message_id: str = ""
+    event_id: str = ""
+    mentioned: bool = False
+    is_dm: bool = False
+    received_at: float = field(default_factory=time.time)
+
+    @property
+    def conversation(self) -> Conversation:
+        if self.platform == "console":
+            return Conversation(self.channel, self.thread)
+        return Conversation(f"{self.platform}:{self.workspace}/{self.channel}", self.thread)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One ReAct step: what the model thought, which tool it called with what, and what came back."""
+
+    thought: str
+    tool: str
+    args: dict[str, object]
+    observation: str
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The agent's answer to one message, with the trajectory that produced it."""
+
+    text: str
+    steps: tuple[Step, ...] = ()
+    chain_id: int | None = None
+    error_id: str | None = None
+    status: str = "answered"
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "answer": self.text,
+            "status": self.status,
+            "chain_id": self.chain_id,
+            "error_id": self.error_id,
+            "trajectory": [
+                {"thought": s.thought, "tool": s.tool, "args": s.args, "observation": s.observation} for s in self.steps
+            ],
+        }

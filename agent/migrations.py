@@ -1,0 +1,107 @@
+"""Schema migrations: step N takes a database from `PRAGMA user_version` N to N+1.
+
+Steps are append-only: never edit a released step, add a new one. Later issues add their tables here.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: conversations and their turns.
+    """
+    CREATE TABLE conversations (
+        id INTEGER PRIMARY KEY,
+        channel TEXT NOT NULL,
+        thread TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        UNIQUE (channel, thread)
+    );
+    CREATE TABLE turns (
+        id INTEGER PRIMARY KEY,
+        conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+        channel TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+        user_id TEXT NOT NULL DEFAULT '',
+        text TEXT NOT NULL,
+        chain_id INTEGER,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX turns_by_channel ON turns (channel, id);
+    CREATE INDEX turns_by_conversation ON turns (conversation_id, id);
+    """,
+    # 2: facts, with an external-content FTS5 index kept in sync by triggers. `scope` is a single token
+    # derived from the channel, so the channel goes into the MATCH expression itself.
+    """
+    CREATE TABLE facts (
+        id INTEGER PRIMARY KEY,
+        channel TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        confidence REAL NOT NULL DEFAULT 1.0,
+        access_count INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        last_access REAL NOT NULL,
+        UNIQUE (channel, key)
+    );
+    CREATE INDEX facts_by_last_access ON facts (last_access);
+    CREATE VIRTUAL TABLE facts_fts USING fts5 (
+        scope, key, value,
+        content = 'facts', content_rowid = 'id',
+        tokenize = 'unicode61 remove_diacritics 2'
+    );
+    CREATE TRIGGER facts_after_insert AFTER INSERT ON facts BEGIN
+        INSERT INTO facts_fts (rowid, scope, key, value) VALUES (new.id, new.scope, new.key, new.value);
+    END;
+    CREATE TRIGGER facts_after_delete AFTER DELETE ON facts BEGIN
+        INSERT INTO facts_fts (facts_fts, rowid, scope, key, value)
+        VALUES ('delete', old.id, old.scope, old.key, old.value);
+    END;
+    CREATE TRIGGER facts_after_update AFTER UPDATE OF scope, key, value ON facts BEGIN
+        INSERT INTO facts_fts (facts_fts, rowid, scope, key, value)
+        VALUES ('delete', old.id, old.scope, old.key, old.value);
+        INSERT INTO facts_fts (rowid, scope, key, value) VALUES (new.id, new.scope, new.key, new.value);
+    END;
+    """,
+    # 3: working memory: small key/value notes per conversation.
+    """
+    CREATE TABLE working_memory (
+        channel TEXT NOT NULL,
+        thread TEXT NOT NULL DEFAULT '',
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (channel, thread, key)
+    );
+    """,
+    # 4: reasoning chains: one per answered message, with its ReAct steps.
+    """
+    CREATE TABLE chains (
+        id INTEGER PRIMARY KEY,
+        channel TEXT NOT NULL,
+        thread TEXT NOT NULL DEFAULT '',
+        user_id TEXT NOT NULL DEFAULT '',
+        question TEXT NOT NULL,
+        answer TEXT NOT NULL,
+        status TEXT NOT NULL,
+        model TEXT NOT NULL,
+        error_id TEXT,
+        started_at REAL NOT NULL,
+        duration_ms REAL NOT NULL
+    );
+    CREATE INDEX chains_by_channel ON chains (channel, id);
+    CREATE INDEX chains_by_start ON chains (started_at);
+    CREATE TABLE chain_steps (
+        chain_id INTEGER NOT NULL REFERENCES chains(id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        thought TEXT NOT NULL,
+        tool TEXT NOT NULL,
+        args TEXT NOT NULL,
+        observation TEXT NOT NULL,
+        PRIMARY KEY (chain_id, idx)
+    );
+    """,
+)
+
+LATEST_VERSION = len(MIGRATIONS)

@@ -1,0 +1,38 @@
+"""The conversation a tool call belongs to, set by the runtime for the duration of one message."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from agent.memory import Memory
+from agent.messages import Conversation
+
+
+@dataclass(frozen=True)
+class ToolContext:
+    memory: Memory
+    conversation: Conversation
+    user: str
+
+
+_current: ContextVar[ToolContext | None] = ContextVar("parley_tool_context", default=None)
+
+
+@contextmanager
+def tool_context(ctx: ToolContext) -> Iterator[ToolContext]:
+    """Make `ctx` the context of tool calls made inside the block (contextvars follow tasks and threads)."""
+    token = _current.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _current.reset(token)
+
+
+def current() -> ToolContext:
+    ctx = _current.get()
+    if ctx is None:
+        raise RuntimeError("this tool needs a conversation and was called outside one")
+    return ctx

@@ -1,0 +1,62 @@
+"""The composition root: settings in, a running store, memory, model and agent out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from agent.engines import ModelConfig, ModelHandle, build_model
+from agent.memory import Memory
+from agent.runtime import Agent, AgentOptions
+from agent.store import Store
+from agent.tools import BUILTIN_TOOLS
+from bot.config import Settings
+
+
+@dataclass
+class App:
+    settings: Settings
+    store: Store
+    memory: Memory
+    agent: Agent
+
+
+def model_config(settings: Settings) -> ModelConfig:
+    lm = settings.lm
+    return ModelConfig(
+        model=lm.model,
+        api_base=lm.api_base,
+        api_key=lm.api_key.get_secret_value() if lm.api_key else None,
+        timeout_s=lm.timeout_s,
+        max_tokens=lm.max_tokens,
+        temperature=lm.temperature,
+    )
+
+
+def agent_options(settings: Settings) -> AgentOptions:
+    return AgentOptions(
+        max_iters=settings.agent.max_iters,
+        max_message_chars=settings.agent.max_message_chars,
+        context_turns=settings.memory.context_turns,
+        facts_k=settings.memory.facts_k,
+    )
+
+
+@asynccontextmanager
+async def open_store(settings: Settings) -> AsyncIterator[Store]:
+    store = await Store.open(settings.db.path, busy_timeout_ms=settings.db.busy_timeout_ms)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@asynccontextmanager
+async def build_app(settings: Settings, model: ModelHandle | None = None) -> AsyncIterator[App]:
+    """Open everything the agent needs; closes the database however the block ends."""
+    async with open_store(settings) as store:
+        memory = Memory(store, max_turns=settings.memory.max_turns)
+        handle = model or build_model(model_config(settings))
+        agent = Agent(memory, handle, BUILTIN_TOOLS, agent_options(settings))
+        yield App(settings, store, memory, agent)

@@ -1,0 +1,292 @@
+"""The `parley` command line.
+
+Heavy imports (dspy, the model) happen inside the commands, so `parley --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+
+from bot.config import Settings, SettingsError, load_settings, masked
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="parley",
+    help="Parley: a chat bot with a ReAct agent and per-channel memory, for Slack, Discord and the terminal.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+memory_app = typer.Typer(help="Inspect or erase what a channel remembers.", no_args_is_help=True)
+chains_app = typer.Typer(help="Reasoning chains: the steps behind each answer.", no_args_is_help=True)
+app.add_typer(memory_app, name="memory")
+app.add_typer(chains_app, name="chains")
+
+ChannelOpt = Annotated[str, typer.Option("--channel", "-c", help="Channel (memory key) to use.")]
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print one line to stderr and return the exit to raise: users see a sentence, never a traceback."""
+    typer.echo(f"parley: {message}", err=True)
+    return typer.Exit(code)
+
+
+def settings_or_exit() -> Settings:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        raise fail(str(exc), 2) from None
+    from bot.logs import configure_logging
+
+    configure_logging(settings.log.level)
+    return settings
+
+
+def run_async(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
+    """Run an async command; start-up failures (database, model) end with one clear line."""
+
+    @wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        from agent.engines.local import EngineUnavailable
+        from agent.store import StoreError
+
+        try:
+            return asyncio.run(fn(*args, **kwargs))
+        except (StoreError, EngineUnavailable) as exc:
+            raise fail(str(exc)) from None
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+async def _console(settings: Settings, channel: str) -> None:
+    from adapters.console import ConsoleAdapter
+    from bot.app import build_app
+
+    async with build_app(settings) as parley:
+        await ConsoleAdapter(parley.agent.respond, channel=channel).run()
+
+
+@app.command()
+@run_async
+async def run() -> None:
+    """Start every configured platform; with none configured, chat in the terminal."""
+    settings = settings_or_exit()
+    if settings.platforms:
+        raise fail(
+            f"configured platforms {', '.join(settings.platforms)} are not supported by this build yet; "
+            "unset their tokens to use the console",
+            2,
+        )
+    await _console(settings, "general")
+
+
+@app.command()
+@run_async
+async def chat(channel: ChannelOpt = "general") -> None:
+    """Chat in the terminal. With piped stdin, prints one answer per input line."""
+    await _console(settings_or_exit(), channel)
+
+
+@app.command()
+@run_async
+async def ask(
+    question: Annotated[str, typer.Argument(help="The question to ask.")],
+    channel: ChannelOpt = "general",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answer and its trajectory as JSON.")] = False,
+) -> None:
+    """Ask one question and print the answer."""
+    from agent.messages import IncomingMessage
+    from bot.app import build_app
+
+    settings = settings_or_exit()
+    async with build_app(settings) as parley:
+        reply = await parley.agent.respond(
+            IncomingMessage(platform="console", channel=channel, user="cli", text=question, is_dm=True)
+        )
+    typer.echo(json.dumps(reply.as_dict(), ensure_ascii=False, indent=2) if as_json else reply.text)
+    if reply.status == "error":
+        raise typer.Exit(1)
+
+
+@app.command("config")
+def show_config() -> None:
+    """Print the effective settings (env, file, defaults) with secrets masked."""
+    typer.echo(json.dumps(masked(settings_or_exit()), indent=2))
+
+
+@app.command()
+@run_async
+async def tools() -> None:
+    """List the tools the agent can call, with their argument schemas."""
+    import dspy
+
+    from agent.tools import BUILTIN_TOOLS
+
+    settings_or_exit()
+    for fn in BUILTIN_TOOLS:
+        tool = dspy.Tool(fn)
+        typer.echo(f"{tool.name}({', '.join(tool.args)})")
+        typer.echo(f"    {(tool.desc or '').splitlines()[0]}")
+        typer.echo(f"    args: {json.dumps(tool.args)}")
+
+
+@app.command()
+@run_async
+async def doctor() -> None:
+    """Check settings, the database and its migrations, and that the model answers."""
+    from agent.engines import build_model
+    from agent.migrations import LATEST_VERSION
+    from bot.app import model_config, open_store
+
+    settings = settings_or_exit()
+    results: list[tuple[str, bool, str]] = [("settings", True, "valid")]
+    try:
+        async with open_store(settings) as store:
+            version = await store.version()
+        results.append(("database", version == LATEST_VERSION, f"{settings.db.path}, schema {version}"))
+    except Exception as exc:
+        results.append(("database", False, str(exc)))
+    try:
+        handle = build_model(model_config(settings))
+        out = await asyncio.wait_for(handle.lm.acall("Reply with the single word OK."), settings.lm.timeout_s)
+        results.append(("model", bool(out), f"{handle.name} answered {str(out[0])[:40]!r}"))
+    except Exception as exc:
+        results.append(("model", False, f"{settings.lm.model}: {type(exc).__name__}: {str(exc)[:200]}"))
+    for name, ok, detail in results:
+        typer.echo(f"{'ok  ' if ok else 'FAIL'} {name:9} {detail}")
+    if not all(ok for _, ok, _ in results):
+        raise typer.Exit(1)
+
+
+@memory_app.command("facts")
+@run_async
+async def memory_facts(channel: ChannelOpt, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the facts remembered in a channel."""
+    from agent.memory import Memory
+    from bot.app import open_store
+
+    async with open_store(settings_or_exit()) as store:
+        facts = await Memory(store).facts(channel)
+    if as_json:
+        typer.echo(json.dumps([f.__dict__ for f in facts], indent=2))
+        return
+    for f in facts:
+        typer.echo(f"{f.key}: {f.value}  (accessed {f.access_count}x, last {_when(f.last_access)})")
+    if not facts:
+        typer.echo(f"No facts remembered in {channel}.")
+
+
+@memory_app.command("turns")
+@run_async
+async def memory_turns(
+    channel: ChannelOpt, limit: Annotated[int, typer.Option(help="How many recent turns.")] = 20
+) -> None:
+    """Show the recent conversation turns of a channel."""
+    from agent.memory import Memory
+    from bot.app import open_store
+
+    async with open_store(settings_or_exit()) as store:
+        turns = await Memory(store).channel_turns(channel, limit)
+    for t in turns:
+        typer.echo(f"[{_when(t.created_at)}] {t.role}{' ' + t.user_id if t.user_id else ''}: {t.text}")
+    if not turns:
+        typer.echo(f"No turns in {channel}.")
+
+
+@memory_app.command("forget")
+@run_async
+async def memory_forget(
+    channel: ChannelOpt, yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False
+) -> None:
+    """Erase everything a channel remembers: turns, facts, notes and reasoning chains."""
+    from agent.memory import Memory
+    from bot.app import open_store
+
+    settings = settings_or_exit()
+    if not yes and not typer.confirm(f"Erase all memory of {channel}?"):
+        raise typer.Exit(1)
+    async with open_store(settings) as store:
+        counts = await Memory(store).forget(channel)
+    typer.echo(f"Forgot {channel}: " + ", ".join(f"{n} {table}" for table, n in counts.items()))
+
+
+@memory_app.command("export")
+@run_async
+async def memory_export(channel: ChannelOpt, out: Annotated[Path, typer.Option("--out", "-o")]) -> None:
+    """Write a channel's memory to a JSON file."""
+    from agent.memory import Memory
+    from bot.app import open_store
+
+    async with open_store(settings_or_exit()) as store:
+        data = await Memory(store).export_channel(channel)
+    out.write_text(json.dumps(data, ensure_ascii=False, indent=2))
+    typer.echo(f"Exported {len(data['facts'])} facts and {len(data['turns'])} turns of {channel} to {out}")
+
+
+@memory_app.command("import")
+@run_async
+async def memory_import(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+    channel: Annotated[str | None, typer.Option("--channel", "-c", help="Target channel.")] = None,
+) -> None:
+    """Load a channel's memory from a JSON export."""
+    from agent.memory import Memory
+    from bot.app import open_store
+
+    try:
+        data = json.loads(file.read_text())
+        async with open_store(settings_or_exit()) as store:
+            await Memory(store).import_channel(data, channel)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise fail(f"{file} is not a valid memory export: {exc}") from None
+    typer.echo(f"Imported {file} into {channel or data['channel']}")
+
+
+@chains_app.command("export")
+@run_async
+async def chains_export(
+    out: Annotated[Path, typer.Option("--out", "-o", help="JSON Lines file to write.")],
+    since: Annotated[str | None, typer.Option(help="Only chains started at or after this ISO time.")] = None,
+) -> None:
+    """Export reasoning chains (question, answer, steps) as JSON Lines."""
+    from agent.memory import Memory
+    from bot.app import open_store
+
+    start = 0.0
+    if since:
+        try:
+            parsed = datetime.fromisoformat(since)
+        except ValueError:
+            raise fail(f"--since {since!r} is not an ISO date or time") from None
+        start = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    count = 0
+    async with open_store(settings_or_exit()) as store:
+        with out.open("w") as fh:
+            async for chain in Memory(store).chains_since(start):
+                fh.write(json.dumps(chain, ensure_ascii=False) + "\n")
+                count += 1
+    typer.echo(f"Exported {count} chains to {out}")
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+
+
+def main() -> None:
+    app(prog_name="parley")
+
+
+if __name__ == "__main__":
+    main()

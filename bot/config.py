@@ -1,0 +1,211 @@
+"""Settings: the `PARLEY_*` contract of DESIGN.md as pydantic models.
+
+Sources, highest priority first: init arguments, `PARLEY_*` env vars (nested with `__`), conventional env
+names (`SLACK_BOT_TOKEN`, ...), the TOML file (`PARLEY_CONFIG` or `./parley.toml`), defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "PARLEY_"
+CONFIG_ENV = "PARLEY_CONFIG"
+DEFAULT_CONFIG_FILE = "parley.toml"
+
+# Conventional variable names accepted as aliases: name -> path in the settings tree.
+ENV_ALIASES: dict[str, tuple[str, ...]] = {
+    "SLACK_BOT_TOKEN": ("slack", "bot_token"),
+    "SLACK_SIGNING_SECRET": ("slack", "signing_secret"),
+    "SLACK_APP_TOKEN": ("slack", "app_token"),
+    "DISCORD_BOT_TOKEN": ("discord", "token"),
+    "SENTRY_DSN": ("sentry", "dsn"),
+}
+
+
+class Section(BaseModel):
+    """A settings table: unknown keys are errors, so a typo never silently does nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class LMSettings(Section):
+    model: str = Field("local", min_length=1)
+    api_base: str | None = None
+    api_key: SecretStr | None = None
+    timeout_s: float = Field(60.0, gt=0)
+    max_tokens: int = Field(1024, gt=0)
+    temperature: float = Field(0.2, ge=0, le=2)
+
+
+class FallbackSettings(Section):
+    model: str | None = None
+    api_base: str | None = None
+    api_key: SecretStr | None = None
+    reply: str = Field("Sorry, I can't answer right now. Please try again in a few minutes.", min_length=1)
+
+
+class BreakerSettings(Section):
+    failure_threshold: int = Field(5, ge=1)
+    reset_timeout_s: float = Field(30.0, gt=0)
+    success_threshold: int = Field(1, ge=1)
+
+
+class AgentSettings(Section):
+    max_iters: int = Field(6, ge=1, le=50)
+    mode: Literal["react", "decompose", "vote"] = "react"
+    max_message_chars: int = Field(8000, ge=1)
+
+
+class MemorySettings(Section):
+    max_turns: int = Field(100, ge=1, description="turns kept per channel; older ones are deleted")
+    context_turns: int = Field(8, ge=0, description="recent turns given to the model")
+    facts_k: int = Field(5, ge=0, description="relevant facts given to the model")
+    fact_max_age_days: int = Field(30, ge=1, description="prune facts not touched for this long")
+
+
+class DBSettings(Section):
+    path: Path = Path("data/parley.db")
+    busy_timeout_ms: int = Field(5000, ge=0)
+
+
+class HTTPSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+
+
+class SlackSettings(Section):
+    bot_token: SecretStr | None = None
+    signing_secret: SecretStr | None = None
+    app_token: SecretStr | None = None
+    api_url: str = "https://slack.com/api/"
+
+
+class DiscordSettings(Section):
+    token: SecretStr | None = None
+    api_url: str = "https://discord.com/api/v10"
+    gateway_url: str = "wss://gateway.discord.gg/"
+
+
+class SentrySettings(Section):
+    dsn: SecretStr | None = None
+
+
+class LogSettings(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; see the table in DESIGN.md."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        case_sensitive=False,
+        extra="ignore",
+    )
+
+    lm: LMSettings = LMSettings()
+    fallback: FallbackSettings = FallbackSettings()
+    breaker: BreakerSettings = BreakerSettings()
+    agent: AgentSettings = AgentSettings()
+    memory: MemorySettings = MemorySettings()
+    db: DBSettings = DBSettings()
+    http: HTTPSettings = HTTPSettings()
+    slack: SlackSettings = SlackSettings()
+    discord: DiscordSettings = DiscordSettings()
+    sentry: SentrySettings = SentrySettings()
+    log: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            AliasEnvSource(settings_cls),
+            TomlConfigSettingsSource(settings_cls, toml_file=config_file()),
+        )
+
+    @property
+    def platforms(self) -> list[str]:
+        """The chat platforms that have credentials; empty means the console."""
+        found = []
+        if self.slack.bot_token:
+            found.append("slack")
+        if self.discord.token:
+            found.append("discord")
+        return found
+
+
+class AliasEnvSource(PydanticBaseSettingsSource):
+    """Reads the conventional names (`SLACK_BOT_TOKEN`, ...) below `PARLEY_*` and above the file."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name, (section, key) in ENV_ALIASES.items():
+            value = os.environ.get(name)
+            if value:
+                values.setdefault(section, {})[key] = value
+        return values
+
+
+def config_file() -> Path | None:
+    """The TOML file in force: `PARLEY_CONFIG`, else `./parley.toml` when it exists."""
+    explicit = os.environ.get(CONFIG_ENV)
+    if explicit:
+        return Path(explicit)
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+class SettingsError(Exception):
+    """Invalid settings, with a one-line message that names the field."""
+
+
+def env_name(loc: tuple[str | int, ...]) -> str:
+    """The env var that sets a field, e.g. ('lm', 'timeout_s') -> PARLEY_LM__TIMEOUT_S."""
+    return ENV_PREFIX + "__".join(str(part).upper() for part in loc)
+
+
+def load_settings() -> Settings:
+    """Load settings, turning every failure into a `SettingsError` with one line naming the field."""
+    path = config_file()
+    if path is not None and not path.is_file():
+        raise SettingsError(f"invalid setting {CONFIG_ENV}: no such file {path}")
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = tuple(first["loc"])
+        raise SettingsError(
+            f"invalid setting {env_name(loc)} ({'.'.join(map(str, loc))}): {first['msg']}"
+            + (f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else "")
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"invalid settings file {path}: {exc}") from None
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """Effective settings as plain data with every secret masked."""
+    return settings.model_dump(mode="json")

@@ -1,0 +1,60 @@
+"""Shared fixtures: an isolated environment, a real SQLite store on a temporary file, scripted agents."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.engines import ScriptedEngine, scripted_model
+from agent.memory import Memory
+from agent.runtime import Agent, AgentOptions
+from agent.store import Store
+from agent.tools import BUILTIN_TOOLS
+from bot.config import ENV_ALIASES
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No test sees the developer's PARLEY_* variables, tokens or parley.toml."""
+    for name in list(os.environ):
+        if name.startswith("PARLEY_") or name in ENV_ALIASES:
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    yield
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    opened = await Store.open(tmp_path / "parley.db")
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+def memory(store: Store) -> Memory:
+    return Memory(store, max_turns=100)
+
+
+@pytest.fixture
+def engine() -> ScriptedEngine:
+    return ScriptedEngine()
+
+
+@pytest.fixture
+def agent(memory: Memory, engine: ScriptedEngine) -> Agent:
+    return Agent(memory, scripted_model(engine), BUILTIN_TOOLS, AgentOptions(max_iters=4, max_message_chars=500))
+
+
+def step(tool: str, **args: object) -> dict[str, object]:
+    """A scripted ReAct step calling `tool`."""
+    return {"next_thought": f"use {tool}", "next_tool_name": tool, "next_tool_args": args}
+
+
+def final(answer: str) -> dict[str, str]:
+    """A scripted extract step."""
+    return {"reasoning": "done", "answer": answer}

@@ -1,0 +1,133 @@
+"""The agent with a scripted engine: trajectories, memory in the prompt, bad input and failing models."""
+
+from __future__ import annotations
+
+import json
+
+from dspy.lm15 import ServerError
+
+from agent.engines import ScriptedEngine
+from agent.engines.scripted import request_text
+from agent.memory import Memory
+from agent.messages import IncomingMessage
+from agent.runtime import Agent, fact_from_statement
+from tests.conftest import final, step
+
+
+def msg(text: str, channel: str = "team", user: str = "alice") -> IncomingMessage:
+    return IncomingMessage(platform="console", channel=channel, user=user, text=text)
+
+
+async def test_calculator_question_has_the_tool_call_and_right_answer(
+    agent: Agent, engine: ScriptedEngine, memory: Memory
+) -> None:
+    engine.add(step("calculator", expression="12*7"), step("finish"), final("12*7 is 84."))
+    reply = await agent.respond(msg("what is 12*7?"))
+    assert reply.status == "answered"
+    assert reply.text == "12*7 is 84."
+    assert reply.steps[0].tool == "calculator"
+    assert reply.steps[0].args == {"expression": "12*7"}
+    assert reply.steps[0].observation == "84"  # computed by the real tool, not scripted
+    assert "84" in request_text(engine.requests[-1])  # the observation reached the extract step
+    assert reply.chain_id is not None
+    stored = await memory.chain_steps(reply.chain_id)
+    assert [s.tool for s in stored] == ["calculator", "finish"]
+    assert [t.role for t in await memory.channel_turns("team")] == ["user", "assistant"]
+
+
+async def test_remembered_fact_is_in_the_next_prompt(agent: Agent, engine: ScriptedEngine) -> None:
+    engine.add(step("remember_fact", key="deploy day", value="Thursday"), step("finish"), final("Noted."))
+    first = await agent.respond(msg("please note deploys happen on Thursday"))
+    assert first.steps[0].observation == "Remembered deploy day: Thursday"
+
+    engine.add(step("finish"), final("Thursday."))
+    await agent.respond(msg("which day is the deploy?"))
+    prompt = request_text(engine.requests[-2])
+    assert "deploy day: Thursday" in prompt
+
+
+async def test_explicit_remember_is_stored_without_the_model(
+    agent: Agent, engine: ScriptedEngine, memory: Memory
+) -> None:
+    reply = await agent.respond(msg("remember that the standup is at 9:30"))
+    assert engine.requests == []
+    assert reply.steps[0].tool == "remember_fact"
+    assert [(f.key, f.value) for f in await memory.facts("team")] == [("standup", "the standup is at 9:30")]
+    engine.add(step("finish"), final("At 9:30."))
+    await agent.respond(msg("when is the standup?"))
+    assert "standup: the standup is at 9:30" in request_text(engine.requests[0])
+
+
+def test_fact_keys_from_statements() -> None:
+    assert fact_from_statement("the standup is at 9:30") == ("standup", "the standup is at 9:30")
+    assert fact_from_statement("Our deploys are on Thursdays") == ("deploys", "Our deploys are on Thursdays")
+    assert fact_from_statement("bring snacks on friday") == ("bring snacks on friday", "bring snacks on friday")
+
+
+async def test_facts_of_another_channel_never_reach_the_prompt(agent: Agent, engine: ScriptedEngine) -> None:
+    await agent.respond(msg("remember that the launch code is 1234", channel="ops"))
+    engine.add(step("recall_facts", query="launch code"), step("finish"), final("I don't know."))
+    reply = await agent.respond(msg("what is the launch code?", channel="team"))
+    assert reply.steps[0].observation == "No remembered facts match."
+    assert all("1234" not in request_text(r) for r in engine.requests)
+
+
+async def test_tool_that_raises_becomes_an_observation(agent: Agent, engine: ScriptedEngine) -> None:
+    engine.add(step("calculator", expression="1/0"), step("finish"), final("Division by zero is undefined."))
+    reply = await agent.respond(msg("what is 1/0?"))
+    assert reply.status == "answered"
+    assert reply.steps[0].observation == "Error: division by zero"
+    assert "Traceback" not in request_text(engine.requests[1])
+
+
+async def test_garbage_steps_still_end_in_an_answer(agent: Agent, engine: ScriptedEngine) -> None:
+    engine.add("this is not json", "{not json either", step("finish"), final("Here is my answer."))
+    reply = await agent.respond(msg("hello?"))
+    assert reply.status == "answered"
+    assert reply.text == "Here is my answer."
+    assert [s.tool for s in reply.steps] == ["invalid_step", "invalid_step", "finish"]
+
+
+async def test_garbage_answer_gets_a_clear_reply_and_the_conversation_goes_on(
+    agent: Agent, engine: ScriptedEngine, memory: Memory
+) -> None:
+    engine.add(step("finish"), "complete garbage", "more garbage", "and more")
+    reply = await agent.respond(msg("hello?"))
+    assert reply.status == "error"
+    assert reply.error_id and reply.error_id in reply.text
+    assert "Traceback" not in reply.text and "AdapterParseError" not in reply.text
+
+    engine.script.clear()
+    engine.add(step("finish"), final("Hi again."))
+    assert (await agent.respond(msg("hello again"))).text == "Hi again."
+
+
+async def test_provider_error_gets_a_reply_with_an_error_id(
+    agent: Agent, engine: ScriptedEngine, memory: Memory
+) -> None:
+    engine.add(ServerError("upstream exploded with key sk-123", provider="scripted"))
+    reply = await agent.respond(msg("hi"))
+    assert reply.status == "error" and reply.error_id
+    assert "sk-123" not in reply.text and "exploded" not in reply.text
+    chains = [c async for c in memory.chains_since(0)]
+    assert chains[-1]["status"] == "error" and chains[-1]["error_id"] == reply.error_id
+
+
+async def test_empty_and_oversized_messages_are_rejected_without_a_model_call(
+    agent: Agent, engine: ScriptedEngine, memory: Memory
+) -> None:
+    for text in ("", "   \n\t "):
+        reply = await agent.respond(msg(text))
+        assert reply.status == "rejected" and "empty" in reply.text
+    reply = await agent.respond(msg("x" * 501))
+    assert reply.status == "rejected" and "501" in reply.text and "500" in reply.text
+    assert engine.requests == []
+    assert await memory.channel_turns("team") == []
+
+
+async def test_json_reply_carries_the_trajectory(agent: Agent, engine: ScriptedEngine) -> None:
+    engine.add(step("current_time", timezone="UTC"), step("finish"), final("It is late."))
+    data = (await agent.respond(msg("what time is it?"))).as_dict()
+    json.dumps(data)
+    assert data["trajectory"][0]["tool"] == "current_time"  # type: ignore[index]
+    assert "UTC" in data["trajectory"][0]["observation"]  # type: ignore[index]

@@ -1,0 +1,114 @@
+"""Store: migrations from empty and from every earlier version, clear start-up errors, transactions."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from agent.memory import Memory
+from agent.messages import Conversation
+from agent.migrations import LATEST_VERSION, MIGRATIONS
+from agent.store import Store, StoreError
+
+# Rows written at each schema version, to prove later migrations keep them.
+SEED = {
+    1: ("INSERT INTO conversations (channel, thread, created_at, updated_at) VALUES ('c', '', 1, 1)",),
+    2: (
+        "INSERT INTO facts (channel, scope, key, value, created_at, updated_at, last_access) "
+        "VALUES ('c', 'chx', 'standup', 'at 9:30', 1, 1, 1)",
+    ),
+    3: ("INSERT INTO working_memory (channel, thread, key, value, updated_at) VALUES ('c', '', 'k', 'v', 1)",),
+    4: (
+        "INSERT INTO chains (channel, question, answer, status, model, started_at, duration_ms) "
+        "VALUES ('c', 'q', 'a', 'answered', 'm', 1, 1)",
+    ),
+}
+
+
+def tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger')")}
+
+
+async def test_migrates_empty_database_to_latest(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "new.db")
+    try:
+        assert await store.version() == LATEST_VERSION == len(MIGRATIONS)
+        row = await store.fetchone("PRAGMA journal_mode")
+        assert row is not None and row[0] == "wal"
+    finally:
+        await store.close()
+    assert {"conversations", "turns", "facts", "facts_fts", "working_memory", "chains", "chain_steps"} <= tables(
+        tmp_path / "new.db"
+    )
+
+
+@pytest.mark.parametrize("start", range(1, LATEST_VERSION))
+async def test_migrates_from_each_earlier_version_keeping_rows(tmp_path: Path, start: int) -> None:
+    path = tmp_path / "old.db"
+    old = await Store.open(path, migrate_to=start)
+    assert await old.version() == start
+    async with old.transaction() as db:
+        for version in range(1, start + 1):
+            for sql in SEED[version]:
+                await db.execute(sql)
+    await old.close()
+
+    store = await Store.open(path)
+    try:
+        assert await store.version() == LATEST_VERSION
+        for version in range(1, start + 1):
+            table = SEED[version][0].split()[2]
+            row = await store.fetchone(f"SELECT count(*) FROM {table}")
+            assert row is not None and row[0] == 1, table
+        if start >= 2:  # a fact written before the later steps is still found by full-text search
+            found = await store.fetchall("SELECT rowid FROM facts_fts WHERE facts_fts MATCH 'standup'")
+            assert len(found) == 1
+    finally:
+        await store.close()
+
+
+async def test_refuses_a_database_newer_than_the_code(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {LATEST_VERSION + 1}")
+    with pytest.raises(StoreError, match="newer than this code"):
+        await Store.open(path)
+
+
+async def test_corrupted_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "corrupt.db"
+    path.write_bytes(b"this is not a database at all" * 200)
+    with pytest.raises(StoreError, match="not a valid SQLite database"):
+        await Store.open(path)
+
+
+async def test_locked_database_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "locked.db"
+    await (await Store.open(path)).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA journal_mode = DELETE")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreError, match="locked"):
+            await Store.open(path, busy_timeout_ms=50)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+async def test_transaction_rolls_back_on_error(store: Store) -> None:
+    memory = Memory(store)
+    with pytest.raises(RuntimeError):
+        async with store.transaction() as db:
+            await db.execute(
+                "INSERT INTO conversations (channel, thread, created_at, updated_at) VALUES ('x', '', 1, 1)"
+            )
+            raise RuntimeError("boom")
+    assert await memory.recent_turns(Conversation("x")) == []
+    row = await store.fetchone("SELECT count(*) FROM conversations")
+    assert row is not None and row[0] == 0
+    await memory.add_turn(Conversation("x"), "user", "still writable")
+    assert [t.text for t in await memory.recent_turns(Conversation("x"))] == ["still writable"]
