@@ -104,7 +104,7 @@ def test_invalid_file_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SettingsError, match="PARLEY_LM__MODLE"):
         load_settings()
     Path("parley.toml").write_text("[lm\nmodel=")
-    with pytest.raises(SettingsError, match="parley.toml"):
+    with pytest.raises(SettingsError, match=r"parley\.toml"):
         load_settings()
     monkeypatch.setenv("PARLEY_CONFIG", "missing.toml")
     with pytest.raises(SettingsError, match="PARLEY_CONFIG"):

@@ -1,0 +1,157 @@
+"""The `parley` command end to end in subprocesses, on temporary databases.
+
+The model is either the fake OpenAI-compatible server on 127.0.0.1 (the real `dspy.LM` HTTP path) or the
+embedded local model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.openai_server import FakeOpenAI
+
+pytestmark = pytest.mark.slow
+PARLEY = [sys.executable, "-m", "bot"]
+QUESTIONS = "what is 12*7?\nremember that the standup is at 9:30\nwhen is the standup?\n"
+
+
+@pytest.fixture
+def fake_model() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as fake:
+        yield fake
+
+
+def parley(
+    args: list[str], env: dict[str, str], stdin: str = "", timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        PARLEY + args, input=stdin, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def base_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PARLEY_", "SLACK_", "DISCORD_"))}
+    env.update(PARLEY_DB__PATH=str(tmp_path / "parley.db"), **extra)
+    return env
+
+
+def fake_env(tmp_path: Path, fake: FakeOpenAI) -> dict[str, str]:
+    return base_env(
+        tmp_path, PARLEY_LM__MODEL="openai/fake-model", PARLEY_LM__API_BASE=fake.url, PARLEY_LM__API_KEY="sk-test"
+    )
+
+
+def test_piped_chat_answers_each_line_and_remembers_across_runs(tmp_path: Path, fake_model: FakeOpenAI) -> None:
+    env = fake_env(tmp_path, fake_model)
+    first = parley(["chat", "--channel", "team"], env, QUESTIONS + "\n")
+    assert first.returncode == 0, first.stderr
+    lines = first.stdout.splitlines()
+    assert len(lines) == 4
+    assert lines[0] == "84"
+    assert "9:30" in lines[1] and "9:30" in lines[2]
+    assert "empty" in lines[3]
+
+    second = parley(["chat", "--channel", "team"], env, "when is the standup?\n")
+    assert second.returncode == 0, second.stderr
+    assert "9:30" in second.stdout
+    assert "standup: the standup is at 9:30" in fake_model.prompts()[-2]
+
+    other = parley(["chat", "--channel", "ops"], env, "when is the standup?\n")
+    assert "9:30" not in other.stdout
+
+    facts = parley(["memory", "facts", "--channel", "team"], env)
+    assert "standup: the standup is at 9:30" in facts.stdout
+    turns = parley(["memory", "turns", "--channel", "team"], env)
+    assert "user" in turns.stdout and "84" in turns.stdout
+
+
+def test_ask_json_prints_answer_and_trajectory(tmp_path: Path, fake_model: FakeOpenAI) -> None:
+    proc = parley(["ask", "what is 6*7?", "--channel", "team", "--json"], fake_env(tmp_path, fake_model))
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["answer"] == "42"
+    step = data["trajectory"][0]
+    assert set(step) == {"thought", "tool", "args", "observation"}
+    assert (step["tool"], step["args"], step["observation"]) == ("calculator", {"expression": "6*7"}, "42")
+
+
+def test_model_outage_gets_a_reply_with_an_error_id(tmp_path: Path, fake_model: FakeOpenAI) -> None:
+    fake_model.fail_next.extend([500] * 20)
+    proc = parley(["chat"], fake_env(tmp_path, fake_model), "hello\n")
+    assert proc.returncode == 0
+    assert "error id" in proc.stdout and "Traceback" not in proc.stdout
+
+
+def test_forget_and_export_import(tmp_path: Path, fake_model: FakeOpenAI) -> None:
+    env = fake_env(tmp_path, fake_model)
+    parley(["chat", "--channel", "team"], env, "remember that retro is on friday\n")
+    out = tmp_path / "team.json"
+    assert parley(["memory", "export", "--channel", "team", "--out", str(out)], env).returncode == 0
+    assert parley(["memory", "forget", "--channel", "team", "--yes"], env).returncode == 0
+    assert "No facts" in parley(["memory", "facts", "--channel", "team"], env).stdout
+    assert parley(["memory", "import", str(out), "--channel", "copy"], env).returncode == 0
+    assert "retro" in parley(["memory", "facts", "--channel", "copy"], env).stdout
+    chains = tmp_path / "chains.jsonl"
+    assert parley(["chains", "export", "--out", str(chains)], env).returncode == 0
+
+
+def test_corrupted_database_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "parley.db").write_bytes(b"garbage" * 1000)
+    proc = parley(["memory", "facts", "--channel", "x"], base_env(tmp_path))
+    assert proc.returncode == 1
+    assert "not a valid SQLite database" in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.strip().count("\n") == 0
+
+
+def test_config_masks_secrets(tmp_path: Path) -> None:
+    proc = parley(["config"], base_env(tmp_path, SLACK_BOT_TOKEN="xoxb-secret-token"))
+    assert proc.returncode == 0
+    assert json.loads(proc.stdout)["slack"]["bot_token"] == "**********"
+    assert "xoxb-secret-token" not in proc.stdout + proc.stderr
+
+
+def test_help_does_not_import_dspy_or_the_model(tmp_path: Path) -> None:
+    code = (
+        "import sys; from typer.testing import CliRunner; from bot.cli import app; "
+        "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output; "
+        "print(sorted(m for m in ('dspy', 'litellm', 'llama_cpp') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_tools_lists_schemas(tmp_path: Path) -> None:
+    proc = parley(["tools"], base_env(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    for name in ("calculator", "current_time", "remember_fact", "recall_facts"):
+        assert name in proc.stdout
+    assert '"expression"' in proc.stdout
+
+
+def test_doctor_checks_database_and_model(tmp_path: Path, fake_model: FakeOpenAI) -> None:
+    proc = parley(["doctor"], fake_env(tmp_path, fake_model))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ok   database" in proc.stdout and "ok   model" in proc.stdout
+    fake_model.fail_next.extend([500] * 20)
+    failing = parley(["doctor"], fake_env(tmp_path, fake_model))
+    assert failing.returncode == 1 and "FAIL model" in failing.stdout
+
+
+def test_local_model_chat_end_to_end(tmp_path: Path) -> None:
+    """The README's example on the embedded model: one answer per line, and memory across runs."""
+    env = base_env(tmp_path)
+    first = parley(["chat", "--channel", "team"], env, QUESTIONS, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert len(first.stdout.splitlines()) >= 3
+    facts = parley(["memory", "facts", "--channel", "team"], env)
+    assert "standup: the standup is at 9:30" in facts.stdout
+    second = parley(["chat", "--channel", "team"], env, "when is the standup?\n", timeout=300)
+    assert second.returncode == 0 and second.stdout.strip()
