@@ -131,7 +131,7 @@ STOPWORDS = frozenset(
         "remember",
     ]
 )
-WORD = re.compile(r"\w+", re.UNICODE)
+WORD = re.compile(r"[^\W_]+", re.UNICODE)
 MAX_QUERY_TERMS = 16
 KEEP_ACCESSED_MORE_THAN = 10
 EXPORT_VERSION = 1
@@ -173,26 +173,33 @@ class ChainRecord:
 
 
 def scope_token(channel: str) -> str:
-    """One FTS token that stands for a channel: hex of a hash, so no user word can equal it."""
+    """A fixed-length prefix that stands for a channel: hex of a hash, so no user word can forge it."""
     return "ch" + hashlib.blake2b(channel.encode(), digest_size=10).hexdigest()
 
 
+def words(text: str) -> list[str]:
+    """The words of `text` worth indexing or matching: lower-cased, letters and digits, common words dropped."""
+    return [w for w in WORD.findall(text.lower()) if w not in STOPWORDS and (len(w) > 1 or w.isdigit())]
+
+
 def query_terms(text: str) -> list[str]:
-    """The words of `text` worth matching: lower-cased, deduplicated, common words dropped."""
-    seen: dict[str, None] = {}
-    for word in WORD.findall(text.lower()):
-        if word not in STOPWORDS and (len(word) > 1 or word.isdigit()):
-            seen.setdefault(word, None)
-    return list(seen)[:MAX_QUERY_TERMS]
+    """The distinct words of a query, in order, at most MAX_QUERY_TERMS."""
+    return list(dict.fromkeys(words(text)))[:MAX_QUERY_TERMS]
+
+
+def channel_terms(channel: str, text: str) -> str:
+    """What the FTS index stores for `text`: every word glued to the channel's prefix (one token each)."""
+    scope = scope_token(channel)
+    return " ".join(scope + w for w in words(text))
 
 
 def match_expression(channel: str, text: str) -> str | None:
-    """An FTS5 MATCH string scoped to the channel, every user word quoted; None when nothing to match."""
+    """An FTS5 MATCH string of the channel's terms, each quoted; None when nothing is worth matching."""
+    scope = scope_token(channel)
     terms = query_terms(text)
     if not terms:
         return None
-    quoted = " OR ".join('"' + term.replace('"', '""') + '"' for term in terms)
-    return f'scope : "{scope_token(channel)}" AND {{key value}} : ({quoted})'
+    return " OR ".join('"' + (scope + term).replace('"', '""') + '"' for term in terms)
 
 
 class Memory:
@@ -266,12 +273,23 @@ class Memory:
         now = time.time()
         async with self.store.transaction() as db:
             await db.execute(
-                "INSERT INTO facts (channel, scope, key, value, confidence, access_count, created_at, "
-                "updated_at, last_access) VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?) "
+                "INSERT INTO facts (channel, key, value, confidence, access_count, created_at, updated_at, "
+                "last_access, key_terms, value_terms) VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (channel, key) DO UPDATE SET value = excluded.value, "
-                "confidence = excluded.confidence, access_count = access_count + 1, "
-                "updated_at = excluded.updated_at, last_access = excluded.last_access",
-                (channel, scope_token(channel), key.strip(), value.strip(), confidence, now, now, now),
+                "value_terms = excluded.value_terms, confidence = excluded.confidence, "
+                "access_count = access_count + 1, updated_at = excluded.updated_at, "
+                "last_access = excluded.last_access",
+                (
+                    channel,
+                    key.strip(),
+                    value.strip(),
+                    confidence,
+                    now,
+                    now,
+                    now,
+                    channel_terms(channel, key),
+                    channel_terms(channel, value),
+                ),
             )
 
     async def get_fact(self, channel: str, key: str) -> Fact | None:
@@ -304,7 +322,7 @@ class Memory:
         rows = await self.store.fetchall(
             "SELECT f.id, f.key, f.value, f.confidence, f.access_count, f.created_at, f.updated_at, "
             "f.last_access FROM facts_fts JOIN facts f ON f.id = facts_fts.rowid "
-            "WHERE facts_fts MATCH ? ORDER BY bm25(facts_fts, 0.0, 2.0, 1.0) LIMIT ?",
+            "WHERE facts_fts MATCH ? ORDER BY bm25(facts_fts, 2.0, 1.0) LIMIT ?",
             (expression, k),
         )
         if touch and rows:
@@ -456,14 +474,14 @@ class Memory:
         async with self.store.transaction() as db:
             for f in data.get("facts", []):
                 await db.execute(
-                    "INSERT INTO facts (channel, scope, key, value, confidence, access_count, created_at, "
-                    "updated_at, last_access) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "INSERT INTO facts (channel, key, value, confidence, access_count, created_at, "
+                    "updated_at, last_access, key_terms, value_terms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (channel, key) DO UPDATE SET value = excluded.value, "
-                    "confidence = excluded.confidence, access_count = excluded.access_count, "
-                    "updated_at = excluded.updated_at, last_access = excluded.last_access",
+                    "value_terms = excluded.value_terms, confidence = excluded.confidence, "
+                    "access_count = excluded.access_count, updated_at = excluded.updated_at, "
+                    "last_access = excluded.last_access",
                     (
                         target,
-                        scope_token(target),
                         f["key"],
                         f["value"],
                         f["confidence"],
@@ -471,6 +489,8 @@ class Memory:
                         f["created_at"],
                         f["updated_at"],
                         f["last_access"],
+                        channel_terms(target, f["key"]),
+                        channel_terms(target, f["value"]),
                     ),
                 )
             for t in data.get("turns", []):

@@ -29,13 +29,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX turns_by_channel ON turns (channel, id);
     CREATE INDEX turns_by_conversation ON turns (conversation_id, id);
     """,
-    # 2: facts, with an external-content FTS5 index kept in sync by triggers. `scope` is a single token
-    # derived from the channel, so the channel goes into the MATCH expression itself.
+    # 2: facts, with an external-content FTS5 index kept in sync by triggers. The index holds
+    # `key_terms`/`value_terms`: each word prefixed by a token of the channel, so the channel is inside every
+    # MATCH term and a query only walks that channel's postings, however common a word is elsewhere.
     """
     CREATE TABLE facts (
         id INTEGER PRIMARY KEY,
         channel TEXT NOT NULL,
-        scope TEXT NOT NULL,
         key TEXT NOT NULL,
         value TEXT NOT NULL,
         confidence REAL NOT NULL DEFAULT 1.0,
@@ -43,25 +43,27 @@ MIGRATIONS: tuple[str, ...] = (
         created_at REAL NOT NULL,
         updated_at REAL NOT NULL,
         last_access REAL NOT NULL,
+        key_terms TEXT NOT NULL,
+        value_terms TEXT NOT NULL,
         UNIQUE (channel, key)
     );
     CREATE INDEX facts_by_last_access ON facts (last_access);
     CREATE VIRTUAL TABLE facts_fts USING fts5 (
-        scope, key, value,
+        key_terms, value_terms,
         content = 'facts', content_rowid = 'id',
         tokenize = 'unicode61 remove_diacritics 2'
     );
     CREATE TRIGGER facts_after_insert AFTER INSERT ON facts BEGIN
-        INSERT INTO facts_fts (rowid, scope, key, value) VALUES (new.id, new.scope, new.key, new.value);
+        INSERT INTO facts_fts (rowid, key_terms, value_terms) VALUES (new.id, new.key_terms, new.value_terms);
     END;
     CREATE TRIGGER facts_after_delete AFTER DELETE ON facts BEGIN
-        INSERT INTO facts_fts (facts_fts, rowid, scope, key, value)
-        VALUES ('delete', old.id, old.scope, old.key, old.value);
+        INSERT INTO facts_fts (facts_fts, rowid, key_terms, value_terms)
+        VALUES ('delete', old.id, old.key_terms, old.value_terms);
     END;
-    CREATE TRIGGER facts_after_update AFTER UPDATE OF scope, key, value ON facts BEGIN
-        INSERT INTO facts_fts (facts_fts, rowid, scope, key, value)
-        VALUES ('delete', old.id, old.scope, old.key, old.value);
-        INSERT INTO facts_fts (rowid, scope, key, value) VALUES (new.id, new.scope, new.key, new.value);
+    CREATE TRIGGER facts_after_update AFTER UPDATE OF key_terms, value_terms ON facts BEGIN
+        INSERT INTO facts_fts (facts_fts, rowid, key_terms, value_terms)
+        VALUES ('delete', old.id, old.key_terms, old.value_terms);
+        INSERT INTO facts_fts (rowid, key_terms, value_terms) VALUES (new.id, new.key_terms, new.value_terms);
     END;
     """,
     # 3: working memory: small key/value notes per conversation.

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import random
 import sqlite3
 import statistics
 import time
 from pathlib import Path
 
-from agent.memory import Memory, query_terms, scope_token
+from agent.memory import Memory, channel_terms, query_terms
 from agent.messages import Conversation
 from agent.store import Store
 
@@ -40,7 +41,7 @@ def build(path: Path, facts: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     asyncio.run(_create(path))
     vocab = words()
-    weights = [1.0 / (rank + 1) for rank in range(len(vocab))]
+    cumulative = list(itertools.accumulate(1.0 / (rank + 1) for rank in range(len(vocab))))
     rng = random.Random(SEED)
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA synchronous = OFF")
@@ -48,20 +49,21 @@ def build(path: Path, facts: int) -> None:
     batch = []
     for i in range(facts):
         channel = f"channel-{i % CHANNELS}"
-        text = rng.choices(vocab, weights, k=8)
-        batch.append((channel, scope_token(channel), f"fact {i} {text[0]}", " ".join(text[1:]), now, now, now))
+        text = rng.choices(vocab, cum_weights=cumulative, k=8)
+        key, value = f"fact {i} {text[0]}", " ".join(text[1:])
+        batch.append((channel, key, value, now, now, now, channel_terms(channel, key), channel_terms(channel, value)))
         if len(batch) == 50_000:
             conn.executemany(
-                "INSERT INTO facts (channel, scope, key, value, created_at, updated_at, last_access) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO facts (channel, key, value, created_at, updated_at, last_access, key_terms, "
+                "value_terms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 batch,
             )
             conn.commit()
             batch.clear()
             print(f"  built {i + 1:,} facts", flush=True)
     conn.executemany(
-        "INSERT INTO facts (channel, scope, key, value, created_at, updated_at, last_access) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO facts (channel, key, value, created_at, updated_at, last_access, key_terms, value_terms) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         batch,
     )
     conn.execute("INSERT INTO facts_fts (facts_fts) VALUES ('optimize')")

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.memory import Memory, match_expression, query_terms
+from agent.memory import Memory, match_expression, query_terms, scope_token
 from agent.messages import Conversation
 from agent.store import Store
 
@@ -133,9 +133,10 @@ async def test_working_memory_is_per_conversation(memory: Memory) -> None:
 def test_query_terms_drop_common_words_and_quote_user_text() -> None:
     assert query_terms("When IS the standup?") == ["standup"]
     assert query_terms("what is the") == []
-    expression = match_expression("team", 'say "hi" AND NEAR(x) OR *')
+    expression = match_expression("team", 'say "hi" AND NEAR(x) OR * snake_case')
     assert expression is not None
-    assert '"""hi"""' not in expression and '"say"' in expression and '"near"' in expression
+    scope = scope_token("team")
+    assert expression == " OR ".join(f'"{scope}{w}"' for w in ("say", "hi", "near", "snake", "case"))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.memory import Memory
+from agent.memory import Memory, channel_terms
 from agent.messages import Conversation
 from agent.migrations import LATEST_VERSION, MIGRATIONS
 from agent.store import Store, StoreError
@@ -16,8 +16,8 @@ from agent.store import Store, StoreError
 SEED = {
     1: ("INSERT INTO conversations (channel, thread, created_at, updated_at) VALUES ('c', '', 1, 1)",),
     2: (
-        "INSERT INTO facts (channel, scope, key, value, created_at, updated_at, last_access) "
-        "VALUES ('c', 'chx', 'standup', 'at 9:30', 1, 1, 1)",
+        "INSERT INTO facts (channel, key, value, created_at, updated_at, last_access, key_terms, value_terms) "
+        f"VALUES ('c', 'standup', 'at 9:30', 1, 1, 1, '{channel_terms('c', 'standup')}', '')",
     ),
     3: ("INSERT INTO working_memory (channel, thread, key, value, updated_at) VALUES ('c', '', 'k', 'v', 1)",),
     4: (
@@ -64,8 +64,7 @@ async def test_migrates_from_each_earlier_version_keeping_rows(tmp_path: Path, s
             row = await store.fetchone(f"SELECT count(*) FROM {table}")
             assert row is not None and row[0] == 1, table
         if start >= 2:  # a fact written before the later steps is still found by full-text search
-            found = await store.fetchall("SELECT rowid FROM facts_fts WHERE facts_fts MATCH 'standup'")
-            assert len(found) == 1
+            assert [f.key for f in await Memory(store).relevant_facts("c", "standup")] == ["standup"]
     finally:
         await store.close()
 
