@@ -272,25 +272,7 @@ class Memory:
         """Upsert: a known key gets the new value and confidence, and counts as one more access."""
         now = time.time()
         async with self.store.transaction() as db:
-            await db.execute(
-                "INSERT INTO facts (channel, key, value, confidence, access_count, created_at, updated_at, "
-                "last_access, key_terms, value_terms) VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (channel, key) DO UPDATE SET value = excluded.value, "
-                "value_terms = excluded.value_terms, confidence = excluded.confidence, "
-                "access_count = access_count + 1, updated_at = excluded.updated_at, "
-                "last_access = excluded.last_access",
-                (
-                    channel,
-                    key.strip(),
-                    value.strip(),
-                    confidence,
-                    now,
-                    now,
-                    now,
-                    channel_terms(channel, key),
-                    channel_terms(channel, value),
-                ),
-            )
+            await _upsert_fact(db, channel, Fact(key.strip(), value.strip(), confidence, 0, now, now, now))
 
     async def get_fact(self, channel: str, key: str) -> Fact | None:
         """One fact by key; reading it touches its last access and access count."""
@@ -473,26 +455,7 @@ class Memory:
         target = channel or str(data["channel"])
         async with self.store.transaction() as db:
             for f in data.get("facts", []):
-                await db.execute(
-                    "INSERT INTO facts (channel, key, value, confidence, access_count, created_at, "
-                    "updated_at, last_access, key_terms, value_terms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (channel, key) DO UPDATE SET value = excluded.value, "
-                    "value_terms = excluded.value_terms, confidence = excluded.confidence, "
-                    "access_count = excluded.access_count, updated_at = excluded.updated_at, "
-                    "last_access = excluded.last_access",
-                    (
-                        target,
-                        f["key"],
-                        f["value"],
-                        f["confidence"],
-                        f["access_count"],
-                        f["created_at"],
-                        f["updated_at"],
-                        f["last_access"],
-                        channel_terms(target, f["key"]),
-                        channel_terms(target, f["value"]),
-                    ),
-                )
+                await _upsert_fact(db, target, Fact(**f), keep_access_count=True)
             for t in data.get("turns", []):
                 conv = Conversation(target, t.get("thread", ""))
                 await self._insert_turn(db, conv, t["role"], t["text"], t["user_id"], None, t["created_at"])
@@ -502,3 +465,30 @@ class Memory:
                     "VALUES (?, ?, ?, ?, ?)",
                     (target, n["thread"], n["key"], n["value"], n["updated_at"]),
                 )
+
+
+async def _upsert_fact(db: aiosqlite.Connection, channel: str, fact: Fact, *, keep_access_count: bool = False) -> None:
+    """Insert a fact or update the channel's fact of that key, keeping its index terms in step.
+
+    On conflict the access count is the given one (an import) or one more than before (a new statement).
+    """
+    access = "excluded.access_count" if keep_access_count else "access_count + 1"
+    await db.execute(
+        "INSERT INTO facts (channel, key, value, confidence, access_count, created_at, updated_at, last_access, "
+        "key_terms, value_terms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (channel, key) DO UPDATE SET value = excluded.value, value_terms = excluded.value_terms, "
+        f"confidence = excluded.confidence, access_count = {access}, updated_at = excluded.updated_at, "
+        "last_access = excluded.last_access",
+        (
+            channel,
+            fact.key,
+            fact.value,
+            fact.confidence,
+            fact.access_count,
+            fact.created_at,
+            fact.updated_at,
+            fact.last_access,
+            channel_terms(channel, fact.key),
+            channel_terms(channel, fact.value),
+        ),
+    )
