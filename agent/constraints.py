@@ -48,12 +48,22 @@ def step_schema(tools: dict[str, Any]) -> dict[str, Any]:
     return {"anyOf": variants}
 
 
+MAX_LIST_ITEMS = 6
+
+
+def _output_field(name: str, annotation: Any) -> dict[str, Any]:
+    if getattr(annotation, "__origin__", None) is list:
+        return {"type": "array", "items": {"type": "string", "maxLength": ARG_CHARS}, "maxItems": MAX_LIST_ITEMS}
+    if name == "reasoning":
+        return {"type": "string", "maxLength": THOUGHT_CHARS}
+    return {"type": "string"}
+
+
 def output_schema(signature: type[dspy.Signature]) -> dict[str, Any]:
-    """Every output field of the signature as a string; the reasoning is kept short."""
+    """Every output field of the signature: lists as short arrays of strings, the rest as strings."""
     fields = list(signature.output_fields)
     properties: dict[str, Any] = {
-        name: {"type": "string", "maxLength": THOUGHT_CHARS} if name == "reasoning" else {"type": "string"}
-        for name in fields
+        name: _output_field(name, info.annotation) for name, info in signature.output_fields.items()
     }
     return {
         "type": "object",
@@ -73,4 +83,9 @@ def constrain(agent: dspy.ReAct) -> None:
         if name == "react":
             predictor.config["response_format"] = _response_format("react_step", step_schema(agent.tools))
         else:
-            predictor.config["response_format"] = _response_format("answer", output_schema(predictor.signature))
+            constrain_output(predictor)
+
+
+def constrain_output(predictor: dspy.Predict) -> None:
+    """Constrain a plain predictor to its output fields."""
+    predictor.config["response_format"] = _response_format("answer", output_schema(predictor.signature))

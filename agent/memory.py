@@ -1,6 +1,6 @@
 """Per-channel memory: conversation turns, facts (FTS5, BM25), working memory and reasoning chains.
 
-This module and `agent.store` are the only places that speak SQL.
+This module, `agent.store` and `agent.tools.executions` are the only places that speak SQL.
 """
 
 from __future__ import annotations
@@ -170,6 +170,25 @@ class ChainRecord:
     steps: tuple[Step, ...] = ()
     user_id: str = ""
     error_id: str | None = None
+    run_id: str = ""
+    mode: str = "react"
+    model_calls: int = 0
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class ChainStats:
+    """Aggregates over reasoning chains, for `parley chains stats`."""
+
+    chains: int
+    by_status: dict[str, int]
+    mean_steps: float
+    mean_duration_ms: float
+    model_calls: int
+    input_tokens: int
+    output_tokens: int
+    tool_usage: dict[str, int]
 
 
 def scope_token(channel: str) -> str:
@@ -200,6 +219,27 @@ def match_expression(channel: str, text: str) -> str | None:
     if not terms:
         return None
     return " OR ".join('"' + (scope + term).replace('"', '""') + '"' for term in terms)
+
+
+STEP_COLUMNS = (
+    "thought",
+    "tool",
+    "args",
+    "observation",
+    "kind",
+    "outcome",
+    "part",
+    "model_ms",
+    "tool_ms",
+    "input_tokens",
+    "output_tokens",
+)
+
+
+def _step_row(step: Step) -> tuple[object, ...]:
+    row = asdict(step)
+    row["args"] = json.dumps(step.args, default=str, ensure_ascii=False)
+    return tuple(row[c] for c in STEP_COLUMNS)
 
 
 class Memory:
@@ -370,7 +410,8 @@ class Memory:
         async with self.store.transaction() as db:
             async with db.execute(
                 "INSERT INTO chains (channel, thread, user_id, question, answer, status, model, error_id, "
-                "started_at, duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                "started_at, duration_ms, run_id, mode, model_calls, input_tokens, output_tokens) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (
                     conv.channel,
                     conv.thread,
@@ -382,17 +423,20 @@ class Memory:
                     chain.error_id,
                     chain.started_at,
                     chain.duration_ms,
+                    chain.run_id,
+                    chain.mode,
+                    chain.model_calls,
+                    chain.input_tokens,
+                    chain.output_tokens,
                 ),
             ) as cursor:
                 row = await cursor.fetchone()
             assert row is not None
             chain_id = int(row[0])
             await db.executemany(
-                "INSERT INTO chain_steps (chain_id, idx, thought, tool, args, observation) VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (chain_id, i, s.thought, s.tool, json.dumps(s.args, default=str), s.observation)
-                    for i, s in enumerate(chain.steps)
-                ],
+                f"INSERT INTO chain_steps (chain_id, idx, {', '.join(STEP_COLUMNS)}) "
+                f"VALUES (?, ?, {', '.join('?' * len(STEP_COLUMNS))})",
+                [(chain_id, i, *_step_row(s)) for i, s in enumerate(chain.steps)],
             )
             await self._insert_turn(db, conv, "user", chain.question, chain.user_id, chain_id, now)
             await self._insert_turn(db, conv, "assistant", reply_text, "", chain_id, now)
@@ -400,19 +444,29 @@ class Memory:
 
     async def chain_steps(self, chain_id: int) -> list[Step]:
         rows = await self.store.fetchall(
-            "SELECT thought, tool, args, observation FROM chain_steps WHERE chain_id = ? ORDER BY idx",
+            f"SELECT {', '.join(STEP_COLUMNS)} FROM chain_steps WHERE chain_id = ? ORDER BY idx",
             (chain_id,),
         )
-        return [Step(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
+        return [Step(**{**dict(r), "args": json.loads(r["args"])}) for r in rows]
 
-    async def chains_since(self, started_at: float, batch: int = 500) -> AsyncIterator[dict[str, Any]]:
-        """Every chain started at or after `started_at`, oldest first, with its steps, as plain data."""
+    async def count_chains(self, started_at: float = 0.0, channel: str | None = None) -> int:
+        row = await self.store.fetchone(
+            "SELECT COUNT(*) FROM chains WHERE started_at >= ? AND (? IS NULL OR channel = ?)",
+            (started_at, channel, channel),
+        )
+        return int(row[0]) if row else 0
+
+    async def chains_since(
+        self, started_at: float, *, channel: str | None = None, batch: int = 500
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every chain started at or after `started_at` (of one channel, or all), oldest first, with its steps."""
         last_id = 0
         while True:
             rows = await self.store.fetchall(
                 "SELECT id, channel, thread, user_id, question, answer, status, model, error_id, started_at, "
-                "duration_ms FROM chains WHERE started_at >= ? AND id > ? ORDER BY id LIMIT ?",
-                (started_at, last_id, batch),
+                "duration_ms, run_id, mode, model_calls, input_tokens, output_tokens FROM chains "
+                "WHERE started_at >= ? AND (? IS NULL OR channel = ?) AND id > ? ORDER BY id LIMIT ?",
+                (started_at, channel, channel, last_id, batch),
             )
             for row in rows:
                 chain = dict(row)
@@ -422,13 +476,48 @@ class Memory:
                 return
             last_id = rows[-1]["id"]
 
+    async def chain_stats(self, started_at: float = 0.0, channel: str | None = None) -> ChainStats:
+        """Counts, mean steps and duration, model usage and tool usage of the chains in range."""
+        scope = "started_at >= ? AND (? IS NULL OR channel = ?)"
+        params = (started_at, channel, channel)
+        totals = await self.store.fetchone(
+            "SELECT COUNT(*), COALESCE(AVG(duration_ms), 0), COALESCE(SUM(model_calls), 0), "
+            f"COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0) FROM chains WHERE {scope}",
+            params,
+        )
+        assert totals is not None
+        statuses = await self.store.fetchall(
+            f"SELECT status, COUNT(*) FROM chains WHERE {scope} GROUP BY status ORDER BY 2 DESC", params
+        )
+        steps = await self.store.fetchone(
+            "SELECT COUNT(*) FROM chain_steps WHERE kind != 'conclusion' AND chain_id IN "
+            f"(SELECT id FROM chains WHERE {scope})",
+            params,
+        )
+        tools = await self.store.fetchall(
+            "SELECT tool, COUNT(*) FROM chain_steps WHERE kind = 'action' AND chain_id IN "
+            f"(SELECT id FROM chains WHERE {scope}) GROUP BY tool ORDER BY 2 DESC, 1",
+            params,
+        )
+        count = int(totals[0])
+        return ChainStats(
+            chains=count,
+            by_status={r[0]: r[1] for r in statuses},
+            mean_steps=(steps[0] if steps else 0) / count if count else 0.0,
+            mean_duration_ms=float(totals[1]),
+            model_calls=int(totals[2]),
+            input_tokens=int(totals[3]),
+            output_tokens=int(totals[4]),
+            tool_usage={r[0]: r[1] for r in tools},
+        )
+
     # Whole channel ---------------------------------------------------------------------------------
 
     async def forget(self, channel: str) -> dict[str, int]:
         """Delete everything remembered about a channel: turns, facts, notes and reasoning chains."""
         counts = {}
         async with self.store.transaction() as db:
-            for table in ("turns", "facts", "working_memory", "chains", "conversations"):
+            for table in ("turns", "facts", "working_memory", "chains", "tool_executions", "conversations"):
                 cursor = await db.execute(f"DELETE FROM {table} WHERE channel = ?", (channel,))
                 counts[table] = cursor.rowcount
         return counts

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True)
@@ -43,12 +43,24 @@ class IncomingMessage:
 
 @dataclass(frozen=True)
 class Step:
-    """One ReAct step: what the model thought, which tool it called with what, and what came back."""
+    """One step of a reasoning chain: what the model thought, which tool it called with what, what came back.
+
+    `kind` is `action` (a tool call and its observation), `thought` (the model decided to finish),
+    `observation` (the model's step was malformed and it was told so) or `conclusion` (the final answer).
+    `part` names the sub-question (decompose mode) or the voter (vote mode) the step belongs to.
+    """
 
     thought: str
     tool: str
     args: dict[str, object]
     observation: str
+    kind: str = "action"
+    outcome: str = ""
+    part: str = ""
+    model_ms: float | None = None
+    tool_ms: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +71,7 @@ class Reply:
     steps: tuple[Step, ...] = ()
     chain_id: int | None = None
     error_id: str | None = None
+    # answered | unanswered (the agent ran out of steps) | rejected (bad input) | error
     status: str = "answered"
 
     def as_dict(self) -> dict[str, object]:
@@ -67,7 +80,5 @@ class Reply:
             "status": self.status,
             "chain_id": self.chain_id,
             "error_id": self.error_id,
-            "trajectory": [
-                {"thought": s.thought, "tool": s.tool, "args": s.args, "observation": s.observation} for s in self.steps
-            ],
+            "trajectory": [asdict(s) for s in self.steps],
         }

@@ -104,6 +104,39 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (chain_id, idx)
     );
     """,
+    # 5: tool executions (every call through the runner, for audit and statistics), and richer chains:
+    # the run that ties a chain to its tool executions, the mode, token counts, and per-step timings.
+    """
+    CREATE TABLE tool_executions (
+        id INTEGER PRIMARY KEY,
+        run_id TEXT NOT NULL DEFAULT '',
+        channel TEXT NOT NULL DEFAULT '',
+        thread TEXT NOT NULL DEFAULT '',
+        user_id TEXT NOT NULL DEFAULT '',
+        tool TEXT NOT NULL,
+        args TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        observation TEXT NOT NULL,
+        truncated INTEGER NOT NULL DEFAULT 0,
+        duration_ms REAL NOT NULL,
+        started_at REAL NOT NULL
+    );
+    CREATE INDEX tool_executions_by_tool ON tool_executions (tool, duration_ms);
+    CREATE INDEX tool_executions_by_run ON tool_executions (run_id);
+    CREATE INDEX tool_executions_by_channel ON tool_executions (channel);
+    ALTER TABLE chains ADD COLUMN run_id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE chains ADD COLUMN mode TEXT NOT NULL DEFAULT 'react';
+    ALTER TABLE chains ADD COLUMN model_calls INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE chains ADD COLUMN input_tokens INTEGER;
+    ALTER TABLE chains ADD COLUMN output_tokens INTEGER;
+    ALTER TABLE chain_steps ADD COLUMN kind TEXT NOT NULL DEFAULT 'action';
+    ALTER TABLE chain_steps ADD COLUMN part TEXT NOT NULL DEFAULT '';
+    ALTER TABLE chain_steps ADD COLUMN outcome TEXT NOT NULL DEFAULT '';
+    ALTER TABLE chain_steps ADD COLUMN model_ms REAL;
+    ALTER TABLE chain_steps ADD COLUMN tool_ms REAL;
+    ALTER TABLE chain_steps ADD COLUMN input_tokens INTEGER;
+    ALTER TABLE chain_steps ADD COLUMN output_tokens INTEGER;
+    """,
 )
 
 LATEST_VERSION = len(MIGRATIONS)

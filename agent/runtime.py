@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import functools
+import asyncio
 import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
 
 import dspy
 
-from agent.constraints import constrain
+from agent.chains import ModelUsage
+from agent.constraints import constrain, constrain_output
 from agent.engines import ModelHandle
 from agent.memory import ChainRecord, Memory
 from agent.messages import IncomingMessage, Reply, Step
+from agent.modes import DecomposeMode, Mode, Outcome, ReactMode, VoteMode
 from agent.react import RobustReAct
 from agent.tools.context import ToolContext, tool_context
+from agent.tools.runner import ToolRunner
 
 log = logging.getLogger("parley.agent")
 
@@ -43,6 +44,13 @@ class AgentOptions:
     max_message_chars: int = 8000
     context_turns: int = 8
     facts_k: int = 5
+    mode: str = "react"
+    # The agent pool: how many conversations the one shared agent answers at once.
+    concurrency: int = 8
+    max_subquestions: int = 4
+    voters: int = 3
+    vote_threshold: float = 0.5
+    temperature: float = 0.2
 
 
 def fact_from_statement(statement: str) -> tuple[str, str]:
@@ -54,60 +62,44 @@ def fact_from_statement(statement: str) -> tuple[str, str]:
     return key.lower(), statement
 
 
-def _tool_wrapper(tool: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[str]]:
-    """Turn a tool's exception into a short observation instead of a traceback the model would see."""
-
-    @functools.wraps(tool)
-    async def call(*args: Any, **kwargs: Any) -> str:
-        try:
-            return str(await tool(*args, **kwargs))
-        except Exception as exc:
-            log.info("tool %s failed: %s", tool.__name__, exc)
-            return f"Error: {exc}"
-
-    return call
-
-
-def steps_from_trajectory(trajectory: dict[str, Any]) -> tuple[Step, ...]:
-    steps = []
-    i = 0
-    while f"tool_name_{i}" in trajectory:
-        args = trajectory.get(f"tool_args_{i}") or {}
-        steps.append(
-            Step(
-                thought=str(trajectory.get(f"thought_{i}", "")),
-                tool=str(trajectory[f"tool_name_{i}"]),
-                args=dict(args) if isinstance(args, dict) else {"value": args},
-                observation=str(trajectory.get(f"observation_{i}", "")),
-            )
-        )
-        i += 1
-    return tuple(steps)
-
-
 class Agent:
-    """Answers messages. Holds one ReAct program; the conversation reaches tools through a context var."""
+    """Answers messages. One shared instance serves every conversation: per-request state lives in
+    `dspy.context` and the tool context, both context variables."""
 
     def __init__(
-        self,
-        memory: Memory,
-        model: ModelHandle,
-        tools: Sequence[Callable[..., Awaitable[Any]]],
-        options: AgentOptions = AgentOptions(),
+        self, memory: Memory, model: ModelHandle, runner: ToolRunner, options: AgentOptions = AgentOptions()
     ) -> None:
         self.memory = memory
         self.model = model
+        self.runner = runner
         self.options = options
-        self.react = RobustReAct(Answer, tools=[_tool_wrapper(t) for t in tools], max_iters=options.max_iters)
+        self.react = RobustReAct(Answer, runner.registry.enabled(), runner, max_iters=options.max_iters)
+        self.mode = self._mode(options)
         if model.constrained:
             constrain(self.react)
+            if isinstance(self.mode, DecomposeMode):
+                constrain_output(self.mode.split)
+                constrain_output(self.mode.synthesise)
+        self._slots = asyncio.Semaphore(options.concurrency)
+
+    def _mode(self, options: AgentOptions) -> Mode:
+        if options.mode == "decompose":
+            return DecomposeMode(self.react, options.max_subquestions)
+        if options.mode == "vote":
+            return VoteMode(self.react, self.model.lm, options.voters, options.vote_threshold, options.temperature)
+        if options.mode != "react":
+            raise ValueError(f"unknown agent mode {options.mode!r}; use react, decompose or vote")
+        return ReactMode(self.react)
 
     @property
     def tool_names(self) -> list[str]:
         return [name for name in self.react.tools if name != "finish"]
 
     async def respond(self, message: IncomingMessage) -> Reply:
-        """Answer one message. Never raises for bad input or a failing model: the reply says what happened."""
+        """Answer one message. Never raises for bad input or a failing model: the reply says what happened.
+
+        Cancellation (shutdown) propagates and records nothing, so the message can be answered afresh later.
+        """
         text = message.text.strip()
         if not text:
             return Reply("Your message is empty. Ask me something, for example: what is 12*7?", status="rejected")
@@ -119,12 +111,25 @@ class Agent:
             )
         conv = message.conversation
         started = time.time()
+        run_id = uuid.uuid4().hex
         remember = REMEMBER.match(text)
+        chain = ChainRecord(
+            question=text,
+            answer="",
+            status="answered",
+            model=self.model.name,
+            started_at=started,
+            duration_ms=0.0,
+            user_id=message.user,
+            run_id=run_id,
+            mode="rule" if remember else self.mode.name,
+        )
         try:
-            if remember:
-                answer, steps = await self._remember(message, remember.group("fact"))
-            else:
-                answer, steps = await self._run_react(message, text)
+            async with self._slots:
+                if remember:
+                    outcome = await self._remember(message, remember.group("fact"))
+                else:
+                    outcome = await self._reason(message, text, run_id)
         except Exception as exc:
             error_id = uuid.uuid4().hex[:12]
             log.exception("answering failed (error id %s): %s", error_id, type(exc).__name__)
@@ -132,46 +137,43 @@ class Agent:
                 "Sorry, something went wrong on my side and I couldn't answer that "
                 f"(error id {error_id}). Please try again."
             )
-            chain = ChainRecord(
-                question=text,
-                answer="",
-                status="error",
-                model=self.model.name,
-                started_at=started,
-                duration_ms=(time.time() - started) * 1000,
-                user_id=message.user,
-                error_id=error_id,
-            )
+            chain = replace(chain, status="error", error_id=error_id, duration_ms=(time.time() - started) * 1000)
             chain_id = await self.memory.record_exchange(conv, chain, reply_text=reply_text)
             return Reply(reply_text, chain_id=chain_id, error_id=error_id, status="error")
-        answer = answer.strip() or "I don't have an answer to that."
-        chain = ChainRecord(
-            question=text,
+        status, answer = "answered", outcome.answer
+        if not answer:
+            status = "unanswered"
+            answer = (
+                "I couldn't work out an answer to that within my step limit. "
+                "Try asking more simply, or split the question into smaller ones."
+            )
+        chain = replace(
+            chain,
             answer=answer,
-            status="answered",
-            model=self.model.name,
-            started_at=started,
+            status=status,
             duration_ms=(time.time() - started) * 1000,
-            steps=steps,
-            user_id=message.user,
+            steps=outcome.steps,
+            model_calls=outcome.usage.calls,
+            input_tokens=outcome.usage.input_tokens,
+            output_tokens=outcome.usage.output_tokens,
         )
         chain_id = await self.memory.record_exchange(conv, chain, reply_text=answer)
-        return Reply(answer, steps=steps, chain_id=chain_id)
+        return Reply(answer, steps=outcome.steps, chain_id=chain_id, status=status)
 
-    async def _remember(self, message: IncomingMessage, statement: str) -> tuple[str, tuple[Step, ...]]:
+    async def _remember(self, message: IncomingMessage, statement: str) -> Outcome:
         """An explicit "remember that ..." is stored as a fact by rule, whatever the model would have done."""
         key, value = fact_from_statement(statement)
         await self.memory.add_fact(message.conversation.channel, key, value)
         observation = f"Remembered {key}: {value}"
         step = Step("The user asked me to remember this.", "remember_fact", {"key": key, "value": value}, observation)
-        return f"Got it, I'll remember that {value}.", (step,)
+        answer = f"Got it, I'll remember that {value}."
+        return Outcome(answer, (step, Step("", "", {}, answer, kind="conclusion")), ModelUsage())
 
-    async def _run_react(self, message: IncomingMessage, text: str) -> tuple[str, tuple[Step, ...]]:
+    async def _reason(self, message: IncomingMessage, text: str, run_id: str) -> Outcome:
         conv = message.conversation
         context = await self.memory.context_text(conv, text, turns=self.options.context_turns, k=self.options.facts_k)
         with (
-            tool_context(ToolContext(self.memory, conv, message.user)),
+            tool_context(ToolContext(self.memory, conv, message.user, run_id)),
             dspy.context(lm=self.model.lm, adapter=dspy.JSONAdapter()),
         ):
-            prediction = await self.react.acall(context=context, question=text)
-        return str(prediction.answer), steps_from_trajectory(prediction.trajectory)
+            return await self.mode.answer(context, text)

@@ -10,8 +10,9 @@ from agent.engines import ModelConfig, ModelHandle, build_model
 from agent.memory import Memory
 from agent.runtime import Agent, AgentOptions
 from agent.store import Store
-from agent.tools import BUILTIN_TOOLS
+from agent.tools.runner import ToolRunner
 from bot.config import Settings
+from bot.tools import build_runner
 
 
 @dataclass
@@ -20,6 +21,7 @@ class App:
     store: Store
     memory: Memory
     agent: Agent
+    runner: ToolRunner
 
 
 def model_config(settings: Settings) -> ModelConfig:
@@ -40,6 +42,12 @@ def agent_options(settings: Settings) -> AgentOptions:
         max_message_chars=settings.agent.max_message_chars,
         context_turns=settings.memory.context_turns,
         facts_k=settings.memory.facts_k,
+        mode=settings.agent.mode,
+        concurrency=settings.agent.concurrency,
+        max_subquestions=settings.agent.max_subquestions,
+        voters=settings.agent.voters,
+        vote_threshold=settings.agent.vote_threshold,
+        temperature=settings.lm.temperature,
     )
 
 
@@ -57,6 +65,10 @@ async def build_app(settings: Settings, model: ModelHandle | None = None) -> Asy
     """Open everything the agent needs; closes the database however the block ends."""
     async with open_store(settings) as store:
         memory = Memory(store, max_turns=settings.memory.max_turns)
-        handle = model or build_model(model_config(settings))
-        agent = Agent(memory, handle, BUILTIN_TOOLS, agent_options(settings))
-        yield App(settings, store, memory, agent)
+        runner = build_runner(settings, store)
+        try:
+            handle = model or build_model(model_config(settings))
+            agent = Agent(memory, handle, runner, agent_options(settings))
+            yield App(settings, store, memory, agent, runner)
+        finally:
+            runner.close()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
+from pydantic import BaseModel, SecretStr
 
 from bot.config import Settings, SettingsError, load_settings, masked
 
@@ -59,11 +60,14 @@ def run_async(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         from agent.engines.local import EngineUnavailable
         from agent.store import StoreError
+        from agent.tools.registry import ToolRegistryError
 
         try:
             return asyncio.run(fn(*args, **kwargs))
         except (StoreError, EngineUnavailable) as exc:
             raise fail(str(exc)) from None
+        except ToolRegistryError as exc:
+            raise fail(str(exc), 2) from None
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
 
@@ -128,18 +132,48 @@ def show_config() -> None:
 
 @app.command()
 @run_async
-async def tools() -> None:
-    """List the tools the agent can call, with their argument schemas."""
-    import dspy
+async def tools(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
+    """List every tool: whether the model can call it, its policy, its argument schema and its statistics."""
+    from agent.tools.executions import ExecutionLog
+    from bot.app import open_store
+    from bot.tools import build_registry, unconfigured_reason
 
-    from agent.tools import BUILTIN_TOOLS
-
-    settings_or_exit()
-    for fn in BUILTIN_TOOLS:
-        tool = dspy.Tool(fn)
-        typer.echo(f"{tool.name}({', '.join(tool.args)})")
-        typer.echo(f"    {(tool.desc or '').splitlines()[0]}")
-        typer.echo(f"    args: {json.dumps(tool.args)}")
+    settings = settings_or_exit()
+    registry = build_registry(settings)
+    async with open_store(settings) as store:
+        stats = await ExecutionLog(store).stats()
+    rows: list[dict[str, Any]] = []
+    for spec in registry:
+        s = stats.get(spec.name)
+        rows.append(
+            {
+                "name": spec.name,
+                "enabled": spec.enabled,
+                "why_disabled": None if spec.enabled else unconfigured_reason(settings, spec.name),
+                "description": spec.description,
+                "returns": spec.returns,
+                "examples": list(spec.examples),
+                "approval": spec.approval,
+                "timeout_s": spec.timeout_s,
+                "parameters": spec.parameters,
+                "stats": s.__dict__ if s else None,
+            }
+        )
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        state = "enabled" if row["enabled"] else f"disabled ({row['why_disabled']})"
+        args = ", ".join(row["parameters"].get("properties", {}))
+        typer.echo(f"{row['name']}({args})  [{state}; approval {row['approval']}; timeout {row['timeout_s']:g} s]")
+        typer.echo(f"    {str(row['description']).splitlines()[0]}")
+        typer.echo(f"    schema: {json.dumps(row['parameters'].get('properties', {}))}")
+        s = stats.get(str(row["name"]))
+        if s:
+            typer.echo(
+                f"    calls {s.calls}, ok {s.successes}, failed {s.failures}, "
+                f"mean {s.mean_ms:.1f} ms, p95 {s.p95_ms:.1f} ms"
+            )
 
 
 @app.command()
@@ -254,30 +288,90 @@ async def memory_import(
     typer.echo(f"Imported {file} into {channel or data['channel']}")
 
 
+def _since(since: str | None) -> float:
+    if not since:
+        return 0.0
+    try:
+        parsed = datetime.fromisoformat(since)
+    except ValueError:
+        raise fail(f"--since {since!r} is not an ISO date or time") from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+SinceOpt = Annotated[str | None, typer.Option(help="Only chains started at or after this ISO time.")]
+ChainChannelOpt = Annotated[str | None, typer.Option("--channel", "-c", help="Only this channel.")]
+
+
 @chains_app.command("export")
 @run_async
 async def chains_export(
     out: Annotated[Path, typer.Option("--out", "-o", help="JSON Lines file to write.")],
-    since: Annotated[str | None, typer.Option(help="Only chains started at or after this ISO time.")] = None,
+    since: SinceOpt = None,
+    channel: ChainChannelOpt = None,
 ) -> None:
-    """Export reasoning chains (question, answer, steps) as JSON Lines."""
+    """Export reasoning chains (question, answer, every step) as JSON Lines, with secrets redacted."""
+    from rich.progress import Progress
+
+    from agent.memory import Memory
+    from agent.redact import Redactor
+    from bot.app import open_store
+
+    settings = settings_or_exit()
+    start = _since(since)
+    redactor = Redactor(secret_values(settings))
+    count = 0
+    async with open_store(settings) as store:
+        memory = Memory(store)
+        total = await memory.count_chains(start, channel)
+        with out.open("w") as fh, Progress(transient=True) as progress:
+            task = progress.add_task("Exporting chains", total=total)
+            async for chain in memory.chains_since(start, channel=channel):
+                fh.write(json.dumps(redactor.data(chain), ensure_ascii=False) + "\n")
+                count += 1
+                progress.advance(task)
+    typer.echo(f"Exported {count} chains to {out}")
+
+
+@chains_app.command("stats")
+@run_async
+async def chains_stats(
+    since: SinceOpt = None,
+    channel: ChainChannelOpt = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Counts, mean steps and duration, model calls and tokens, and tool usage of reasoning chains."""
     from agent.memory import Memory
     from bot.app import open_store
 
-    start = 0.0
-    if since:
-        try:
-            parsed = datetime.fromisoformat(since)
-        except ValueError:
-            raise fail(f"--since {since!r} is not an ISO date or time") from None
-        start = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
-    count = 0
     async with open_store(settings_or_exit()) as store:
-        with out.open("w") as fh:
-            async for chain in Memory(store).chains_since(start):
-                fh.write(json.dumps(chain, ensure_ascii=False) + "\n")
-                count += 1
-    typer.echo(f"Exported {count} chains to {out}")
+        stats = await Memory(store).chain_stats(_since(since), channel)
+    if as_json:
+        typer.echo(json.dumps(stats.__dict__, indent=2))
+        return
+    statuses = ", ".join(f"{n} {status}" for status, n in stats.by_status.items()) or "none"
+    typer.echo(f"chains        {stats.chains} ({statuses})")
+    typer.echo(f"mean steps    {stats.mean_steps:.2f}")
+    typer.echo(f"mean duration {stats.mean_duration_ms:.0f} ms")
+    typer.echo(f"model calls   {stats.model_calls} ({stats.input_tokens} tokens in, {stats.output_tokens} out)")
+    tools_used = ", ".join(f"{tool} {n}" for tool, n in stats.tool_usage.items()) or "none"
+    typer.echo(f"tool usage    {tools_used}")
+
+
+def secret_values(settings: Settings) -> list[str]:
+    """Every secret in the settings, so an export can mask it wherever it appears."""
+    found = []
+
+    def walk(value: object) -> None:
+        if isinstance(value, SecretStr):
+            found.append(value.get_secret_value())
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name))
+            for extra in (value.model_extra or {}).values():
+                walk(extra)
+
+    walk(settings)
+    return found
 
 
 def _when(ts: float) -> str:

@@ -66,6 +66,70 @@ class AgentSettings(Section):
     max_iters: int = Field(6, ge=1, le=50)
     mode: Literal["react", "decompose", "vote"] = "react"
     max_message_chars: int = Field(8000, ge=1)
+    concurrency: int = Field(8, ge=1, description="conversations answered at once by the one shared agent")
+    max_tool_output_chars: int = Field(4000, ge=100, description="longer tool output is cut before the model")
+    max_subquestions: int = Field(4, ge=2, le=10, description="decompose mode: most parts a question is split into")
+    voters: int = Field(3, ge=2, le=9, description="vote mode: agents run side by side")
+    vote_threshold: float = Field(0.5, gt=0, le=1, description="vote mode: share the majority answer needs")
+    tool_modules: list[str] = Field(default_factory=list, description="modules whose @tool functions to add")
+
+
+Policy = Literal["allow", "confirm", "approve", "deny"]
+
+
+class ToolSettings(Section):
+    """`[tools.NAME]`: switch a tool off, change its timeout or its approval policy."""
+
+    enabled: bool = True
+    timeout_s: float | None = Field(None, gt=0)
+    approval: Policy | None = None
+
+
+class FileToolSettings(ToolSettings):
+    root: Path | None = Field(None, description="the only directory the tool may read; unset hides the tool")
+    max_bytes: int = Field(64_000, ge=1)
+
+
+class SQLToolSettings(ToolSettings):
+    database: Path | None = Field(None, description="SQLite file opened read-only; unset hides the tool")
+    max_rows: int = Field(50, ge=1)
+
+
+class HTTPGetSettings(ToolSettings):
+    allow_hosts: list[str] = Field(default_factory=list, description="hosts (or *.domain) the tool may fetch")
+    allow_http: bool = Field(False, description="also allow plain http:// URLs")
+    max_bytes: int = Field(200_000, ge=1)
+
+
+class ProviderToolSettings(ToolSettings):
+    """A tool backed by a web API: hidden from the model until its base URL and key are set."""
+
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+
+
+class ToolsSettings(Section):
+    """Every `[tools.NAME]` table. Built-in tools have typed tables; any other name is a plain ToolSettings."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, ToolSettings] = Field(init=False)
+
+    calculator: ToolSettings = ToolSettings()
+    current_time: ToolSettings = ToolSettings()
+    remember_fact: ToolSettings = ToolSettings()
+    recall_facts: ToolSettings = ToolSettings()
+    read_file: FileToolSettings = FileToolSettings()
+    list_dir: FileToolSettings = FileToolSettings()
+    sql_query: SQLToolSettings = SQLToolSettings()
+    http_get: HTTPGetSettings = HTTPGetSettings()
+    web_search: ProviderToolSettings = ProviderToolSettings(base_url="https://api.search.brave.com/res/v1")
+    weather: ProviderToolSettings = ProviderToolSettings(base_url="https://api.openweathermap.org/data/2.5")
+
+    def tables(self) -> dict[str, ToolSettings]:
+        """Every table by tool name, built-in and custom."""
+        tables: dict[str, ToolSettings] = {name: getattr(self, name) for name in type(self).model_fields}
+        tables.update(self.__pydantic_extra__ or {})
+        return tables
 
 
 class MemorySettings(Section):
@@ -120,6 +184,7 @@ class Settings(BaseSettings):
     fallback: FallbackSettings = FallbackSettings()
     breaker: BreakerSettings = BreakerSettings()
     agent: AgentSettings = AgentSettings()
+    tools: ToolsSettings = ToolsSettings()
     memory: MemorySettings = MemorySettings()
     db: DBSettings = DBSettings()
     http: HTTPSettings = HTTPSettings()

@@ -12,7 +12,8 @@ from agent.engines import ScriptedEngine, scripted_model
 from agent.memory import Memory
 from agent.runtime import Agent, AgentOptions
 from agent.store import Store
-from agent.tools import BUILTIN_TOOLS
+from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner
+from agent.tools.executions import ExecutionLog
 from bot.config import ENV_ALIASES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,8 +47,16 @@ def engine() -> ScriptedEngine:
 
 
 @pytest.fixture
-def agent(memory: Memory, engine: ScriptedEngine) -> Agent:
-    return Agent(memory, scripted_model(engine), BUILTIN_TOOLS, AgentOptions(max_iters=4, max_message_chars=500))
+def runner(store: Store) -> Iterator[ToolRunner]:
+    """The built-in tools behind a real runner that records into the test database."""
+    built = ToolRunner(ToolRegistry.of(*BUILTIN_TOOLS), ExecutionLog(store))
+    yield built
+    built.close()
+
+
+@pytest.fixture
+def agent(memory: Memory, engine: ScriptedEngine, runner: ToolRunner) -> Agent:
+    return Agent(memory, scripted_model(engine), runner, AgentOptions(max_iters=4, max_message_chars=500))
 
 
 def step(tool: str, **args: object) -> dict[str, object]:

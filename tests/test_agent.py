@@ -31,7 +31,9 @@ async def test_calculator_question_has_the_tool_call_and_right_answer(
     assert "84" in request_text(engine.requests[-1])  # the observation reached the extract step
     assert reply.chain_id is not None
     stored = await memory.chain_steps(reply.chain_id)
-    assert [s.tool for s in stored] == ["calculator", "finish"]
+    assert [(s.kind, s.tool) for s in stored] == [("action", "calculator"), ("thought", "finish"), ("conclusion", "")]
+    assert stored[0].outcome == "ok" and stored[0].tool_ms is not None and stored[0].model_ms is not None
+    assert stored[-1].observation == "12*7 is 84."
     assert [t.role for t in await memory.channel_turns("team")] == ["user", "assistant"]
 
 
@@ -85,17 +87,20 @@ async def test_garbage_steps_still_end_in_an_answer(agent: Agent, engine: Script
     reply = await agent.respond(msg("hello?"))
     assert reply.status == "answered"
     assert reply.text == "Here is my answer."
-    assert [s.tool for s in reply.steps] == ["invalid_step", "invalid_step", "finish"]
+    assert [s.kind for s in reply.steps] == ["observation", "observation", "thought", "conclusion"]
+    assert "not valid JSON" in reply.steps[0].observation
 
 
-async def test_garbage_answer_gets_a_clear_reply_and_the_conversation_goes_on(
+async def test_run_without_an_answer_says_so_plainly_and_the_conversation_goes_on(
     agent: Agent, engine: ScriptedEngine, memory: Memory
 ) -> None:
     engine.add(step("finish"), "complete garbage", "more garbage", "and more")
     reply = await agent.respond(msg("hello?"))
-    assert reply.status == "error"
-    assert reply.error_id and reply.error_id in reply.text
+    assert reply.status == "unanswered"
+    assert "couldn't work out an answer" in reply.text
     assert "Traceback" not in reply.text and "AdapterParseError" not in reply.text
+    chains = [c async for c in memory.chains_since(0)]
+    assert chains[-1]["status"] == "unanswered"
 
     engine.script.clear()
     engine.add(step("finish"), final("Hi again."))

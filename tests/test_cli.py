@@ -78,7 +78,7 @@ def test_ask_json_prints_answer_and_trajectory(tmp_path: Path, fake_model: FakeO
     data = json.loads(proc.stdout)
     assert data["answer"] == "42"
     step = data["trajectory"][0]
-    assert set(step) == {"thought", "tool", "args", "observation"}
+    assert {"thought", "tool", "args", "observation", "kind", "outcome", "model_ms", "tool_ms"} <= set(step)
     assert (step["tool"], step["args"], step["observation"]) == ("calculator", {"expression": "6*7"}, "42")
 
 

@@ -19,10 +19,15 @@ def request_text(request: Request) -> str:
 
 
 class ScriptedEngine:
-    """Each call takes the next entry: a string or dict (sent as JSON), an exception (raised) or a function."""
+    """Each call takes the next entry: a string or dict (sent as JSON), an exception (raised) or a function.
 
-    def __init__(self, script: Iterable[Scripted] = ()) -> None:
+    With the script used up, `responder` (if given) answers every further call: concurrent runs interleave
+    their calls, so they are scripted by what each request says rather than by order.
+    """
+
+    def __init__(self, script: Iterable[Scripted] = (), responder: Scripted | None = None) -> None:
         self.script = list(script)
+        self.responder = responder
         self.requests: list[Request] = []
 
     def add(self, *entries: Scripted) -> None:
@@ -30,9 +35,12 @@ class ScriptedEngine:
 
     def complete(self, request: Request) -> Response:
         self.requests.append(request)
-        if not self.script:
+        if self.script:
+            entry = self.script.pop(0)
+        elif self.responder is not None:
+            entry = self.responder
+        else:
             raise ServerError("scripted engine has no more responses", provider="scripted")
-        entry = self.script.pop(0)
         if isinstance(entry, Exception):
             raise entry
         if callable(entry):

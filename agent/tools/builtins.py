@@ -1,46 +1,51 @@
-"""Built-in tools. Names, arguments and docstrings are what the model sees; they are part of the contract."""
+"""Built-in tools that need no configuration. Names, arguments and docstrings are what the model sees;
+they are part of the contract."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from agent.tools.calculator import evaluate, format_number
 from agent.tools.context import current
+from agent.tools.registry import ToolError, tool
 
 MAX_FACT_CHARS = 1000
 
 
+@tool(returns="the result as a number", examples=("12*7", "sqrt(2)/2", "2^10"), timeout_s=5)
 async def calculator(expression: str) -> str:
     """Evaluate an arithmetic expression (+ - * / // % **, sqrt, abs, round, min, max, log, exp, pi, e)."""
     # Arithmetic is bounded but still CPU work: keep it off the event loop.
     return format_number(await asyncio.to_thread(evaluate, expression))
 
 
+@tool(returns="weekday, date and time", examples=("UTC", "Europe/Paris"), timeout_s=5)
 async def current_time(timezone: str = "UTC") -> str:
     """Return the current date, weekday and time in an IANA timezone such as "Europe/Paris" or "UTC"."""
     try:
         zone = ZoneInfo(timezone.strip() or "UTC")
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown timezone {timezone!r}; use an IANA name like 'Europe/Paris' or 'UTC'") from None
+        raise ToolError(f"unknown timezone {timezone!r}; use an IANA name like 'Europe/Paris' or 'UTC'") from None
     now = datetime.now(zone)
     return now.strftime("%A %Y-%m-%d %H:%M:%S %Z (UTC%z)")
 
 
+@tool(returns="a confirmation", examples=('key "standup time", value "9:30"',))
 async def remember_fact(key: str, value: str) -> str:
     """Remember a fact about this channel for later, e.g. key "standup time", value "9:30"."""
     key, value = key.strip(), value.strip()
     if not key or not value:
-        raise ValueError("both key and value are needed")
+        raise ToolError("both key and value are needed")
     if len(key) + len(value) > MAX_FACT_CHARS:
-        raise ValueError(f"a fact is limited to {MAX_FACT_CHARS} characters")
+        raise ToolError(f"a fact is limited to {MAX_FACT_CHARS} characters")
     ctx = current()
     await ctx.memory.add_fact(ctx.conversation.channel, key, value)
     return f"Remembered {key}: {value}"
 
 
+@tool(returns="matching facts, one per line", examples=("standup",))
 async def recall_facts(query: str) -> str:
     """Look up facts remembered in this channel that match the words of the query."""
     ctx = current()
@@ -50,4 +55,4 @@ async def recall_facts(query: str) -> str:
     return "\n".join(f"{f.key}: {f.value}" for f in facts)
 
 
-BUILTIN_TOOLS: tuple[Callable[..., Awaitable[str]], ...] = (calculator, current_time, remember_fact, recall_facts)
+BUILTIN_TOOLS = (calculator, current_time, remember_fact, recall_facts)

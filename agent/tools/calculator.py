@@ -9,11 +9,13 @@ from typing import Any
 
 import simpleeval
 
+from agent.tools.registry import ToolError
+
 MAX_EXPRESSION_CHARS = 200
 MAX_EXPONENT = 1000.0
 
 
-class CalculatorError(ValueError):
+class CalculatorError(ToolError):
     """An expression the calculator will not evaluate; the message is safe to show the model."""
 
 

@@ -16,6 +16,8 @@ class ToolContext:
     memory: Memory
     conversation: Conversation
     user: str
+    # Ties tool executions to the reasoning chain of the same message.
+    run_id: str = ""
 
 
 _current: ContextVar[ToolContext | None] = ContextVar("parley_tool_context", default=None)
@@ -36,3 +38,7 @@ def current() -> ToolContext:
     if ctx is None:
         raise RuntimeError("this tool needs a conversation and was called outside one")
     return ctx
+
+
+def current_or_none() -> ToolContext | None:
+    return _current.get()

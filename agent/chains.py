@@ -1,0 +1,73 @@
+"""Recording the reasoning chain of one run: model call timings and token usage, gathered through DSPy.
+
+A `StepRecorder` is both a DSPy callback (it sees every LM call start and end) and a usage tracker (DSPy
+hands it each call's token usage). The ReAct loop takes a reading after each step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from dspy.utils.callback import BaseCallback
+from dspy.utils.usage_tracker import UsageTracker
+
+
+@dataclass(frozen=True)
+class ModelUsage:
+    """The model calls made since the last reading."""
+
+    calls: int = 0
+    duration_ms: float = 0.0
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+    def __add__(self, other: ModelUsage) -> ModelUsage:
+        return ModelUsage(
+            self.calls + other.calls,
+            self.duration_ms + other.duration_ms,
+            _add(self.input_tokens, other.input_tokens),
+            _add(self.output_tokens, other.output_tokens),
+        )
+
+
+def _add(a: int | None, b: int | None) -> int | None:
+    return None if a is None and b is None else (a or 0) + (b or 0)
+
+
+class StepRecorder(BaseCallback, UsageTracker):  # type: ignore[misc]
+    """Collects LM call durations and usage for one run; `take()` returns and resets what piled up."""
+
+    def __init__(self) -> None:
+        UsageTracker.__init__(self)
+        self._started: dict[str, float] = {}
+        self._pending = ModelUsage()
+        self.total = ModelUsage()
+
+    def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        self._started[call_id] = time.perf_counter()
+
+    def on_lm_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
+        started = self._started.pop(call_id, None)
+        if started is not None:
+            self._note(ModelUsage(calls=1, duration_ms=(time.perf_counter() - started) * 1000))
+
+    def add_usage(self, lm: str, usage_entry: dict[str, Any]) -> None:
+        usage = dict(usage_entry or {})
+        tokens_in = usage.get("prompt_tokens", usage.get("input_tokens"))
+        tokens_out = usage.get("completion_tokens", usage.get("output_tokens"))
+        self._note(
+            ModelUsage(
+                input_tokens=int(tokens_in) if isinstance(tokens_in, int | float) else None,
+                output_tokens=int(tokens_out) if isinstance(tokens_out, int | float) else None,
+            )
+        )
+
+    def _note(self, usage: ModelUsage) -> None:
+        self._pending += usage
+        self.total += usage
+
+    def take(self) -> ModelUsage:
+        taken, self._pending = self._pending, ModelUsage()
+        return taken

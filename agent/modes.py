@@ -1,0 +1,194 @@
+"""How the agent reasons about one question (`PARLEY_AGENT__MODE`): all modes share the ReAct program, the
+tool runner and memory.
+
+- react: one ReAct run.
+- decompose: split the question into sub-questions, answer each with ReAct, synthesise one answer.
+- vote: several ReAct runs side by side at different temperatures; the majority answer wins when its share
+  reaches the threshold, otherwise the reply says there is no consensus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import dspy
+
+from agent.chains import ModelUsage, StepRecorder
+from agent.messages import Step
+from agent.react import RobustReAct
+
+log = logging.getLogger("parley.agent")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a mode produced: the answer (empty when none was reached), its steps and the model usage."""
+
+    answer: str
+    steps: tuple[Step, ...]
+    usage: ModelUsage
+
+
+class Mode(Protocol):
+    name: str
+
+    async def answer(self, context: str, question: str) -> Outcome: ...
+
+
+async def _predict(module: dspy.Module, **inputs: Any) -> tuple[dspy.Prediction, ModelUsage]:
+    """Call a predictor and read the model usage it caused."""
+    recorder = StepRecorder()
+    with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), recorder], usage_tracker=recorder):
+        prediction = await module.acall(**inputs)
+    return prediction, recorder.take()
+
+
+async def _react(react: RobustReAct, context: str, question: str, part: str = "") -> Outcome:
+    prediction = await react.acall(context=context, question=question, part=part)
+    return Outcome(str(prediction.answer).strip(), prediction.steps, prediction.usage)
+
+
+class ReactMode:
+    name = "react"
+
+    def __init__(self, react: RobustReAct) -> None:
+        self.react = react
+
+    async def answer(self, context: str, question: str) -> Outcome:
+        return await _react(self.react, context, question)
+
+
+class Decompose(dspy.Signature):  # type: ignore[misc]
+    """Split the question into the fewest simpler sub-questions that together answer it, in the order they
+    should be answered. A question that is already simple stays a single sub-question."""
+
+    context: str = dspy.InputField(desc="facts remembered in this channel and the recent conversation")
+    question: str = dspy.InputField()
+    sub_questions: list[str] = dspy.OutputField(desc="the sub-questions, each answerable on its own")
+
+
+class Synthesise(dspy.Signature):  # type: ignore[misc]
+    """Answer the question briefly and correctly from the answers found for its sub-questions."""
+
+    question: str = dspy.InputField()
+    findings: str = dspy.InputField(desc="each sub-question with the answer found for it")
+    answer: str = dspy.OutputField(desc="the reply to post in the chat")
+
+
+class DecomposeMode:
+    name = "decompose"
+
+    def __init__(self, react: RobustReAct, max_parts: int = 4) -> None:
+        self.react = react
+        self.max_parts = max_parts
+        self.split = dspy.Predict(Decompose)
+        self.synthesise = dspy.Predict(Synthesise)
+
+    async def answer(self, context: str, question: str) -> Outcome:
+        split, usage = await _predict(self.split, context=context, question=question)
+        parts = [str(q).strip() for q in (split.sub_questions or []) if str(q).strip()][: self.max_parts]
+        if len(parts) <= 1:
+            outcome = await _react(self.react, context, question)
+            return Outcome(outcome.answer, outcome.steps, usage + outcome.usage)
+        plan = Step(
+            "Split the question into sub-questions.",
+            "decompose",
+            {"question": question},
+            "\n".join(f"{i}. {q}" for i, q in enumerate(parts, 1)),
+            kind="thought",
+            model_ms=usage.duration_ms,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+        )
+        steps = [plan]
+        findings: list[str] = []
+        for i, part in enumerate(parts, 1):
+            # Later parts see what earlier ones found: "then multiply that by 3" needs the first answer.
+            known = context + ("\n\nFound so far:\n" + "\n".join(findings) if findings else "")
+            outcome = await _react(self.react, known, part, part=f"{i}. {part}")
+            findings.append(f"{i}. {part} -> {outcome.answer or '(no answer found)'}")
+            steps.extend(outcome.steps)
+            usage += outcome.usage
+        final, used = await _predict(self.synthesise, question=question, findings="\n".join(findings))
+        answer = str(final.answer).strip()
+        steps.append(
+            Step(
+                str(getattr(final, "reasoning", "") or "Combined the answers of the sub-questions."),
+                "",
+                {},
+                answer,
+                kind="conclusion",
+                model_ms=used.duration_ms,
+                input_tokens=used.input_tokens,
+                output_tokens=used.output_tokens,
+            )
+        )
+        return Outcome(answer, tuple(steps), usage + used)
+
+
+def normalise(answer: str) -> str:
+    """Answers that differ only in case, spacing or closing punctuation are the same vote."""
+    return re.sub(r"\s+", " ", answer.casefold()).strip().rstrip(".!").strip()
+
+
+class VoteMode:
+    name = "vote"
+
+    def __init__(
+        self, react: RobustReAct, lm: dspy.LM, voters: int = 3, threshold: float = 0.5, temperature: float = 0.2
+    ) -> None:
+        self.react = react
+        self.voters = voters
+        self.threshold = threshold
+        # Different sampling per voter: the configured temperature first, then warmer ones.
+        self.lms = [lm.copy(temperature=min(temperature + 0.4 * i, 1.5), rollout_id=i) for i in range(voters)]
+
+    async def _voter(self, i: int, context: str, question: str) -> Outcome:
+        with dspy.context(lm=self.lms[i]):
+            return await _react(self.react, context, question, part=f"voter {i + 1}")
+
+    async def answer(self, context: str, question: str) -> Outcome:
+        results = await asyncio.gather(
+            *(self._voter(i, context, question) for i in range(self.voters)), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result
+        outcomes = [r for r in results if isinstance(r, Outcome)]
+        if not outcomes:
+            first = results[0]
+            raise first if isinstance(first, BaseException) else RuntimeError("no voter answered")
+        failed = self.voters - len(outcomes)
+        if failed:
+            log.warning("%d of %d voters failed", failed, self.voters)
+        usage = ModelUsage()
+        steps: list[Step] = []
+        for outcome in outcomes:
+            usage += outcome.usage
+            steps.extend(outcome.steps)
+        votes = Counter(normalise(o.answer) for o in outcomes if o.answer)
+        ranked = votes.most_common()
+        tally = "; ".join(f"{count}/{self.voters}: {answer}" for answer, count in ranked) or "no answers"
+        winner = ""
+        if ranked:
+            best, count = ranked[0]
+            tied = len(ranked) > 1 and ranked[1][1] == count
+            if count / self.voters >= self.threshold and not tied:
+                winner = next(o.answer for o in outcomes if normalise(o.answer) == best)
+        if winner:
+            answer = winner
+        elif ranked:
+            answer = (
+                "I couldn't reach a consensus on that: my attempts disagreed ("
+                + " / ".join(answer for answer, _ in ranked[:3])
+                + "). Could you rephrase or narrow the question?"
+            )
+        else:
+            answer = ""
+        steps.append(Step(f"Votes: {tally}", "", {}, answer, kind="conclusion"))
+        return Outcome(answer, tuple(steps), usage)
