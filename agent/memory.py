@@ -5,6 +5,7 @@ This module, `agent.store` and `agent.tools.executions` are the only places that
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -389,9 +390,10 @@ class Memory:
 
     async def context_text(self, conv: Conversation, query: str, *, turns: int = 8, k: int = 5) -> str:
         """What the model is told about this conversation: recent turns, notes, then relevant facts."""
-        facts = await self.relevant_facts(conv.channel, query, k, touch=True)
-        notes = await self.working(conv)
-        recent = await self.recent_turns(conv, turns)
+        # Queued together, the three reads run back to back on the reader thread.
+        facts, notes, recent = await asyncio.gather(
+            self.relevant_facts(conv.channel, query, k, touch=True), self.working(conv), self.recent_turns(conv, turns)
+        )
         parts = []
         if recent:
             parts.append("Recent conversation:\n" + "\n".join(f"{t.role}: {t.text}" for t in recent))
