@@ -139,22 +139,21 @@ def normalise(answer: str) -> str:
 class VoteMode:
     name = "vote"
 
-    def __init__(
-        self, react: RobustReAct, lm: dspy.LM, voters: int = 3, threshold: float = 0.5, temperature: float = 0.2
-    ) -> None:
+    def __init__(self, react: RobustReAct, voters: int = 3, threshold: float = 0.5, temperature: float = 0.2) -> None:
         self.react = react
         self.voters = voters
         self.threshold = threshold
-        # Different sampling per voter: the configured temperature first, then warmer ones.
-        self.lms = [lm.copy(temperature=min(temperature + 0.4 * i, 1.5), rollout_id=i) for i in range(voters)]
+        self.temperature = temperature
 
-    async def _voter(self, i: int, context: str, question: str) -> Outcome:
-        with dspy.context(lm=self.lms[i]):
+    async def _voter(self, lm: dspy.LM, i: int, context: str, question: str) -> Outcome:
+        # Different sampling per voter: the configured temperature first, then warmer ones.
+        with dspy.context(lm=lm.copy(temperature=min(self.temperature + 0.4 * i, 1.5), rollout_id=i)):
             return await _react(self.react, context, question, part=f"voter {i + 1}")
 
     async def answer(self, context: str, question: str) -> Outcome:
+        lm = dspy.settings.lm  # the model of this request: the primary, or the fallback
         results = await asyncio.gather(
-            *(self._voter(i, context, question) for i in range(self.voters)), return_exceptions=True
+            *(self._voter(lm, i, context, question) for i in range(self.voters)), return_exceptions=True
         )
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, Exception):

@@ -18,6 +18,7 @@ from agent.memory import ChainRecord, Memory
 from agent.messages import IncomingMessage, Reply, Step
 from agent.modes import DecomposeMode, Mode, Outcome, ReactMode, VoteMode
 from agent.react import RobustReAct
+from agent.resilience import CircuitBreaker, CircuitOpen
 from agent.tools.context import ToolContext, tool_context
 from agent.tools.runner import ToolRunner
 
@@ -36,6 +37,16 @@ class Answer(dspy.Signature):  # type: ignore[misc]
     context: str = dspy.InputField(desc="facts remembered in this channel and the recent conversation")
     question: str = dspy.InputField()
     answer: str = dspy.OutputField(desc="the reply to post in the chat")
+
+
+@dataclass(frozen=True)
+class Resilience:
+    """What the agent falls back on: a second model, each model's breaker, and the text of last resort."""
+
+    fallback: ModelHandle | None = None
+    breaker: CircuitBreaker | None = None
+    fallback_breaker: CircuitBreaker | None = None
+    fallback_reply: str = "Sorry, I can't answer right now. Please try again in a few minutes."
 
 
 @dataclass(frozen=True)
@@ -62,17 +73,39 @@ def fact_from_statement(statement: str) -> tuple[str, str]:
     return key.lower(), statement
 
 
+FALLBACK_REPLY = "fallback_reply"
+
+
+class NoModelAnswered(Exception):
+    """Every model of the fallback chain failed or was skipped by its open breaker."""
+
+    def __init__(self, error_id: str) -> None:
+        super().__init__(error_id)
+        self.error_id = error_id
+
+
 class Agent:
     """Answers messages. One shared instance serves every conversation: per-request state lives in
     `dspy.context` and the tool context, both context variables."""
 
     def __init__(
-        self, memory: Memory, model: ModelHandle, runner: ToolRunner, options: AgentOptions = AgentOptions()
+        self,
+        memory: Memory,
+        model: ModelHandle,
+        runner: ToolRunner,
+        options: AgentOptions = AgentOptions(),
+        resilience: Resilience | None = None,
     ) -> None:
         self.memory = memory
         self.model = model
         self.runner = runner
         self.options = options
+        self.resilience = resilience or Resilience()
+        # The fallback chain: each model behind its own breaker, then the fallback reply.
+        self.paths = [(model, self.resilience.breaker or CircuitBreaker(model.name))]
+        if self.resilience.fallback is not None:
+            fallback = self.resilience.fallback
+            self.paths.append((fallback, self.resilience.fallback_breaker or CircuitBreaker(fallback.name)))
         self.react = RobustReAct(Answer, runner.registry.enabled(), runner, max_iters=options.max_iters)
         self.mode = self._mode(options)
         if model.constrained:
@@ -86,7 +119,7 @@ class Agent:
         if options.mode == "decompose":
             return DecomposeMode(self.react, options.max_subquestions)
         if options.mode == "vote":
-            return VoteMode(self.react, self.model.lm, options.voters, options.vote_threshold, options.temperature)
+            return VoteMode(self.react, options.voters, options.vote_threshold, options.temperature)
         if options.mode != "react":
             raise ValueError(f"unknown agent mode {options.mode!r}; use react, decompose or vote")
         return ReactMode(self.react)
@@ -127,9 +160,20 @@ class Agent:
         try:
             async with self._slots:
                 if remember:
-                    outcome = await self._remember(message, remember.group("fact"))
+                    outcome, answered_by = await self._remember(message, remember.group("fact")), "rule"
                 else:
-                    outcome = await self._reason(message, text, run_id)
+                    outcome, answered_by = await self._reason(message, text, run_id)
+        except NoModelAnswered as failed:
+            reply_text = f"{self.resilience.fallback_reply} (error id {failed.error_id})"
+            chain = replace(
+                chain,
+                status="fallback",
+                model=FALLBACK_REPLY,
+                error_id=failed.error_id,
+                duration_ms=(time.time() - started) * 1000,
+            )
+            chain_id = await self.memory.record_exchange(conv, chain, reply_text=reply_text)
+            return Reply(reply_text, chain_id=chain_id, error_id=failed.error_id, status="fallback")
         except Exception as exc:
             error_id = uuid.uuid4().hex[:12]
             log.exception("answering failed (error id %s): %s", error_id, type(exc).__name__)
@@ -151,6 +195,7 @@ class Agent:
             chain,
             answer=answer,
             status=status,
+            model=answered_by,
             duration_ms=(time.time() - started) * 1000,
             steps=outcome.steps,
             model_calls=outcome.usage.calls,
@@ -169,11 +214,20 @@ class Agent:
         answer = f"Got it, I'll remember that {value}."
         return Outcome(answer, (step, Step("", "", {}, answer, kind="conclusion")), ModelUsage())
 
-    async def _reason(self, message: IncomingMessage, text: str, run_id: str) -> Outcome:
+    async def _reason(self, message: IncomingMessage, text: str, run_id: str) -> tuple[Outcome, str]:
+        """Try each model of the fallback chain under its breaker; returns the outcome and who answered."""
         conv = message.conversation
         context = await self.memory.context_text(conv, text, turns=self.options.context_turns, k=self.options.facts_k)
-        with (
-            tool_context(ToolContext(self.memory, conv, message.user, run_id)),
-            dspy.context(lm=self.model.lm, adapter=dspy.JSONAdapter()),
-        ):
-            return await self.mode.answer(context, text)
+        error_id = uuid.uuid4().hex[:12]
+        with tool_context(ToolContext(self.memory, conv, message.user, run_id)):
+            for handle, breaker in self.paths:
+                try:
+                    async with breaker.guard():
+                        with dspy.context(lm=handle.lm, adapter=dspy.JSONAdapter()):
+                            return await self.mode.answer(context, text), handle.name
+                except CircuitOpen as exc:
+                    log.info("skipping %s: %s", handle.name, exc)
+                except Exception as exc:
+                    log.warning("model %s failed (error id %s): %s: %s", handle.name, error_id, type(exc).__name__, exc)
+        log.error("no model could answer (error id %s); sending the fallback reply", error_id)
+        raise NoModelAnswered(error_id)

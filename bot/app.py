@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from agent.engines import ModelConfig, ModelHandle, build_model
 from agent.memory import Memory
-from agent.runtime import Agent, AgentOptions
+from agent.resilience import CircuitBreaker
+from agent.runtime import Agent, AgentOptions, Resilience
 from agent.store import Store
 from agent.tools.runner import ToolRunner
 from bot.config import Settings
@@ -33,6 +34,40 @@ def model_config(settings: Settings) -> ModelConfig:
         timeout_s=lm.timeout_s,
         max_tokens=lm.max_tokens,
         temperature=lm.temperature,
+    )
+
+
+def fallback_config(settings: Settings) -> ModelConfig | None:
+    fb = settings.fallback
+    if not fb.model:
+        return None
+    return ModelConfig(
+        model=fb.model,
+        api_base=fb.api_base,
+        api_key=fb.api_key.get_secret_value() if fb.api_key else None,
+        timeout_s=settings.lm.timeout_s,
+        max_tokens=settings.lm.max_tokens,
+        temperature=settings.lm.temperature,
+    )
+
+
+def resilience(settings: Settings, fallback: ModelHandle | None) -> Resilience:
+    """Each model behind its own breaker, then the fallback reply."""
+    b = settings.breaker
+
+    def breaker(name: str) -> CircuitBreaker:
+        return CircuitBreaker(
+            name,
+            failure_threshold=b.failure_threshold,
+            reset_timeout_s=b.reset_timeout_s,
+            success_threshold=b.success_threshold,
+        )
+
+    return Resilience(
+        fallback=fallback,
+        breaker=breaker("primary"),
+        fallback_breaker=breaker("fallback"),
+        fallback_reply=settings.fallback.reply,
     )
 
 
@@ -68,7 +103,9 @@ async def build_app(settings: Settings, model: ModelHandle | None = None) -> Asy
         runner = build_runner(settings, store)
         try:
             handle = model or build_model(model_config(settings))
-            agent = Agent(memory, handle, runner, agent_options(settings))
+            fb_config = fallback_config(settings)
+            fallback = build_model(fb_config) if fb_config else None
+            agent = Agent(memory, handle, runner, agent_options(settings), resilience(settings, fallback))
             yield App(settings, store, memory, agent, runner)
         finally:
             runner.close()

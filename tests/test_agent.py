@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from dspy.lm15 import ServerError
 
 from agent.engines import ScriptedEngine
@@ -107,15 +108,18 @@ async def test_run_without_an_answer_says_so_plainly_and_the_conversation_goes_o
     assert (await agent.respond(msg("hello again"))).text == "Hi again."
 
 
-async def test_provider_error_gets_a_reply_with_an_error_id(
-    agent: Agent, engine: ScriptedEngine, memory: Memory
+async def test_provider_error_gets_the_fallback_reply_with_an_error_id(
+    agent: Agent, engine: ScriptedEngine, memory: Memory, caplog: pytest.LogCaptureFixture
 ) -> None:
     engine.add(ServerError("upstream exploded with key sk-123", provider="scripted"))
     reply = await agent.respond(msg("hi"))
-    assert reply.status == "error" and reply.error_id
+    assert reply.status == "fallback" and reply.error_id
+    assert reply.text.startswith("Sorry, I can't answer right now.") and reply.error_id in reply.text
     assert "sk-123" not in reply.text and "exploded" not in reply.text
+    assert reply.error_id in caplog.text  # the same id is in the logs
     chains = [c async for c in memory.chains_since(0)]
-    assert chains[-1]["status"] == "error" and chains[-1]["error_id"] == reply.error_id
+    assert chains[-1]["status"] == "fallback" and chains[-1]["error_id"] == reply.error_id
+    assert chains[-1]["model"] == "fallback_reply"
 
 
 async def test_empty_and_oversized_messages_are_rejected_without_a_model_call(

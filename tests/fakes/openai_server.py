@@ -55,6 +55,8 @@ class FakeOpenAI:
         self.brain = brain
         self.requests: list[dict[str, Any]] = []
         self.fail_next: list[int] = []
+        # While set, every request fails with this status: an outage.
+        self.down: int | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
@@ -90,8 +92,8 @@ class FakeOpenAI:
     async def _chat(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.requests.append(body)
-        if self.fail_next:
-            status = self.fail_next.pop(0)
+        if self.fail_next or self.down:
+            status = self.fail_next.pop(0) if self.fail_next else self.down
             return web.json_response({"error": {"message": "fake failure", "type": "server_error"}}, status=status)
         system = "\n".join(m["content"] for m in body["messages"] if m["role"] == "system")
         user = "\n".join(m["content"] for m in body["messages"] if m["role"] == "user")

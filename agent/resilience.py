@@ -1,0 +1,146 @@
+"""The circuit breaker that keeps Parley fast when the model provider is slow or down.
+
+Ours, not a library's (DESIGN.md): half-open admits exactly one trial call at a time, cancellation counts as
+neither success nor failure, and time comes from a monotonic clock. The model call, with its own timeout, runs
+inside the breaker, so a provider that is slow counts as failing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+log = logging.getLogger("parley.breaker")
+
+
+class State(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitOpen(Exception):
+    """The call was not made: the breaker is open, or half-open with its one trial call under way."""
+
+    def __init__(self, name: str, retry_in_s: float) -> None:
+        super().__init__(f"circuit {name} is open; next trial in {retry_in_s:.1f} s")
+        self.retry_in_s = retry_in_s
+
+
+@dataclass
+class BreakerMetrics:
+    calls: int = 0
+    successes: int = 0
+    failures: int = 0
+    rejections: int = 0
+    transitions: list[tuple[State, State]] = field(default_factory=list)
+
+
+StateListener = Callable[[str, State, State], None]
+
+
+class CircuitBreaker:
+    """closed -> (failure_threshold consecutive failures) -> open -> (reset_timeout) -> half-open ->
+    (success_threshold successful trials, one at a time) -> closed; a failed trial opens it again."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        failure_threshold: int = 5,
+        reset_timeout_s: float = 30.0,
+        success_threshold: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+        listeners: tuple[StateListener, ...] = (),
+    ) -> None:
+        self.name = name
+        self.failure_threshold = failure_threshold
+        self.reset_timeout_s = reset_timeout_s
+        self.success_threshold = success_threshold
+        self.clock = clock
+        self.listeners = list(listeners)
+        self.metrics = BreakerMetrics()
+        self._state = State.CLOSED
+        self._failures = 0
+        self._trial_successes = 0
+        self._opened_at = 0.0
+        self._trial_running = False
+
+    @property
+    def state(self) -> State:
+        if self._state is State.OPEN and self.clock() - self._opened_at >= self.reset_timeout_s:
+            self._move(State.HALF_OPEN)
+        return self._state
+
+    def _move(self, new: State) -> None:
+        old, self._state = self._state, new
+        if old is new:
+            return
+        self.metrics.transitions.append((old, new))
+        if new is State.OPEN:
+            self._opened_at = self.clock()
+        if new is State.HALF_OPEN:
+            self._trial_successes = 0
+        if new is State.CLOSED:
+            self._failures = 0
+        log.warning("circuit %s: %s -> %s", self.name, old.value, new.value)
+        for listener in self.listeners:
+            try:
+                listener(self.name, old, new)
+            except Exception:
+                log.exception("circuit %s: a state listener failed", self.name)
+
+    def _admit(self) -> bool:
+        """Let a call through or raise CircuitOpen; returns whether the call is the half-open trial."""
+        state = self.state
+        if state is State.CLOSED:
+            return False
+        if state is State.HALF_OPEN and not self._trial_running:
+            self._trial_running = True
+            return True
+        self.metrics.rejections += 1
+        remaining = max(self.reset_timeout_s - (self.clock() - self._opened_at), 0.0)
+        raise CircuitOpen(self.name, remaining)
+
+    @asynccontextmanager
+    async def guard(self) -> AsyncIterator[None]:
+        """`async with breaker.guard(): await call()`: the block's outcome is the call's outcome."""
+        trial = self._admit()
+        self.metrics.calls += 1
+        try:
+            yield
+        except Exception:
+            self._on_failure(trial)
+            raise
+        except BaseException:
+            # Cancellation (shutdown, a client gone) says nothing about the provider's health.
+            if trial:
+                self._trial_running = False
+            raise
+        else:
+            self._on_success(trial)
+
+    def _on_success(self, trial: bool) -> None:
+        self.metrics.successes += 1
+        if trial:
+            self._trial_running = False
+            self._trial_successes += 1
+            if self._trial_successes >= self.success_threshold:
+                self._move(State.CLOSED)
+        elif self._state is State.CLOSED:
+            self._failures = 0
+
+    def _on_failure(self, trial: bool) -> None:
+        self.metrics.failures += 1
+        if trial:
+            self._trial_running = False
+            self._move(State.OPEN)
+            return
+        if self._state is State.CLOSED:
+            self._failures += 1
+            if self._failures >= self.failure_threshold:
+                self._move(State.OPEN)
