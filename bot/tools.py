@@ -21,7 +21,7 @@ from agent.tools.registry import SPEC_ATTRIBUTE, ToolOverride, ToolRegistry, Too
 from agent.tools.runner import ToolHook, ToolRunner
 from agent.tools.sql import sql_tool
 from agent.tools.web import http_get_tool, weather_tool, web_search_tool
-from bot.config import Settings, ToolSettings
+from bot.config import Settings
 
 _metrics_hook: MetricsHook | None = None
 
@@ -48,52 +48,48 @@ def plugin_tools(module_names: Sequence[str]) -> list[Callable[..., Any]]:
     return found
 
 
+def missing_settings(settings: Settings) -> dict[str, str]:
+    """Built-in tools that lack their configuration, each with what to set: the one place that decides."""
+    t = settings.tools
+    checks = {
+        "read_file": (t.read_file.root is not None, "set tools.read_file.root"),
+        "list_dir": (t.list_dir.root is not None, "set tools.list_dir.root"),
+        "sql_query": (t.sql_query.database is not None, "set tools.sql_query.database"),
+        "http_get": (bool(t.http_get.allow_hosts), "set tools.http_get.allow_hosts"),
+        "web_search": (bool(t.web_search.base_url and t.web_search.api_key), "set tools.web_search.api_key"),
+        "weather": (bool(t.weather.base_url and t.weather.api_key), "set tools.weather.api_key"),
+    }
+    return {name: hint for name, (ready, hint) in checks.items() if not ready}
+
+
 def build_registry(settings: Settings) -> ToolRegistry:
     """Register every tool and apply the `[tools.NAME]` tables. Raises ToolRegistryError on a conflict."""
     tables = settings.tools
     read_file, _ = file_tools(tables.read_file.root or Path("."), tables.read_file.max_bytes)
     _, list_dir = file_tools(tables.list_dir.root or Path("."), tables.list_dir.max_bytes)
     search, weather = tables.web_search, tables.weather
-    configured: list[tuple[Callable[..., Any], bool]] = [
-        *((fn, True) for fn in BUILTIN_TOOLS),
-        (read_file, tables.read_file.root is not None),
-        (list_dir, tables.list_dir.root is not None),
-        (
-            sql_tool(tables.sql_query.database or Path("missing.db"), tables.sql_query.max_rows),
-            tables.sql_query.database is not None,
+    registry = ToolRegistry.of(
+        *BUILTIN_TOOLS,
+        read_file,
+        list_dir,
+        sql_tool(tables.sql_query.database or Path("missing.db"), tables.sql_query.max_rows),
+        http_get_tool(
+            tables.http_get.allow_hosts, allow_http=tables.http_get.allow_http, max_bytes=tables.http_get.max_bytes
         ),
-        (
-            http_get_tool(
-                tables.http_get.allow_hosts,
-                allow_http=tables.http_get.allow_http,
-                max_bytes=tables.http_get.max_bytes,
-            ),
-            bool(tables.http_get.allow_hosts),
-        ),
-        (
-            web_search_tool(search.base_url or "", search.api_key.get_secret_value() if search.api_key else ""),
-            bool(search.base_url and search.api_key),
-        ),
-        (
-            weather_tool(weather.base_url or "", weather.api_key.get_secret_value() if weather.api_key else ""),
-            bool(weather.base_url and weather.api_key),
-        ),
-        *((fn, True) for fn in plugin_tools(settings.agent.tool_modules)),
-    ]
-    registry = ToolRegistry()
-    unconfigured = set()
-    for fn, ready in configured:
-        spec = registry.register(fn)
-        if not ready:
-            unconfigured.add(spec.name)
-    registry.configure({name: _override(table, name in unconfigured) for name, table in tables.tables().items()})
-    return registry
-
-
-def _override(table: ToolSettings, unconfigured: bool) -> ToolOverride:
-    return ToolOverride(
-        enabled=False if unconfigured else table.enabled, timeout_s=table.timeout_s, approval=table.approval
+        web_search_tool(search.base_url or "", search.api_key.get_secret_value() if search.api_key else ""),
+        weather_tool(weather.base_url or "", weather.api_key.get_secret_value() if weather.api_key else ""),
+        *plugin_tools(settings.agent.tool_modules),
     )
+    missing = missing_settings(settings)
+    registry.configure(
+        {
+            name: ToolOverride(
+                enabled=table.enabled and name not in missing, timeout_s=table.timeout_s, approval=table.approval
+            )
+            for name, table in tables.tables().items()
+        }
+    )
+    return registry
 
 
 def build_runner(settings: Settings, store: Store, hooks: Sequence[ToolHook] | None = None) -> ToolRunner:
@@ -106,16 +102,8 @@ def build_runner(settings: Settings, store: Store, hooks: Sequence[ToolHook] | N
 
 
 def unconfigured_reason(settings: Settings, name: str) -> str:
-    """Why a built-in tool is hidden, for `parley tools`."""
-    reasons = {
-        "read_file": "set tools.read_file.root",
-        "list_dir": "set tools.list_dir.root",
-        "sql_query": "set tools.sql_query.database",
-        "http_get": "set tools.http_get.allow_hosts",
-        "web_search": "set tools.web_search.api_key",
-        "weather": "set tools.weather.api_key",
-    }
+    """Why a tool is hidden, for `parley tools`."""
     table = settings.tools.tables().get(name)
     if table is not None and not table.enabled:
         return "disabled in settings"
-    return reasons.get(name, "disabled")
+    return missing_settings(settings).get(name, "disabled")

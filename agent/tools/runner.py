@@ -40,10 +40,6 @@ class ToolCall:
     args: dict[str, Any]
     context: ToolContext | None = None
 
-    @property
-    def channel(self) -> str:
-        return self.context.conversation.channel if self.context else ""
-
 
 @dataclass(frozen=True)
 class ToolResult:
@@ -137,10 +133,8 @@ class ToolRunner:
                 await hook.before(call, spec)
             await self.gate.check(call, spec)
         except ToolRefused as refused:
-            result = self._result("denied", f"Not run: {refused.reason}.", clock)
-        else:
-            return await self._execute(spec, kwargs, call.context, clock)
-        return result
+            return self._result("denied", f"Not run: {refused.reason}.", clock)
+        return await self._execute(spec, kwargs, call.context, clock)
 
     async def _execute(
         self, spec: ToolSpec, kwargs: dict[str, Any], context: ToolContext | None, clock: float
