@@ -36,6 +36,7 @@ test: lint
 bench: $(VENV)/.test-installed
 	$(BIN)/python -m benchmarks.memory
 	$(BIN)/python -m benchmarks.agent
+	$(BIN)/python -m benchmarks.dispatch
 
 constraints: $(VENV)/.test-installed
 	{ echo "# Pinned versions of every dependency (pip install -c). Regenerate: make constraints"; \

@@ -1,55 +1,66 @@
-"""The console adapter: chat in a terminal, or answer piped stdin one line at a time."""
+"""The console adapter: chat in a terminal, or answer piped stdin one line at a time.
+
+Like every adapter it hands messages to the dispatcher (`submit`) and gets replies back through `deliver`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import getpass
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TextIO
 
 from agent.messages import IncomingMessage, Reply
 
-Handler = Callable[[IncomingMessage], Awaitable[Reply]]
+Submit = Callable[[IncomingMessage], Awaitable[bool]]
 QUIT_WORDS = frozenset({"/quit", "/exit"})
 
 
 class ConsoleAdapter:
-    """Reads lines, hands each to the handler as a console message, prints the reply.
+    """Reads lines, submits each as a console message, prints each reply as it is delivered.
 
-    On a terminal it shows prompts; with piped input it prints exactly one answer per input line.
+    On a terminal it shows prompts and waits for each answer; with piped input it submits every line and
+    prints exactly one answer per input line, in order, before it returns.
     """
+
+    name = "console"
+    # A reply cannot reach a terminal session that has ended.
+    resumable = False
 
     def __init__(
         self,
-        handler: Handler,
         *,
         channel: str = "general",
         user: str | None = None,
         stdin: TextIO | None = None,
         stdout: TextIO | None = None,
     ) -> None:
-        self.handler = handler
         self.channel = channel
         self.user = user or _login_name()
         self.stdin = stdin or sys.stdin
         self.stdout = stdout or sys.stdout
         self.interactive = self.stdin.isatty() and self.stdout.isatty()
+        self._session = uuid.uuid4().hex[:12]
         self._count = 0
+        self._waiting: dict[str, asyncio.Future[None]] = {}
 
     def message(self, text: str) -> IncomingMessage:
         self._count += 1
         return IncomingMessage(
-            platform="console",
+            platform=self.name,
             channel=self.channel,
             user=self.user,
             text=text,
             message_id=str(self._count),
+            # Unique across sessions: the inbox drops an event key it has seen before.
+            event_id=f"{self._session}-{self._count}",
             is_dm=True,
             mentioned=True,
         )
 
-    async def run(self) -> None:
+    async def run(self, submit: Submit) -> None:
         if self.interactive:
             self._write(f"Parley console, channel #{self.channel}. Type /quit to leave.\n")
         while True:
@@ -61,8 +72,18 @@ class ConsoleAdapter:
             text = line.rstrip("\n")
             if text.strip() in QUIT_WORDS:
                 break
-            reply = await self.handler(self.message(text))
-            self._write(f"parley> {reply.text}\n" if self.interactive else f"{reply.text}\n")
+            message = self.message(text)
+            answered = self._waiting[message.event_id] = asyncio.get_running_loop().create_future()
+            await submit(message)
+            if self.interactive:
+                await answered
+        await asyncio.gather(*self._waiting.values())
+
+    async def deliver(self, message: IncomingMessage, reply: Reply, key: str) -> None:
+        self._write(f"parley> {reply.text}\n" if self.interactive else f"{reply.text}\n")
+        waiting = self._waiting.pop(message.event_id, None)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
 
     def _write(self, text: str) -> None:
         self.stdout.write(text)

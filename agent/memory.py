@@ -1,6 +1,6 @@
 """Per-channel memory: conversation turns, facts (FTS5, BM25), working memory and reasoning chains.
 
-This module, `agent.store` and `agent.tools.executions` are the only places that speak SQL.
+This module, `agent.store`, `agent.inbox` and `agent.tools.executions` are the only places that speak SQL.
 """
 
 from __future__ import annotations
@@ -9,15 +9,17 @@ import asyncio
 import hashlib
 import json
 import re
+import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import aiosqlite
-
 from agent.messages import Conversation, Step
 from agent.store import Store
+
+# Extra writes that must land in the same transaction as an exchange: (connection, chain id).
+Also = Callable[[sqlite3.Connection, int], None]
 
 # Words so common that matching them says nothing about relevance; dropped from fact queries.
 STOPWORDS = frozenset(
@@ -255,12 +257,12 @@ class Memory:
     async def add_turn(
         self, conv: Conversation, role: str, text: str, *, user_id: str = "", chain_id: int | None = None
     ) -> None:
-        async with self.store.transaction() as db:
-            await self._insert_turn(db, conv, role, text, user_id, chain_id, time.time())
+        now = time.time()
+        await self.store.write(lambda db: self._insert_turn(db, conv, role, text, user_id, chain_id, now))
 
-    async def _insert_turn(
+    def _insert_turn(
         self,
-        db: aiosqlite.Connection,
+        db: sqlite3.Connection,
         conv: Conversation,
         role: str,
         text: str,
@@ -268,20 +270,19 @@ class Memory:
         chain_id: int | None,
         now: float,
     ) -> None:
-        async with db.execute(
+        row = db.execute(
             "INSERT INTO conversations (channel, thread, created_at, updated_at) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (channel, thread) DO UPDATE SET updated_at = excluded.updated_at RETURNING id",
             (conv.channel, conv.thread, now, now),
-        ) as cursor:
-            row = await cursor.fetchone()
+        ).fetchone()
         assert row is not None
-        await db.execute(
+        db.execute(
             "INSERT INTO turns (conversation_id, channel, role, user_id, text, chain_id, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (row[0], conv.channel, role, user_id, text, chain_id, now),
         )
         # Bounded history: keep the newest `max_turns` of the channel.
-        await db.execute(
+        db.execute(
             "DELETE FROM turns WHERE channel = ? AND id <= "
             "(SELECT id FROM turns WHERE channel = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
             (conv.channel, conv.channel, self.max_turns),
@@ -312,21 +313,20 @@ class Memory:
     async def add_fact(self, channel: str, key: str, value: str, *, confidence: float = 1.0) -> None:
         """Upsert: a known key gets the new value and confidence, and counts as one more access."""
         now = time.time()
-        async with self.store.transaction() as db:
-            await _upsert_fact(db, channel, Fact(key.strip(), value.strip(), confidence, 0, now, now, now))
+        fact = Fact(key.strip(), value.strip(), confidence, 0, now, now, now)
+        await self.store.write(lambda db: _upsert_fact(db, channel, fact))
 
     async def get_fact(self, channel: str, key: str) -> Fact | None:
         """One fact by key; reading it touches its last access and access count."""
-        async with (
-            self.store.transaction() as db,
-            db.execute(
+        now = time.time()
+        row = await self.store.write(
+            lambda db: db.execute(
                 "UPDATE facts SET last_access = ?, access_count = access_count + 1 "
                 "WHERE channel = ? AND key = ? "
                 "RETURNING key, value, confidence, access_count, created_at, updated_at, last_access",
-                (time.time(), channel, key.strip()),
-            ) as cursor,
-        ):
-            row = await cursor.fetchone()
+                (now, channel, key.strip()),
+            ).fetchone()
+        )
         return Fact(*row) if row else None
 
     async def facts(self, channel: str) -> list[Fact]:
@@ -349,35 +349,38 @@ class Memory:
             (expression, k),
         )
         if touch and rows:
-            ids = [r[0] for r in rows]
-            async with self.store.transaction() as db:
-                await db.execute(
+            touched = (time.time(), *(r[0] for r in rows))
+            await self.store.write(
+                lambda db: db.execute(
                     f"UPDATE facts SET last_access = ?, access_count = access_count + 1 "
-                    f"WHERE id IN ({','.join('?' * len(ids))})",
-                    (time.time(), *ids),
+                    f"WHERE id IN ({','.join('?' * len(rows))})",
+                    touched,
                 )
+            )
         return [Fact(*r[1:]) for r in rows]
 
     async def prune_old_facts(self, max_age_days: float) -> int:
         """Delete facts untouched for `max_age_days`, except those accessed more than 10 times."""
         cutoff = time.time() - max_age_days * 86400
-        async with self.store.transaction() as db:
-            cursor = await db.execute(
-                "DELETE FROM facts WHERE last_access < ? AND access_count <= ?",
-                (cutoff, KEEP_ACCESSED_MORE_THAN),
+        cursor = await self.store.write(
+            lambda db: db.execute(
+                "DELETE FROM facts WHERE last_access < ? AND access_count <= ?", (cutoff, KEEP_ACCESSED_MORE_THAN)
             )
-            return cursor.rowcount
+        )
+        return cursor.rowcount
 
     # Working memory --------------------------------------------------------------------------------
 
     async def set_working(self, conv: Conversation, key: str, value: str) -> None:
-        async with self.store.transaction() as db:
-            await db.execute(
+        now = time.time()
+        await self.store.write(
+            lambda db: db.execute(
                 "INSERT INTO working_memory (channel, thread, key, value, updated_at) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (channel, thread, key) DO UPDATE SET value = excluded.value, "
                 "updated_at = excluded.updated_at",
-                (conv.channel, conv.thread, key, value, time.time()),
+                (conv.channel, conv.thread, key, value, now),
             )
+        )
 
     async def working(self, conv: Conversation) -> dict[str, str]:
         rows = await self.store.fetchall(
@@ -406,11 +409,17 @@ class Memory:
 
     # Reasoning chains ------------------------------------------------------------------------------
 
-    async def record_exchange(self, conv: Conversation, chain: ChainRecord, *, reply_text: str) -> int:
-        """Store the user's turn, the reasoning chain and the reply in one transaction; returns the chain id."""
+    async def record_exchange(
+        self, conv: Conversation, chain: ChainRecord, *, reply_text: str, also: Also | None = None
+    ) -> int:
+        """Store the user's turn, the reasoning chain and the reply in one transaction; returns the chain id.
+
+        `also(db, chain_id)` runs inside the same transaction: the dispatcher marks the inbox row answered there.
+        """
         now = time.time()
-        async with self.store.transaction() as db:
-            async with db.execute(
+
+        def write(db: sqlite3.Connection) -> int:
+            row = db.execute(
                 "INSERT INTO chains (channel, thread, user_id, question, answer, status, model, error_id, "
                 "started_at, duration_ms, run_id, mode, model_calls, input_tokens, output_tokens) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
@@ -431,18 +440,20 @@ class Memory:
                     chain.input_tokens,
                     chain.output_tokens,
                 ),
-            ) as cursor:
-                row = await cursor.fetchone()
-            assert row is not None
+            ).fetchone()
             chain_id = int(row[0])
-            await db.executemany(
+            db.executemany(
                 f"INSERT INTO chain_steps (chain_id, idx, {', '.join(STEP_COLUMNS)}) "
                 f"VALUES (?, ?, {', '.join('?' * len(STEP_COLUMNS))})",
                 [(chain_id, i, *_step_row(s)) for i, s in enumerate(chain.steps)],
             )
-            await self._insert_turn(db, conv, "user", chain.question, chain.user_id, chain_id, now)
-            await self._insert_turn(db, conv, "assistant", reply_text, "", chain_id, now)
-        return chain_id
+            self._insert_turn(db, conv, "user", chain.question, chain.user_id, chain_id, now)
+            self._insert_turn(db, conv, "assistant", reply_text, "", chain_id, now)
+            if also is not None:
+                also(db, chain_id)
+            return chain_id
+
+        return await self.store.write(write)
 
     async def chain_steps(self, chain_id: int) -> list[Step]:
         rows = await self.store.fetchall(
@@ -517,12 +528,12 @@ class Memory:
 
     async def forget(self, channel: str) -> dict[str, int]:
         """Delete everything remembered about a channel: turns, facts, notes and reasoning chains."""
-        counts = {}
-        async with self.store.transaction() as db:
-            for table in ("turns", "facts", "working_memory", "chains", "tool_executions", "conversations"):
-                cursor = await db.execute(f"DELETE FROM {table} WHERE channel = ?", (channel,))
-                counts[table] = cursor.rowcount
-        return counts
+
+        def delete(db: sqlite3.Connection) -> dict[str, int]:
+            tables = ("turns", "facts", "working_memory", "chains", "tool_executions", "conversations")
+            return {t: db.execute(f"DELETE FROM {t} WHERE channel = ?", (channel,)).rowcount for t in tables}
+
+        return await self.store.write(delete)
 
     async def export_channel(self, channel: str) -> dict[str, Any]:
         """A channel's memory as JSON-ready data, for backup or moving it elsewhere."""
@@ -544,27 +555,30 @@ class Memory:
         if data.get("version") != EXPORT_VERSION:
             raise ValueError(f"unsupported memory export version {data.get('version')!r}")
         target = channel or str(data["channel"])
-        async with self.store.transaction() as db:
+
+        def load(db: sqlite3.Connection) -> None:
             for f in data.get("facts", []):
-                await _upsert_fact(db, target, Fact(**f), keep_access_count=True)
+                _upsert_fact(db, target, Fact(**f), keep_access_count=True)
             for t in data.get("turns", []):
                 conv = Conversation(target, t.get("thread", ""))
-                await self._insert_turn(db, conv, t["role"], t["text"], t["user_id"], None, t["created_at"])
+                self._insert_turn(db, conv, t["role"], t["text"], t["user_id"], None, t["created_at"])
             for n in data.get("working_memory", []):
-                await db.execute(
+                db.execute(
                     "INSERT OR REPLACE INTO working_memory (channel, thread, key, value, updated_at) "
                     "VALUES (?, ?, ?, ?, ?)",
                     (target, n["thread"], n["key"], n["value"], n["updated_at"]),
                 )
 
+        await self.store.write(load)
 
-async def _upsert_fact(db: aiosqlite.Connection, channel: str, fact: Fact, *, keep_access_count: bool = False) -> None:
+
+def _upsert_fact(db: sqlite3.Connection, channel: str, fact: Fact, *, keep_access_count: bool = False) -> None:
     """Insert a fact or update the channel's fact of that key, keeping its index terms in step.
 
     On conflict the access count is the given one (an import) or one more than before (a new statement).
     """
     access = "excluded.access_count" if keep_access_count else "access_count + 1"
-    await db.execute(
+    db.execute(
         "INSERT INTO facts (channel, key, value, confidence, access_count, created_at, updated_at, last_access, "
         "key_terms, value_terms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (channel, key) DO UPDATE SET value = excluded.value, value_terms = excluded.value_terms, "

@@ -71,7 +71,8 @@ class Reply:
     steps: tuple[Step, ...] = ()
     chain_id: int | None = None
     error_id: str | None = None
-    # answered | unanswered (the agent ran out of steps) | rejected (bad input) | error
+    # answered | unanswered (the agent ran out of steps) | rejected (bad input) | limited (rate limit)
+    # | fallback (no model could answer) | error
     status: str = "answered"
 
     def as_dict(self) -> dict[str, object]:

@@ -137,6 +137,30 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE chain_steps ADD COLUMN input_tokens INTEGER;
     ALTER TABLE chain_steps ADD COLUMN output_tokens INTEGER;
     """,
+    # 6: the durable inbox. A message is stored before the platform is acknowledged (unique on platform and
+    # event key, so a redelivery is dropped); its reply is stored with it, and `delivered_at` says it was sent.
+    """
+    CREATE TABLE inbox (
+        id INTEGER PRIMARY KEY,
+        platform TEXT NOT NULL,
+        event_key TEXT NOT NULL,
+        conversation TEXT NOT NULL,
+        user_id TEXT NOT NULL DEFAULT '',
+        message TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'received'
+            CHECK (state IN ('received', 'processing', 'answered', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        reply TEXT,
+        error_id TEXT,
+        error TEXT,
+        received_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        delivered_at REAL,
+        UNIQUE (platform, event_key)
+    );
+    CREATE INDEX inbox_unfinished ON inbox (id) WHERE delivered_at IS NULL AND state != 'failed';
+    CREATE INDEX inbox_by_received ON inbox (received_at);
+    """,
 )
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -27,6 +27,18 @@ from agent.tools.runner import ToolRunner
 log = logging.getLogger("parley.agent")
 
 FINISH = "finish"
+
+
+class EmptyCompletion(Exception):
+    """The provider answered with no text at all (a 200 without choices, say): the provider failed, not the
+    model's wording, so it counts against the provider's breaker instead of costing a step."""
+
+
+def raise_if_empty(err: Exception) -> None:
+    if isinstance(err, AdapterParseError) and not (err.lm_response or "").strip():
+        raise EmptyCompletion("the model provider returned an empty completion") from None
+
+
 TRUNCATION_ATTEMPTS = 3
 # Every trajectory field is text; DSPy formats a value by its field's annotation.
 _TEXT_FIELD = FieldInfo(annotation=str)
@@ -91,6 +103,7 @@ class RobustReAct(dspy.ReAct):  # type: ignore[misc]
                 )
                 outputs = {name: extract[name] for name in self.signature.output_fields}
             except (AdapterParseError, ContextWindowExceededError) as err:
+                raise_if_empty(err)
                 # No answer could be drawn from the steps: the caller tells the user so, plainly.
                 log.warning("no answer could be extracted: %s", type(err).__name__)
                 outputs = dict.fromkeys(self.signature.output_fields, "")
@@ -125,6 +138,7 @@ class RobustReAct(dspy.ReAct):  # type: ignore[misc]
                 log.warning("context window exceeded even after truncation; ending the trajectory")
                 break
             except AdapterParseError as err:
+                raise_if_empty(err)
                 # A step the adapter cannot parse costs one iteration and tells the model what went wrong.
                 observation = (
                     "Your last step was not valid JSON with next_thought, next_tool_name and next_tool_args"

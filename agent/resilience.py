@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -37,7 +38,9 @@ class BreakerMetrics:
     successes: int = 0
     failures: int = 0
     rejections: int = 0
-    transitions: list[tuple[State, State]] = field(default_factory=list)
+    # The most recent state changes, oldest first, and how often each state was entered since start.
+    transitions: deque[tuple[State, State]] = field(default_factory=lambda: deque(maxlen=64))
+    entered: Counter[State] = field(default_factory=Counter)
 
 
 StateListener = Callable[[str, State, State], None]
@@ -81,6 +84,7 @@ class CircuitBreaker:
         if old is new:
             return
         self.metrics.transitions.append((old, new))
+        self.metrics.entered[new] += 1
         if new is State.OPEN:
             self._opened_at = self.clock()
         if new is State.HALF_OPEN:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import sqlite3
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import dspy
@@ -62,6 +64,9 @@ class AgentOptions:
     voters: int = 3
     vote_threshold: float = 0.5
     temperature: float = 0.2
+    # The whole answer's deadline per model, retries and their backoff included: DSPy sleeps as long as a
+    # provider's Retry-After asks, uncapped, and the per-call timeout only bounds the wait for each byte.
+    answer_timeout_s: float = 120.0
 
 
 def fact_from_statement(statement: str) -> tuple[str, str]:
@@ -74,6 +79,9 @@ def fact_from_statement(statement: str) -> tuple[str, str]:
 
 
 FALLBACK_REPLY = "fallback_reply"
+
+# Writes that must land with the reply: called with the recording transaction's connection and the reply.
+Commit = Callable[[sqlite3.Connection, Reply], None]
 
 
 class NoModelAnswered(Exception):
@@ -128,21 +136,19 @@ class Agent:
     def tool_names(self) -> list[str]:
         return [name for name in self.react.tools if name != "finish"]
 
-    async def respond(self, message: IncomingMessage) -> Reply:
+    async def respond(self, message: IncomingMessage, *, commit: Commit | None = None) -> Reply:
         """Answer one message. Never raises for bad input or a failing model: the reply says what happened.
 
+        `commit(db, reply)` runs inside the transaction that records the exchange (or, for a rejected message,
+        in a transaction of its own), so whatever it writes lands if and only if the reply is recorded.
         Cancellation (shutdown) propagates and records nothing, so the message can be answered afresh later.
         """
         text = message.text.strip()
-        if not text:
-            return Reply("Your message is empty. Ask me something, for example: what is 12*7?", status="rejected")
-        if len(text) > self.options.max_message_chars:
-            return Reply(
-                f"Your message is {len(text):,} characters long; the limit is "
-                f"{self.options.max_message_chars:,}. Please shorten it or split it up.",
-                status="rejected",
-            )
-        conv = message.conversation
+        rejection = self._reject(text)
+        if rejection is not None:
+            if commit is not None:
+                await self.memory.store.write(lambda db: commit(db, rejection))
+            return rejection
         started = time.time()
         run_id = uuid.uuid4().hex
         remember = REMEMBER.match(text)
@@ -172,8 +178,9 @@ class Agent:
                 error_id=failed.error_id,
                 duration_ms=(time.time() - started) * 1000,
             )
-            chain_id = await self.memory.record_exchange(conv, chain, reply_text=reply_text)
-            return Reply(reply_text, chain_id=chain_id, error_id=failed.error_id, status="fallback")
+            return await self._record(
+                message, chain, Reply(reply_text, error_id=failed.error_id, status="fallback"), commit
+            )
         except Exception as exc:
             error_id = uuid.uuid4().hex[:12]
             log.exception("answering failed (error id %s): %s", error_id, type(exc).__name__)
@@ -182,8 +189,7 @@ class Agent:
                 f"(error id {error_id}). Please try again."
             )
             chain = replace(chain, status="error", error_id=error_id, duration_ms=(time.time() - started) * 1000)
-            chain_id = await self.memory.record_exchange(conv, chain, reply_text=reply_text)
-            return Reply(reply_text, chain_id=chain_id, error_id=error_id, status="error")
+            return await self._record(message, chain, Reply(reply_text, error_id=error_id, status="error"), commit)
         status, answer = "answered", outcome.answer
         if not answer:
             status = "unanswered"
@@ -202,8 +208,29 @@ class Agent:
             input_tokens=outcome.usage.input_tokens,
             output_tokens=outcome.usage.output_tokens,
         )
-        chain_id = await self.memory.record_exchange(conv, chain, reply_text=answer)
-        return Reply(answer, steps=outcome.steps, chain_id=chain_id, status=status)
+        return await self._record(message, chain, Reply(answer, steps=outcome.steps, status=status), commit)
+
+    def _reject(self, text: str) -> Reply | None:
+        """A reply for a message the agent will not take, or None."""
+        if not text:
+            return Reply("Your message is empty. Ask me something, for example: what is 12*7?", status="rejected")
+        if len(text) > self.options.max_message_chars:
+            return Reply(
+                f"Your message is {len(text):,} characters long; the limit is "
+                f"{self.options.max_message_chars:,}. Please shorten it or split it up.",
+                status="rejected",
+            )
+        return None
+
+    async def _record(self, message: IncomingMessage, chain: ChainRecord, reply: Reply, commit: Commit | None) -> Reply:
+        """Write the exchange (and the caller's `commit`) in one transaction; returns the reply with its chain id."""
+
+        def also(db: sqlite3.Connection, chain_id: int) -> None:
+            if commit is not None:
+                commit(db, replace(reply, chain_id=chain_id))
+
+        chain_id = await self.memory.record_exchange(message.conversation, chain, reply_text=reply.text, also=also)
+        return replace(reply, chain_id=chain_id)
 
     async def _remember(self, message: IncomingMessage, statement: str) -> Outcome:
         """An explicit "remember that ..." is stored as a fact by rule, whatever the model would have done."""
@@ -222,7 +249,7 @@ class Agent:
         with tool_context(ToolContext(self.memory, conv, message.user, run_id)):
             for handle, breaker in self.paths:
                 try:
-                    async with breaker.guard():
+                    async with breaker.guard(), asyncio.timeout(self.options.answer_timeout_s):
                         with dspy.context(lm=handle.lm, adapter=dspy.JSONAdapter()):
                             return await self.mode.answer(context, text), handle.name
                 except CircuitOpen as exc:

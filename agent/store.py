@@ -1,23 +1,31 @@
 """The SQLite store: connections, pragmas, migrations and transactions.
 
-One writer connection behind an asyncio lock (`BEGIN IMMEDIATE`, so a write never upgrades a read lock
-and deadlocks) and one reader connection; WAL lets the reader run while the writer writes.
+Writes go through one plain `sqlite3` connection owned by one dedicated thread: `await store.write(work)` runs
+`work(conn)` there inside a `BEGIN IMMEDIATE` transaction, so a write costs one hop between the event loop and
+the thread however many statements it has (through aiosqlite each statement is a hop: a message's writes took
+some 28). Writes queued while the thread is busy share one transaction (group commit), each in a savepoint,
+so a burst costs one commit and one failing write does not undo the others. Reads go through an aiosqlite
+connection; WAL lets them run while the writer writes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import aiosqlite
 
 from agent.migrations import LATEST_VERSION, MIGRATIONS
 
 Params = Iterable[Any] | dict[str, Any]
+T = TypeVar("T")
 
 
 class StoreError(Exception):
@@ -27,11 +35,16 @@ class StoreError(Exception):
 class Store:
     """Owns the connections to one SQLite file. Open with `await Store.open(path)`, close on shutdown."""
 
-    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+    def __init__(
+        self, path: Path, writer: sqlite3.Connection, writer_thread: ThreadPoolExecutor, reader: aiosqlite.Connection
+    ) -> None:
         self.path = path
         self._writer = writer
+        self._writer_thread = writer_thread
         self._reader = reader
-        self._write_lock = asyncio.Lock()
+        self._queue: deque[_Write[Any]] = deque()
+        self._queue_lock = threading.Lock()
+        self._draining = False
 
     @classmethod
     async def open(
@@ -41,44 +54,60 @@ class Store:
         path = Path(path)
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
-        writer = reader = None
+        thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parley-db-writer")
+        loop = asyncio.get_running_loop()
+        writer: sqlite3.Connection | None = None
+        reader: aiosqlite.Connection | None = None
         try:
-            writer = await _connect(path, busy_timeout_ms)
-            await writer.execute("PRAGMA journal_mode = WAL")
-            store_version = await user_version(writer)
-            if store_version > LATEST_VERSION:
-                raise StoreError(
-                    f"database {path} has schema version {store_version}, newer than this code "
-                    f"({LATEST_VERSION}); upgrade Parley or use another PARLEY_DB__PATH"
-                )
-            if migrate_to is not None:
-                await apply_migrations(writer, migrate_to)
-            reader = await _connect(path, busy_timeout_ms)
-            await reader.execute("PRAGMA query_only = ON")
+            writer = await loop.run_in_executor(thread, _open_writer, path, busy_timeout_ms, migrate_to)
+            reader = await aiosqlite.connect(path, isolation_level=None)
+            reader.row_factory = sqlite3.Row
+            for pragma in (f"busy_timeout = {int(busy_timeout_ms)}", "query_only = ON"):
+                await reader.execute(f"PRAGMA {pragma}")
         except (sqlite3.DatabaseError, StoreError) as exc:
-            for conn in (writer, reader):
-                if conn is not None:
-                    await conn.close()
+            if reader is not None:
+                await reader.close()
+            if writer is not None:
+                await loop.run_in_executor(thread, writer.close)
+            thread.shutdown()
             raise _explain(path, exc) from None
-        return cls(path, writer, reader)
+        return cls(path, writer, thread, reader)
 
     async def close(self) -> None:
-        """Close both connections; aiosqlite threads are not daemons, so a forgotten close hangs exit."""
-        async with self._write_lock:
-            await self._writer.close()
+        """Close both connections and the writer thread; aiosqlite threads are not daemons, so a forgotten
+        close hangs exit."""
+        await asyncio.get_running_loop().run_in_executor(self._writer_thread, self._writer.close)
+        self._writer_thread.shutdown()
         await self._reader.close()
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """A write transaction: `BEGIN IMMEDIATE` under the writer lock; commits, or rolls back on error."""
-        async with self._write_lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._writer
-            except BaseException:
-                await self._writer.execute("ROLLBACK")
-                raise
-            await self._writer.execute("COMMIT")
+    async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work(conn)` atomically on the writer thread; returns once it is committed, or raises what it
+        raised after rolling it back.
+
+        Writes run one at a time in the order they were queued. A caller cancelled while waiting may still
+        see its write commit: it is all or nothing either way.
+        """
+        loop = asyncio.get_running_loop()
+        write: _Write[T] = _Write(work, loop.create_future())
+        with self._queue_lock:
+            self._queue.append(write)
+            start = not self._draining
+            self._draining = True
+        if start:
+            self._writer_thread.submit(self._drain, loop)
+        return await write.done
+
+    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the writer thread: commit everything queued, a batch per transaction, until the queue is empty."""
+        while True:
+            with self._queue_lock:
+                batch = list(self._queue)
+                self._queue.clear()
+                if not batch:
+                    self._draining = False
+                    return
+            outcomes = _commit_batch(self._writer, batch)
+            loop.call_soon_threadsafe(_settle, outcomes)
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
         async with self._reader.execute(sql, params) as cursor:
@@ -89,38 +118,88 @@ class Store:
             return await cursor.fetchone()
 
     async def version(self) -> int:
-        return await user_version(self._reader)
+        row = await self.fetchone("PRAGMA user_version")
+        return int(row[0]) if row else 0
 
 
-async def _connect(path: Path, busy_timeout_ms: int) -> aiosqlite.Connection:
-    conn = await aiosqlite.connect(path, isolation_level=None)
+@dataclass
+class _Write(Generic[T]):
+    work: Callable[[sqlite3.Connection], T]
+    done: asyncio.Future[T]
+
+
+Outcome = tuple[_Write[Any], Any, BaseException | None]
+
+
+def _commit_batch(conn: sqlite3.Connection, batch: list[_Write[Any]]) -> list[Outcome]:
+    """One transaction for the batch, one savepoint per write: a write that raises is undone alone."""
+    outcomes: list[Outcome] = []
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for write in batch:
+            conn.execute("SAVEPOINT write")
+            try:
+                outcomes.append((write, write.work(conn), None))
+            except Exception as exc:
+                conn.execute("ROLLBACK TO write")
+                outcomes.append((write, None, exc))
+            conn.execute("RELEASE write")
+        conn.execute("COMMIT")
+    except Exception as exc:  # BEGIN or COMMIT failed (disk full, locked): nothing of the batch landed
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        return [(write, None, exc) for write in batch]
+    return outcomes
+
+
+def _settle(outcomes: list[Outcome]) -> None:
+    """On the event loop: hand each writer its result; a writer that stopped waiting is skipped."""
+    for write, result, error in outcomes:
+        if write.done.cancelled():
+            continue
+        if error is None:
+            write.done.set_result(result)
+        else:
+            write.done.set_exception(error)
+
+
+def _open_writer(path: Path, busy_timeout_ms: int, migrate_to: int | None) -> sqlite3.Connection:
+    """Runs on the writer thread: connect, set the pragmas, check the schema version and migrate."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         conn.row_factory = sqlite3.Row
-        await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        await conn.execute("PRAGMA synchronous = NORMAL")
-        await conn.execute("PRAGMA foreign_keys = ON")
+        for pragma in (f"busy_timeout = {int(busy_timeout_ms)}", "synchronous = NORMAL", "foreign_keys = ON"):
+            conn.execute(f"PRAGMA {pragma}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        store_version = user_version(conn)
+        if store_version > LATEST_VERSION:
+            raise StoreError(
+                f"database {path} has schema version {store_version}, newer than this code "
+                f"({LATEST_VERSION}); upgrade Parley or use another PARLEY_DB__PATH"
+            )
+        if migrate_to is not None:
+            apply_migrations(conn, migrate_to)
     except BaseException:
-        await conn.close()
+        conn.close()
         raise
     return conn
 
 
-async def user_version(conn: aiosqlite.Connection) -> int:
-    async with conn.execute("PRAGMA user_version") as cursor:
-        row = await cursor.fetchone()
+def user_version(conn: sqlite3.Connection) -> int:
+    row = conn.execute("PRAGMA user_version").fetchone()
     return int(row[0]) if row else 0
 
 
-async def apply_migrations(conn: aiosqlite.Connection, target: int = LATEST_VERSION) -> None:
+def apply_migrations(conn: sqlite3.Connection, target: int = LATEST_VERSION) -> None:
     """Apply the steps from the current version up to `target`, each in its own transaction."""
-    current = await user_version(conn)
+    current = user_version(conn)
     for version in range(current, min(target, LATEST_VERSION)):
         script = f"BEGIN IMMEDIATE;\n{MIGRATIONS[version]}\nPRAGMA user_version = {version + 1};\nCOMMIT;"
         try:
-            await conn.executescript(script)
+            conn.executescript(script)
         except sqlite3.Error:
             if conn.in_transaction:
-                await conn.execute("ROLLBACK")
+                conn.execute("ROLLBACK")
             raise
 
 

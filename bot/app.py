@@ -13,6 +13,8 @@ from agent.runtime import Agent, AgentOptions, Resilience
 from agent.store import Store
 from agent.tools.runner import ToolRunner
 from bot.config import Settings
+from bot.dispatcher import DispatchOptions
+from bot.metrics import breaker_collector
 from bot.tools import build_runner
 
 
@@ -56,11 +58,13 @@ def resilience(settings: Settings, fallback: ModelHandle | None) -> Resilience:
     b = settings.breaker
 
     def breaker(name: str) -> CircuitBreaker:
-        return CircuitBreaker(
-            name,
-            failure_threshold=b.failure_threshold,
-            reset_timeout_s=b.reset_timeout_s,
-            success_threshold=b.success_threshold,
+        return breaker_collector().track(
+            CircuitBreaker(
+                name,
+                failure_threshold=b.failure_threshold,
+                reset_timeout_s=b.reset_timeout_s,
+                success_threshold=b.success_threshold,
+            )
         )
 
     return Resilience(
@@ -83,6 +87,19 @@ def agent_options(settings: Settings) -> AgentOptions:
         voters=settings.agent.voters,
         vote_threshold=settings.agent.vote_threshold,
         temperature=settings.lm.temperature,
+        answer_timeout_s=settings.agent.answer_timeout_s,
+    )
+
+
+def dispatch_options(settings: Settings, *, rate_limited: bool = True) -> DispatchOptions:
+    """The dispatcher's settings; the console (one local user) runs without the per-user rate limit."""
+    d = settings.dispatch
+    return DispatchOptions(
+        concurrency=settings.agent.concurrency,
+        rate_limit=d.rate_limit if rate_limited else None,
+        grace_s=d.shutdown_grace_s,
+        max_attempts=d.max_attempts,
+        delivery_attempts=d.delivery_attempts,
     )
 
 

@@ -76,10 +76,15 @@ def run_async(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
 
 async def _console(settings: Settings, channel: str) -> None:
     from adapters.console import ConsoleAdapter
-    from bot.app import build_app
+    from agent.inbox import Inbox
+    from bot.app import build_app, dispatch_options
+    from bot.dispatcher import Dispatcher
 
     async with build_app(settings) as parley:
-        await ConsoleAdapter(parley.agent.respond, channel=channel).run()
+        console = ConsoleAdapter(channel=channel)
+        options = dispatch_options(settings, rate_limited=False)
+        async with Dispatcher(Inbox(parley.store), parley.agent, [console], options) as dispatcher:
+            await console.run(dispatcher.submit)
 
 
 @app.command()

@@ -11,7 +11,8 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+import limits
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -66,7 +67,12 @@ class AgentSettings(Section):
     max_iters: int = Field(6, ge=1, le=50)
     mode: Literal["react", "decompose", "vote"] = "react"
     max_message_chars: int = Field(8000, ge=1)
-    concurrency: int = Field(8, ge=1, description="conversations answered at once by the one shared agent")
+    answer_timeout_s: float = Field(
+        120.0, gt=0, description="deadline for one answer per model, retries and their backoff included"
+    )
+    concurrency: int = Field(
+        8, ge=1, description="messages answered at once: the dispatcher's global limit and the agent pool"
+    )
     max_tool_output_chars: int = Field(4000, ge=100, description="longer tool output is cut before the model")
     max_subquestions: int = Field(4, ge=2, le=10, description="decompose mode: most parts a question is split into")
     voters: int = Field(3, ge=2, le=9, description="vote mode: agents run side by side")
@@ -139,6 +145,28 @@ class MemorySettings(Section):
     fact_max_age_days: int = Field(30, ge=1, description="prune facts not touched for this long")
 
 
+class DispatchSettings(Section):
+    """The dispatcher: per-user limits, shutdown, retries. Its global limit is `agent.concurrency`."""
+
+    rate_limit: str | None = Field(
+        "10/minute", description="messages per user, e.g. 10/minute or 100/hour; off (or empty) for none"
+    )
+    shutdown_grace_s: float = Field(10.0, ge=0, description="how long running messages may finish on shutdown")
+    max_attempts: int = Field(3, ge=1, description="interrupted attempts at a message before it is given up")
+    delivery_attempts: int = Field(5, ge=1, description="tries to post a reply when the platform fails")
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _parse_rate(cls, value: str | None) -> str | None:
+        if value is None or value.strip().lower() in ("", "off", "none"):
+            return None
+        try:
+            limits.parse(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a rate such as 10/minute or 100/hour") from None
+        return value.strip()
+
+
 class DBSettings(Section):
     path: Path = Path("data/parley.db")
     busy_timeout_ms: int = Field(5000, ge=0)
@@ -186,6 +214,7 @@ class Settings(BaseSettings):
     agent: AgentSettings = AgentSettings()
     tools: ToolsSettings = ToolsSettings()
     memory: MemorySettings = MemorySettings()
+    dispatch: DispatchSettings = DispatchSettings()
     db: DBSettings = DBSettings()
     http: HTTPSettings = HTTPSettings()
     slack: SlackSettings = SlackSettings()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 import pytest
@@ -19,8 +20,7 @@ async def keys_for(memory: Memory, channel: str, query: str) -> list[str]:
 
 async def fts_integrity(store: Store) -> None:
     """FTS5 raises if the index disagrees with the content table."""
-    async with store.transaction() as db:
-        await db.execute("INSERT INTO facts_fts (facts_fts, rank) VALUES ('integrity-check', 1)")
+    await store.write(lambda db: db.execute("INSERT INTO facts_fts (facts_fts, rank) VALUES ('integrity-check', 1)"))
 
 
 async def test_fts_index_follows_insert_update_and_delete(memory: Memory, store: Store) -> None:
@@ -55,8 +55,7 @@ async def test_upsert_updates_value_confidence_and_access_count(memory: Memory) 
 
 async def test_get_fact_touches_last_access(memory: Memory, store: Store) -> None:
     await memory.add_fact("team", "standup", "9:30")
-    async with store.transaction() as db:
-        await db.execute("UPDATE facts SET last_access = 0")
+    await store.write(lambda db: db.execute("UPDATE facts SET last_access = 0"))
     fact = await memory.get_fact("team", "standup")
     assert fact is not None and fact.last_access > time.time() - 60 and fact.access_count == 1
     assert await memory.get_fact("team", "missing") is None
@@ -84,9 +83,12 @@ async def test_prune_keeps_recent_and_frequently_accessed_facts(memory: Memory, 
     for key in ("old", "old-popular", "fresh"):
         await memory.add_fact("team", key, f"value of {key}")
     old = time.time() - 40 * 86400
-    async with store.transaction() as db:
-        await db.execute("UPDATE facts SET last_access = ? WHERE key LIKE 'old%'", (old,))
-        await db.execute("UPDATE facts SET access_count = 11 WHERE key = 'old-popular'")
+
+    def age(db: sqlite3.Connection) -> None:
+        db.execute("UPDATE facts SET last_access = ? WHERE key LIKE 'old%'", (old,))
+        db.execute("UPDATE facts SET access_count = 11 WHERE key = 'old-popular'")
+
+    await store.write(age)
     assert await memory.prune_old_facts(30) == 1
     assert sorted(f.key for f in await memory.facts("team")) == ["fresh", "old-popular"]
     assert await keys_for(memory, "team", "old") == ["old-popular"]

@@ -205,3 +205,41 @@ async def test_when_every_model_fails_the_user_gets_the_fallback_reply(
     assert reply.text == f"The bot is resting. Try later. (error id {reply.error_id})"
     assert "429" not in reply.text and "fake failure" not in reply.text
     assert len(primary.requests) == 1 and len(secondary.requests) == 1
+
+
+async def test_breaker_state_and_counts_are_exported_to_prometheus() -> None:
+    from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+
+    from bot.app import resilience
+    from bot.config import Settings
+    from bot.metrics import BreakerCollector
+
+    registry = CollectorRegistry()
+    collector = BreakerCollector()
+    registry.register(collector)
+    clock = Clock()
+    breaker = collector.track(CircuitBreaker("primary", failure_threshold=2, reset_timeout_s=5, clock=clock))
+
+    def sample(name: str, labels: dict[str, str]) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert sample("parley_breaker_state", {"breaker": "primary"}) == 0
+    await fail(breaker)
+    await fail(breaker)
+    with pytest.raises(CircuitOpen):
+        async with breaker.guard():
+            pass
+    assert sample("parley_breaker_state", {"breaker": "primary"}) == 2
+    assert sample("parley_breaker_calls_total", {"breaker": "primary"}) == 2
+    assert sample("parley_breaker_failures_total", {"breaker": "primary"}) == 2
+    assert sample("parley_breaker_rejections_total", {"breaker": "primary"}) == 1
+    assert sample("parley_breaker_transitions_total", {"breaker": "primary", "to": "open"}) == 1
+    clock.now += 5
+    assert sample("parley_breaker_state", {"breaker": "primary"}) == 1
+
+    # The application's breakers are in the process registry that /metrics serves.
+    built = resilience(Settings(), None)
+    assert built.breaker is not None
+    text = generate_latest(REGISTRY).decode()
+    assert 'parley_breaker_state{breaker="primary"} 0.0' in text
+    assert 'parley_breaker_state{breaker="fallback"} 0.0' in text

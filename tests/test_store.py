@@ -24,6 +24,10 @@ SEED = {
         "INSERT INTO chains (channel, question, answer, status, model, started_at, duration_ms) "
         "VALUES ('c', 'q', 'a', 'answered', 'm', 1, 1)",
     ),
+    5: (
+        "INSERT INTO tool_executions (tool, args, outcome, observation, duration_ms, started_at) "
+        "VALUES ('calculator', '{}', 'ok', '4', 1, 1)",
+    ),
 }
 
 
@@ -40,7 +44,7 @@ async def test_migrates_empty_database_to_latest(tmp_path: Path) -> None:
         assert row is not None and row[0] == "wal"
     finally:
         await store.close()
-    assert {"conversations", "turns", "facts", "facts_fts", "working_memory", "chains", "chain_steps"} <= tables(
+    assert {"conversations", "facts", "facts_fts", "working_memory", "chains", "tool_executions", "inbox"} <= tables(
         tmp_path / "new.db"
     )
 
@@ -50,10 +54,13 @@ async def test_migrates_from_each_earlier_version_keeping_rows(tmp_path: Path, s
     path = tmp_path / "old.db"
     old = await Store.open(path, migrate_to=start)
     assert await old.version() == start
-    async with old.transaction() as db:
+
+    def seed(db: sqlite3.Connection) -> None:
         for version in range(1, start + 1):
             for sql in SEED[version]:
-                await db.execute(sql)
+                db.execute(sql)
+
+    await old.write(seed)
     await old.close()
 
     store = await Store.open(path)
@@ -100,12 +107,13 @@ async def test_locked_database_is_a_clear_error(tmp_path: Path) -> None:
 
 async def test_transaction_rolls_back_on_error(store: Store) -> None:
     memory = Memory(store)
+
+    def fail(db: sqlite3.Connection) -> None:
+        db.execute("INSERT INTO conversations (channel, thread, created_at, updated_at) VALUES ('x', '', 1, 1)")
+        raise RuntimeError("boom")
+
     with pytest.raises(RuntimeError):
-        async with store.transaction() as db:
-            await db.execute(
-                "INSERT INTO conversations (channel, thread, created_at, updated_at) VALUES ('x', '', 1, 1)"
-            )
-            raise RuntimeError("boom")
+        await store.write(fail)
     assert await memory.recent_turns(Conversation("x")) == []
     row = await store.fetchone("SELECT count(*) FROM conversations")
     assert row is not None and row[0] == 0

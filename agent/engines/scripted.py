@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -18,6 +20,15 @@ def request_text(request: Request) -> str:
     return f"{system}\n{body}"
 
 
+def echo(request: Request) -> dict[str, Any]:
+    """A responder that finishes at once and answers with the question, so each reply names its message."""
+    text = request_text(request)
+    if "next_tool_name" in text:
+        return {"next_thought": "answer", "next_tool_name": "finish", "next_tool_args": {}}
+    question = text.rsplit("[[ ## question ## ]]", 1)[1].split("\n\n", 1)[0].strip()
+    return {"reasoning": "echo", "answer": f"re: {question}"}
+
+
 class ScriptedEngine:
     """Each call takes the next entry: a string or dict (sent as JSON), an exception (raised) or a function.
 
@@ -25,15 +36,32 @@ class ScriptedEngine:
     their calls, so they are scripted by what each request says rather than by order.
     """
 
-    def __init__(self, script: Iterable[Scripted] = (), responder: Scripted | None = None) -> None:
+    def __init__(
+        self,
+        script: Iterable[Scripted] = (),
+        responder: Scripted | None = None,
+        *,
+        delay_s: float | Callable[[], float] = 0.0,
+    ) -> None:
         self.script = list(script)
         self.responder = responder
+        # Seconds each call takes (or a function giving them): a provider's latency, for ordering tests and benchmarks.
+        self.delay_s = delay_s
         self.requests: list[Request] = []
+
+    def delay(self) -> float:
+        return self.delay_s() if callable(self.delay_s) else self.delay_s
 
     def add(self, *entries: Scripted) -> None:
         self.script.extend(entries)
 
     def complete(self, request: Request) -> Response:
+        if delay := self.delay():
+            time.sleep(delay)
+        return self.answer(request)
+
+    def answer(self, request: Request) -> Response:
+        """The next scripted response, without the delay."""
         self.requests.append(request)
         if self.script:
             entry = self.script.pop(0)
@@ -66,7 +94,9 @@ class AsyncScriptedEngine:
         self.engine = engine
 
     async def complete(self, request: Request) -> Response:
-        return self.engine.complete(request)
+        if delay := self.engine.delay():
+            await asyncio.sleep(delay)
+        return self.engine.answer(request)
 
     def stream(self, request: Request) -> Any:
         raise NotImplementedError

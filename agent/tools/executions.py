@@ -50,8 +50,8 @@ class ExecutionLog:
 
     async def record(self, execution: Execution) -> None:
         e = execution
-        async with self.store.transaction() as db:
-            await db.execute(
+        await self.store.write(
+            lambda db: db.execute(
                 "INSERT INTO tool_executions (run_id, channel, thread, user_id, tool, args, outcome, observation, "
                 "truncated, duration_ms, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -68,6 +68,7 @@ class ExecutionLog:
                     e.started_at,
                 ),
             )
+        )
 
     async def for_run(self, run_id: str) -> list[Execution]:
         rows = await self.store.fetchall(

@@ -2,6 +2,26 @@
 
 It plays a competent model for the ReAct prompts DSPy sends: arithmetic goes to the calculator, a question
 answered by a "Known facts" line is answered from it. Every request body is kept for assertions.
+
+Failures, for the resilience tests and benchmarks::
+
+    with FakeOpenAI() as fake:
+        fake.fail_next = [500, Fault.rate_limited(retry_after=0)]  # the next two requests fail, in order
+        fake.down = Fault.dropped()  # every later request fails this way (an outage) until set to None
+        fake.latency_s = 0.2  # every request waits this long first (a slow provider)
+
+`fail_next` takes items that are an HTTP status (answered with OpenAI's error JSON) or a `Fault`; `down`
+takes one of either, or None; `fail_next` is used up first. The faults:
+
+- `Fault.error(status, retry_after=None)`: an error status with OpenAI's error JSON (what a bare int means);
+- `Fault.rate_limited(retry_after=1)`: 429 with a `Retry-After` header (seconds) and OpenAI's error JSON;
+- `Fault.slow(delay_s)`: wait `delay_s`, then answer normally (so a client timeout shorter than it fires);
+- `Fault.dropped()`: close the TCP connection without sending any HTTP response;
+- `Fault.not_json()`: status 200 with a body that is not JSON (a proxy's HTML page);
+- `Fault.no_choices()`: status 200 with a completion JSON that lacks `choices`.
+
+`requests` holds every request body received, failed or not, and `served` what each one got (the `Fault`, or
+None for a normal answer), in the same order. A handler whose client hung up is cancelled.
 """
 
 from __future__ import annotations
@@ -11,7 +31,8 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -48,15 +69,75 @@ def _field(text: str, name: str) -> str:
     return match.group(1).strip() if match else ""
 
 
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error"}
+
+
+@dataclass(frozen=True)
+class Fault:
+    """How one request goes wrong. Build it with the class methods; the fields say what the server does:
+    wait `delay_s`; then drop the connection (`drop`), or answer normally (`answer`), or send `status` with
+    `body` (OpenAI's error JSON for the status when None) and `headers`."""
+
+    status: int = 500
+    body: str | None = None
+    content_type: str = "application/json"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+    drop: bool = False
+    answer: bool = False
+
+    @classmethod
+    def error(cls, status: int = 500, message: str = "fake failure", *, retry_after: float | None = None) -> Fault:
+        """`status` with OpenAI's error JSON; with `retry_after`, a `Retry-After` header too."""
+        headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
+        return cls(status=status, body=_error_json(status, message), headers=headers)
+
+    @classmethod
+    def rate_limited(cls, retry_after: float = 1) -> Fault:
+        message = "Rate limit reached for requests. Please try again later."
+        body = _error_json(429, message, type_="requests", code="rate_limit_exceeded")
+        return cls(status=429, body=body, headers={"Retry-After": f"{retry_after:g}"})
+
+    @classmethod
+    def slow(cls, delay_s: float) -> Fault:
+        return cls(status=200, delay_s=delay_s, answer=True)
+
+    @classmethod
+    def dropped(cls) -> Fault:
+        return cls(status=0, drop=True)
+
+    @classmethod
+    def not_json(cls, body: str = "<html><body><h1>502 Bad Gateway</h1></body></html>") -> Fault:
+        return cls(status=200, body=body, content_type="text/html")
+
+    @classmethod
+    def no_choices(cls) -> Fault:
+        body = {"id": "chatcmpl-broken", "object": "chat.completion", "created": 0, "model": "fake"}
+        return cls(status=200, body=json.dumps(body))
+
+
+def _error_json(status: int, message: str, *, type_: str | None = None, code: str | None = None) -> str:
+    error = {"message": message, "type": type_ or _ERROR_TYPES.get(status, "server_error"), "param": None}
+    return json.dumps({"error": {**error, "code": code}})
+
+
+def as_fault(failure: int | Fault) -> Fault:
+    return failure if isinstance(failure, Fault) else Fault.error(failure)
+
+
 class FakeOpenAI:
     """Runs in its own thread and event loop; use as a context manager. `url` is the API base."""
 
-    def __init__(self, brain: Brain = react_brain) -> None:
+    def __init__(self, brain: Brain = react_brain, *, latency_s: float = 0.0) -> None:
         self.brain = brain
         self.requests: list[dict[str, Any]] = []
-        self.fail_next: list[int] = []
-        # While set, every request fails with this status: an outage.
-        self.down: int | None = None
+        self.served: list[Fault | None] = []
+        # The next requests fail, one item each, in order.
+        self.fail_next: list[int | Fault] = []
+        # While set, every request fails this way: an outage.
+        self.down: int | Fault | None = None
+        # Every request waits this long before anything else happens: a slow provider.
+        self.latency_s = latency_s
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
@@ -79,22 +160,42 @@ class FakeOpenAI:
     async def _start(self) -> None:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
-        self._runner = web.AppRunner(app)
+        # Handlers of clients that hung up (a client timeout) are cancelled; shutdown does not wait for them.
+        self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = int(self._runner.addresses[0][1])
 
     async def _stop(self) -> None:
         if self._runner:
             await self._runner.cleanup()
 
-    async def _chat(self, request: web.Request) -> web.Response:
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(body)
-        if self.fail_next or self.down:
-            status = self.fail_next.pop(0) if self.fail_next else self.down
-            return web.json_response({"error": {"message": "fake failure", "type": "server_error"}}, status=status)
+        failure = self.fail_next.pop(0) if self.fail_next else self.down
+        fault = None if failure is None else as_fault(failure)
+        self.served.append(fault)
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        if fault is not None:
+            await asyncio.sleep(fault.delay_s)
+            if fault.drop:
+                assert request.transport is not None
+                request.transport.close()
+                # Nothing may be sent: aiohttp takes cancellation as a client gone and writes no response.
+                raise asyncio.CancelledError
+            if not fault.answer:
+                return web.Response(
+                    text=fault.body if fault.body is not None else _error_json(fault.status, "fake failure"),
+                    status=fault.status,
+                    content_type=fault.content_type,
+                    headers=fault.headers,
+                )
+        return self._answer(body)
+
+    def _answer(self, body: dict[str, Any]) -> web.Response:
         system = "\n".join(m["content"] for m in body["messages"] if m["role"] == "system")
         user = "\n".join(m["content"] for m in body["messages"] if m["role"] == "user")
         content = json.dumps(self.brain(system, user))
@@ -114,3 +215,7 @@ class FakeOpenAI:
     def prompts(self) -> list[str]:
         """Every request's messages as one string each."""
         return ["\n".join(str(m.get("content")) for m in r["messages"]) for r in self.requests]
+
+    def failed(self) -> int:
+        """How many requests were served a fault (slow answers included)."""
+        return sum(1 for fault in self.served if fault is not None)

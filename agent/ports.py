@@ -1,0 +1,44 @@
+"""The port every chat platform implements: how the dispatcher hands a reply back to where the message came from.
+
+Adapters implement it; nothing in `agent/` or `bot/` knows which platform it talks to. Later issues add
+approval prompts and channel posts to the same port.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from agent.messages import IncomingMessage, Reply
+
+
+class DeliveryError(Exception):
+    """The platform did not take the reply. `transient` failures (a 5xx, a 429, a dropped connection) are
+    retried with backoff, waiting at least `retry_after` seconds when the platform said so."""
+
+    def __init__(self, reason: str, *, transient: bool = True, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.transient = transient
+        self.retry_after = retry_after
+
+
+class ChatPlatform(Protocol):
+    """One chat platform as the dispatcher sees it."""
+
+    @property
+    def name(self) -> str:
+        """The `platform` of the messages it produces (`console`, `slack`, `discord`)."""
+        ...
+
+    @property
+    def resumable(self) -> bool:
+        """Whether a reply can still reach a message received by an earlier process (false for a terminal)."""
+        ...
+
+    async def deliver(self, message: IncomingMessage, reply: Reply, key: str) -> None:
+        """Post `reply` to `message`'s conversation, or raise DeliveryError.
+
+        `key` is the same for every attempt to deliver this reply, also across restarts: a platform that
+        supports idempotent posts (Discord's enforced nonce, for instance) must use it, so a reply whose
+        delivery was interrupted by a crash is not shown twice.
+        """
+        ...

@@ -1,0 +1,276 @@
+"""The dispatcher: every incoming message goes through it, from every adapter.
+
+It stores the message in the inbox before the adapter acknowledges the platform (a redelivery is dropped),
+answers the messages of one conversation one at a time in arrival order while different conversations run
+side by side under one global limit, applies the per-user rate limit, delivers the reply through the
+message's platform with retries, and on start re-answers or re-delivers whatever an earlier process left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol
+
+import limits
+import stamina
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+
+from agent.inbox import Inbox, InboxEntry, answer_in, conversation_key
+from agent.messages import IncomingMessage, Reply
+from agent.ports import ChatPlatform, DeliveryError
+from agent.runtime import Commit
+
+log = logging.getLogger("parley.dispatcher")
+
+APOLOGY = "Sorry, something went wrong on my side and I couldn't answer that (error id {error_id}). Please try again."
+GAVE_UP = (
+    "Sorry, I couldn't answer this message after {attempts} attempts (error id {error_id}). "
+    "Please try asking differently."
+)
+
+
+class Responder(Protocol):
+    """What answers a message: the agent, or anything with its `respond`."""
+
+    async def respond(self, message: IncomingMessage, *, commit: Commit | None = None) -> Reply: ...
+
+
+class DispatcherClosed(Exception):
+    """The dispatcher is not taking messages (not started, or shutting down): do not acknowledge the platform."""
+
+
+@dataclass(frozen=True)
+class DispatchOptions:
+    concurrency: int = 8
+    # e.g. "10/minute" (the `limits` notation); None turns the per-user limit off.
+    rate_limit: str | None = "10/minute"
+    grace_s: float = 10.0
+    # A message whose answering was cut short this many times (a crash each time) is given up with an apology.
+    max_attempts: int = 3
+    delivery_attempts: int = 5
+    delivery_timeout_s: float = 60.0
+
+
+def new_error_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def _retry_delivery(exc: Exception) -> bool | float:
+    """stamina's hook: retry transient delivery failures, at least as late as the platform asked."""
+    if isinstance(exc, DeliveryError) and exc.transient:
+        return exc.retry_after if exc.retry_after is not None else True
+    return False
+
+
+class RateLimit:
+    """Per-user quota over a moving window, counted per platform and user."""
+
+    def __init__(self, rule: str) -> None:
+        self.item = limits.parse(rule)
+        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    @property
+    def description(self) -> str:
+        per = str(self.item).split(" per ", 1)[1].removeprefix("1 ")
+        return f"{self.item.amount} messages per {per}"
+
+    async def wait_s(self, message: IncomingMessage) -> int | None:
+        """None when the message is within the quota (and counts it), else seconds until a slot frees up."""
+        if await self.limiter.hit(self.item, message.platform, message.user):
+            return None
+        stats = await self.limiter.get_window_stats(self.item, message.platform, message.user)
+        return max(1, math.ceil(stats.reset_time - time.time()))
+
+
+class Dispatcher:
+    """Use as `async with Dispatcher(...) as dispatcher:`; adapters call `submit` before acknowledging."""
+
+    def __init__(
+        self,
+        inbox: Inbox,
+        responder: Responder,
+        platforms: Iterable[ChatPlatform],
+        options: DispatchOptions = DispatchOptions(),
+    ) -> None:
+        self.inbox = inbox
+        self.responder = responder
+        self.platforms = {platform.name: platform for platform in platforms}
+        self.options = options
+        self.rate_limit = RateLimit(options.rate_limit) if options.rate_limit else None
+        self._queues: dict[str, deque[InboxEntry]] = {}
+        self._ready: asyncio.Queue[str] = asyncio.Queue()
+        self._workers: list[asyncio.Task[None]] = []
+        self._busy: set[asyncio.Task[None]] = set()
+        self._accepting = False
+        self._stopping = False
+        self._pending = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def __aenter__(self) -> Dispatcher:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Queue what an earlier process left unfinished, in arrival order, then start taking messages."""
+        resumable = [name for name, platform in self.platforms.items() if platform.resumable]
+        left = await self.inbox.unfinished(resumable)
+        for entry in left:
+            if entry.reply is None and entry.attempts >= self.options.max_attempts:
+                entry = await self._give_up(entry)
+            self._enqueue(entry)
+        if left:
+            log.warning("recovering %d unfinished messages from the inbox", len(left))
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"dispatch-{i}") for i in range(self.options.concurrency)
+        ]
+        self._accepting = True
+
+    async def submit(self, message: IncomingMessage) -> bool:
+        """Store the message and queue it; False for a redelivery of a message already in the inbox.
+
+        Returns once the message is durable: the adapter acknowledges the platform after this.
+        Raises DispatcherClosed while the dispatcher is not taking messages.
+        """
+        if not self._accepting:
+            raise DispatcherClosed("not taking messages")
+        entry = await self.inbox.accept(message)
+        if entry is None:
+            log.info("dropped a redelivery of %s event %s", message.platform, message.event_id or message.message_id)
+            return False
+        if self._accepting:
+            self._enqueue(entry)
+        return True
+
+    async def join(self) -> None:
+        """Wait until every queued message is answered and delivered."""
+        await self._idle.wait()
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop taking messages; give running ones `grace_s` to finish; leave the rest in the inbox."""
+        self._accepting = False
+        self._stopping = True
+        grace = self.options.grace_s if grace_s is None else grace_s
+        for worker in self._workers:
+            if worker not in self._busy:
+                worker.cancel()
+        busy = [w for w in self._workers if not w.done() and w in self._busy]
+        if busy:
+            _, late = await asyncio.wait(busy, timeout=grace)
+            if late:
+                log.warning("%d messages still running after %.1f s; they stay in the inbox", len(late), grace)
+            for worker in late:
+                worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+
+    def _enqueue(self, entry: InboxEntry) -> None:
+        key = conversation_key(entry.message)
+        queue = self._queues.get(key)
+        self._pending += 1
+        self._idle.clear()
+        if queue is None:
+            self._queues[key] = deque([entry])
+            self._ready.put_nowait(key)
+        else:
+            queue.append(entry)
+
+    async def _work(self) -> None:
+        """Take a conversation that has work, answer its oldest message, put it back if it has more."""
+        me = asyncio.current_task()
+        assert me is not None
+        while not self._stopping:
+            key = await self._ready.get()
+            queue = self._queues[key]
+            entry = queue.popleft()
+            self._busy.add(me)
+            try:
+                await self._handle(entry)
+            finally:
+                self._busy.discard(me)
+                if queue:
+                    self._ready.put_nowait(key)
+                else:
+                    del self._queues[key]
+                self._pending -= 1
+                if self._pending == 0:
+                    self._idle.set()
+
+    async def _handle(self, entry: InboxEntry) -> None:
+        reply = entry.reply if entry.reply is not None else await self._answer(entry)
+        platform = self.platforms[entry.message.platform]
+        try:
+            await self._deliver(platform, entry, reply)
+        except Exception as exc:
+            error_id = new_error_id()
+            log.error(
+                "could not deliver the reply to %s message %d (error id %s): %s",
+                platform.name,
+                entry.id,
+                error_id,
+                exc if isinstance(exc, DeliveryError) else type(exc).__name__,
+            )
+            await self.inbox.fail(entry.id, error_id, f"delivery failed: {type(exc).__name__}")
+            return
+        await self.inbox.delivered(entry.id)
+
+    async def _answer(self, entry: InboxEntry) -> Reply:
+        """The reply to a message, stored in the inbox (with the exchange, when the agent answered)."""
+        await self.inbox.start(entry.id)
+        # A message answered before (cut short by a crash) already counted against its sender.
+        if self.rate_limit is not None and entry.attempts == 0:
+            wait_s = await self.rate_limit.wait_s(entry.message)
+            if wait_s is not None:
+                reply = Reply(
+                    f"You're sending messages faster than I can take them (at most "
+                    f"{self.rate_limit.description}). Please try again in {wait_s} s.",
+                    status="limited",
+                )
+                await self.inbox.answer(entry.id, reply)
+                return reply
+
+        try:
+            return await self.responder.respond(entry.message, commit=lambda db, reply: answer_in(db, entry.id, reply))
+        except Exception as exc:
+            error_id = new_error_id()
+            log.exception("answering message %d failed (error id %s): %s", entry.id, error_id, type(exc).__name__)
+            reply = Reply(APOLOGY.format(error_id=error_id), status="error", error_id=error_id)
+            await self.inbox.fail(entry.id, error_id, type(exc).__name__, reply)
+            return reply
+
+    async def _give_up(self, entry: InboxEntry) -> InboxEntry:
+        """A message that was being answered each time the process died: stop trying, apologise once."""
+        error_id = new_error_id()
+        log.error(
+            "giving up on message %d after %d interrupted attempts (error id %s)", entry.id, entry.attempts, error_id
+        )
+        reply = Reply(GAVE_UP.format(attempts=entry.attempts, error_id=error_id), status="error", error_id=error_id)
+        await self.inbox.fail(entry.id, error_id, f"gave up after {entry.attempts} interrupted attempts", reply)
+        return InboxEntry(entry.id, entry.message, entry.state, entry.attempts, reply)
+
+    async def _deliver(self, platform: ChatPlatform, entry: InboxEntry, reply: Reply) -> None:
+        retrying = stamina.retry_context(
+            on=_retry_delivery,
+            attempts=self.options.delivery_attempts,
+            timeout=self.options.delivery_timeout_s,
+            wait_initial=0.2,
+            wait_max=10.0,
+            wait_jitter=1.0,
+        )
+        async for attempt in retrying:
+            with attempt:
+                await platform.deliver(entry.message, reply, entry.delivery_key)

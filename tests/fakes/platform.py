@@ -1,0 +1,136 @@
+"""Fake chat platforms for dispatcher tests.
+
+`RecordingPlatform` records deliveries in process (unit tests of the dispatcher). `FakePlatformServer` is a
+chat platform's message API on 127.0.0.1 and `HTTPPlatform` the adapter that posts to it, so a test can count
+the replies a platform received from another process, even one killed with SIGKILL. Like Discord with an
+enforced nonce, the server shows a message once per idempotency key: a repeated post returns the first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from agent.messages import IncomingMessage, Reply
+from agent.ports import DeliveryError
+
+
+class RecordingPlatform:
+    """Keeps every delivered reply by conversation. `before_deliver` may delay or fail a delivery."""
+
+    def __init__(
+        self,
+        name: str = "test",
+        *,
+        resumable: bool = True,
+        before_deliver: Callable[[IncomingMessage, str], Awaitable[None]] | None = None,
+    ) -> None:
+        self.name = name
+        self.resumable = resumable
+        self.before_deliver = before_deliver
+        self.delivered: list[tuple[IncomingMessage, Reply, str]] = []
+        self.attempts: Counter[str] = Counter()
+
+    async def deliver(self, message: IncomingMessage, reply: Reply, key: str) -> None:
+        self.attempts[key] += 1
+        if self.before_deliver is not None:
+            await self.before_deliver(message, key)
+        self.delivered.append((message, reply, key))
+
+    def texts(self) -> list[str]:
+        return [reply.text for _, reply, _ in self.delivered]
+
+    def by_conversation(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = defaultdict(list)
+        for message, reply, _ in self.delivered:
+            out[message.channel].append(reply.text)
+        return dict(out)
+
+
+class FakePlatformServer:
+    """`POST /messages` with JSON {key, channel, in_reply_to, text}. Runs in its own thread; a context manager.
+
+    `posts` holds every request; `shown` one message per key, as a user would see them.
+    `fail_next` holds statuses to answer the next posts with (429 carries Retry-After: 0).
+    """
+
+    def __init__(self) -> None:
+        self.posts: list[dict[str, Any]] = []
+        self.shown: dict[str, dict[str, Any]] = {}
+        self.fail_next: list[int] = []
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> FakePlatformServer:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/messages", self._post)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def _stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+
+    async def _post(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        with self._lock:
+            self.posts.append(body)
+            if self.fail_next:
+                status = self.fail_next.pop(0)
+                return web.json_response({"error": "injected"}, status=status, headers={"Retry-After": "0"})
+            first = self.shown.setdefault(body["key"], body)
+        return web.json_response({"ok": True, "id": first["key"]})
+
+    def shown_count(self) -> int:
+        with self._lock:
+            return len(self.shown)
+
+
+class HTTPPlatform:
+    """The adapter side: posts replies to a FakePlatformServer, mapping its failures to DeliveryError."""
+
+    def __init__(self, base_url: str, name: str = "test") -> None:
+        self.base_url = base_url
+        self.name = name
+        self.resumable = True
+
+    async def deliver(self, message: IncomingMessage, reply: Reply, key: str) -> None:
+        payload = {"key": key, "channel": message.channel, "in_reply_to": message.event_id, "text": reply.text}
+        try:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(f"{self.base_url}/messages", json=payload) as response,
+            ):
+                if response.status == 429 or response.status >= 500:
+                    retry_after = float(response.headers.get("Retry-After", "1"))
+                    raise DeliveryError(f"platform answered {response.status}", retry_after=retry_after)
+                if response.status >= 400:
+                    raise DeliveryError(f"platform refused the post ({response.status})", transient=False)
+        except aiohttp.ClientError as exc:
+            raise DeliveryError(f"platform unreachable ({type(exc).__name__})") from None
