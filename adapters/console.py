@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import sys
+import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TextIO
@@ -63,10 +64,11 @@ class ConsoleAdapter:
     async def run(self, submit: Submit) -> None:
         if self.interactive:
             self._write(f"Parley console, channel #{self.channel}. Type /quit to leave.\n")
+        lines = self._read_lines()
         while True:
             if self.interactive:
                 self._write("you> ")
-            line = await asyncio.to_thread(self.stdin.readline)
+            line = await lines.get()
             if not line:
                 break
             text = line.rstrip("\n")
@@ -78,6 +80,25 @@ class ConsoleAdapter:
             if self.interactive:
                 await answered
         await asyncio.gather(*self._waiting.values())
+
+    def _read_lines(self) -> asyncio.Queue[str]:
+        """Lines of stdin ("" at the end), read by a daemon thread: a thread blocked in `readline` must not
+        keep the process alive after SIGTERM, as a thread of asyncio's default executor would."""
+        loop = asyncio.get_running_loop()
+        lines: asyncio.Queue[str] = asyncio.Queue()
+
+        def read() -> None:
+            while True:
+                line = self.stdin.readline()
+                try:
+                    loop.call_soon_threadsafe(lines.put_nowait, line)
+                except RuntimeError:  # the loop has closed
+                    return
+                if not line:
+                    return
+
+        threading.Thread(target=read, name="console-stdin", daemon=True).start()
+        return lines
 
     async def deliver(self, message: IncomingMessage, reply: Reply, key: str) -> None:
         self._write(f"parley> {reply.text}\n" if self.interactive else f"{reply.text}\n")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from functools import wraps
@@ -53,6 +54,33 @@ def settings_or_exit() -> Settings:
     return settings
 
 
+class Terminated(Exception):
+    """SIGTERM arrived and the command shut down cleanly."""
+
+
+async def _until_terminated(command: Coroutine[Any, Any, T]) -> T:
+    """Run the command; SIGTERM (a deploy, `docker stop`) cancels it so every `async with` unwinds: the
+    dispatcher lets running messages finish within its grace period and the database closes."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(command)
+    terminated = False
+
+    def terminate() -> None:
+        nonlocal terminated
+        terminated = True
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, terminate)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if terminated:
+            raise Terminated from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
 def run_async(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
     """Run an async command; start-up failures (database, model) end with one clear line."""
 
@@ -63,7 +91,9 @@ def run_async(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
         from agent.tools.registry import ToolRegistryError
 
         try:
-            return asyncio.run(fn(*args, **kwargs))
+            return asyncio.run(_until_terminated(fn(*args, **kwargs)))
+        except Terminated:
+            raise typer.Exit(143) from None
         except (StoreError, EngineUnavailable) as exc:
             raise fail(str(exc)) from None
         except ToolRegistryError as exc:

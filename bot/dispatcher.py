@@ -148,6 +148,8 @@ class Dispatcher:
         """
         if not self._accepting:
             raise DispatcherClosed("not taking messages")
+        if message.platform not in self.platforms:
+            raise ValueError(f"no platform {message.platform!r} to reply through; known: {', '.join(self.platforms)}")
         entry = await self.inbox.accept(message)
         if entry is None:
             log.info("dropped a redelivery of %s event %s", message.platform, message.event_id or message.message_id)
@@ -200,6 +202,8 @@ class Dispatcher:
             self._busy.add(me)
             try:
                 await self._handle(entry)
+            except Exception as exc:  # the database failing under us: keep the worker, leave the row for later
+                log.exception("message %d could not be handled (error id %s): %s", entry.id, new_error_id(), exc)
             finally:
                 self._busy.discard(me)
                 if queue:

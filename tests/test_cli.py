@@ -155,3 +155,38 @@ def test_local_model_chat_end_to_end(tmp_path: Path) -> None:
     assert "standup: the standup is at 9:30" in facts.stdout
     second = parley(["chat", "--channel", "team"], env, "when is the standup?\n", timeout=300)
     assert second.returncode == 0 and second.stdout.strip()
+
+
+def test_sigterm_lets_the_running_message_finish_and_leaves_the_rest_in_the_inbox(
+    tmp_path: Path, fake_model: FakeOpenAI
+) -> None:
+    """A deploy stops the process with SIGTERM: the message being answered is answered within the grace
+    period, the ones not started stay in the inbox, and the process exits 143 with the database closed."""
+    import signal
+    import sqlite3
+    import time
+
+    fake_model.latency_s = 0.5  # each answer takes two requests: about a second
+    proc = subprocess.Popen(
+        [*PARLEY, "chat"],
+        env=fake_env(tmp_path, fake_model),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write("hello\nhow are you?\nbye\n")
+    proc.stdin.flush()  # stdin stays open: a terminal that has not hung up
+    deadline = time.monotonic() + 60
+    while not fake_model.requests:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert out.splitlines() == ["I don't know."]  # the first answer, and only it
+    assert "Traceback" not in err
+    with sqlite3.connect(tmp_path / "parley.db") as db:
+        rows = db.execute("SELECT state, delivered_at IS NOT NULL FROM inbox ORDER BY id").fetchall()
+    assert rows == [("answered", 1), ("received", 0), ("received", 0)]

@@ -380,3 +380,28 @@ async def test_the_inbox_state_lands_with_the_exchange_or_not_at_all(echo_agent:
     assert stored is not None and stored.reply is not None
     assert (stored.state, stored.reply.text, stored.reply.chain_id) == ("answered", reply.text, reply.chain_id)
     assert await chain_count(store) == 1
+
+
+async def test_a_database_failure_on_one_message_does_not_stop_the_others(
+    dispatcher: Dispatcher, platform: RecordingPlatform, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    await store.write(
+        lambda db: db.execute(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON inbox WHEN new.event_key = 'cursed' "
+            "BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
+        )
+    )
+    for text in ("cursed", "fine", "also fine"):
+        await dispatcher.submit(msg(text))
+    await dispatcher.join()
+    assert platform.texts() == ["re: fine", "re: also fine"]
+    assert "message 1 could not be handled" in caplog.text
+    assert await states(store) == [("received", False), ("answered", True), ("answered", True)]
+
+
+async def test_a_message_from_a_platform_without_an_adapter_is_refused_before_it_is_stored(
+    dispatcher: Dispatcher, store: Store
+) -> None:
+    with pytest.raises(ValueError, match="no platform 'slack'"):
+        await dispatcher.submit(IncomingMessage(platform="slack", channel="c", user="u", text="hi", event_id="E1"))
+    assert await states(store) == []
