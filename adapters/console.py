@@ -9,13 +9,24 @@ import asyncio
 import getpass
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TextIO
+from typing import Protocol, TextIO
 
+from agent.approvals import ApprovalRequest, Verdict
 from agent.messages import IncomingMessage, Reply
 
 Submit = Callable[[IncomingMessage], Awaitable[bool]]
+
+
+class Decide(Protocol):
+    async def __call__(
+        self, request_id: str, *, platform: str, user: str, approve: bool, args_hash: str, always: bool = False
+    ) -> Verdict: ...
+
+
+ANSWERS = {"y": (True, False), "yes": (True, False), "a": (True, True), "always": (True, True)}
 QUIT_WORDS = frozenset({"/quit", "/exit"})
 
 
@@ -35,10 +46,12 @@ class ConsoleAdapter:
         *,
         channel: str = "general",
         user: str | None = None,
+        auto_approve: bool = False,
         stdin: TextIO | None = None,
         stdout: TextIO | None = None,
     ) -> None:
         self.channel = channel
+        self.auto_approve = auto_approve
         self.user = user or _login_name()
         self.stdin = stdin or sys.stdin
         self.stdout = stdout or sys.stdout
@@ -46,6 +59,9 @@ class ConsoleAdapter:
         self._session = uuid.uuid4().hex[:12]
         self._count = 0
         self._waiting: dict[str, asyncio.Future[None]] = {}
+        self._lines: asyncio.Queue[str] | None = None
+        self._decide: Decide | None = None
+        self._prompts: dict[str, asyncio.Task[None]] = {}
 
     def message(self, text: str) -> IncomingMessage:
         self._count += 1
@@ -61,10 +77,12 @@ class ConsoleAdapter:
             mentioned=True,
         )
 
-    async def run(self, submit: Submit) -> None:
+    async def run(self, submit: Submit, decide: Decide | None = None) -> None:
+        """Read until end of input or /quit; `decide` takes the answers to approval prompts."""
+        self._decide = decide
         if self.interactive:
             self._write(f"Parley console, channel #{self.channel}. Type /quit to leave.\n")
-        lines = self._read_lines()
+        lines = self._lines = self._read_lines()
         while True:
             if self.interactive:
                 self._write("you> ")
@@ -105,6 +123,39 @@ class ConsoleAdapter:
         waiting = self._waiting.pop(message.event_id, None)
         if waiting is not None and not waiting.done():
             waiting.set_result(None)
+
+    async def request_approval(self, request: ApprovalRequest) -> None:
+        """On a terminal, ask y/n/always; the next line typed is the answer (the chat waits for this message).
+        Without a terminal nobody can answer: deny, unless settings auto-approve for local use."""
+        if self._decide is None:
+            raise RuntimeError("the console cannot take decisions before it runs")
+        if not self.interactive or self._lines is None:
+            approve = self.auto_approve
+            await self._decide(
+                request.id, platform=self.name, user=self.user, approve=approve, args_hash=request.args_hash
+            )
+            return
+        minutes = max(round((request.expires_at - time.time()) / 60), 1)
+        self._write(
+            f"parley> I want to run {request.describe_call()}. Allow it? "
+            f"[y]es, [n]o, [a]lways in #{self.channel} (expires in {minutes} min): "
+        )
+        self._prompts[request.id] = asyncio.create_task(self._answer_prompt(request, self._lines, self._decide))
+
+    async def _answer_prompt(self, request: ApprovalRequest, lines: asyncio.Queue[str], decide: Decide) -> None:
+        answer = (await lines.get()).strip().lower()
+        approve, always = ANSWERS.get(answer, (False, False))
+        verdict = await decide(
+            request.id, platform=self.name, user=self.user, approve=approve, args_hash=request.args_hash, always=always
+        )
+        if not verdict.accepted:
+            self._write(f"parley> {verdict.reason}\n")
+
+    async def approval_settled(self, request: ApprovalRequest) -> None:
+        prompt = self._prompts.pop(request.id, None)
+        if prompt is not None and not prompt.done():
+            prompt.cancel()
+            self._write(f"\nparley> The request to run {request.tool} {request.state.value}.\n")
 
     def _write(self, text: str) -> None:
         self.stdout.write(text)

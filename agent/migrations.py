@@ -161,6 +161,54 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX inbox_unfinished ON inbox (id) WHERE delivered_at IS NULL AND state != 'failed';
     CREATE INDEX inbox_by_received ON inbox (received_at);
     """,
+    # 7: tool approvals. A request is bound to its tool and arguments (args_hash); a decision is a
+    # compare-and-set on `state`. The audit is append-only (triggers refuse updates and deletes). Grants are
+    # the "allow always" pairs of tool and channel.
+    """
+    CREATE TABLE approvals (
+        id TEXT PRIMARY KEY,
+        tool TEXT NOT NULL,
+        args TEXT NOT NULL,
+        args_hash TEXT NOT NULL,
+        level TEXT NOT NULL CHECK (level IN ('confirm', 'approve')),
+        platform TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        thread TEXT NOT NULL DEFAULT '',
+        requester TEXT NOT NULL,
+        run_id TEXT NOT NULL DEFAULT '',
+        state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'approved', 'denied', 'expired')),
+        reason TEXT NOT NULL DEFAULT '',
+        decided_by TEXT,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        decided_at REAL
+    );
+    CREATE INDEX approvals_pending ON approvals (expires_at) WHERE state = 'pending';
+    CREATE TABLE approval_audit (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        request_id TEXT NOT NULL DEFAULT '',
+        action TEXT NOT NULL,
+        actor TEXT NOT NULL DEFAULT '',
+        tool TEXT NOT NULL DEFAULT '',
+        channel TEXT NOT NULL DEFAULT '',
+        args_hash TEXT NOT NULL DEFAULT '',
+        outcome TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX approval_audit_by_time ON approval_audit (at);
+    CREATE TRIGGER approval_audit_no_update BEFORE UPDATE ON approval_audit
+    BEGIN SELECT RAISE(ABORT, 'approval_audit is append-only'); END;
+    CREATE TRIGGER approval_audit_no_delete BEFORE DELETE ON approval_audit
+    BEGIN SELECT RAISE(ABORT, 'approval_audit is append-only'); END;
+    CREATE TABLE approval_grants (
+        tool TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        granted_by TEXT NOT NULL,
+        granted_at REAL NOT NULL,
+        PRIMARY KEY (tool, channel)
+    );
+    """,
 )
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from agent.approvals import ApprovalRequest
 from agent.messages import IncomingMessage, Reply
 
 
@@ -41,4 +42,13 @@ class ChatPlatform(Protocol):
         supports idempotent posts (Discord's enforced nonce, for instance) must use it, so a reply whose
         delivery was interrupted by a crash is not shown twice.
         """
+        ...
+
+    async def request_approval(self, request: ApprovalRequest) -> None:
+        """Show an approval request in its conversation (tool, arguments, who asked, expiry) with a way to
+        approve or deny; return once shown. The decision comes back through the dispatcher's `decide`."""
+        ...
+
+    async def approval_settled(self, request: ApprovalRequest) -> None:
+        """The request was decided or expired: update what was shown."""
         ...

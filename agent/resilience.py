@@ -7,15 +7,48 @@ inside the breaker, so a provider that is slow counts as failing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 log = logging.getLogger("parley.breaker")
+
+_deadline: ContextVar[asyncio.Timeout | None] = ContextVar("parley_answer_deadline", default=None)
+
+
+@asynccontextmanager
+async def answer_deadline(seconds: float) -> AsyncIterator[None]:
+    """A deadline for one answer (TimeoutError when it passes) that a wait for a person can pause."""
+    async with asyncio.timeout(seconds) as timeout:
+        token = _deadline.set(timeout)
+        try:
+            yield
+        finally:
+            _deadline.reset(token)
+
+
+@contextmanager
+def deadline_paused() -> Iterator[None]:
+    """Stop the answer's clock while waiting for a person's approval: their minutes are not the model's."""
+    timeout = _deadline.get()
+    when = timeout.when() if timeout is not None else None
+    if timeout is None or when is None:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    remaining = when - loop.time()
+    timeout.reschedule(None)
+    try:
+        yield
+    finally:
+        if not timeout.expired():
+            timeout.reschedule(loop.time() + max(remaining, 0.0))
 
 
 class State(StrEnum):

@@ -20,7 +20,7 @@ from agent.memory import ChainRecord, Memory
 from agent.messages import IncomingMessage, Reply, Step
 from agent.modes import DecomposeMode, Mode, Outcome, ReactMode, VoteMode
 from agent.react import RobustReAct
-from agent.resilience import CircuitBreaker, CircuitOpen
+from agent.resilience import CircuitBreaker, CircuitOpen, answer_deadline
 from agent.tools.context import ToolContext, tool_context
 from agent.tools.runner import ToolRunner
 
@@ -246,10 +246,10 @@ class Agent:
         conv = message.conversation
         context = await self.memory.context_text(conv, text, turns=self.options.context_turns, k=self.options.facts_k)
         error_id = uuid.uuid4().hex[:12]
-        with tool_context(ToolContext(self.memory, conv, message.user, run_id)):
+        with tool_context(ToolContext(self.memory, conv, message.user, run_id, message.platform)):
             for handle, breaker in self.paths:
                 try:
-                    async with breaker.guard(), asyncio.timeout(self.options.answer_timeout_s):
+                    async with breaker.guard(), answer_deadline(self.options.answer_timeout_s):
                         with dspy.context(lm=handle.lm, adapter=dspy.JSONAdapter()):
                             return await self.mode.answer(context, text), handle.name
                 except CircuitOpen as exc:

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from agent.approvals import ApprovalBroker, ApprovalPolicy, ApprovalStore
 from agent.engines import ModelConfig, ModelHandle, build_model
 from agent.memory import Memory
 from agent.resilience import CircuitBreaker
@@ -25,6 +26,7 @@ class App:
     memory: Memory
     agent: Agent
     runner: ToolRunner
+    approvals: ApprovalBroker
 
 
 def model_config(settings: Settings) -> ModelConfig:
@@ -91,6 +93,16 @@ def agent_options(settings: Settings) -> AgentOptions:
     )
 
 
+def approval_policy(settings: Settings) -> ApprovalPolicy:
+    a = settings.approvals
+    return ApprovalPolicy(
+        approvers=a.approvers,
+        channel_approvers=a.channels,
+        allow_self_approval=a.allow_self_approval,
+        expiry_s=a.expiry_s,
+    )
+
+
 def dispatch_options(settings: Settings, *, rate_limited: bool = True) -> DispatchOptions:
     """The dispatcher's settings; the console (one local user) runs without the per-user rate limit."""
     d = settings.dispatch
@@ -117,12 +129,13 @@ async def build_app(settings: Settings, model: ModelHandle | None = None) -> Asy
     """Open everything the agent needs; closes the database however the block ends."""
     async with open_store(settings) as store:
         memory = Memory(store, max_turns=settings.memory.max_turns)
-        runner = build_runner(settings, store)
+        approvals = ApprovalBroker(ApprovalStore(store), approval_policy(settings))
+        runner = build_runner(settings, store, gate=approvals)
         try:
             handle = model or build_model(model_config(settings))
             fb_config = fallback_config(settings)
             fallback = build_model(fb_config) if fb_config else None
             agent = Agent(memory, handle, runner, agent_options(settings), resilience(settings, fallback))
-            yield App(settings, store, memory, agent, runner)
+            yield App(settings, store, memory, agent, runner, approvals)
         finally:
             runner.close()

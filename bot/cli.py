@@ -33,6 +33,8 @@ memory_app = typer.Typer(help="Inspect or erase what a channel remembers.", no_a
 chains_app = typer.Typer(help="Reasoning chains: the steps behind each answer.", no_args_is_help=True)
 app.add_typer(memory_app, name="memory")
 app.add_typer(chains_app, name="chains")
+approvals_app = typer.Typer(help="Tool approvals: grants, pending requests, the audit.", no_args_is_help=True)
+app.add_typer(approvals_app, name="approvals")
 
 ChannelOpt = Annotated[str, typer.Option("--channel", "-c", help="Channel (memory key) to use.")]
 
@@ -111,10 +113,10 @@ async def _console(settings: Settings, channel: str) -> None:
     from bot.dispatcher import Dispatcher
 
     async with build_app(settings) as parley:
-        console = ConsoleAdapter(channel=channel)
+        console = ConsoleAdapter(channel=channel, auto_approve=settings.approvals.console_auto_approve)
         options = dispatch_options(settings, rate_limited=False)
-        async with Dispatcher(Inbox(parley.store), parley.agent, [console], options) as dispatcher:
-            await console.run(dispatcher.submit)
+        async with Dispatcher(Inbox(parley.store), parley.agent, [console], options, parley.approvals) as dispatcher:
+            await console.run(dispatcher.submit, dispatcher.decide)
 
 
 @app.command()
@@ -411,6 +413,78 @@ def secret_values(settings: Settings) -> list[str]:
 
 def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print as JSON.")]
+
+
+@approvals_app.command("list")
+@run_async
+async def approvals_list(as_json: JsonOpt = False) -> None:
+    """Allow-always grants (tool and channel) and requests waiting for a decision."""
+    from agent.approvals import ApprovalStore
+    from bot.app import open_store
+
+    async with open_store(settings_or_exit()) as store:
+        approvals = ApprovalStore(store)
+        grants, pending = await approvals.grants(), await approvals.pending()
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "grants": [g.__dict__ for g in grants],
+                    "pending": [{**p.__dict__, "state": p.state.value} for p in pending],
+                },
+                indent=2,
+            )
+        )
+        return
+    typer.echo(f"Allowed always ({len(grants)}):")
+    for g in grants:
+        typer.echo(f"  {g.tool} in {g.channel}, granted by {g.granted_by} at {_when(g.granted_at)}")
+    typer.echo(f"Waiting for a decision ({len(pending)}):")
+    for p in pending:
+        typer.echo(f"  {p.describe_call()} asked by {p.requester} in {p.channel}, expires {_when(p.expires_at)}")
+
+
+@approvals_app.command("revoke")
+@run_async
+async def approvals_revoke(
+    tool: Annotated[str, typer.Option(help="The tool whose allow-always grant to remove.")],
+    channel: Annotated[str, typer.Option("--channel", "-c", help="The channel (memory key) of the grant.")],
+) -> None:
+    """Remove an allow-always grant: the tool asks for approval in that channel again."""
+    import getpass
+
+    from agent.approvals import ApprovalStore
+    from bot.app import open_store
+
+    async with open_store(settings_or_exit()) as store:
+        revoked = await ApprovalStore(store).revoke(tool, channel, actor=f"cli:{getpass.getuser()}")
+    if not revoked:
+        raise fail(f"no allow-always grant for {tool} in {channel}")
+    typer.echo(f"Revoked: {tool} asks for approval in {channel} again.")
+
+
+@approvals_app.command("audit")
+@run_async
+async def approvals_audit(
+    since: Annotated[str | None, typer.Option(help="Only entries at or after this ISO time.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Every approval request, decision (refused ones too), grant and revocation, oldest first."""
+    from agent.approvals import ApprovalStore
+    from bot.app import open_store
+
+    async with open_store(settings_or_exit()) as store:
+        entries = await ApprovalStore(store).audit(_since(since))
+    if as_json:
+        typer.echo(json.dumps([e.__dict__ for e in entries], indent=2))
+        return
+    for e in entries:
+        what = f"{e.tool} in {e.channel}" if e.channel else e.tool
+        detail = f" ({e.detail})" if e.detail else ""
+        typer.echo(f"{_when(e.at)}  {e.action:<16} {e.outcome:<9} {e.actor:<20} {what}  {e.request_id}{detail}")
 
 
 def main() -> None:

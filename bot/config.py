@@ -145,6 +145,20 @@ class MemorySettings(Section):
     fact_max_age_days: int = Field(30, ge=1, description="prune facts not touched for this long")
 
 
+class ApprovalSettings(Section):
+    """`[approvals]`: who may approve risky tool calls, and for how long a request waits."""
+
+    approvers: dict[str, list[str]] = Field(
+        default_factory=dict, description="user ids per platform, e.g. {slack = ['U123'], discord = ['4567']}"
+    )
+    channels: dict[str, list[str]] = Field(
+        default_factory=dict, description="approvers of one channel (its memory key); they replace the platform's"
+    )
+    allow_self_approval: bool = Field(False, description="an approver may approve a call they asked for")
+    expiry_s: float = Field(300.0, gt=0, description="a request not decided in this time is denied")
+    console_auto_approve: bool = Field(False, description="approve every call when the console has no terminal")
+
+
 class DispatchSettings(Section):
     """The dispatcher: per-user limits, shutdown, retries. Its global limit is `agent.concurrency`."""
 
@@ -214,6 +228,7 @@ class Settings(BaseSettings):
     agent: AgentSettings = AgentSettings()
     tools: ToolsSettings = ToolsSettings()
     memory: MemorySettings = MemorySettings()
+    approvals: ApprovalSettings = ApprovalSettings()
     dispatch: DispatchSettings = DispatchSettings()
     db: DBSettings = DBSettings()
     http: HTTPSettings = HTTPSettings()

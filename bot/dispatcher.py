@@ -24,6 +24,7 @@ import stamina
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 
+from agent.approvals import ApprovalBroker, Verdict
 from agent.inbox import Inbox, InboxEntry, answer_in, conversation_key
 from agent.messages import IncomingMessage, Reply
 from agent.ports import ChatPlatform, DeliveryError
@@ -100,11 +101,16 @@ class Dispatcher:
         responder: Responder,
         platforms: Iterable[ChatPlatform],
         options: DispatchOptions = DispatchOptions(),
+        approvals: ApprovalBroker | None = None,
     ) -> None:
         self.inbox = inbox
         self.responder = responder
         self.platforms = {platform.name: platform for platform in platforms}
         self.options = options
+        self.approvals = approvals
+        if approvals is not None:
+            # Approval requests are shown where the conversation is.
+            approvals.ports.update(self.platforms)
         self.rate_limit = RateLimit(options.rate_limit) if options.rate_limit else None
         self._queues: dict[str, deque[InboxEntry]] = {}
         self._ready: asyncio.Queue[str] = asyncio.Queue()
@@ -126,7 +132,12 @@ class Dispatcher:
         await self.stop()
 
     async def start(self) -> None:
-        """Queue what an earlier process left unfinished, in arrival order, then start taking messages."""
+        """Queue what an earlier process left unfinished, in arrival order, then start taking messages.
+
+        Approval requests left pending are expired first: their messages are answered again and ask again.
+        """
+        if self.approvals is not None:
+            await self.approvals.expire_pending("restart")
         resumable = [name for name, platform in self.platforms.items() if platform.resumable]
         left = await self.inbox.unfinished(resumable)
         for entry in left:
@@ -157,6 +168,16 @@ class Dispatcher:
         if self._accepting:
             self._enqueue(entry)
         return True
+
+    async def decide(
+        self, request_id: str, *, platform: str, user: str, approve: bool, args_hash: str, always: bool = False
+    ) -> Verdict:
+        """A person's approval decision, from the adapter that showed the request."""
+        if self.approvals is None:
+            return Verdict(False, "approvals are not handled here")
+        return await self.approvals.decide(
+            request_id, platform=platform, user=user, approve=approve, args_hash=args_hash, always=always
+        )
 
     async def join(self) -> None:
         """Wait until every queued message is answered and delivered."""

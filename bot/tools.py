@@ -18,7 +18,7 @@ from agent.tools.executions import ExecutionLog
 from agent.tools.files import file_tools
 from agent.tools.hooks import LoggingHook, MetricsHook
 from agent.tools.registry import SPEC_ATTRIBUTE, ToolOverride, ToolRegistry, ToolRegistryError
-from agent.tools.runner import ToolHook, ToolRunner
+from agent.tools.runner import ApprovalGate, PolicyGate, ToolHook, ToolRunner
 from agent.tools.sql import sql_tool
 from agent.tools.web import http_get_tool, weather_tool, web_search_tool
 from bot.config import Settings
@@ -92,11 +92,14 @@ def build_registry(settings: Settings) -> ToolRegistry:
     return registry
 
 
-def build_runner(settings: Settings, store: Store, hooks: Sequence[ToolHook] | None = None) -> ToolRunner:
+def build_runner(
+    settings: Settings, store: Store, hooks: Sequence[ToolHook] | None = None, gate: ApprovalGate | None = None
+) -> ToolRunner:
     return ToolRunner(
         build_registry(settings),
         ExecutionLog(store),
         hooks=list(hooks) if hooks is not None else [LoggingHook(), metrics_hook()],
+        gate=gate or PolicyGate(),
         max_output_chars=settings.agent.max_tool_output_chars,
     )
 

@@ -170,3 +170,54 @@ def test_chains_stats(tmp_path: Path) -> None:
     assert stats["mean_steps"] == pytest.approx(5 / 3)  # action+thought, action+thought, thought
     text = cli.invoke(app, ["chains", "stats", "--channel", "ops"]).output
     assert "chains        1 (1 answered)" in text and "tool usage    none" in text
+
+
+def test_approvals_list_revoke_and_audit() -> None:
+    from agent.approvals import ApprovalRequest, ApprovalStore
+
+    async def seed() -> None:
+        store = await Store.open(Path("data/parley.db"))
+        approvals = ApprovalStore(store)
+        await approvals.grant("http_get", "slack:T1/C1", "slack:boss")
+        now = time.time()
+        await approvals.create(
+            ApprovalRequest(
+                "req-1",
+                "sql_query",
+                {"query": "select 1"},
+                "h",
+                "approve",
+                "slack",
+                "slack:T1/C1",
+                "",
+                "alice",
+                now,
+                now + 300,
+            )
+        )
+        await store.close()
+
+    asyncio.run(seed())
+    listed = cli.invoke(app, ["approvals", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    data = json.loads(listed.output)
+    assert [(g["tool"], g["channel"]) for g in data["grants"]] == [("http_get", "slack:T1/C1")]
+    assert [(p["id"], p["tool"], p["requester"]) for p in data["pending"]] == [("req-1", "sql_query", "alice")]
+
+    revoked = cli.invoke(app, ["approvals", "revoke", "--tool", "http_get", "--channel", "slack:T1/C1"])
+    assert revoked.exit_code == 0 and "asks for approval in slack:T1/C1 again" in revoked.output
+    again = cli.invoke(app, ["approvals", "revoke", "--tool", "http_get", "--channel", "slack:T1/C1"])
+    assert again.exit_code == 1 and "no allow-always grant" in again.output
+    assert json.loads(cli.invoke(app, ["approvals", "list", "--json"]).output)["grants"] == []
+
+    audit = json.loads(cli.invoke(app, ["approvals", "audit", "--json"]).output)
+    assert [(a["action"], a["outcome"]) for a in audit] == [
+        ("granted_always", "granted"),
+        ("requested", "pending"),
+        ("revoked", "revoked"),
+        ("revoked", "not_found"),
+    ]
+    future = cli.invoke(app, ["approvals", "audit", "--since", "2999-01-01"])
+    assert future.exit_code == 0 and future.output == ""
+    text = cli.invoke(app, ["approvals", "audit"]).output
+    assert "requested" in text and "slack:alice" in text

@@ -28,6 +28,10 @@ SEED = {
         "INSERT INTO tool_executions (tool, args, outcome, observation, duration_ms, started_at) "
         "VALUES ('calculator', '{}', 'ok', '4', 1, 1)",
     ),
+    6: (
+        "INSERT INTO inbox (platform, event_key, conversation, message, received_at, updated_at) "
+        "VALUES ('slack', 'E1', 'slack|c|', '{}', 1, 1)",
+    ),
 }
 
 

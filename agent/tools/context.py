@@ -18,6 +18,8 @@ class ToolContext:
     user: str
     # Ties tool executions to the reasoning chain of the same message.
     run_id: str = ""
+    # Where the message came from: approval prompts go back there.
+    platform: str = "console"
 
 
 _current: ContextVar[ToolContext | None] = ContextVar("parley_tool_context", default=None)

@@ -17,12 +17,14 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from agent.approvals import ApprovalRequest
 from agent.messages import IncomingMessage, Reply
 from agent.ports import DeliveryError
 
 
 class RecordingPlatform:
-    """Keeps every delivered reply by conversation. `before_deliver` may delay or fail a delivery."""
+    """Keeps every delivered reply by conversation. `before_deliver` may delay or fail a delivery;
+    `on_approval` plays the people who see approval requests (it is called as a task, like a person later)."""
 
     def __init__(
         self,
@@ -30,12 +32,27 @@ class RecordingPlatform:
         *,
         resumable: bool = True,
         before_deliver: Callable[[IncomingMessage, str], Awaitable[None]] | None = None,
+        on_approval: Callable[[ApprovalRequest], Awaitable[None]] | None = None,
     ) -> None:
         self.name = name
         self.resumable = resumable
         self.before_deliver = before_deliver
+        self.on_approval = on_approval
         self.delivered: list[tuple[IncomingMessage, Reply, str]] = []
         self.attempts: Counter[str] = Counter()
+        self.approval_requests: list[ApprovalRequest] = []
+        self.settled: list[ApprovalRequest] = []
+        self._people: set[asyncio.Task[None]] = set()
+
+    async def request_approval(self, request: ApprovalRequest) -> None:
+        self.approval_requests.append(request)
+        if self.on_approval is not None:
+            task = asyncio.create_task(self.on_approval(request))
+            self._people.add(task)
+            task.add_done_callback(self._people.discard)
+
+    async def approval_settled(self, request: ApprovalRequest) -> None:
+        self.settled.append(request)
 
     async def deliver(self, message: IncomingMessage, reply: Reply, key: str) -> None:
         self.attempts[key] += 1
@@ -113,12 +130,19 @@ class FakePlatformServer:
 
 
 class HTTPPlatform:
-    """The adapter side: posts replies to a FakePlatformServer, mapping its failures to DeliveryError."""
+    """The adapter side: posts replies to a FakePlatformServer, mapping its failures to DeliveryError.
+    It cannot show approval requests: a call that needs one is refused."""
 
     def __init__(self, base_url: str, name: str = "test") -> None:
         self.base_url = base_url
         self.name = name
         self.resumable = True
+
+    async def request_approval(self, request: ApprovalRequest) -> None:
+        raise NotImplementedError("this platform shows no approval requests")
+
+    async def approval_settled(self, request: ApprovalRequest) -> None:
+        return None
 
     async def deliver(self, message: IncomingMessage, reply: Reply, key: str) -> None:
         payload = {"key": key, "channel": message.channel, "in_reply_to": message.event_id, "text": reply.text}

@@ -1,0 +1,181 @@
+"""The approval broker: the tool runner's gate. Approval is enforced here, in code, never in the prompt.
+
+For a call whose policy is `confirm` or `approve` it stores a request bound to the exact tool and arguments,
+asks the conversation's platform to show it, and waits (the conversation waits with it; others go on) until
+a permitted person decides or the request expires. Decisions come back through `decide`, which checks the
+request id, its state and expiry, the arguments' hash and the person, and settles it by compare-and-set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from agent.approvals.models import ApprovalPolicy, ApprovalRequest, ApprovalState, Verdict, args_hash
+from agent.approvals.store import ApprovalStore
+from agent.resilience import deadline_paused
+from agent.tools.registry import ToolSpec
+from agent.tools.runner import ToolCall, ToolRefused
+
+log = logging.getLogger("parley.approvals")
+
+
+class ApprovalPort(Protocol):
+    """How a platform shows approval requests (the dispatcher registers each adapter as one)."""
+
+    async def request_approval(self, request: ApprovalRequest) -> None:
+        """Show the request (tool, arguments, who asked, expiry) with a way to decide; return once shown."""
+        ...
+
+    async def approval_settled(self, request: ApprovalRequest) -> None:
+        """The request was decided or expired: update what was shown."""
+        ...
+
+
+def _refusal(request: ApprovalRequest) -> str:
+    """The observation the model gets when the call does not run: what happened, and to go on without it."""
+    if request.state is ApprovalState.DENIED:
+        why = f"{request.decided_by} denied it"
+    elif request.reason == "restart":
+        why = "the request was cancelled by a restart"
+    else:
+        why = f"nobody approved it within the time allowed ({request.reason or 'expired'})"
+    return f"{request.tool} was not run because {why}; answer without it, or say what you would need"
+
+
+class ApprovalBroker:
+    def __init__(self, store: ApprovalStore, policy: ApprovalPolicy, *, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.policy = policy
+        self.clock = clock
+        # Platform name -> where its requests are shown; the dispatcher fills it in.
+        self.ports: dict[str, ApprovalPort] = {}
+        self._waiting: dict[str, asyncio.Future[ApprovalRequest]] = {}
+
+    async def check(self, call: ToolCall, spec: ToolSpec) -> None:
+        """The runner's gate: return to let the call run, raise ToolRefused with the reason otherwise."""
+        if spec.approval == "allow":
+            return
+        ctx = call.context
+        channel = ctx.conversation.channel if ctx else ""
+        if spec.approval == "deny":
+            await self.store.note("policy_denied", "denied", tool=spec.name, channel=channel, actor="policy")
+            raise ToolRefused(f"{spec.name} is disabled by policy; answer without it")
+        if ctx is None:
+            raise ToolRefused(f"{spec.name} needs a person's approval, which cannot be asked for here")
+        if await self.store.granted(spec.name, channel):
+            await self.store.note("allowed_always", "approved", tool=spec.name, channel=channel, actor="grant")
+            return
+        port = self.ports.get(ctx.platform)
+        if port is None:
+            await self.store.note("no_prompt", "denied", tool=spec.name, channel=channel, actor="parley")
+            raise ToolRefused(f"{spec.name} needs a person's approval, which cannot be asked for here")
+        now = self.clock()
+        request = ApprovalRequest(
+            id=secrets.token_urlsafe(16),
+            tool=spec.name,
+            args=call.args,
+            args_hash=args_hash(spec.name, call.args),
+            level=spec.approval,
+            platform=ctx.platform,
+            channel=channel,
+            thread=ctx.conversation.thread,
+            requester=ctx.user,
+            created_at=now,
+            expires_at=now + self.policy.expiry_s,
+            run_id=ctx.run_id,
+        )
+        settled = await self._ask(port, request)
+        if settled.state is not ApprovalState.APPROVED:
+            raise ToolRefused(_refusal(settled))
+
+    async def _ask(self, port: ApprovalPort, request: ApprovalRequest) -> ApprovalRequest:
+        """Store the request, show it, and wait for its decision or expiry (the answer's deadline paused)."""
+        await self.store.create(request)
+        waiting: asyncio.Future[ApprovalRequest] = asyncio.get_running_loop().create_future()
+        self._waiting[request.id] = waiting
+        try:
+            with deadline_paused():
+                try:
+                    await port.request_approval(request)
+                except Exception as exc:
+                    log.error("approval request %s could not be shown: %s", request.id, type(exc).__name__)
+                    return await self._expire(request, "the request could not be shown")
+                try:
+                    async with asyncio.timeout(max(request.expires_at - self.clock(), 0.0)):
+                        settled = await asyncio.shield(waiting)
+                except TimeoutError:
+                    settled = await self._expire(request, "expired")
+        finally:
+            self._waiting.pop(request.id, None)
+        try:
+            await port.approval_settled(settled)
+        except Exception as exc:
+            log.warning("approval request %s: the prompt could not be updated: %s", request.id, type(exc).__name__)
+        return settled
+
+    async def _expire(self, request: ApprovalRequest, reason: str) -> ApprovalRequest:
+        settled = await self.store.settle(request, ApprovalState.EXPIRED, actor="parley", reason=reason)
+        if settled is None:  # a decision landed at the last moment: it stands
+            settled = await self.store.get(request.id)
+        assert settled is not None
+        return settled
+
+    async def decide(
+        self, request_id: str, *, platform: str, user: str, approve: bool, args_hash: str, always: bool = False
+    ) -> Verdict:
+        """A person's decision. Refused (and audited) unless the request exists, is pending and unexpired,
+        carries the arguments that were shown, and the person may decide it; the first valid one wins."""
+        actor = f"{platform}:{user}"
+        request = await self.store.get(request_id)
+        why_not = await self._why_not(request, platform, user, args_hash, always)
+        if why_not is not None:
+            await self.store.refuse(request_id, actor=actor, reason=why_not, request=request)
+            return Verdict(False, why_not)
+        assert request is not None
+        state = ApprovalState.APPROVED if approve else ApprovalState.DENIED
+        settled = await self.store.settle(request, state, actor=actor)
+        if settled is None:
+            current = await self.store.get(request_id)
+            return Verdict(False, _already(current), current.state if current else None)
+        if always and approve:
+            await self.store.grant(request.tool, request.channel, actor, request)
+        waiting = self._waiting.get(request_id)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(settled)
+        return Verdict(True, f"{state.value} by {actor}", state)
+
+    async def _why_not(
+        self, request: ApprovalRequest | None, platform: str, user: str, shown_hash: str, always: bool
+    ) -> str | None:
+        if request is None:
+            return "there is no such approval request"
+        if request.state is not ApprovalState.PENDING:
+            return _already(request)
+        if self.clock() >= request.expires_at:
+            await self._expire(request, "expired")
+            return "this request has expired"
+        if not secrets.compare_digest(shown_hash, request.args_hash):
+            return "the arguments differ from the ones in the request"
+        why_not = self.policy.may_decide(request, platform, user)
+        if why_not is None and always and not self.policy.is_approver(platform, request.channel, user):
+            why_not = "only an approver can allow a tool always"
+        return why_not
+
+    async def expire_pending(self, reason: str = "restart") -> int:
+        """On start-up: requests of an earlier process can get no answer; their messages will ask again."""
+        count = await self.store.expire_pending(reason)
+        if count:
+            log.warning("expired %d approval requests left pending by an earlier process", count)
+        return count
+
+
+def _already(request: ApprovalRequest | None) -> str:
+    if request is None:
+        return "there is no such approval request"
+    by = f" by {request.decided_by}" if request.decided_by and request.state is not ApprovalState.EXPIRED else ""
+    return f"this request was already {request.state.value}{by}"

@@ -1,0 +1,97 @@
+"""What an approval is: the request bound to one exact call, who may decide it, and the outcome of a decision."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class ApprovalState(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    DENIED = "denied"
+    EXPIRED = "expired"
+
+
+def args_hash(tool: str, args: Mapping[str, Any]) -> str:
+    """The fingerprint a decision must carry: the tool and its arguments, canonically encoded."""
+    canonical = json.dumps({"tool": tool, "args": args}, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ApprovalRequest:
+    """One call waiting for a person. `id` is unguessable: it is what a button or a prompt carries."""
+
+    id: str
+    tool: str
+    args: dict[str, Any]
+    args_hash: str
+    level: str  # confirm | approve
+    platform: str
+    channel: str
+    thread: str
+    requester: str
+    created_at: float
+    expires_at: float
+    run_id: str = ""
+    state: ApprovalState = ApprovalState.PENDING
+    decided_by: str | None = None
+    reason: str = ""
+
+    def describe_call(self) -> str:
+        """`tool(name=value, ...)` as shown to the person deciding."""
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.args.items())
+        return f"{self.tool}({shown})"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a person's decision came to: `accepted` when it settled the request, else `reason` says why not."""
+
+    accepted: bool
+    reason: str
+    state: ApprovalState | None = None
+
+
+@dataclass(frozen=True)
+class ApprovalPolicy:
+    """Who may decide, from settings.
+
+    `approvers` lists user ids per platform; `channel_approvers` lists them for one channel (its memory key),
+    and where a channel has a list only those people approve there. `confirm` calls may be decided by the
+    person who asked or an approver; `approve` calls only by an approver, never by the person who asked
+    unless `allow_self_approval`. On the console the person at the terminal is the operator: an approver
+    who may approve their own calls.
+    """
+
+    approvers: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    channel_approvers: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    allow_self_approval: bool = False
+    expiry_s: float = 300.0
+
+    def is_approver(self, platform: str, channel: str, user: str) -> bool:
+        if platform == "console":
+            return True
+        listed = self.channel_approvers.get(channel)
+        if listed is None:
+            listed = self.approvers.get(platform, ())
+        return user in listed
+
+    def may_decide(self, request: ApprovalRequest, platform: str, user: str) -> str | None:
+        """None when `user` may decide the request, else the reason they may not."""
+        if platform != request.platform:
+            return "decisions come from the platform the request was made on"
+        approver = self.is_approver(platform, request.channel, user)
+        own = user == request.requester
+        if request.level == "confirm":
+            return None if own or approver else "only the person who asked, or an approver, can decide this"
+        if not approver:
+            return "you are not an approver for this channel"
+        if own and not (self.allow_self_approval or platform == "console"):
+            return "you asked for this call, so another approver must decide it"
+        return None
