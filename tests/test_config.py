@@ -120,3 +120,22 @@ def test_cli_stops_with_exit_2_and_one_line(tmp_path: Path) -> None:
     assert proc.stderr.strip().count("\n") == 0
     assert "PARLEY_LM__TIMEOUT_S" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_approvals_and_dispatch_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bot.config import load_settings
+
+    monkeypatch.setenv("PARLEY_APPROVALS__APPROVERS", '{"slack": ["U1", "U2"]}')
+    monkeypatch.setenv("PARLEY_APPROVALS__EXPIRY_S", "60")
+    monkeypatch.setenv("PARLEY_DISPATCH__RATE_LIMIT", "off")
+    settings = load_settings()
+    assert settings.approvals.approvers == {"slack": ["U1", "U2"]} and settings.approvals.expiry_s == 60
+    assert settings.dispatch.rate_limit is None
+
+
+def test_an_unparseable_rate_limit_stops_start_up_naming_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bot.config import SettingsError, load_settings
+
+    monkeypatch.setenv("PARLEY_DISPATCH__RATE_LIMIT", "ten a minute")
+    with pytest.raises(SettingsError, match=r"PARLEY_DISPATCH__RATE_LIMIT .*is not a rate such as 10/minute"):
+        load_settings()
