@@ -4,6 +4,9 @@ A message is stored before the platform is acknowledged, so a crash never loses 
 (platform, event key) makes a redelivery a no-op. The reply is stored with the `answered` state in the same
 transaction as the turn and the reasoning chain, and `delivered_at` is set once the platform took it, so a
 restart re-answers only unanswered messages and re-delivers only undelivered replies.
+
+States: `received` (stored), `processing` (being answered; `attempts` counts tries), `answered` (a reply is
+stored, an apology with its error id included), `failed` (the reply could not be delivered; given up).
 """
 
 from __future__ import annotations
@@ -60,11 +63,11 @@ def _reply_json(reply: Reply) -> str:
     )
 
 
-def answer_in(db: sqlite3.Connection, entry_id: int, reply: Reply) -> None:
+def answer_in(db: sqlite3.Connection, entry_id: int, reply: Reply, error: str | None = None) -> None:
     """Store the reply and mark the message answered, inside the caller's transaction (the exchange's)."""
     db.execute(
-        "UPDATE inbox SET state = 'answered', reply = ?, error_id = ?, updated_at = ? WHERE id = ?",
-        (_reply_json(reply), reply.error_id, time.time(), entry_id),
+        "UPDATE inbox SET state = 'answered', reply = ?, error_id = ?, error = ?, updated_at = ? WHERE id = ?",
+        (_reply_json(reply), reply.error_id, error, time.time(), entry_id),
     )
 
 
@@ -115,18 +118,18 @@ class Inbox:
             )
         )
 
-    async def answer(self, entry_id: int, reply: Reply) -> None:
-        """Store the reply and mark the message answered."""
-        await self.store.write(lambda db: answer_in(db, entry_id, reply))
+    async def answer(self, entry_id: int, reply: Reply, *, error: str | None = None) -> None:
+        """Store the reply and mark the message answered; `error` says what went wrong when the reply is an
+        apology (the reply's error id is stored with it). Either way the reply is delivered, after a restart too.
+        """
+        await self.store.write(lambda db: answer_in(db, entry_id, reply, error))
 
-    async def fail(self, entry_id: int, error_id: str, error: str, reply: Reply | None = None) -> None:
-        """Give up on a message for good: a restart will not try it again. The reply, if any, is the apology."""
-        params = (error_id, error, _reply_json(reply) if reply else None, time.time(), entry_id)
+    async def fail(self, entry_id: int, error_id: str, error: str) -> None:
+        """The reply could not be delivered: give up on it for good, a restart will not try it again."""
+        params = (error_id, error, time.time(), entry_id)
         await self.store.write(
             lambda db: db.execute(
-                "UPDATE inbox SET state = 'failed', error_id = ?, error = ?, reply = COALESCE(?, reply), "
-                "updated_at = ? WHERE id = ?",
-                params,
+                "UPDATE inbox SET state = 'failed', error_id = ?, error = ?, updated_at = ? WHERE id = ?", params
             )
         )
 

@@ -19,36 +19,57 @@ from enum import StrEnum
 
 log = logging.getLogger("parley.breaker")
 
-_deadline: ContextVar[asyncio.Timeout | None] = ContextVar("parley_answer_deadline", default=None)
+
+class _Deadline:
+    """The answer's deadline and how many waits for a person hold it paused (vote mode runs several)."""
+
+    def __init__(self, timeout: asyncio.Timeout) -> None:
+        self.timeout = timeout
+        self.pauses = 0
+        self.remaining = 0.0
+
+
+_deadline: ContextVar[_Deadline | None] = ContextVar("parley_answer_deadline", default=None)
 
 
 @asynccontextmanager
 async def answer_deadline(seconds: float) -> AsyncIterator[None]:
     """A deadline for one answer (TimeoutError when it passes) that a wait for a person can pause."""
     async with asyncio.timeout(seconds) as timeout:
-        token = _deadline.set(timeout)
+        token = _deadline.set(_Deadline(timeout))
         try:
             yield
         finally:
             _deadline.reset(token)
 
 
+def deadline_left() -> float | None:
+    """Seconds left of the current answer's deadline; None when there is none (or it is paused)."""
+    current = _deadline.get()
+    when = current.timeout.when() if current is not None else None
+    return None if when is None else when - asyncio.get_running_loop().time()
+
+
 @contextmanager
 def deadline_paused() -> Iterator[None]:
-    """Stop the answer's clock while waiting for a person's approval: their minutes are not the model's."""
-    timeout = _deadline.get()
-    when = timeout.when() if timeout is not None else None
-    if timeout is None or when is None:
+    """Stop the answer's clock while waiting for a person's approval: their minutes are not the model's.
+    Overlapping waits share the pause; the clock restarts, with the time it had left, when the last ends."""
+    current = _deadline.get()
+    if current is None or current.timeout.expired():
         yield
         return
     loop = asyncio.get_running_loop()
-    remaining = when - loop.time()
-    timeout.reschedule(None)
+    if current.pauses == 0:
+        when = current.timeout.when()
+        current.remaining = max(when - loop.time(), 0.0) if when is not None else 0.0
+        current.timeout.reschedule(None)
+    current.pauses += 1
     try:
         yield
     finally:
-        if not timeout.expired():
-            timeout.reschedule(loop.time() + max(remaining, 0.0))
+        current.pauses -= 1
+        if current.pauses == 0 and not current.timeout.expired():
+            current.timeout.reschedule(loop.time() + current.remaining)
 
 
 class State(StrEnum):

@@ -45,6 +45,7 @@ class Store:
         self._queue: deque[_Write[Any]] = deque()
         self._queue_lock = threading.Lock()
         self._draining = False
+        self._closed = False
 
     @classmethod
     async def open(
@@ -76,6 +77,7 @@ class Store:
     async def close(self) -> None:
         """Close both connections and the writer thread; aiosqlite threads are not daemons, so a forgotten
         close hangs exit."""
+        self._closed = True
         await asyncio.get_running_loop().run_in_executor(self._writer_thread, self._writer.close)
         self._writer_thread.shutdown()
         await self._reader.close()
@@ -87,6 +89,8 @@ class Store:
         Writes run one at a time in the order they were queued. A caller cancelled while waiting may still
         see its write commit: it is all or nothing either way.
         """
+        if self._closed:
+            raise StoreError(f"database {self.path} is closed")
         loop = asyncio.get_running_loop()
         write: _Write[T] = _Write(work, loop.create_future())
         with self._queue_lock:
@@ -98,16 +102,29 @@ class Store:
         return await write.done
 
     def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
-        """On the writer thread: commit everything queued, a batch per transaction, until the queue is empty."""
-        while True:
+        """On the writer thread: commit everything queued, a batch per transaction, until the queue is empty.
+
+        Whatever happens (the loop closed, a failure inside a failure), the flag is reset on the way out, so the
+        next write starts a new drain instead of waiting forever.
+        """
+        try:
+            while True:
+                with self._queue_lock:
+                    batch = list(self._queue)
+                    self._queue.clear()
+                    if not batch:
+                        return
+                outcomes = _commit_batch(self._writer, batch)
+                loop.call_soon_threadsafe(_settle, outcomes)
+        finally:
             with self._queue_lock:
-                batch = list(self._queue)
+                self._draining = False
+                stranded = list(self._queue)
                 self._queue.clear()
-                if not batch:
-                    self._draining = False
-                    return
-            outcomes = _commit_batch(self._writer, batch)
-            loop.call_soon_threadsafe(_settle, outcomes)
+            if stranded and not loop.is_closed():
+                failure = StoreError("the database writer stopped")
+                failed: list[Outcome] = [(w, None, failure) for w in stranded]
+                loop.call_soon_threadsafe(_settle, failed)
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
         async with self._reader.execute(sql, params) as cursor:
@@ -140,14 +157,19 @@ def _commit_batch(conn: sqlite3.Connection, batch: list[_Write[Any]]) -> list[Ou
             conn.execute("SAVEPOINT write")
             try:
                 outcomes.append((write, write.work(conn), None))
-            except Exception as exc:
+            except BaseException as exc:
+                if not conn.in_transaction:  # SQLite rolled the whole transaction back (disk full, I/O error)
+                    raise
                 conn.execute("ROLLBACK TO write")
                 outcomes.append((write, None, exc))
             conn.execute("RELEASE write")
         conn.execute("COMMIT")
-    except Exception as exc:  # BEGIN or COMMIT failed (disk full, locked): nothing of the batch landed
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
+    except BaseException as exc:  # nothing of the batch landed: every writer gets the real cause
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
         return [(write, None, exc) for write in batch]
     return outcomes
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import sqlite3
 import time
 import uuid
 from collections import deque
@@ -29,6 +30,7 @@ from agent.inbox import Inbox, InboxEntry, answer_in, conversation_key
 from agent.messages import IncomingMessage, Reply
 from agent.ports import ChatPlatform, DeliveryError
 from agent.runtime import Commit
+from agent.store import StoreError
 
 log = logging.getLogger("parley.dispatcher")
 
@@ -222,9 +224,7 @@ class Dispatcher:
             entry = queue.popleft()
             self._busy.add(me)
             try:
-                await self._handle(entry)
-            except Exception as exc:  # the database failing under us: keep the worker, leave the row for later
-                log.exception("message %d could not be handled (error id %s): %s", entry.id, new_error_id(), exc)
+                await self._handle_or_apologise(entry)
             finally:
                 self._busy.discard(me)
                 if queue:
@@ -234,6 +234,26 @@ class Dispatcher:
                 self._pending -= 1
                 if self._pending == 0:
                     self._idle.set()
+
+    async def _handle_or_apologise(self, entry: InboxEntry) -> None:
+        """Handle the message, retrying while the database fails; if it keeps failing, tell the user and move
+        on (the row stays in the inbox, so the next start answers it), so the conversation is not stuck."""
+        try:
+            async for attempt in stamina.retry_context(
+                on=(sqlite3.Error, StoreError), attempts=3, timeout=30.0, wait_initial=0.5, wait_max=5.0
+            ):
+                with attempt:
+                    await self._handle(entry)
+        except Exception as exc:
+            error_id = new_error_id()
+            log.error("message %d could not be handled (error id %s): %s", entry.id, error_id, exc)
+            apology = Reply(APOLOGY.format(error_id=error_id), status="error", error_id=error_id)
+            try:
+                await self.platforms[entry.message.platform].deliver(
+                    entry.message, apology, f"{entry.delivery_key}-error"
+                )
+            except Exception as failed:
+                log.error("the apology for message %d was not delivered either: %s", entry.id, type(failed).__name__)
 
     async def _handle(self, entry: InboxEntry) -> None:
         reply = entry.reply if entry.reply is not None else await self._answer(entry)
@@ -274,7 +294,7 @@ class Dispatcher:
             error_id = new_error_id()
             log.exception("answering message %d failed (error id %s): %s", entry.id, error_id, type(exc).__name__)
             reply = Reply(APOLOGY.format(error_id=error_id), status="error", error_id=error_id)
-            await self.inbox.fail(entry.id, error_id, type(exc).__name__, reply)
+            await self.inbox.answer(entry.id, reply, error=type(exc).__name__)
             return reply
 
     async def _give_up(self, entry: InboxEntry) -> InboxEntry:
@@ -284,7 +304,7 @@ class Dispatcher:
             "giving up on message %d after %d interrupted attempts (error id %s)", entry.id, entry.attempts, error_id
         )
         reply = Reply(GAVE_UP.format(attempts=entry.attempts, error_id=error_id), status="error", error_id=error_id)
-        await self.inbox.fail(entry.id, error_id, f"gave up after {entry.attempts} interrupted attempts", reply)
+        await self.inbox.answer(entry.id, reply, error=f"gave up after {entry.attempts} interrupted attempts")
         return InboxEntry(entry.id, entry.message, entry.state, entry.attempts, reply)
 
     async def _deliver(self, platform: ChatPlatform, entry: InboxEntry, reply: Reply) -> None:

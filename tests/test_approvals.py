@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +15,14 @@ import pytest
 from dspy.lm15 import Request
 
 from adapters.console import ConsoleAdapter
-from agent.approvals import ApprovalBroker, ApprovalPolicy, ApprovalRequest, ApprovalState, ApprovalStore
+from agent.approvals import (
+    ApprovalBroker,
+    ApprovalPolicy,
+    ApprovalRequest,
+    ApprovalState,
+    ApprovalStore,
+    args_hash,
+)
 from agent.engines import ScriptedEngine, scripted_model
 from agent.engines.scripted import request_text
 from agent.inbox import Inbox
@@ -353,48 +361,91 @@ async def test_the_answer_deadline_does_not_count_time_waiting_for_a_person(stor
     assert deployed == ["api"] and platform.texts() == ["tool said: deployed api"]
 
 
-async def test_a_restart_expires_pending_requests_and_the_message_asks_again(store: Store, memory: Memory) -> None:
+def restart_parts(
+    store: Store, memory: Memory, deployed: list[str], on_approval: Person | None
+) -> tuple[ApprovalBroker, RecordingPlatform, Dispatcher, ToolRunner]:
+    broker = ApprovalBroker(ApprovalStore(store), ApprovalPolicy(approvers={"slack": ["boss"]}, expiry_s=30))
+    runner = ToolRunner(ToolRegistry.of(deployer(deployed, "approve")), gate=broker)
+    agent = Agent(memory, scripted_model(ScriptedEngine(responder=model)), runner, AgentOptions(max_iters=3))
+    platform = RecordingPlatform("slack", on_approval=on_approval)
+    dispatcher = Dispatcher(Inbox(store), agent, [platform], DispatchOptions(grace_s=0.1), broker)
+    return broker, platform, dispatcher, runner
+
+
+def boss_of(broker_ref: list[ApprovalBroker]) -> Person:
+    async def boss(request: ApprovalRequest) -> None:
+        await broker_ref[0].decide(request.id, platform="slack", user="boss", approve=True, args_hash=request.args_hash)
+
+    return boss
+
+
+async def test_a_crash_leaves_a_pending_request_that_the_restart_expires_and_asks_again(
+    store: Store, memory: Memory
+) -> None:
     deployed: list[str] = []
-    policy = ApprovalPolicy(approvers={"slack": ["boss"]}, expiry_s=30)
+    # What a process killed while waiting leaves behind: the message being answered, its request pending.
+    message = IncomingMessage(platform="slack", channel="ops", user="al", text="deploy api", event_id="1")
+    inbox = Inbox(store)
+    entry = await inbox.accept(message)
+    assert entry is not None
+    await inbox.start(entry.id)
+    now = time.time()
+    old = ApprovalRequest(
+        "old-request",
+        "deploy",
+        {"service": "api"},
+        args_hash("deploy", {"service": "api"}),
+        "approve",
+        "slack",
+        message.conversation.channel,
+        "",
+        "al",
+        now,
+        now + 30,
+    )
+    await ApprovalStore(store).create(old)
 
-    def parts(on_approval: Person | None) -> tuple[ApprovalBroker, RecordingPlatform, Dispatcher, ToolRunner]:
-        broker = ApprovalBroker(ApprovalStore(store), policy)
-        runner = ToolRunner(ToolRegistry.of(deployer(deployed, "approve")), gate=broker)
-        agent = Agent(memory, scripted_model(ScriptedEngine(responder=model)), runner, AgentOptions(max_iters=3))
-        platform = RecordingPlatform("slack", on_approval=on_approval)
-        return (
-            broker,
-            platform,
-            Dispatcher(Inbox(store), agent, [platform], DispatchOptions(grace_s=0.1), broker),
-            runner,
-        )
+    ref: list[ApprovalBroker] = []
+    broker, platform, dispatcher, runner = restart_parts(store, memory, deployed, boss_of(ref))
+    ref.append(broker)
+    async with dispatcher:
+        await dispatcher.join()
+        stale = await dispatcher.decide(old.id, platform="slack", user="boss", approve=True, args_hash=old.args_hash)
+    runner.close()
+    assert not stale.accepted and stale.reason == "this request was already expired"
+    assert deployed == ["api"]  # once, through the new request
+    [renewed] = platform.approval_requests
+    assert renewed.id != old.id and renewed.args_hash == old.args_hash
+    expired = await broker.store.get(old.id)
+    assert expired is not None and (expired.state, expired.reason) == (ApprovalState.EXPIRED, "restart")
 
-    broker, platform, first, runner = parts(None)
+
+async def test_a_shutdown_while_waiting_expires_the_request_and_the_next_start_asks_again(
+    store: Store, memory: Memory
+) -> None:
+    deployed: list[str] = []
+    broker, platform, first, runner = restart_parts(store, memory, deployed, None)
     await first.start()
     await first.submit(IncomingMessage(platform="slack", channel="ops", user="al", text="deploy api", event_id="1"))
     for _ in range(200):
         if platform.approval_requests:
             break
         await asyncio.sleep(0.01)
-    await first.stop()  # the process goes away while the request is pending
+    await first.stop()  # the grace period ends while the request waits
     runner.close()
-    [old] = await broker.store.pending()
+    [old] = platform.approval_requests
+    assert [(s.id, s.state, s.reason) for s in platform.settled] == [(old.id, ApprovalState.EXPIRED, "cancelled")]
+    assert await broker.store.pending() == []
 
-    async def boss(request: ApprovalRequest) -> None:
-        await second_broker.decide(request.id, platform="slack", user="boss", approve=True, args_hash=request.args_hash)
-
-    second_broker, second_platform, second, runner = parts(boss)
+    ref: list[ApprovalBroker] = []
+    second_broker, second_platform, second, runner = restart_parts(store, memory, deployed, boss_of(ref))
+    ref.append(second_broker)
     async with second:
-        # The old request can no longer be approved: a decision for it is refused.
-        stale = await second_broker.decide(old.id, platform="slack", user="boss", approve=True, args_hash=old.args_hash)
+        late = await second.decide(old.id, platform="slack", user="boss", approve=True, args_hash=old.args_hash)
         await second.join()
     runner.close()
-    assert not stale.accepted and stale.reason == "this request was already expired"
-    assert deployed == ["api"]
-    [renewed] = second_platform.approval_requests
-    assert renewed.id != old.id and renewed.args_hash == old.args_hash
-    expired = await second_broker.store.get(old.id)
-    assert expired is not None and (expired.state, expired.reason) == (ApprovalState.EXPIRED, "restart")
+    assert not late.accepted
+    assert deployed == ["api"] and len(second_platform.approval_requests) == 1
 
 
 async def test_the_audit_records_every_request_and_decision_and_cannot_be_rewritten(world: World) -> None:

@@ -243,3 +243,21 @@ async def test_breaker_state_and_counts_are_exported_to_prometheus() -> None:
     text = generate_latest(REGISTRY).decode()
     assert 'parley_breaker_state{breaker="primary"} 0.0' in text
     assert 'parley_breaker_state{breaker="fallback"} 0.0' in text
+
+
+async def test_waits_for_people_pause_the_answer_deadline_and_overlapping_waits_share_the_pause() -> None:
+    from agent.resilience import answer_deadline, deadline_left, deadline_paused
+
+    async def wait_for_person(seconds: float) -> None:
+        with deadline_paused():
+            assert deadline_left() is None
+            await asyncio.sleep(seconds)
+
+    async with answer_deadline(0.2):
+        await asyncio.gather(wait_for_person(0.3), wait_for_person(0.5))  # longer than the deadline, together
+        left = deadline_left()
+        assert left is not None and 0.1 < left <= 0.2
+    with pytest.raises(TimeoutError):  # outside a pause the clock runs
+        async with answer_deadline(0.1):
+            await wait_for_person(0.2)
+            await asyncio.sleep(0.2)

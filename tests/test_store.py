@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -123,3 +125,42 @@ async def test_transaction_rolls_back_on_error(store: Store) -> None:
     assert row is not None and row[0] == 0
     await memory.add_turn(Conversation("x"), "user", "still writable")
     assert [t.text for t in await memory.recent_turns(Conversation("x"))] == ["still writable"]
+
+
+async def test_a_write_that_fails_is_undone_alone_and_the_writer_keeps_going(store: Store) -> None:
+    class Abort(BaseException):
+        pass
+
+    def insert(channel: str) -> Callable[[sqlite3.Connection], None]:
+        def work(db: sqlite3.Connection) -> None:
+            sql = "INSERT INTO conversations (channel, thread, created_at, updated_at) VALUES (?, '', 1, 1)"
+            db.execute(sql, (channel,))
+            if channel == "bad":
+                raise Abort
+
+        return work
+
+    results = await asyncio.gather(*(store.write(insert(c)) for c in ("a", "bad", "b")), return_exceptions=True)
+    assert [type(r).__name__ for r in results] == ["NoneType", "Abort", "NoneType"]
+    rows = await store.fetchall("SELECT channel FROM conversations ORDER BY channel")
+    assert [r[0] for r in rows] == ["a", "b"]
+    await store.write(insert("c"))  # the writer was not left stuck
+
+
+async def test_a_full_disk_fails_every_write_of_the_batch_with_the_real_error(store: Store) -> None:
+    await store.write(lambda db: db.execute("PRAGMA max_page_count = 1"))  # nothing more fits
+
+    def grow(db: sqlite3.Connection) -> None:
+        db.execute("INSERT INTO working_memory VALUES ('c', '', ?, ?, 1)", (str(id(db)), "x" * 100_000))
+
+    results = await asyncio.gather(store.write(grow), store.write(grow), return_exceptions=True)
+    assert all(isinstance(r, sqlite3.OperationalError) and "full" in str(r) for r in results), results
+    await store.write(lambda db: db.execute("PRAGMA max_page_count = 1000000"))
+    await store.write(grow)
+
+
+async def test_writing_after_close_is_a_clear_error(tmp_path: Path) -> None:
+    closed = await Store.open(tmp_path / "closed.db")
+    await closed.close()
+    with pytest.raises(StoreError, match="is closed"):
+        await closed.write(lambda db: None)

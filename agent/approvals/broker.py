@@ -17,7 +17,7 @@ from typing import Protocol
 
 from agent.approvals.models import ApprovalPolicy, ApprovalRequest, ApprovalState, Verdict, args_hash
 from agent.approvals.store import ApprovalStore
-from agent.resilience import deadline_paused
+from agent.resilience import deadline_left, deadline_paused
 from agent.tools.registry import ToolSpec
 from agent.tools.runner import ToolCall, ToolRefused
 
@@ -70,6 +70,9 @@ class ApprovalBroker:
         if await self.store.granted(spec.name, channel):
             await self.store.note("allowed_always", "approved", tool=spec.name, channel=channel, actor="grant")
             return
+        left = deadline_left()
+        if left is not None and left <= 0:
+            raise ToolRefused(f"there is no time left to ask for approval of {spec.name}; answer without it")
         port = self.ports.get(ctx.platform)
         if port is None:
             await self.store.note("no_prompt", "denied", tool=spec.name, channel=channel, actor="parley")
@@ -94,7 +97,11 @@ class ApprovalBroker:
             raise ToolRefused(_refusal(settled))
 
     async def _ask(self, port: ApprovalPort, request: ApprovalRequest) -> ApprovalRequest:
-        """Store the request, show it, and wait for its decision or expiry (the answer's deadline paused)."""
+        """Store the request, show it, and wait for its decision or expiry (the answer's deadline paused).
+
+        If the wait is cancelled (shutdown, the answer given up), the request is expired and the prompt
+        updated, so a late click cannot approve a call that will never run.
+        """
         await self.store.create(request)
         waiting: asyncio.Future[ApprovalRequest] = asyncio.get_running_loop().create_future()
         self._waiting[request.id] = waiting
@@ -110,13 +117,23 @@ class ApprovalBroker:
                         settled = await asyncio.shield(waiting)
                 except TimeoutError:
                     settled = await self._expire(request, "expired")
+        except asyncio.CancelledError:
+            await asyncio.shield(self._abandon(port, request))
+            raise
         finally:
             self._waiting.pop(request.id, None)
+        await self._settled(port, settled)
+        return settled
+
+    async def _abandon(self, port: ApprovalPort, request: ApprovalRequest) -> None:
+        settled = await self._expire(request, "cancelled")
+        await self._settled(port, settled)
+
+    async def _settled(self, port: ApprovalPort, request: ApprovalRequest) -> None:
         try:
-            await port.approval_settled(settled)
+            await port.approval_settled(request)
         except Exception as exc:
             log.warning("approval request %s: the prompt could not be updated: %s", request.id, type(exc).__name__)
-        return settled
 
     async def _expire(self, request: ApprovalRequest, reason: str) -> ApprovalRequest:
         settled = await self.store.settle(request, ApprovalState.EXPIRED, actor="parley", reason=reason)
@@ -142,11 +159,11 @@ class ApprovalBroker:
         if settled is None:
             current = await self.store.get(request_id)
             return Verdict(False, _already(current), current.state if current else None)
-        if always and approve:
-            await self.store.grant(request.tool, request.channel, actor, request)
         waiting = self._waiting.get(request_id)
         if waiting is not None and not waiting.done():
             waiting.set_result(settled)
+        if always and approve:
+            await self.store.grant(request.tool, request.channel, actor, request)
         return Verdict(True, f"{state.value} by {actor}", state)
 
     async def _why_not(
