@@ -11,20 +11,11 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Protocol, TextIO
+from typing import TextIO
 
-from agent.approvals import ApprovalRequest, Verdict
+from agent.approvals import ApprovalRequest
 from agent.messages import IncomingMessage, Reply
-
-Submit = Callable[[IncomingMessage], Awaitable[bool]]
-
-
-class Decide(Protocol):
-    async def __call__(
-        self, request_id: str, *, platform: str, user: str, approve: bool, args_hash: str, always: bool = False
-    ) -> Verdict: ...
-
+from agent.ports import Decide, Submit
 
 ANSWERS = {"y": (True, False), "yes": (True, False), "a": (True, True), "always": (True, True)}
 QUIT_WORDS = frozenset({"/quit", "/exit"})

@@ -33,6 +33,9 @@ class IncomingMessage:
     mentioned: bool = False
     is_dm: bool = False
     received_at: float = field(default_factory=time.time)
+    # Where the reply goes instead of the conversation, when the platform gave one (a slash command's
+    # response URL, an interaction's follow-up webhook).
+    reply_url: str = ""
 
     @property
     def conversation(self) -> Conversation:

@@ -6,10 +6,23 @@ approval prompts and channel posts to the same port.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from agent.approvals import ApprovalRequest
+from agent.approvals import ApprovalRequest, Verdict
 from agent.messages import IncomingMessage, Reply
+
+# Hands a message to the dispatcher; returns once it is stored (False for a redelivery). The adapter
+# acknowledges the platform after this, and not at all if it raises.
+Submit = Callable[[IncomingMessage], Awaitable[bool]]
+
+
+class Decide(Protocol):
+    """Hands a person's approval decision back to the dispatcher."""
+
+    async def __call__(
+        self, request_id: str, *, platform: str, user: str, approve: bool, args_hash: str, always: bool = False
+    ) -> Verdict: ...
 
 
 class DeliveryError(Exception):

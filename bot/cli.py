@@ -124,12 +124,13 @@ async def _console(settings: Settings, channel: str) -> None:
 async def run() -> None:
     """Start every configured platform; with none configured, chat in the terminal."""
     settings = settings_or_exit()
+    if "discord" in settings.platforms:
+        raise fail("Discord is not supported by this build yet; unset PARLEY_DISCORD__TOKEN", 2)
     if settings.platforms:
-        raise fail(
-            f"configured platforms {', '.join(settings.platforms)} are not supported by this build yet; "
-            "unset their tokens to use the console",
-            2,
-        )
+        from bot.service import serve_platforms
+
+        await serve_platforms(settings)
+        return
     await _console(settings, "general")
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import limits
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -194,8 +194,30 @@ class HTTPSettings(Section):
 class SlackSettings(Section):
     bot_token: SecretStr | None = None
     signing_secret: SecretStr | None = None
-    app_token: SecretStr | None = None
+    app_token: SecretStr | None = Field(None, description="with an app token, Socket Mode is used instead of HTTP")
     api_url: str = "https://slack.com/api/"
+    command: str = Field("/parley", pattern=r"^/[a-z0-9_-]+$", description="the slash command's name")
+    progress_reaction: str = Field("eyes", description="the reaction on a question while it is answered")
+
+    @field_validator("bot_token")
+    @classmethod
+    def _bot_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith("xoxb-"):
+            raise ValueError("a Slack bot token starts with xoxb-")
+        return value
+
+    @field_validator("app_token")
+    @classmethod
+    def _app_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith("xapp-"):
+            raise ValueError("a Slack app token starts with xapp-")
+        return value
+
+    @model_validator(mode="after")
+    def _mode(self) -> SlackSettings:
+        if self.bot_token is not None and self.app_token is None and self.signing_secret is None:
+            raise ValueError("HTTP mode needs PARLEY_SLACK__SIGNING_SECRET (or set an app token for Socket Mode)")
+        return self
 
 
 class DiscordSettings(Section):

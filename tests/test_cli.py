@@ -111,7 +111,8 @@ def test_corrupted_database_is_one_line_not_a_traceback(tmp_path: Path) -> None:
 
 
 def test_config_masks_secrets(tmp_path: Path) -> None:
-    proc = parley(["config"], base_env(tmp_path, SLACK_BOT_TOKEN="xoxb-secret-token"))
+    env = base_env(tmp_path, SLACK_BOT_TOKEN="xoxb-secret-token", SLACK_SIGNING_SECRET="signing-secret")
+    proc = parley(["config"], env)
     assert proc.returncode == 0
     assert json.loads(proc.stdout)["slack"]["bot_token"] == "**********"
     assert "xoxb-secret-token" not in proc.stdout + proc.stderr

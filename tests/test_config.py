@@ -65,13 +65,36 @@ def test_precedence_env_over_alias_over_file(monkeypatch: pytest.MonkeyPatch) ->
     ],
 )
 def test_conventional_aliases(monkeypatch: pytest.MonkeyPatch, alias: str, section: str, field: str) -> None:
-    monkeypatch.setenv(alias, "secret-value-123")
+    prefix = {"SLACK_BOT_TOKEN": "xoxb-", "SLACK_APP_TOKEN": "xapp-"}.get(alias, "")
+    monkeypatch.setenv(alias, prefix + "secret-value-123")
+    if alias == "SLACK_BOT_TOKEN":
+        monkeypatch.setenv("SLACK_SIGNING_SECRET", "signing")
     value = getattr(getattr(load_settings(), section), field)
-    assert value.get_secret_value() == "secret-value-123"
+    assert value.get_secret_value() == prefix + "secret-value-123"
+
+
+@pytest.mark.parametrize(
+    ("env", "field", "message"),
+    [
+        ({"SLACK_BOT_TOKEN": "xoxp-user-token", "SLACK_SIGNING_SECRET": "s"}, "PARLEY_SLACK__BOT_TOKEN", "xoxb-"),
+        ({"SLACK_BOT_TOKEN": "xoxb-1", "SLACK_APP_TOKEN": "xoxb-2"}, "PARLEY_SLACK__APP_TOKEN", "xapp-"),
+        ({"SLACK_BOT_TOKEN": "xoxb-1"}, "PARLEY_SLACK", "needs PARLEY_SLACK__SIGNING_SECRET"),
+        ({"PARLEY_SLACK__COMMAND": "parley"}, "PARLEY_SLACK__COMMAND", "pattern"),
+    ],
+)
+def test_slack_settings_that_cannot_work_stop_start_up(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], field: str, message: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert field in str(error.value) and message in str(error.value)
 
 
 def test_masked_output_hides_every_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-very-secret")
+    monkeypatch.setenv("SLACK_SIGNING_SECRET", "signing-very-secret")
     monkeypatch.setenv("PARLEY_LM__API_KEY", "sk-very-secret")
     monkeypatch.setenv("DISCORD_BOT_TOKEN", "discord-very-secret")
     text = json.dumps(masked(load_settings()))

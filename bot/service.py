@@ -1,0 +1,75 @@
+"""Running Parley as a service: the configured platforms, the dispatcher and the HTTP server, until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from adapters.slack import SlackAdapter, SlackConfig
+from agent.inbox import Inbox
+from agent.ports import ChatPlatform
+from bot.app import App, build_app, dispatch_options
+from bot.config import Settings
+from bot.dispatcher import Dispatcher
+from bot.http import build_http_app, serve
+
+log = logging.getLogger("parley.service")
+
+
+def slack_config(settings: Settings) -> SlackConfig:
+    s = settings.slack
+    assert s.bot_token is not None
+    return SlackConfig(
+        bot_token=s.bot_token.get_secret_value(),
+        signing_secret=s.signing_secret.get_secret_value() if s.signing_secret else "",
+        app_token=s.app_token.get_secret_value() if s.app_token else None,
+        api_url=s.api_url,
+        command=s.command,
+        progress_reaction=s.progress_reaction,
+    )
+
+
+async def readiness(parley: App) -> dict[str, object]:
+    """What /readyz reports: the database takes writes, and each model's breaker state."""
+    checks: dict[str, object] = {}
+    try:
+        await parley.store.write(lambda db: db.execute("SELECT 1"))
+        checks["database"] = True
+    except Exception as exc:
+        checks["database"] = {"ok": False, "error": type(exc).__name__}
+    for model, breaker in parley.agent.paths:
+        checks[f"model:{model.name}"] = {"ok": breaker.state.value != "open", "breaker": breaker.state.value}
+    return checks
+
+
+async def serve_platforms(settings: Settings) -> None:
+    """Start every configured platform behind one dispatcher and the HTTP server; stop cleanly when cancelled."""
+    async with build_app(settings) as parley:
+        platforms: list[ChatPlatform] = []
+        slack: SlackAdapter | None = None
+        if settings.slack.bot_token:
+            slack = SlackAdapter(slack_config(settings), memory=parley.memory, registry=parley.runner.registry)
+            platforms.append(slack)
+        dispatcher = Dispatcher(
+            Inbox(parley.store), parley.agent, platforms, dispatch_options(settings), parley.approvals
+        )
+        socket_mode = slack is not None and settings.slack.app_token is not None
+        http_app = build_http_app(slack=None if socket_mode else slack, readiness=lambda: readiness(parley))
+        async with dispatcher:
+            if slack is not None:
+                slack.connect(dispatcher.submit, dispatcher.decide)
+            runner = await serve(http_app, settings.http.host, settings.http.port)
+            log.warning(
+                "Parley is serving %s on http://%s:%d",
+                ", ".join(settings.platforms),
+                settings.http.host,
+                settings.http.port,
+            )
+            try:
+                if slack is not None and socket_mode:
+                    await slack.start_socket_mode()
+                await asyncio.Event().wait()
+            finally:
+                if slack is not None:
+                    await slack.close()
+                await runner.cleanup()

@@ -1,0 +1,343 @@
+"""The Slack adapter end to end: the real slack-bolt and slack-sdk against a fake Slack on 127.0.0.1, signed
+requests to Parley's real `/slack/events` endpoint, the real dispatcher, inbox, approvals and agent on a
+scripted model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+from dspy.lm15 import Request
+
+from adapters.slack import SlackAdapter, SlackConfig
+from agent.approvals import ApprovalBroker, ApprovalPolicy, ApprovalStore
+from agent.engines import ScriptedEngine, scripted_model
+from agent.engines.scripted import echo, request_text
+from agent.inbox import Inbox
+from agent.memory import Memory
+from agent.runtime import Agent, AgentOptions
+from agent.store import Store
+from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner
+from agent.tools.registry import tool
+from bot.dispatcher import Dispatcher, DispatchOptions
+from bot.http import build_http_app, serve
+from tests.fakes.slack import (
+    FakeSlack,
+    block_actions_body,
+    event_callback_body,
+    slack_headers,
+    slash_command_body,
+)
+
+SECRET = "test-signing-secret"
+
+
+def model(request: Request) -> dict[str, Any]:
+    """Echoes questions; "deploy X" calls the deploy tool; "essay" answers with long Markdown."""
+    text = request_text(request)
+    question = text.rsplit("[[ ## question ## ]]", 1)[1].split("\n\n", 1)[0].strip()
+    observed = "[[ ## tool_name_0 ## ]]\ndeploy" in text
+    if "next_tool_name" in text:
+        if question.startswith("deploy ") and not observed:
+            return {"next_thought": "deploy", "next_tool_name": "deploy", "next_tool_args": {"service": question[7:]}}
+        return {"next_thought": "done", "next_tool_name": "finish", "next_tool_args": {}}
+    if observed:
+        last = text.rsplit("[[ ## observation_0 ## ]]", 1)[1].split("\n\n", 1)[0].strip()
+        return {"reasoning": "tool", "answer": f"tool said: {last}"}
+    if question == "essay":
+        paragraph = "This is **important** and [documented](https://example.com/doc). " * 20
+        return {"reasoning": "long", "answer": "\n\n".join(f"Part {i}: {paragraph}" for i in range(12))}
+    return echo(request)
+
+
+@dataclass
+class World:
+    fake: FakeSlack
+    adapter: SlackAdapter
+    dispatcher: Dispatcher
+    engine: ScriptedEngine
+    store: Store
+    deployed: list[str]
+    url: str
+
+    async def post(self, body: bytes, **header_options: Any) -> tuple[int, str]:
+        headers = slack_headers(SECRET, body, **header_options)
+        async with aiohttp.ClientSession() as session, session.post(self.url, data=body, headers=headers) as answer:
+            return answer.status, await answer.text()
+
+    async def mention(self, text: str, *, ts: str, event_id: str, thread_ts: str | None = None, **extra: Any) -> int:
+        event = {"type": "app_mention", "user": "U1", "text": f"<@UBOT> {text}", "ts": ts, "channel": "C1", **extra}
+        if thread_ts:
+            event["thread_ts"] = thread_ts
+        status, _ = await self.post(event_callback_body(event, event_id=event_id))
+        return status
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeSlack]:
+    with FakeSlack() as running:
+        yield running
+
+
+@pytest.fixture
+def delay() -> float:
+    return 0.0
+
+
+@pytest.fixture
+async def world(store: Store, memory: Memory, fake: FakeSlack, delay: float) -> AsyncIterator[World]:
+    deployed: list[str] = []
+
+    @tool(name="deploy", approval="approve")
+    def deploy(service: str) -> str:
+        """Deploy a service."""
+        deployed.append(service)
+        return f"deployed {service}"
+
+    broker = ApprovalBroker(ApprovalStore(store), ApprovalPolicy(approvers={"slack": ["UBOSS"]}, expiry_s=2))
+    runner = ToolRunner(ToolRegistry.of(*BUILTIN_TOOLS, deploy), gate=broker)
+    engine = ScriptedEngine(responder=model, delay_s=delay)
+    agent = Agent(memory, scripted_model(engine), runner, AgentOptions(max_iters=3))
+    config = SlackConfig(bot_token="xoxb-test", signing_secret=SECRET, api_url=fake.api_url)
+    adapter = SlackAdapter(config, memory=memory, registry=runner.registry)
+    dispatcher = Dispatcher(Inbox(store), agent, [adapter], DispatchOptions(rate_limit=None), broker)
+    adapter.connect(dispatcher.submit, dispatcher.decide)
+
+    async def ready() -> dict[str, object]:
+        return {"database": True}
+
+    http = await serve(build_http_app(slack=adapter, readiness=ready), "127.0.0.1", 0)
+    port = http.addresses[0][1]
+    async with dispatcher:
+        yield World(fake, adapter, dispatcher, engine, store, deployed, f"http://127.0.0.1:{port}/slack/events")
+    await adapter.close()
+    await http.cleanup()
+    runner.close()
+
+
+async def settled(world: World) -> None:
+    """Wait until every message is answered and the background reaction calls are done."""
+    await world.dispatcher.join()
+    await asyncio.gather(*world.adapter._background, return_exceptions=True)
+
+
+# Messages in, replies out ----------------------------------------------------------------------------------
+
+
+async def test_a_mention_is_answered_in_a_thread_under_it_with_a_progress_reaction(world: World) -> None:
+    assert await world.mention("hello there", ts="1700000000.000100", event_id="Ev1") == 200
+    await settled(world)
+    [post] = world.fake.posted()
+    assert (post["channel"], post["thread_ts"], post["text"]) == ("C1", "1700000000.000100", "re: hello there")
+    assert [c.params["name"] for c in world.fake.calls_to("reactions.add")] == ["eyes"]
+    assert [c.params["name"] for c in world.fake.calls_to("reactions.remove")] == ["eyes"]
+
+
+async def test_a_dm_is_answered_in_the_dm(world: World) -> None:
+    event = {"type": "message", "channel_type": "im", "user": "U1", "text": "hi", "ts": "1700.2", "channel": "D1"}
+    status, _ = await world.post(event_callback_body(event, event_id="Ev2"))
+    await settled(world)
+    [post] = world.fake.posted()
+    assert status == 200 and post["channel"] == "D1" and "thread_ts" not in post and post["text"] == "re: hi"
+
+
+async def test_a_thread_keeps_its_own_context(world: World) -> None:
+    await world.mention("first question", ts="1700.3", event_id="Ev3")
+    await settled(world)
+    await world.mention("second question", ts="1700.4", event_id="Ev4", thread_ts="1700.3")
+    await world.mention("elsewhere", ts="1700.5", event_id="Ev5")
+    await settled(world)
+    posts = world.fake.posted()
+    assert [(p["thread_ts"], p["text"]) for p in posts] == [
+        ("1700.3", "re: first question"),
+        ("1700.3", "re: second question"),
+        ("1700.5", "re: elsewhere"),
+    ]
+    prompts = [request_text(r) for r in world.engine.requests]
+    second = next(p for p in prompts if "second question" in p)
+    assert "re: first question" in second  # the thread's earlier exchange is in the context
+    third = next(p for p in prompts if "elsewhere" in p)
+    assert "first question" not in third  # another thread does not see it
+
+
+async def test_a_retried_event_is_answered_once(world: World) -> None:
+    body = event_callback_body(
+        {"type": "app_mention", "user": "U1", "text": "<@UBOT> once", "ts": "1700.6", "channel": "C1"},
+        event_id="EvRetry",
+    )
+    statuses = [await world.post(body), await world.post(body, retry_num=1, retry_reason="http_timeout")]
+    await settled(world)
+    assert [s for s, _ in statuses] == [200, 200]
+    assert [p["text"] for p in world.fake.posted()] == ["re: once"]
+
+
+@pytest.mark.parametrize("problem", ["bad signature", "stale timestamp"])
+async def test_unsigned_or_stale_requests_are_refused_and_nothing_happens(world: World, problem: str) -> None:
+    body = event_callback_body(
+        {"type": "app_mention", "user": "U1", "text": "<@UBOT> sneaky", "ts": "1700.7", "channel": "C1"},
+        event_id="EvBad",
+    )
+    if problem == "bad signature":
+        headers = slack_headers("wrong-secret", body)
+    else:
+        headers = slack_headers(SECRET, body, timestamp=int(time.time()) - 600)
+    async with aiohttp.ClientSession() as session, session.post(world.url, data=body, headers=headers) as answer:
+        assert answer.status == 401
+    await settled(world)
+    assert world.engine.requests == [] and world.fake.posted() == []
+    assert await world.store.fetchone("SELECT 1 FROM inbox") is None
+
+
+async def test_the_bots_own_messages_and_other_bots_are_ignored(world: World) -> None:
+    own = {"type": "message", "channel_type": "im", "user": "UBOT", "text": "my answer", "ts": "1.1", "channel": "D1"}
+    other = {"type": "message", "channel_type": "im", "bot_id": "B2", "text": "beep", "ts": "1.2", "channel": "D1"}
+    edit = {"type": "message", "channel_type": "im", "subtype": "message_changed", "ts": "1.3", "channel": "D1"}
+    for i, event in enumerate((own, other, edit)):
+        status, _ = await world.post(event_callback_body(event, event_id=f"EvIgnored{i}"))
+        assert status == 200
+    await settled(world)
+    assert world.engine.requests == [] and world.fake.posted() == []
+
+
+async def test_markdown_is_converted_and_a_long_answer_split_in_order(world: World) -> None:
+    await world.mention("essay", ts="1700.8", event_id="Ev8")
+    await settled(world)
+    posts = world.fake.posted()
+    assert len(posts) >= 2 and all(len(p["text"]) <= 3900 for p in posts)
+    assert all(p["thread_ts"] == "1700.8" for p in posts)
+    joined = "\n\n".join(p["text"] for p in posts)
+    assert "*important*" in joined and "**" not in joined and "<https://example.com/doc|documented>" in joined
+    assert [int(part.split(":")[0].removeprefix("Part ")) for part in joined.split("\n\n")] == list(range(12))
+
+
+async def test_a_rate_limited_post_is_retried(world: World) -> None:
+    world.fake.fail_next("chat.postMessage", 429)
+    await world.mention("patience", ts="1700.9", event_id="Ev9")
+    await settled(world)
+    assert len(world.fake.calls_to("chat.postMessage")) == 2
+    assert [p["text"] for p in world.fake.posted()] == ["re: patience"]
+
+
+# Slash commands -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("delay", [0.3])
+async def test_ask_is_acknowledged_before_the_slow_model_answers_then_answered_by_respond(world: World) -> None:
+    body = slash_command_body(
+        "/parley", "ask what is slow?", user_id="U1", channel_id="C1", response_url=world.fake.response_url("ask1")
+    )
+    status, text = await world.post(body)
+    assert status == 200 and "Thinking about: what is slow?" in text
+    assert world.fake.responses.get("ask1", []) == []  # acknowledged first, answered later
+    await settled(world)
+    [answer] = world.fake.responses["ask1"]
+    assert answer["text"] == "re: what is slow?" and answer["response_type"] == "in_channel"
+
+
+async def test_help_facts_and_tools_answer_in_the_acknowledgement(world: World, memory: Memory) -> None:
+    await memory.add_fact("slack:T1/C1", "standup", "the standup is at 9:30 <b>")
+
+    async def command(text: str) -> str:
+        body = slash_command_body("/parley", text, user_id="U1", channel_id="C1", response_url="http://x/none")
+        status, answer = await world.post(body)
+        assert status == 200
+        return answer
+
+    assert "`/parley ask <question>`" in await command("help")
+    assert "the standup is at 9:30 &lt;b&gt;" in await command("facts")
+    tools = await command("tools")
+    assert "`calculator` (allow)" in tools and "`deploy` (approve)" in tools
+    forget = json.loads(await command("forget"))
+    assert forget["blocks"][1]["elements"][0]["action_id"] == "parley_forget"
+
+
+# Approval buttons ------------------------------------------------------------------------------------------------
+
+
+async def approval_prompt(world: World) -> tuple[dict[str, Any], str]:
+    """The posted approval message and its button value."""
+    posts = await world.fake.wait_for(lambda: [p for p in world.fake.posted() if p.get("blocks")], what="prompt")
+    prompt = posts[0]
+    blocks = prompt["blocks"] if isinstance(prompt["blocks"], list) else json.loads(prompt["blocks"])
+    return prompt, blocks[1]["elements"][0]["value"]
+
+
+async def click(world: World, user: str, action_id: str, value: str, message_ts: str) -> None:
+    body = block_actions_body(
+        [{"action_id": action_id, "value": value}],
+        user_id=user,
+        channel_id="C1",
+        message_ts=message_ts,
+        response_url=world.fake.response_url("click"),
+    )
+    status, _ = await world.post(body)
+    assert status == 200
+
+
+async def test_approval_buttons_only_count_for_approvers_and_only_once(world: World) -> None:
+    await world.mention("deploy api", ts="1701.1", event_id="EvDeploy")
+    prompt, value = await approval_prompt(world)
+    assert prompt["thread_ts"] == "1701.1" and "<@U1> asked me to run `deploy`" in json.dumps(prompt["blocks"])
+    ts = world.fake.calls_to("chat.postMessage")[0].response["ts"]
+
+    await click(world, "U1", "parley_approve", value, ts)  # the requester is not an approver
+    await click(world, "UBOSS", "parley_approve", value, ts)
+    await settled(world)
+    await click(world, "UBOSS", "parley_deny", value, ts)  # a second click
+    ephemeral = [c.params["text"] for c in world.fake.calls_to("chat.postEphemeral")]
+    assert ephemeral == [
+        "You cannot do that: you are not an approver for this channel.",
+        "You cannot do that: this request was already approved by slack:UBOSS.",
+    ]
+    assert world.deployed == ["api"]
+    [update] = world.fake.calls_to("chat.update")
+    assert "Approved by slack:UBOSS" in update.params["text"]
+    assert world.fake.posted()[-1]["text"] == "tool said: deployed api"
+
+
+async def test_a_click_after_expiry_is_refused_and_the_tool_never_runs(world: World) -> None:
+    await world.mention("deploy db", ts="1701.2", event_id="EvLate")
+    _, value = await approval_prompt(world)
+    await settled(world)  # nobody clicks within the expiry
+    ts = world.fake.calls_to("chat.postMessage")[0].response["ts"]
+    await click(world, "UBOSS", "parley_approve", value, ts)
+    assert world.deployed == []
+    assert "Expired" in world.fake.calls_to("chat.update")[0].params["text"]
+    assert world.fake.calls_to("chat.postEphemeral")[0].params["text"] == (
+        "You cannot do that: this request was already expired."
+    )
+
+
+# Socket Mode -------------------------------------------------------------------------------------------------------
+
+
+async def test_socket_mode_mention_is_answered_and_acknowledged(
+    store: Store, memory: Memory, fake: FakeSlack, runner: ToolRunner
+) -> None:
+    agent = Agent(memory, scripted_model(ScriptedEngine(responder=model)), runner, AgentOptions(max_iters=3))
+    config = SlackConfig(bot_token="xoxb-test", signing_secret="", app_token="xapp-test", api_url=fake.api_url)
+    adapter = SlackAdapter(config, memory=memory, registry=runner.registry)
+    async with Dispatcher(Inbox(store), agent, [adapter], DispatchOptions(rate_limit=None)) as dispatcher:
+        adapter.connect(dispatcher.submit, dispatcher.decide)
+        await adapter.start_socket_mode()
+        await fake.wait_for_connections(1)
+        event = {
+            "type": "app_mention",
+            "user": "U1",
+            "text": "<@UBOT> over the socket",
+            "ts": "1702.1",
+            "channel": "C1",
+        }
+        envelope = fake.send_events_api(event, event_id="EvSocket")
+        await fake.wait_for_ack(envelope)
+        await fake.wait_for(lambda: fake.posted(), what="reply")
+        await dispatcher.join()
+        await adapter.close()
+    [post] = fake.posted()
+    assert (post["thread_ts"], post["text"]) == ("1702.1", "re: over the socket")
