@@ -37,6 +37,7 @@ bench: $(VENV)/.test-installed
 	$(BIN)/python -m benchmarks.memory
 	$(BIN)/python -m benchmarks.agent
 	$(BIN)/python -m benchmarks.dispatch
+	$(BIN)/python -m benchmarks.slack
 
 constraints: $(VENV)/.test-installed
 	{ echo "# Pinned versions of every dependency (pip install -c). Regenerate: make constraints"; \

@@ -61,6 +61,10 @@ HELP = (
 )
 
 
+class SlackUnavailable(Exception):
+    """Slack cannot be used with these settings: the message says why, in one line."""
+
+
 @dataclass(frozen=True)
 class SlackConfig:
     bot_token: str
@@ -113,6 +117,19 @@ class SlackAdapter:
         """`POST /slack/events`: Bolt verifies the signature (401 for a bad or stale one) and dispatches."""
         response = await self.app.async_dispatch(await to_bolt_request(request))
         return await to_aiohttp_response(response)
+
+    async def start(self) -> None:
+        """Check the bot token now (a bad one is one clear line at start-up, not a dropped first event), then
+        connect Socket Mode when there is an app token; otherwise events arrive over HTTP."""
+        try:
+            identity = await self.client.auth_test()
+        except SlackApiError as exc:
+            raise SlackUnavailable(f"Slack refused the bot token ({exc.response.get('error', 'unknown')})") from None
+        except SlackClientError as exc:
+            raise SlackUnavailable(f"Slack cannot be reached at {self.config.api_url} ({type(exc).__name__})") from None
+        log.info("connected to Slack team %s as %s", identity.get("team_id"), identity.get("user_id"))
+        if self.config.app_token:
+            await self.start_socket_mode()
 
     async def start_socket_mode(self) -> None:
         if not self.config.app_token:

@@ -56,20 +56,21 @@ async def serve_platforms(settings: Settings) -> None:
         socket_mode = slack is not None and settings.slack.app_token is not None
         http_app = build_http_app(slack=None if socket_mode else slack, readiness=lambda: readiness(parley))
         async with dispatcher:
-            if slack is not None:
-                slack.connect(dispatcher.submit, dispatcher.decide)
-            runner = await serve(http_app, settings.http.host, settings.http.port)
-            log.warning(
-                "Parley is serving %s on http://%s:%d",
-                ", ".join(settings.platforms),
-                settings.http.host,
-                settings.http.port,
-            )
+            runner = None
             try:
-                if slack is not None and socket_mode:
-                    await slack.start_socket_mode()
+                if slack is not None:
+                    slack.connect(dispatcher.submit, dispatcher.decide)
+                    await slack.start()
+                runner = await serve(http_app, settings.http.host, settings.http.port)
+                log.warning(
+                    "Parley is serving %s on http://%s:%d",
+                    ", ".join(settings.platforms),
+                    settings.http.host,
+                    settings.http.port,
+                )
                 await asyncio.Event().wait()
             finally:
                 if slack is not None:
                     await slack.close()
-                await runner.cleanup()
+                if runner is not None:
+                    await runner.cleanup()

@@ -191,3 +191,81 @@ def test_sigterm_lets_the_running_message_finish_and_leaves_the_rest_in_the_inbo
     with sqlite3.connect(tmp_path / "parley.db") as db:
         rows = db.execute("SELECT state, delivered_at IS NOT NULL FROM inbox ORDER BY id").fetchall()
     assert rows == [("answered", 1), ("received", 0), ("received", 0)]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_run_serves_slack_over_http_with_health_and_metrics(tmp_path: Path, fake_model: FakeOpenAI) -> None:
+    """`parley run` with Slack settings: a signed mention to /slack/events is answered in its thread."""
+    import signal
+    import time
+    import urllib.request
+
+    from tests.fakes.slack import FakeSlack, event_callback_body, slack_headers
+
+    port = free_port()
+    with FakeSlack() as slack:
+        env = fake_env(tmp_path, fake_model)
+        env.update(
+            PARLEY_SLACK__BOT_TOKEN="xoxb-test",
+            PARLEY_SLACK__SIGNING_SECRET="run-secret",
+            PARLEY_SLACK__API_URL=slack.api_url,
+            PARLEY_HTTP__PORT=str(port),
+        )
+        proc = subprocess.Popen([*PARLEY, "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None, proc.communicate()[1]
+                try:
+                    with urllib.request.urlopen(f"{base}/healthz", timeout=1) as health:
+                        assert json.load(health) == {"status": "ok"}
+                        break
+                except OSError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
+            event = {"type": "app_mention", "user": "U1", "text": "<@UBOT> what is 6*7?", "ts": "1.5", "channel": "C9"}
+            body = event_callback_body(event, event_id="EvRun")
+            request = urllib.request.Request(
+                f"{base}/slack/events", data=body, headers=slack_headers("run-secret", body), method="POST"
+            )
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                assert answer.status == 200
+            while not slack.posted():
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            [post] = slack.posted()
+            assert (post["channel"], post["thread_ts"], post["text"]) == ("C9", "1.5", "42")
+            with urllib.request.urlopen(f"{base}/readyz", timeout=5) as ready:
+                assert json.load(ready)["ready"] is True
+            with urllib.request.urlopen(f"{base}/metrics", timeout=5) as metrics:
+                assert 'parley_breaker_state{breaker="primary"} 0.0' in metrics.read().decode()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 143, err
+        assert "xoxb-test" not in err and "run-secret" not in err
+
+
+def test_run_with_a_refused_slack_token_stops_with_one_line(tmp_path: Path, fake_model: FakeOpenAI) -> None:
+    from tests.fakes.slack import FakeSlack
+
+    with FakeSlack(bot_token="xoxb-the-real-one") as slack:
+        env = fake_env(tmp_path, fake_model)
+        env.update(
+            PARLEY_SLACK__BOT_TOKEN="xoxb-wrong",
+            PARLEY_SLACK__SIGNING_SECRET="s",
+            PARLEY_SLACK__API_URL=slack.api_url,
+            PARLEY_HTTP__PORT=str(free_port()),
+        )
+        proc = parley(["run"], env, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "parley: Slack refused the bot token (invalid_auth)"

@@ -341,3 +341,36 @@ async def test_socket_mode_mention_is_answered_and_acknowledged(
         await adapter.close()
     [post] = fake.posted()
     assert (post["thread_ts"], post["text"]) == ("1702.1", "re: over the socket")
+
+
+# The app manifest ---------------------------------------------------------------------------------------------
+
+# Every Web API method the adapter calls, and the bot scope Slack requires for it.
+METHOD_SCOPES = {
+    "chat_postMessage": "chat:write",
+    "chat_update": "chat:write",
+    "chat_postEphemeral": "chat:write",
+    "reactions_add": "reactions:write",
+    "reactions_remove": "reactions:write",
+    "auth_test": None,
+}
+
+
+def test_the_app_manifest_grants_what_the_adapter_uses() -> None:
+    import re
+
+    import yaml
+
+    from tests.conftest import REPO
+
+    manifest = yaml.safe_load((REPO / "deploy" / "slack-app-manifest.yml").read_text())
+    scopes = set(manifest["oauth_config"]["scopes"]["bot"])
+    source = (REPO / "adapters" / "slack.py").read_text()
+    used = set(re.findall(r"self\.client\.(\w+)", source))
+    assert used <= set(METHOD_SCOPES), f"add the scope of {used - set(METHOD_SCOPES)} to the manifest and here"
+    assert {scope for method, scope in METHOD_SCOPES.items() if method in used and scope} <= scopes
+    assert {"app_mentions:read", "im:history", "commands"} <= scopes
+    settings = manifest["settings"]
+    assert set(settings["event_subscriptions"]["bot_events"]) == {"app_mention", "message.im"}
+    assert settings["interactivity"]["is_enabled"] is True
+    assert [c["command"] for c in manifest["features"]["slash_commands"]] == [SlackConfig("x", "y").command]

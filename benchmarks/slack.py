@@ -1,0 +1,206 @@
+"""Slack adapter throughput benchmark (not a test).
+
+Signed `app_mention` events through Parley's real `POST /slack/events` (bot/http, Bolt's signature check, the
+adapter, the dispatcher's inbox, the real agent with memory and ReAct on a zero-latency scripted model, the
+reply posted with chat.postMessage), against a bare slack-bolt `AsyncApp` that posts a fixed reply from its
+`app_mention` listener, served the same way by aiohttp. Both talk to the same kind of fake Slack Web API
+(tests/fakes/slack.py, its own thread on 127.0.0.1, so Slack answers at once but over real HTTP). Events go
+over 50 channels from a bounded number of concurrent clients; a run lasts from the first send until the fake
+has received one posted reply per event. Each side runs twice (fresh fake and database each time, warmed up
+first) and keeps its better run. Prints events per second for both and the ratio. Run with `make bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.app.async_app import AsyncApp
+from slack_sdk.web.async_client import AsyncWebClient
+
+from adapters.slack import SlackAdapter, SlackConfig
+from agent.engines import ScriptedEngine, scripted_model
+from agent.engines.scripted import echo
+from agent.inbox import Inbox
+from agent.memory import Memory
+from agent.runtime import Agent, AgentOptions
+from agent.store import Store
+from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner
+from bot.dispatcher import Dispatcher, DispatchOptions
+from bot.http import build_http_app, serve
+from tests.fakes.slack import FakeSlack, event_callback_body, slack_headers
+
+SECRET = "bench-signing-secret"
+CHANNELS = 50
+TARGET = 0.8
+QUIET = ("slack_bolt", "slack_sdk", "parley", "aiohttp", "asyncio", "LiteLLM", "dspy", "httpx")
+
+# Starts one side on the running loop (cleanup pushed onto the stack) and returns its events URL.
+Start = Callable[[FakeSlack, int, AsyncExitStack, Path], Awaitable[str]]
+
+
+@dataclass
+class Result:
+    name: str
+    events: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds
+
+
+async def start_parley(fake: FakeSlack, concurrency: int, stack: AsyncExitStack, workdir: Path) -> str:
+    """The production wiring (as in tests/test_slack.py): real store, agent, dispatcher, adapter and HTTP app."""
+    store = await Store.open(workdir / "bench.db")
+    stack.push_async_callback(store.close)
+    runner = ToolRunner(ToolRegistry.of(*BUILTIN_TOOLS))
+    stack.callback(runner.close)
+    memory = Memory(store)
+    engine = ScriptedEngine(responder=echo)
+    agent = Agent(memory, scripted_model(engine), runner, AgentOptions(concurrency=concurrency))
+    config = SlackConfig(bot_token=fake.bot_token, signing_secret=SECRET, api_url=fake.api_url)
+    adapter = SlackAdapter(config, memory=memory, registry=runner.registry)
+    dispatcher = Dispatcher(Inbox(store), agent, [adapter], DispatchOptions(rate_limit=None, concurrency=concurrency))
+    adapter.connect(dispatcher.submit, dispatcher.decide)
+
+    async def ready() -> dict[str, object]:
+        return {"database": True}
+
+    http = await serve(build_http_app(slack=adapter, readiness=ready), "127.0.0.1", 0)
+    # Unwound in reverse: the HTTP server first, then the adapter's background calls, then the dispatcher.
+    await stack.enter_async_context(dispatcher)
+    stack.push_async_callback(adapter.close)
+    stack.push_async_callback(http.cleanup)
+    return f"http://127.0.0.1:{http.addresses[0][1]}/slack/events"
+
+
+async def start_bare(fake: FakeSlack, concurrency: int, stack: AsyncExitStack, workdir: Path) -> str:
+    """The smallest Bolt app that answers a mention: a fixed reply in the thread, posted before the ack."""
+    client = AsyncWebClient(token=fake.bot_token, base_url=fake.api_url)
+    app = AsyncApp(client=client, signing_secret=SECRET, process_before_response=True)
+
+    @app.event("app_mention")
+    async def mention(event: dict[str, Any], say: Any) -> None:
+        await say(text="fixed reply", thread_ts=event["ts"])
+
+    async def events(request: web.Request) -> web.Response:
+        return await to_aiohttp_response(await app.async_dispatch(await to_bolt_request(request)))
+
+    web_app = web.Application()
+    web_app.router.add_post("/slack/events", events)
+    http = await serve(web_app, "127.0.0.1", 0)
+    stack.push_async_callback(http.cleanup)
+    return f"http://127.0.0.1:{http.addresses[0][1]}/slack/events"
+
+
+def mentions(prefix: str, count: int) -> list[bytes]:
+    """`count` distinct app_mention bodies (unique event id and ts) spread over CHANNELS channels."""
+    now = int(time.time())
+    bodies = []
+    for i in range(count):
+        event = {
+            "type": "app_mention",
+            "user": f"U{i % 7}",
+            "text": f"<@UBOT> question {prefix} {i}",
+            "ts": f"{now}.{i:06d}",
+            "channel": f"C{i % CHANNELS}",
+            "event_ts": f"{now}.{i:06d}",
+        }
+        bodies.append(event_callback_body(event, event_id=f"Ev{prefix}{i:06d}"))
+    return bodies
+
+
+async def send_all(session: aiohttp.ClientSession, url: str, bodies: list[bytes], clients: int) -> None:
+    """POST every body, signed, from `clients` concurrent senders; every answer must be a 200."""
+    pending = iter(bodies)
+
+    async def sender() -> None:
+        for body in pending:
+            async with session.post(url, data=body, headers=slack_headers(SECRET, body)) as answer:
+                await answer.read()
+                if answer.status != 200:
+                    raise RuntimeError(f"/slack/events answered {answer.status}")
+
+    await asyncio.gather(*(sender() for _ in range(clients)))
+
+
+async def replies(fake: FakeSlack, count: int, timeout_s: float) -> None:
+    await fake.wait_for(lambda: len(fake.posted()) >= count, timeout_s=timeout_s, what=f"{count} posted replies")
+
+
+@asynccontextmanager
+async def running(start: Start, fake: FakeSlack, concurrency: int) -> AsyncIterator[str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        async with AsyncExitStack() as stack:
+            yield await start(fake, concurrency, stack, Path(tmp))
+
+
+async def run(name: str, start: Start, events: int, warmup: int, clients: int, concurrency: int) -> Result:
+    with FakeSlack() as fake:
+        async with running(start, fake, concurrency) as url:
+            connector = aiohttp.TCPConnector(limit=clients)
+            async with aiohttp.ClientSession(connector=connector) as session:
+                await send_all(session, url, mentions("w", warmup), clients)
+                await replies(fake, warmup, timeout_s=60)
+                bodies = mentions("m", events)  # built before the clock starts; each is signed as it is sent
+                started = time.perf_counter()
+                await send_all(session, url, bodies, clients)
+                await replies(fake, warmup + events, timeout_s=300)
+                elapsed = time.perf_counter() - started
+    return Result(name, events, elapsed)
+
+
+def best(results: list[Result]) -> Result:
+    return min(results, key=lambda r: r.seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=300, help="measured mention events per run")
+    parser.add_argument("--warmup", type=int, default=20, help="events sent (and answered) before measuring")
+    parser.add_argument("--concurrency", type=int, default=16, help="concurrent HTTP clients")
+    parser.add_argument("--workers", type=int, default=16, help="Parley's dispatcher and agent concurrency")
+    parser.add_argument("--rounds", type=int, default=2, help="runs per side; the better one is kept")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    for name in QUIET:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+    bare_runs: list[Result] = []
+    parley_runs: list[Result] = []
+    # Alternate the sides so drift (CPU frequency, caches) hits both alike.
+    for _ in range(args.rounds):
+        bare_runs.append(
+            asyncio.run(run("bare Bolt app", start_bare, args.events, args.warmup, args.concurrency, args.workers))
+        )
+        parley_runs.append(
+            asyncio.run(run("Parley", start_parley, args.events, args.warmup, args.concurrency, args.workers))
+        )
+    bare, parley = best(bare_runs), best(parley_runs)
+
+    print(
+        f"\nSlack /slack/events: {args.events} signed app_mention events over {CHANNELS} channels, "
+        f"{args.concurrency} concurrent clients, Parley workers {args.workers}, zero-latency model, "
+        f"best of {args.rounds}"
+    )
+    print(f"{'name':<14} {'events':>7} {'seconds':>8} {'events/s':>9}")
+    for r in (bare, parley):
+        print(f"{r.name:<14} {r.events:>7} {r.seconds:>8.2f} {r.rate:>9.1f}")
+    ratio = parley.rate / bare.rate
+    print(f"ratio Parley/bare: {ratio:.2f}  (target: >= {TARGET})  {'met' if ratio >= TARGET else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
