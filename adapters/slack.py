@@ -18,6 +18,7 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
@@ -73,6 +74,9 @@ class SlackConfig:
     api_url: str = "https://slack.com/api/"
     command: str = "/parley"
     progress_reaction: str = "eyes"
+    # The reaction appears only when an answer takes longer than this: a quick answer needs no sign of
+    # progress, and two fewer calls per message keep Parley inside Slack's rate limit for reactions.
+    progress_after_s: float = 1.0
 
 
 def channel_of(key: str) -> tuple[str, str]:
@@ -91,9 +95,12 @@ class SlackAdapter:
         self.config = config
         self.memory = memory
         self.registry = registry
+        # One session (one connection pool) for every call; built inside the running loop.
+        self._session = aiohttp.ClientSession()
         self.client = AsyncWebClient(
             token=config.bot_token,
             base_url=config.api_url,
+            session=self._session,
             retry_handlers=[
                 AsyncConnectionErrorRetryHandler(max_retry_count=2),
                 AsyncRateLimitErrorRetryHandler(max_retry_count=3),
@@ -106,6 +113,8 @@ class SlackAdapter:
         self._socket: AsyncSocketModeHandler | None = None
         self._prompts: dict[str, tuple[str, str]] = {}  # approval request id -> (channel id, message ts)
         self._background: set[asyncio.Task[Any]] = set()
+        # Message (channel, ts) -> its pending or shown progress reaction.
+        self._progress: dict[tuple[str, str], asyncio.Task[bool]] = {}
         self._register()
 
     def connect(self, submit: Submit, decide: Decide) -> None:
@@ -140,9 +149,11 @@ class SlackAdapter:
     async def close(self) -> None:
         if self._socket is not None:
             await self._socket.close_async()  # type: ignore[no-untyped-call]
-        for task in list(self._background):
+        for task in [*self._background, *self._progress.values()]:
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*self._background, *self._progress.values(), return_exceptions=True)
+        self._progress.clear()
+        await self._session.close()
 
     # Events in -----------------------------------------------------------------------------------------
 
@@ -186,7 +197,7 @@ class SlackAdapter:
             is_dm=is_dm,
         )
         if await self._require_submit()(message):
-            self._spawn(self._react(message, add=True))
+            self._progress[(message.channel, ts)] = asyncio.create_task(self._show_progress(message))
 
     async def _on_command(self, ack: Any, command: dict[str, Any]) -> None:
         """`/parley ask|facts|forget|tools|help`: everything but `ask` is answered in the acknowledgement."""
@@ -294,8 +305,12 @@ class SlackAdapter:
             raise DeliveryError(f"Slack refused the reply: {error}", transient=error not in PERMANENT_ERRORS) from None
         except SlackClientError as exc:
             raise DeliveryError(f"Slack could not be reached: {type(exc).__name__}") from None
-        if message.message_id:
-            self._spawn(self._react(message, add=False))
+        progress = self._progress.pop((message.channel, message.message_id), None)
+        if progress is not None:
+            if not progress.done():
+                progress.cancel()  # answered before the reaction was due: nothing to show or clear
+            elif not progress.cancelled() and progress.result():
+                self._spawn(self._react(message, add=False))
 
     async def request_approval(self, request: ApprovalRequest) -> None:
         _, channel = channel_of(request.channel)
@@ -346,20 +361,27 @@ class SlackAdapter:
             raise RuntimeError("the Slack adapter is not connected to a dispatcher")
         return self._submit
 
-    async def _react(self, message: IncomingMessage, *, add: bool) -> None:
-        """The progress sign on the question: added when it is taken, removed when the answer lands."""
+    async def _show_progress(self, message: IncomingMessage) -> bool:
+        """Put the progress reaction on the question once the answer is slow; True when it was put."""
+        await asyncio.sleep(self.config.progress_after_s)
+        return await self._react(message, add=True)
+
+    async def _react(self, message: IncomingMessage, *, add: bool) -> bool:
+        """The progress sign on the question: added while the answer is slow, removed when it lands."""
         call = self.client.reactions_add if add else self.client.reactions_remove
-        await self._quietly(
+        return await self._quietly(
             call(channel=message.channel, timestamp=message.message_id, name=self.config.progress_reaction)
         )
 
-    async def _quietly(self, call: Coroutine[Any, Any, Any]) -> None:
+    async def _quietly(self, call: Coroutine[Any, Any, Any]) -> bool:
         try:
             await call
         except SlackClientError as exc:
             log.info("a best-effort Slack call failed: %s", exc)
+            return False
+        return True
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 import dspy
 
+from agent.adapter import CachedJSONAdapter
 from agent.chains import ModelUsage
 from agent.constraints import constrain, constrain_output
 from agent.engines import ModelHandle
@@ -250,7 +251,7 @@ class Agent:
             for handle, breaker in self.paths:
                 try:
                     async with breaker.guard(), answer_deadline(self.options.answer_timeout_s):
-                        with dspy.context(lm=handle.lm, adapter=dspy.JSONAdapter()):
+                        with dspy.context(lm=handle.lm, adapter=CachedJSONAdapter()):
                             return await self.mode.answer(context, text), handle.name
                 except CircuitOpen as exc:
                     log.info("skipping %s: %s", handle.name, exc)

@@ -198,6 +198,7 @@ class SlackSettings(Section):
     api_url: str = "https://slack.com/api/"
     command: str = Field("/parley", pattern=r"^/[a-z0-9_-]+$", description="the slash command's name")
     progress_reaction: str = Field("eyes", description="the reaction on a question while it is answered")
+    progress_after_s: float = Field(1.0, ge=0, description="show the reaction only when an answer takes longer")
 
     @field_validator("bot_token")
     @classmethod

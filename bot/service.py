@@ -26,6 +26,7 @@ def slack_config(settings: Settings) -> SlackConfig:
         api_url=s.api_url,
         command=s.command,
         progress_reaction=s.progress_reaction,
+        progress_after_s=s.progress_after_s,
     )
 
 

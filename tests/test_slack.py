@@ -104,7 +104,7 @@ async def world(store: Store, memory: Memory, fake: FakeSlack, delay: float) -> 
     runner = ToolRunner(ToolRegistry.of(*BUILTIN_TOOLS, deploy), gate=broker)
     engine = ScriptedEngine(responder=model, delay_s=delay)
     agent = Agent(memory, scripted_model(engine), runner, AgentOptions(max_iters=3))
-    config = SlackConfig(bot_token="xoxb-test", signing_secret=SECRET, api_url=fake.api_url)
+    config = SlackConfig(bot_token="xoxb-test", signing_secret=SECRET, api_url=fake.api_url, progress_after_s=0.2)
     adapter = SlackAdapter(config, memory=memory, registry=runner.registry)
     dispatcher = Dispatcher(Inbox(store), agent, [adapter], DispatchOptions(rate_limit=None), broker)
     adapter.connect(dispatcher.submit, dispatcher.decide)
@@ -130,13 +130,23 @@ async def settled(world: World) -> None:
 # Messages in, replies out ----------------------------------------------------------------------------------
 
 
-async def test_a_mention_is_answered_in_a_thread_under_it_with_a_progress_reaction(world: World) -> None:
+async def test_a_mention_is_answered_in_a_thread_under_it(world: World) -> None:
     assert await world.mention("hello there", ts="1700000000.000100", event_id="Ev1") == 200
     await settled(world)
     [post] = world.fake.posted()
     assert (post["channel"], post["thread_ts"], post["text"]) == ("C1", "1700000000.000100", "re: hello there")
-    assert [c.params["name"] for c in world.fake.calls_to("reactions.add")] == ["eyes"]
-    assert [c.params["name"] for c in world.fake.calls_to("reactions.remove")] == ["eyes"]
+    # A quick answer shows no progress sign: no reaction to add, none to clear.
+    assert world.fake.calls_to("reactions.add") == world.fake.calls_to("reactions.remove") == []
+
+
+@pytest.mark.parametrize("delay", [0.4])
+async def test_a_slow_answer_shows_a_reaction_until_it_lands(world: World) -> None:
+    await world.mention("take your time", ts="1700.11", event_id="EvSlow")
+    await settled(world)
+    added, removed = world.fake.calls_to("reactions.add"), world.fake.calls_to("reactions.remove")
+    assert [(c.params["timestamp"], c.params["name"]) for c in added] == [("1700.11", "eyes")]
+    assert [(c.params["timestamp"], c.params["name"]) for c in removed] == [("1700.11", "eyes")]
+    assert world.fake.reactions("C1", "1700.11") == []
 
 
 async def test_a_dm_is_answered_in_the_dm(world: World) -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import dspy
 
+from agent.adapter import CachedJSONAdapter
 from agent.engines.scripted import AsyncScriptedEngine, ScriptedEngine
 
 LOCAL_MODEL = "local"
@@ -39,7 +40,7 @@ def configure_dspy() -> None:
     """Process-wide DSPy settings for a long-running service: nothing that grows without bound."""
     global _configured
     if not _configured:
-        dspy.configure(disable_history=True, max_trace_size=0, adapter=dspy.JSONAdapter())
+        dspy.configure(disable_history=True, max_trace_size=0, adapter=CachedJSONAdapter())
         _configured = True
 
 
