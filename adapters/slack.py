@@ -43,6 +43,8 @@ log = logging.getLogger("parley.slack")
 
 DECISION_ACTIONS = {"parley_approve": (True, False), "parley_deny": (False, False), "parley_always": (True, True)}
 FORGET_ACTION = "parley_forget"
+# How many of a thread's earlier messages by other people the agent is shown.
+THREAD_CONTEXT_MESSAGES = 10
 # Slack errors a retry cannot fix: the reply is given up (and logged) instead of retried.
 PERMANENT_ERRORS = frozenset(
     {
@@ -115,6 +117,7 @@ class SlackAdapter:
         self._background: set[asyncio.Task[Any]] = set()
         # Message (channel, ts) -> its pending or shown progress reaction.
         self._progress: dict[tuple[str, str], asyncio.Task[bool]] = {}
+        self._bot_user = ""
         self._register()
 
     def connect(self, submit: Submit, decide: Decide) -> None:
@@ -136,7 +139,8 @@ class SlackAdapter:
             raise SlackUnavailable(f"Slack refused the bot token ({exc.response.get('error', 'unknown')})") from None
         except SlackClientError as exc:
             raise SlackUnavailable(f"Slack cannot be reached at {self.config.api_url} ({type(exc).__name__})") from None
-        log.info("connected to Slack team %s as %s", identity.get("team_id"), identity.get("user_id"))
+        self._bot_user = str(identity.get("user_id") or "")
+        log.info("connected to Slack team %s as %s", identity.get("team_id"), self._bot_user)
         if self.config.app_token:
             await self.start_socket_mode()
 
@@ -278,6 +282,25 @@ class SlackAdapter:
                     channel=channel, user=user, text=f"You cannot do that: {verdict.reason}."
                 )
             )
+
+    async def thread_context(self, message: IncomingMessage) -> str:
+        """For a mention inside an existing thread: what other people said there before it (Parley's own
+        exchanges in the thread are in memory already)."""
+        if not message.thread or message.thread == message.message_id:
+            return ""
+        history = await self.client.conversations_replies(
+            channel=message.channel, ts=message.thread, limit=THREAD_CONTEXT_MESSAGES * 2
+        )
+        lines = []
+        for item in history.get("messages") or []:
+            if item.get("ts") == message.message_id or item.get("bot_id") or item.get("user") == self._bot_user:
+                continue
+            text = re.sub(r"<@[A-Z0-9]+>", "", str(item.get("text", ""))).strip()
+            if text:
+                lines.append(f"<{item.get('user', 'someone')}>: {text[:500]}")
+        if not lines:
+            return ""
+        return "Earlier in this thread:\n" + "\n".join(lines[-THREAD_CONTEXT_MESSAGES:])
 
     # Replies out ---------------------------------------------------------------------------------------
 

@@ -36,6 +36,8 @@ class IncomingMessage:
     # Where the reply goes instead of the conversation, when the platform gave one (a slash command's
     # response URL, an interaction's follow-up webhook).
     reply_url: str = ""
+    # What the platform adds to memory: the earlier messages of the thread by other people, say.
+    context: str = ""
 
     @property
     def conversation(self) -> Conversation:

@@ -7,7 +7,7 @@ approval prompts and channel posts to the same port.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from agent.approvals import ApprovalRequest, Verdict
 from agent.messages import IncomingMessage, Reply
@@ -33,6 +33,16 @@ class DeliveryError(Exception):
         super().__init__(reason)
         self.transient = transient
         self.retry_after = retry_after
+
+
+@runtime_checkable
+class ProvidesContext(Protocol):
+    """A platform that can tell the agent what was said around a message that Parley did not see (the earlier
+    messages of a thread, by other people). Optional: the dispatcher asks only platforms that have it."""
+
+    async def thread_context(self, message: IncomingMessage) -> str:
+        """Text to put before the conversation's memory, or "" (also when it cannot be fetched)."""
+        ...
 
 
 class ChatPlatform(Protocol):

@@ -246,6 +246,8 @@ class Agent:
         """Try each model of the fallback chain under its breaker; returns the outcome and who answered."""
         conv = message.conversation
         context = await self.memory.context_text(conv, text, turns=self.options.context_turns, k=self.options.facts_k)
+        if message.context:
+            context = f"{message.context}\n\n{context}"
         error_id = uuid.uuid4().hex[:12]
         with tool_context(ToolContext(self.memory, conv, message.user, run_id, message.platform)):
             for handle, breaker in self.paths:

@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,8 @@ from agent.memory import Memory
 from agent.runtime import Agent, AgentOptions
 from agent.store import Store
 from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner
-from bot.dispatcher import Dispatcher, DispatchOptions
+from benchmarks.dispatch import ModelOnly
+from bot.dispatcher import Dispatcher, DispatchOptions, Responder
 from bot.http import build_http_app, serve
 from tests.fakes.slack import FakeSlack, event_callback_body, slack_headers
 
@@ -61,15 +63,22 @@ class Result:
         return self.events / self.seconds
 
 
-async def start_parley(fake: FakeSlack, concurrency: int, stack: AsyncExitStack, workdir: Path) -> str:
-    """The production wiring (as in tests/test_slack.py): real store, agent, dispatcher, adapter and HTTP app."""
+async def start_parley(
+    fake: FakeSlack, concurrency: int, stack: AsyncExitStack, workdir: Path, *, full_agent: bool = True
+) -> str:
+    """The production wiring (as in tests/test_slack.py): real store, agent, dispatcher, adapter and HTTP app.
+    Without `full_agent` the responder only records the exchange: what Parley's Slack path costs on its own."""
     store = await Store.open(workdir / "bench.db")
     stack.push_async_callback(store.close)
     runner = ToolRunner(ToolRegistry.of(*BUILTIN_TOOLS))
     stack.callback(runner.close)
     memory = Memory(store)
     engine = ScriptedEngine(responder=echo)
-    agent = Agent(memory, scripted_model(engine), runner, AgentOptions(concurrency=concurrency))
+    agent: Responder = (
+        Agent(memory, scripted_model(engine), runner, AgentOptions(concurrency=concurrency))
+        if full_agent
+        else ModelOnly(memory, 0.0)
+    )
     config = SlackConfig(bot_token=fake.bot_token, signing_secret=SECRET, api_url=fake.api_url)
     adapter = SlackAdapter(config, memory=memory, registry=runner.registry)
     dispatcher = Dispatcher(Inbox(store), agent, [adapter], DispatchOptions(rate_limit=None, concurrency=concurrency))
@@ -178,28 +187,29 @@ def main() -> None:
     for name in QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)
 
-    bare_runs: list[Result] = []
-    parley_runs: list[Result] = []
-    # Alternate the sides so drift (CPU frequency, caches) hits both alike.
+    sides: dict[str, Start] = {
+        "bare Bolt app": start_bare,
+        "Parley": start_parley,
+        "Parley, no agent": partial(start_parley, full_agent=False),
+    }
+    runs: dict[str, list[Result]] = {name: [] for name in sides}
+    # Alternate the sides so drift (CPU frequency, caches) hits all alike.
     for _ in range(args.rounds):
-        bare_runs.append(
-            asyncio.run(run("bare Bolt app", start_bare, args.events, args.warmup, args.concurrency, args.workers))
-        )
-        parley_runs.append(
-            asyncio.run(run("Parley", start_parley, args.events, args.warmup, args.concurrency, args.workers))
-        )
-    bare, parley = best(bare_runs), best(parley_runs)
+        for name, start in sides.items():
+            runs[name].append(asyncio.run(run(name, start, args.events, args.warmup, args.concurrency, args.workers)))
+    bare, parley, transport = (best(runs[name]) for name in sides)
 
     print(
         f"\nSlack /slack/events: {args.events} signed app_mention events over {CHANNELS} channels, "
         f"{args.concurrency} concurrent clients, Parley workers {args.workers}, zero-latency model, "
         f"best of {args.rounds}"
     )
-    print(f"{'name':<14} {'events':>7} {'seconds':>8} {'events/s':>9}")
-    for r in (bare, parley):
-        print(f"{r.name:<14} {r.events:>7} {r.seconds:>8.2f} {r.rate:>9.1f}")
+    print(f"{'name':<17} {'events':>7} {'seconds':>8} {'events/s':>9} {'of bare':>8}")
+    for r in (bare, parley, transport):
+        print(f"{r.name:<17} {r.events:>7} {r.seconds:>8.2f} {r.rate:>9.1f} {r.rate / bare.rate:>8.2f}")
     ratio = parley.rate / bare.rate
     print(f"ratio Parley/bare: {ratio:.2f}  (target: >= {TARGET})  {'met' if ratio >= TARGET else 'MISSED'}")
+    print("'Parley, no agent': the same path with a responder that only records the exchange (no DSPy)")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Protocol
 
@@ -28,7 +28,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from agent.approvals import ApprovalBroker, Verdict
 from agent.inbox import Inbox, InboxEntry, answer_in, conversation_key
 from agent.messages import IncomingMessage, Reply
-from agent.ports import ChatPlatform, DeliveryError
+from agent.ports import ChatPlatform, DeliveryError, ProvidesContext
 from agent.runtime import Commit
 from agent.store import StoreError
 
@@ -288,14 +288,27 @@ class Dispatcher:
                 await self.inbox.answer(entry.id, reply)
                 return reply
 
+        message = await self._with_context(entry.message)
         try:
-            return await self.responder.respond(entry.message, commit=lambda db, reply: answer_in(db, entry.id, reply))
+            return await self.responder.respond(message, commit=lambda db, reply: answer_in(db, entry.id, reply))
         except Exception as exc:
             error_id = new_error_id()
             log.exception("answering message %d failed (error id %s): %s", entry.id, error_id, type(exc).__name__)
             reply = Reply(APOLOGY.format(error_id=error_id), status="error", error_id=error_id)
             await self.inbox.answer(entry.id, reply, error=type(exc).__name__)
             return reply
+
+    async def _with_context(self, message: IncomingMessage) -> IncomingMessage:
+        """The message with what its platform knows around it (a thread's earlier messages), if it knows any."""
+        platform = self.platforms[message.platform]
+        if not isinstance(platform, ProvidesContext):
+            return message
+        try:
+            context = await platform.thread_context(message)
+        except Exception as exc:  # context is a nicety: answer without it
+            log.warning("no thread context for %s message %s: %s", message.platform, message.message_id, exc)
+            return message
+        return replace(message, context=context) if context else message
 
     async def _give_up(self, entry: InboxEntry) -> InboxEntry:
         """A message that was being answered each time the process died: stop trying, apologise once."""

@@ -108,6 +108,7 @@ async def world(store: Store, memory: Memory, fake: FakeSlack, delay: float) -> 
     adapter = SlackAdapter(config, memory=memory, registry=runner.registry)
     dispatcher = Dispatcher(Inbox(store), agent, [adapter], DispatchOptions(rate_limit=None), broker)
     adapter.connect(dispatcher.submit, dispatcher.decide)
+    await adapter.start()
 
     async def ready() -> dict[str, object]:
         return {"database": True}
@@ -174,6 +175,25 @@ async def test_a_thread_keeps_its_own_context(world: World) -> None:
     assert "re: first question" in second  # the thread's earlier exchange is in the context
     third = next(p for p in prompts if "elsewhere" in p)
     assert "first question" not in third  # another thread does not see it
+
+
+async def test_a_mention_inside_a_thread_sees_what_people_said_there_before(world: World) -> None:
+    world.fake.seed_thread(
+        "C1",
+        "1690.1",
+        [
+            {"user": "U7", "text": "the deploy failed with exit code 137", "ts": "1690.1"},
+            {"user": "U8", "text": "<@U7> probably out of memory", "ts": "1690.2"},
+            {"bot_id": "B9", "text": "some other bot", "ts": "1690.3"},
+        ],
+    )
+    await world.mention("what happened?", ts="1690.4", event_id="EvThread", thread_ts="1690.1")
+    await settled(world)
+    [post] = world.fake.posted()
+    assert post["thread_ts"] == "1690.1"
+    prompt = request_text(world.engine.requests[0])
+    assert "Earlier in this thread:\n<U7>: the deploy failed with exit code 137\n<U8>: probably out of memory" in prompt
+    assert "some other bot" not in prompt
 
 
 async def test_a_retried_event_is_answered_once(world: World) -> None:
@@ -363,6 +383,7 @@ METHOD_SCOPES = {
     "reactions_add": "reactions:write",
     "reactions_remove": "reactions:write",
     "auth_test": None,
+    "conversations_replies": "channels:history",
 }
 
 
