@@ -79,6 +79,10 @@ class SlackConfig:
     # The reaction appears only when an answer takes longer than this: a quick answer needs no sign of
     # progress, and two fewer calls per message keep Parley inside Slack's rate limit for reactions.
     progress_after_s: float = 1.0
+    # Answer an edited DM as a new message (edits are otherwise ignored, like deletions).
+    answer_edits: bool = False
+    # Also show "is thinking..." as the assistant thread status (apps with the assistant:write scope).
+    assistant_status: bool = False
 
 
 def channel_of(key: str) -> tuple[str, str]:
@@ -180,8 +184,12 @@ class SlackAdapter:
     async def _receive(
         self, body: dict[str, Any], event: dict[str, Any], context: dict[str, Any], *, is_dm: bool
     ) -> None:
-        if event.get("bot_id") or event.get("subtype"):
-            return  # other bots, edits, deletions, joins
+        if event.get("subtype") == "message_changed" and self.config.answer_edits and is_dm:
+            event = {**event.get("message", {}), "channel": event.get("channel", "")}
+        elif event.get("subtype"):
+            return  # edits (unless opted in), deletions, joins, other bots' posts
+        if event.get("bot_id") or not event.get("user"):
+            return
         bot_user = context.get("bot_user_id") or ""
         text = str(event.get("text", ""))
         if bot_user:
@@ -334,6 +342,14 @@ class SlackAdapter:
                 progress.cancel()  # answered before the reaction was due: nothing to show or clear
             elif not progress.cancelled() and progress.result():
                 self._spawn(self._react(message, add=False))
+                if self.config.assistant_status and message.thread:
+                    self._spawn(self._status(message, ""))
+
+    async def post(self, channel: str, text: str) -> None:
+        """Post to a channel (its memory key, `slack:T/C`, or a channel id): for scheduled reports."""
+        _, channel_id = channel_of(channel) if channel.startswith("slack:") else ("", channel)
+        for chunk in split_for_slack(to_mrkdwn(text)) or ["(empty)"]:
+            await self.client.chat_postMessage(channel=channel_id, text=chunk)
 
     async def request_approval(self, request: ApprovalRequest) -> None:
         _, channel = channel_of(request.channel)
@@ -387,7 +403,16 @@ class SlackAdapter:
     async def _show_progress(self, message: IncomingMessage) -> bool:
         """Put the progress reaction on the question once the answer is slow; True when it was put."""
         await asyncio.sleep(self.config.progress_after_s)
+        if self.config.assistant_status and message.thread:
+            await self._status(message, "is thinking...")
         return await self._react(message, add=True)
+
+    async def _status(self, message: IncomingMessage, status: str) -> None:
+        """The assistant thread status; a workspace or thread without assistant support just refuses it."""
+        call = self.client.assistant_threads_setStatus(
+            channel_id=message.channel, thread_ts=message.thread, status=status
+        )
+        await self._quietly(call)
 
     async def _react(self, message: IncomingMessage, *, add: bool) -> bool:
         """The progress sign on the question: added while the answer is slow, removed when it lands."""

@@ -199,6 +199,8 @@ class SlackSettings(Section):
     command: str = Field("/parley", pattern=r"^/[a-z0-9_-]+$", description="the slash command's name")
     progress_reaction: str = Field("eyes", description="the reaction on a question while it is answered")
     progress_after_s: float = Field(1.0, ge=0, description="show the reaction only when an answer takes longer")
+    answer_edits: bool = Field(False, description="answer an edited DM as a new message")
+    assistant_status: bool = Field(False, description="also set the assistant thread status (assistant:write)")
 
     @field_validator("bot_token")
     @classmethod

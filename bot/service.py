@@ -27,6 +27,8 @@ def slack_config(settings: Settings) -> SlackConfig:
         command=s.command,
         progress_reaction=s.progress_reaction,
         progress_after_s=s.progress_after_s,
+        answer_edits=s.answer_edits,
+        assistant_status=s.assistant_status,
     )
 
 

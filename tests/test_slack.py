@@ -91,7 +91,15 @@ def delay() -> float:
 
 
 @pytest.fixture
-async def world(store: Store, memory: Memory, fake: FakeSlack, delay: float) -> AsyncIterator[World]:
+def options() -> dict[str, Any]:
+    """Extra SlackConfig fields for a test."""
+    return {}
+
+
+@pytest.fixture
+async def world(
+    store: Store, memory: Memory, fake: FakeSlack, delay: float, options: dict[str, Any]
+) -> AsyncIterator[World]:
     deployed: list[str] = []
 
     @tool(name="deploy", approval="approve")
@@ -104,7 +112,9 @@ async def world(store: Store, memory: Memory, fake: FakeSlack, delay: float) -> 
     runner = ToolRunner(ToolRegistry.of(*BUILTIN_TOOLS, deploy), gate=broker)
     engine = ScriptedEngine(responder=model, delay_s=delay)
     agent = Agent(memory, scripted_model(engine), runner, AgentOptions(max_iters=3))
-    config = SlackConfig(bot_token="xoxb-test", signing_secret=SECRET, api_url=fake.api_url, progress_after_s=0.2)
+    config = SlackConfig(
+        bot_token="xoxb-test", signing_secret=SECRET, api_url=fake.api_url, progress_after_s=0.2, **options
+    )
     adapter = SlackAdapter(config, memory=memory, registry=runner.registry)
     dispatcher = Dispatcher(Inbox(store), agent, [adapter], DispatchOptions(rate_limit=None), broker)
     adapter.connect(dispatcher.submit, dispatcher.decide)
@@ -194,6 +204,45 @@ async def test_a_mention_inside_a_thread_sees_what_people_said_there_before(worl
     prompt = request_text(world.engine.requests[0])
     assert "Earlier in this thread:\n<U7>: the deploy failed with exit code 137\n<U8>: probably out of memory" in prompt
     assert "some other bot" not in prompt
+
+
+@pytest.mark.parametrize("options", [{}, {"answer_edits": True}])
+async def test_an_edited_dm_is_answered_only_when_settings_opt_in(world: World, options: dict[str, Any]) -> None:
+    edited = {
+        "type": "message",
+        "subtype": "message_changed",
+        "channel_type": "im",
+        "channel": "D1",
+        "message": {"type": "message", "user": "U1", "text": "what about now?", "ts": "1700.31"},
+        "previous_message": {"type": "message", "user": "U1", "text": "what about now", "ts": "1700.31"},
+        "ts": "1700.32",
+    }
+    status, _ = await world.post(event_callback_body(edited, event_id="EvEdit"))
+    await settled(world)
+    assert status == 200
+    expected = ["re: what about now?"] if options.get("answer_edits") else []
+    assert [p["text"] for p in world.fake.posted()] == expected
+
+
+@pytest.mark.parametrize(("delay", "options"), [(0.4, {"assistant_status": True})])
+async def test_assistant_status_when_opted_in(world: World) -> None:
+    await world.mention("slow one", ts="1700.41", event_id="EvStatus", thread_ts="1700.40")
+    await settled(world)
+    statuses = [c.params["status"] for c in world.fake.calls_to("assistant.threads.setStatus")]
+    assert statuses == ["is thinking...", ""]
+
+
+async def test_post_to_a_channel_for_scheduled_reports(world: World) -> None:
+    await world.adapter.post("slack:T1/C5", "**Weekly** report")
+    [post] = world.fake.posted()
+    assert (post["channel"], post["text"]) == ("C5", "*Weekly* report")
+
+
+async def test_url_verification_is_answered_with_the_challenge(world: World) -> None:
+    from tests.fakes.slack import url_verification_body
+
+    status, text = await world.post(url_verification_body("chal-123"))
+    assert status == 200 and "chal-123" in text
 
 
 async def test_a_retried_event_is_answered_once(world: World) -> None:
@@ -367,10 +416,18 @@ async def test_socket_mode_mention_is_answered_and_acknowledged(
         envelope = fake.send_events_api(event, event_id="EvSocket")
         await fake.wait_for_ack(envelope)
         await fake.wait_for(lambda: fake.posted(), what="reply")
+        # The socket drops: the client reconnects by itself and events flow again.
+        fake.disconnect_all()
+        await fake.wait_for_connections(2)
+        again = {**event, "text": "<@UBOT> after a reconnect", "ts": "1702.2"}
+        await fake.wait_for_ack(fake.send_events_api(again, event_id="EvSocket2"))
+        await fake.wait_for(lambda: len(fake.posted()) == 2, what="second reply")
         await dispatcher.join()
         await adapter.close()
-    [post] = fake.posted()
-    assert (post["thread_ts"], post["text"]) == ("1702.1", "re: over the socket")
+    assert [(p["thread_ts"], p["text"]) for p in fake.posted()] == [
+        ("1702.1", "re: over the socket"),
+        ("1702.2", "re: after a reconnect"),
+    ]
 
 
 # The app manifest ---------------------------------------------------------------------------------------------
@@ -384,6 +441,8 @@ METHOD_SCOPES = {
     "reactions_remove": "reactions:write",
     "auth_test": None,
     "conversations_replies": "channels:history",
+    # Opt-in (PARLEY_SLACK__ASSISTANT_STATUS): the workspace adds assistant:write to use it.
+    "assistant_threads_setStatus": None,
 }
 
 
