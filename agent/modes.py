@@ -43,7 +43,7 @@ class Mode(Protocol):
 async def _predict(module: dspy.Module, **inputs: Any) -> tuple[dspy.Prediction, ModelUsage]:
     """Call a predictor and read the model usage it caused."""
     recorder = StepRecorder()
-    with dspy.context(callbacks=[*dspy.settings.get("callbacks", []), recorder], usage_tracker=recorder):
+    with dspy.context(usage_tracker=recorder), recorder.timing():
         prediction = await module.acall(**inputs)
     return prediction, recorder.take()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import dspy
@@ -27,6 +28,8 @@ from agent.tools.runner import ToolRunner
 log = logging.getLogger("parley.agent")
 
 FINISH = "finish"
+# The recorder of the run in progress, for the one place that calls the model.
+_recorder: ContextVar[StepRecorder | None] = ContextVar("parley_step_recorder", default=None)
 
 
 class EmptyCompletion(Exception):
@@ -57,6 +60,11 @@ def dspy_tool(spec: ToolSpec) -> dspy.Tool:
     return dspy.Tool(spec.fn, name=spec.name, desc=spec.description, args=spec.args)
 
 
+def _text(value: Any) -> str:
+    """A trajectory value as DSPy formats it; a string is already that (no pydantic round trip)."""
+    return value if type(value) is str else str(format_field_value(_TEXT_FIELD, value))
+
+
 class RobustReAct(dspy.ReAct):  # type: ignore[misc]
     """dspy.ReAct whose async loop runs tools through the runner and records every step."""
 
@@ -74,15 +82,19 @@ class RobustReAct(dspy.ReAct):  # type: ignore[misc]
 
     def _format_trajectory(self, trajectory: dict[str, Any]) -> str:
         # The same text as dspy.ReAct's version, without building a pydantic Signature on every step.
-        parts = [f"[[ ## {k} ## ]]\n{format_field_value(_TEXT_FIELD, v)}" for k, v in trajectory.items()]
+        parts = [f"[[ ## {k} ## ]]\n{_text(v)}" for k, v in trajectory.items()]
         return "\n\n".join(parts).strip()
 
     async def _async_call_with_potential_trajectory_truncation(
         self, module: dspy.Module, trajectory: dict[str, Any], **input_args: Any
     ) -> dspy.Prediction:
+        recorder = _recorder.get()
         for _ in range(TRUNCATION_ATTEMPTS):
             try:
-                return await module.acall(**input_args, trajectory=self._format_trajectory(trajectory))
+                if recorder is None:
+                    return await module.acall(**input_args, trajectory=self._format_trajectory(trajectory))
+                with recorder.timing():
+                    return await module.acall(**input_args, trajectory=self._format_trajectory(trajectory))
             except Exception as err:
                 if not is_context_overflow(err):
                     raise
@@ -94,19 +106,12 @@ class RobustReAct(dspy.ReAct):  # type: ignore[misc]
         max_iters = input_args.pop("max_iters", self.max_iters)
         part = input_args.pop("part", "")
         recorder = StepRecorder()
-        callbacks = [*dspy.settings.get("callbacks", []), recorder]
-        with dspy.context(callbacks=callbacks, usage_tracker=recorder):
-            trajectory, steps = await self._loop(max_iters, part, recorder, input_args)
-            try:
-                extract = await self._async_call_with_potential_trajectory_truncation(
-                    self.extract, trajectory, **input_args
-                )
-                outputs = {name: extract[name] for name in self.signature.output_fields}
-            except (AdapterParseError, ContextWindowExceededError) as err:
-                raise_if_empty(err)
-                # No answer could be drawn from the steps: the caller tells the user so, plainly.
-                log.warning("no answer could be extracted: %s", type(err).__name__)
-                outputs = dict.fromkeys(self.signature.output_fields, "")
+        token = _recorder.set(recorder)
+        try:
+            with dspy.context(usage_tracker=recorder):
+                trajectory, steps, outputs = await self._run(max_iters, part, recorder, input_args)
+        finally:
+            _recorder.reset(token)
         used = recorder.take()
         answer = str(outputs.get("answer", next(iter(outputs.values()), "")))
         steps.append(
@@ -123,6 +128,23 @@ class RobustReAct(dspy.ReAct):  # type: ignore[misc]
             )
         )
         return dspy.Prediction(trajectory=trajectory, steps=tuple(steps), usage=recorder.total, **outputs)
+
+    async def _run(
+        self, max_iters: int, part: str, recorder: StepRecorder, input_args: dict[str, Any]
+    ) -> tuple[dict[str, Any], list[Step], dict[str, Any]]:
+        """The steps, then the extract call that draws the outputs from them."""
+        trajectory, steps = await self._loop(max_iters, part, recorder, input_args)
+        try:
+            extract = await self._async_call_with_potential_trajectory_truncation(
+                self.extract, trajectory, **input_args
+            )
+            outputs = {name: extract[name] for name in self.signature.output_fields}
+        except (AdapterParseError, ContextWindowExceededError) as err:
+            raise_if_empty(err)
+            # No answer could be drawn from the steps: the caller tells the user so, plainly.
+            log.warning("no answer could be extracted: %s", type(err).__name__)
+            outputs = dict.fromkeys(self.signature.output_fields, "")
+        return trajectory, steps, outputs
 
     async def _loop(
         self, max_iters: int, part: str, recorder: StepRecorder, input_args: dict[str, Any]
