@@ -32,7 +32,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from adapters.slack_format import split_for_slack, to_mrkdwn
+from adapters.text import split_message, to_mrkdwn
 from agent.approvals import ApprovalRequest, ApprovalState
 from agent.memory import Memory
 from agent.messages import IncomingMessage, Reply
@@ -313,7 +313,7 @@ class SlackAdapter:
     # Replies out ---------------------------------------------------------------------------------------
 
     async def deliver(self, message: IncomingMessage, reply: Reply, key: str) -> None:
-        chunks = split_for_slack(to_mrkdwn(reply.text)) or ["(no answer)"]
+        chunks = split_message(to_mrkdwn(reply.text)) or ["(no answer)"]
         try:
             if message.reply_url:
                 webhook = AsyncWebhookClient(message.reply_url)
@@ -348,7 +348,7 @@ class SlackAdapter:
     async def post(self, channel: str, text: str) -> None:
         """Post to a channel (its memory key, `slack:T/C`, or a channel id): for scheduled reports."""
         _, channel_id = channel_of(channel) if channel.startswith("slack:") else ("", channel)
-        for chunk in split_for_slack(to_mrkdwn(text)) or ["(empty)"]:
+        for chunk in split_message(to_mrkdwn(text)) or ["(empty)"]:
             await self.client.chat_postMessage(channel=channel_id, text=chunk)
 
     async def request_approval(self, request: ApprovalRequest) -> None:

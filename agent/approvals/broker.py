@@ -22,6 +22,7 @@ from agent.tools.registry import ToolSpec
 from agent.tools.runner import ToolCall, ToolRefused
 
 log = logging.getLogger("parley.approvals")
+MIN_SHOWN_HASH = 32
 
 
 class ApprovalPort(Protocol):
@@ -176,7 +177,11 @@ class ApprovalBroker:
         if self.clock() >= request.expires_at:
             await self._expire(request, "expired")
             return "this request has expired"
-        if not secrets.compare_digest(shown_hash, request.args_hash):
+        # The fingerprint shown with the request: all of it, or (where a button id is short, as on Discord)
+        # at least its first 32 hex digits.
+        if len(shown_hash) < MIN_SHOWN_HASH or not secrets.compare_digest(
+            shown_hash, request.args_hash[: len(shown_hash)]
+        ):
             return "the arguments differ from the ones in the request"
         why_not = self.policy.may_decide(request, platform, user)
         if why_not is None and always and not self.policy.is_approver(platform, request.channel, user):

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.slack_format import FENCE, MIN_LIMIT, split_for_slack, to_mrkdwn
+from adapters.text import FENCE, MIN_LIMIT, split_message, to_mrkdwn
 
 ZWSP = "\u200b"
 
@@ -145,7 +145,7 @@ def test_a_typical_answer() -> None:
     )
 
 
-# --- split_for_slack ----------------------------------------------------------------------------------------
+# --- split_message ----------------------------------------------------------------------------------------
 
 
 def _fence_lines(chunk: str) -> int:
@@ -164,7 +164,7 @@ def _content(text: str) -> str:
 
 
 def _check(text: str, limit: int) -> list[str]:
-    chunks = split_for_slack(text, limit)
+    chunks = split_message(text, limit)
     assert all(chunk.strip() for chunk in chunks)
     assert all(len(chunk) <= limit for chunk in chunks)
     assert all(_fence_lines(chunk) % 2 == 0 for chunk in chunks)
@@ -201,13 +201,13 @@ def test_split_properties(text: str, limit: int) -> None:
 
 
 def test_empty_input_gives_no_chunks() -> None:
-    assert split_for_slack("") == []
-    assert split_for_slack(" \n\n\t ") == []
+    assert split_message("") == []
+    assert split_message(" \n\n\t ") == []
 
 
 def test_limit_too_small_is_refused() -> None:
     with pytest.raises(ValueError, match="at least"):
-        split_for_slack("text", MIN_LIMIT - 1)
+        split_message("text", MIN_LIMIT - 1)
 
 
 def test_long_answer_splits_at_paragraphs() -> None:
@@ -223,9 +223,9 @@ def test_long_answer_splits_at_paragraphs() -> None:
 
 def test_overlong_paragraph_splits_at_lines_then_words() -> None:
     lines = "\n".join("line " + "x" * 10 for _ in range(10))
-    assert split_for_slack(lines, 40) == ["\n".join(["line " + "x" * 10] * 2)] * 5
+    assert split_message(lines, 40) == ["\n".join(["line " + "x" * 10] * 2)] * 5
     words = " ".join(["word"] * 20)
-    assert split_for_slack(words, 20) == ["word word word word"] * 5
+    assert split_message(words, 20) == ["word word word word"] * 5
 
 
 def test_long_code_block_is_closed_and_reopened() -> None:
@@ -244,7 +244,7 @@ def test_long_code_block_is_closed_and_reopened() -> None:
 
 
 def test_unclosed_code_block_is_closed() -> None:
-    assert split_for_slack("```\nprint(1)") == ["```\nprint(1)\n```"]
+    assert split_message("```\nprint(1)") == ["```\nprint(1)\n```"]
 
 
 def test_one_overlong_word_is_hard_cut() -> None:
@@ -255,15 +255,15 @@ def test_one_overlong_word_is_hard_cut() -> None:
 
 def test_cut_does_not_split_a_link_or_entity() -> None:
     text = "see " + "<https://example.com/page|the page>" + " now &amp; then"
-    assert split_for_slack(text, 38) == ["see", "<https://example.com/page|the page>", "now &amp; then"]
-    assert split_for_slack("abcde&amp;f", 9) == ["abcde", "&amp;f"]
+    assert split_message(text, 38) == ["see", "<https://example.com/page|the page>", "now &amp; then"]
+    assert split_message("abcde&amp;f", 9) == ["abcde", "&amp;f"]
 
 
 def test_indentation_is_kept_at_line_cuts() -> None:
     text = "• a\n    • b\n    • c"
-    assert split_for_slack(text, 12) == ["• a\n    • b", "    • c"]
+    assert split_message(text, 12) == ["• a\n    • b", "    • c"]
     # Unless the indentation alone would fill a chunk.
-    assert split_for_slack(" " * 20 + "deep", 12) == ["deep"]
+    assert split_message(" " * 20 + "deep", 12) == ["deep"]
 
 
 def test_converted_answer_round_trip() -> None:

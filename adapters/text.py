@@ -1,4 +1,5 @@
-"""Turn the model's Markdown answer into Slack mrkdwn, and cut it into messages Slack accepts.
+"""Turn the model's Markdown answer into platform text: Slack mrkdwn, and messages cut to a platform's size
+(`split_message`, used for Slack's 3,900 characters and Discord's 2,000).
 
 The Markdown is parsed with markdown-it-py (CommonMark plus ~~strike~~, raw HTML off) rather than with regular
 expressions, so emphasis, code spans and nesting follow the same rules the model wrote them for.
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-__all__ = ["FENCE", "MIN_LIMIT", "SLACK_TEXT_LIMIT", "split_for_slack", "to_mrkdwn"]
+__all__ = ["FENCE", "MIN_LIMIT", "SLACK_TEXT_LIMIT", "split_message", "to_mrkdwn"]
 
 # Slack truncates message text near 4,000 characters; the margin leaves room for a thread prefix or an ellipsis.
 SLACK_TEXT_LIMIT = 3900
@@ -240,7 +241,7 @@ def _link(url: str, label: str) -> str:
 # --- splitting ----------------------------------------------------------------------------------------------
 
 
-def split_for_slack(text: str, limit: int = SLACK_TEXT_LIMIT) -> list[str]:
+def split_message(text: str, limit: int = SLACK_TEXT_LIMIT) -> list[str]:
     """Cut mrkdwn into messages of at most `limit` characters, at the widest break that fits.
 
     A code block cut in two is closed at the end of one chunk and reopened at the start of the next, so each
