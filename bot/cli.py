@@ -33,6 +33,8 @@ memory_app = typer.Typer(help="Inspect or erase what a channel remembers.", no_a
 chains_app = typer.Typer(help="Reasoning chains: the steps behind each answer.", no_args_is_help=True)
 app.add_typer(memory_app, name="memory")
 app.add_typer(chains_app, name="chains")
+discord_app = typer.Typer(help="Discord: register the slash commands.", no_args_is_help=True)
+app.add_typer(discord_app, name="discord")
 approvals_app = typer.Typer(help="Tool approvals: grants, pending requests, the audit.", no_args_is_help=True)
 app.add_typer(approvals_app, name="approvals")
 
@@ -88,6 +90,7 @@ def run_async(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
 
     @wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        from adapters.discord import DiscordUnavailable
         from adapters.slack import SlackUnavailable
         from agent.engines.local import EngineUnavailable
         from agent.store import StoreError
@@ -97,7 +100,7 @@ def run_async(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
             return asyncio.run(_until_terminated(fn(*args, **kwargs)))
         except Terminated:
             raise typer.Exit(143) from None
-        except (StoreError, EngineUnavailable, SlackUnavailable) as exc:
+        except (StoreError, EngineUnavailable, SlackUnavailable, DiscordUnavailable) as exc:
             raise fail(str(exc)) from None
         except ToolRegistryError as exc:
             raise fail(str(exc), 2) from None
@@ -125,8 +128,6 @@ async def _console(settings: Settings, channel: str) -> None:
 async def run() -> None:
     """Start every configured platform; with none configured, chat in the terminal."""
     settings = settings_or_exit()
-    if "discord" in settings.platforms:
-        raise fail("Discord is not supported by this build yet; unset PARLEY_DISCORD__TOKEN", 2)
     if settings.platforms:
         from bot.service import serve_platforms
 
@@ -487,6 +488,39 @@ async def approvals_audit(
         what = f"{e.tool} in {e.channel}" if e.channel else e.tool
         detail = f" ({e.detail})" if e.detail else ""
         typer.echo(f"{_when(e.at)}  {e.action:<16} {e.outcome:<9} {e.actor:<20} {what}  {e.request_id}{detail}")
+
+
+@discord_app.command("sync")
+@run_async
+async def discord_sync(
+    guild: Annotated[int | None, typer.Option(help="Sync to this guild only (instant; for development).")] = None,
+) -> None:
+    """Register the slash commands with Discord now (`parley run` syncs only when they changed)."""
+    from dataclasses import replace
+
+    from adapters.discord import DiscordAdapter, DiscordUnavailable
+    from agent.memory import Memory
+    from bot.app import open_store
+    from bot.service import discord_config
+    from bot.tools import build_registry
+
+    settings = settings_or_exit()
+    if not settings.discord.token:
+        raise fail("set PARLEY_DISCORD__TOKEN (or DISCORD_BOT_TOKEN) first", 2)
+    config = discord_config(settings)
+    if guild is not None:
+        config = replace(config, command_guild=guild)
+    async with open_store(settings) as store:
+        adapter = DiscordAdapter(config, memory=Memory(store), registry=build_registry(settings))
+        try:
+            await adapter.client.login(config.token)
+        except Exception as exc:
+            raise DiscordUnavailable(f"Discord refused the login ({type(exc).__name__})") from None
+        try:
+            synced = await adapter.sync_commands()
+        finally:
+            await adapter.close()
+    typer.echo(f"Synced {', '.join(synced)}" + (f" to guild {guild}" if guild else " globally"))
 
 
 def main() -> None:

@@ -227,6 +227,8 @@ class DiscordSettings(Section):
     token: SecretStr | None = None
     api_url: str = "https://discord.com/api/v10"
     gateway_url: str = "wss://gateway.discord.gg/"
+    prefix: str = Field("!", max_length=5, description="prefix commands (!ask ...); empty turns them off")
+    command_guild: int | None = Field(None, description="sync slash commands to this guild only (development)")
 
 
 class SentrySettings(Section):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from adapters.discord import DiscordAdapter, DiscordConfig
 from adapters.slack import SlackAdapter, SlackConfig
 from agent.inbox import Inbox
 from agent.ports import ChatPlatform
@@ -32,6 +33,19 @@ def slack_config(settings: Settings) -> SlackConfig:
     )
 
 
+def discord_config(settings: Settings) -> DiscordConfig:
+    d = settings.discord
+    assert d.token is not None
+    return DiscordConfig(
+        token=d.token.get_secret_value(),
+        api_url=d.api_url,
+        gateway_url=d.gateway_url,
+        prefix=d.prefix or None,
+        command_guild=d.command_guild,
+        command_state=settings.db.path.parent / "discord-commands.sha256",
+    )
+
+
 async def readiness(parley: App) -> dict[str, object]:
     """What /readyz reports: the database takes writes, and each model's breaker state."""
     checks: dict[str, object] = {}
@@ -53,6 +67,11 @@ async def serve_platforms(settings: Settings) -> None:
         if settings.slack.bot_token:
             slack = SlackAdapter(slack_config(settings), memory=parley.memory, registry=parley.runner.registry)
             platforms.append(slack)
+        discord_bot: DiscordAdapter | None = None
+        if settings.discord.token:
+            registry = parley.runner.registry
+            discord_bot = DiscordAdapter(discord_config(settings), memory=parley.memory, registry=registry)
+            platforms.append(discord_bot)
         dispatcher = Dispatcher(
             Inbox(parley.store), parley.agent, platforms, dispatch_options(settings), parley.approvals
         )
@@ -64,6 +83,9 @@ async def serve_platforms(settings: Settings) -> None:
                 if slack is not None:
                     slack.connect(dispatcher.submit, dispatcher.decide)
                     await slack.start()
+                if discord_bot is not None:
+                    discord_bot.connect(dispatcher.submit, dispatcher.decide)
+                    await discord_bot.start()
                 runner = await serve(http_app, settings.http.host, settings.http.port)
                 log.warning(
                     "Parley is serving %s on http://%s:%d",
@@ -75,5 +97,7 @@ async def serve_platforms(settings: Settings) -> None:
             finally:
                 if slack is not None:
                     await slack.close()
+                if discord_bot is not None:
+                    await discord_bot.close()
                 if runner is not None:
                     await runner.cleanup()

@@ -269,3 +269,47 @@ def test_run_with_a_refused_slack_token_stops_with_one_line(tmp_path: Path, fake
         proc = parley(["run"], env, timeout=60)
     assert proc.returncode == 1
     assert proc.stderr.strip() == "parley: Slack refused the bot token (invalid_auth)"
+
+
+def test_run_serves_discord_and_discord_sync_registers_commands(tmp_path: Path, fake_model: FakeOpenAI) -> None:
+    """`parley run` with a Discord token: a mention over the fake gateway is answered as a reply."""
+    import signal
+    import time
+
+    from tests.fakes.discord import FakeDiscord
+
+    with FakeDiscord() as discord:
+        env = fake_env(tmp_path, fake_model)
+        env.update(
+            PARLEY_DISCORD__TOKEN=discord.token,
+            PARLEY_DISCORD__API_URL=discord.api_url,
+            PARLEY_DISCORD__GATEWAY_URL=discord.gateway_url,
+            PARLEY_HTTP__PORT=str(free_port()),
+        )
+        synced = parley(["discord", "sync", "--guild", discord.guild_id], env, timeout=60)
+        assert synced.returncode == 0, synced.stderr
+        assert synced.stdout.strip() == f"Synced ask, facts, forget, tools, help to guild {discord.guild_id}"
+
+        proc = subprocess.Popen([*PARLEY, "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while discord.ready_count < 1:
+                assert proc.poll() is None, proc.communicate()[1]
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            channel = discord.channel_ids[0]
+            discord.message_create(f"<@{discord.bot_user_id}> what is 6*7?", mentions_bot=True)
+            while not discord.messages(channel):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert discord.messages(channel)[0]["content"] == "42"
+            while len(discord.command_syncs) < 2:  # after on_ready, the changed command set is synced
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 143, err
+        assert discord.token not in err
+        # The first start synced the global commands (the guild sync above does not count for them).
+        assert [s.guild_id for s in discord.command_syncs] == [discord.guild_id, None], err

@@ -1,0 +1,404 @@
+"""The Discord adapter: a discord.py client whose messages go through the dispatcher like every platform's.
+
+Mentions in guild channels and DMs become `IncomingMessage`s (the message id is the event key, so a gateway
+replay is answered once); replies go to the message they answer, split to Discord's 2,000 characters with code
+fences balanced, and never ping anyone. Slash commands are deferred at once and answered by follow-up.
+Approval buttons are dynamic items: their custom id carries the request, so they work after a restart.
+
+Base URL overrides (tests, proxies) are scoped: discord.py keeps its REST base and gateway URL as class
+attributes, so they are replaced once by proxies that read a context variable, set by the adapter in the
+context it is built in. Another discord.py client elsewhere in the process still reaches Discord.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import discord
+import yarl
+from discord import app_commands
+
+from adapters.text import split_message
+from agent.approvals import ApprovalRequest, ApprovalState
+from agent.memory import Memory
+from agent.messages import IncomingMessage, Reply
+from agent.ports import Decide, DeliveryError, Submit
+from agent.tools.registry import ToolRegistry
+
+log = logging.getLogger("parley.discord")
+
+DISCORD_LIMIT = 2000
+DEFAULT_API = "https://discord.com/api/v10"
+DEFAULT_GATEWAY = "wss://gateway.discord.gg/"
+INTERACTION = "discord-interaction:"
+# custom_id: parley:<action>:<request id>:<first 40 hex digits of the arguments' hash> (at most 100 characters)
+APPROVAL_ID = r"parley:(?P<action>approve|deny|always):(?P<request>[\w-]+):(?P<hash>[0-9a-f]{32,64})"
+
+_api_base: contextvars.ContextVar[str] = contextvars.ContextVar("parley_discord_api", default=DEFAULT_API)
+_gateway: contextvars.ContextVar[str] = contextvars.ContextVar("parley_discord_gateway", default=DEFAULT_GATEWAY)
+
+
+class DiscordUnavailable(Exception):
+    """Discord cannot be used with these settings: the message says why, in one line."""
+
+
+class _ApiBase:
+    """Stands in for `discord.http.Route.BASE`: `BASE + path` uses the base of the current context."""
+
+    def __add__(self, path: str) -> str:
+        return _api_base.get() + path
+
+    def __str__(self) -> str:
+        return _api_base.get()
+
+
+class _Gateway:
+    """Stands in for `DiscordWebSocket.DEFAULT_GATEWAY`: a yarl URL taken from the current context."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(yarl.URL(_gateway.get()), name)
+
+    def __str__(self) -> str:
+        return _gateway.get()
+
+
+# Voice is not used: no warning about its optional libraries at every start.
+discord.VoiceClient.warn_nacl = False
+discord.VoiceClient.warn_dave = False
+
+
+def _install_url_proxies() -> None:
+    if not isinstance(discord.http.Route.BASE, _ApiBase):
+        discord.http.Route.BASE = _ApiBase()  # type: ignore[assignment]
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = _Gateway()  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class DiscordConfig:
+    token: str
+    api_url: str = DEFAULT_API
+    gateway_url: str = DEFAULT_GATEWAY
+    # Prefix commands (`!ask ...`) in guild channels; None turns them off.
+    prefix: str | None = "!"
+    # Sync the slash commands to this guild only (instant, for development) instead of globally.
+    command_guild: int | None = None
+    # How long discord.py waits for the guilds after READY before `on_ready` (its default is 2 s).
+    ready_timeout_s: float = 2.0
+    # Where the fingerprint of the last synced command set is kept: commands are synced when it changes.
+    command_state: Path | None = None
+
+
+class ParleyClient(discord.Client):
+    """The discord.py client, knowing its adapter (dynamic items reach it through `interaction.client`)."""
+
+    def __init__(self, adapter: DiscordAdapter) -> None:
+        intents = discord.Intents.default()
+        intents.message_content = True
+        super().__init__(
+            intents=intents,
+            allowed_mentions=discord.AllowedMentions.none(),
+            guild_ready_timeout=adapter.config.ready_timeout_s,
+        )
+        self.adapter = adapter
+
+    async def setup_hook(self) -> None:
+        self.add_dynamic_items(ApprovalButton)
+
+    async def on_ready(self) -> None:
+        # Fires again after every new session (INVALID_SESSION): nothing here may run twice in a harmful way.
+        log.info("connected to Discord as %s", self.user)
+        self.adapter.ready.set()
+
+    async def on_message(self, message: discord.Message) -> None:
+        await self.adapter.receive(message)
+
+
+class ApprovalButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], template=APPROVAL_ID):
+    """Approve / Deny / Always: all the state is in the custom id and SQLite, so a restart loses nothing."""
+
+    def __init__(self, action: str, request_id: str, shown_hash: str) -> None:
+        label, style = {
+            "approve": ("Approve", discord.ButtonStyle.success),
+            "deny": ("Deny", discord.ButtonStyle.danger),
+            "always": ("Always in this channel", discord.ButtonStyle.secondary),
+        }[action]
+        super().__init__(
+            discord.ui.Button(label=label, style=style, custom_id=f"parley:{action}:{request_id}:{shown_hash}")
+        )
+        self.action, self.request_id, self.shown_hash = action, request_id, shown_hash
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> ApprovalButton:
+        return cls(match["action"], match["request"], match["hash"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        client = interaction.client
+        if not isinstance(client, ParleyClient) or client.adapter.decide is None:
+            return
+        await interaction.response.defer(ephemeral=True, thinking=False)
+        verdict = await client.adapter.decide(
+            self.request_id,
+            platform="discord",
+            user=str(interaction.user.id),
+            approve=self.action != "deny",
+            args_hash=self.shown_hash,
+            always=self.action == "always",
+        )
+        if not verdict.accepted:
+            await interaction.followup.send(f"You cannot do that: {verdict.reason}.", ephemeral=True)
+
+
+class DiscordAdapter:
+    """One Discord bot. Build it inside the running service (it scopes the base URLs to that context), then
+    `connect(submit, decide)` and `await start()`."""
+
+    name = "discord"
+    resumable = True
+
+    def __init__(self, config: DiscordConfig, *, memory: Memory, registry: ToolRegistry) -> None:
+        _install_url_proxies()
+        _api_base.set(config.api_url.rstrip("/"))
+        _gateway.set(config.gateway_url)
+        self.config = config
+        self.memory = memory
+        self.registry = registry
+        self.submit: Submit | None = None
+        self.decide: Decide | None = None
+        self.ready = asyncio.Event()
+        self.client = ParleyClient(self)
+        self.tree = app_commands.CommandTree(self.client)
+        self._register_commands()
+        self._typing: dict[str, asyncio.Task[None]] = {}
+        self._prompts: dict[str, tuple[int, int]] = {}  # approval request id -> (channel id, message id)
+        self._runner: asyncio.Task[None] | None = None
+
+    def connect(self, submit: Submit, decide: Decide) -> None:
+        self.submit, self.decide = submit, decide
+
+    async def start(self) -> None:
+        """Log in (a refused token or a refused privileged intent is one clear line) and connect the gateway."""
+        try:
+            await self.client.login(self.config.token)
+        except discord.LoginFailure:
+            raise DiscordUnavailable("Discord refused the bot token") from None
+        except (discord.HTTPException, OSError) as exc:
+            raise DiscordUnavailable(f"Discord cannot be reached at {self.config.api_url} ({exc})") from None
+        self._runner = asyncio.create_task(self._connect())
+        ready = asyncio.create_task(self.ready.wait())
+        done, _ = await asyncio.wait({self._runner, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if self._runner in done:
+            ready.cancel()
+            self._runner.result()
+        if self.config.command_state is not None:
+            synced = await self.sync_commands(force=False)
+            if synced:
+                log.warning("synced Discord slash commands: %s", ", ".join(synced))
+
+    async def _connect(self) -> None:
+        try:
+            await self.client.connect(reconnect=True)
+        except discord.PrivilegedIntentsRequired:
+            raise DiscordUnavailable(
+                "Discord refused the message content intent: enable it for the bot in the developer portal"
+            ) from None
+
+    def commands_fingerprint(self) -> str:
+        """What the command set looks like to Discord (and where it is synced): a change means a sync."""
+        shape = [command.to_dict(self.tree) for command in self.tree.get_commands()]
+        payload = json.dumps({"guild": self.config.command_guild, "commands": shape}, sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    async def sync_commands(self, *, force: bool = True) -> list[str]:
+        """Register the slash commands with Discord (globally, or in the development guild). Without `force`
+        only when the set changed since the last sync, so a restart does not hit Discord's sync limit."""
+        fingerprint = self.commands_fingerprint()
+        state = self.config.command_state
+        if not force and state is not None and state.is_file() and state.read_text().strip() == fingerprint:
+            return []
+        guild = discord.Object(self.config.command_guild) if self.config.command_guild else None
+        if guild is not None:
+            self.tree.copy_global_to(guild=guild)
+        synced = await self.tree.sync(guild=guild)
+        if state is not None:
+            state.parent.mkdir(parents=True, exist_ok=True)
+            state.write_text(fingerprint + "\n")
+        return [command.name for command in synced]
+
+    async def close(self) -> None:
+        for task in self._typing.values():
+            task.cancel()
+        await self.client.close()
+        if self._runner is not None:
+            await asyncio.gather(self._runner, return_exceptions=True)
+
+    # Messages in ---------------------------------------------------------------------------------------
+
+    async def receive(self, message: discord.Message) -> None:
+        me = self.client.user
+        if me is None or message.author.bot or message.author.id == me.id:
+            return
+        is_dm = message.guild is None
+        mentioned = me in message.mentions
+        text = message.content
+        if not (is_dm or mentioned):
+            prefix = self.config.prefix
+            if not prefix or not text.startswith(f"{prefix}ask "):
+                return
+            text = text[len(prefix) + 4 :]
+        text = re.sub(rf"<@!?{me.id}>", "", text).strip()
+        incoming = IncomingMessage(
+            platform=self.name,
+            workspace=str(message.guild.id) if message.guild else "",
+            channel=str(message.channel.id),
+            user=str(message.author.id),
+            text=text,
+            message_id=str(message.id),
+            event_id=str(message.id),
+            mentioned=mentioned,
+            is_dm=is_dm,
+        )
+        if self.submit is not None and await self.submit(incoming):
+            self._typing[incoming.message_id] = asyncio.create_task(self._type(message.channel))
+
+    async def _type(self, channel: Any) -> None:
+        """The typing indicator, renewed until the reply lands (the task is cancelled then)."""
+        try:
+            async with channel.typing():
+                await asyncio.Event().wait()
+        except discord.HTTPException as exc:
+            log.info("typing indicator failed: %s", exc)
+
+    def _register_commands(self) -> None:
+        tree = self.tree
+
+        @tree.command(name="ask", description="Ask Parley a question")
+        @app_commands.describe(question="What to ask")
+        async def ask(interaction: discord.Interaction, question: str) -> None:
+            await interaction.response.defer(thinking=True)
+            token = f"{INTERACTION}{interaction.application_id}:{interaction.token}"
+            message = IncomingMessage(
+                platform=self.name,
+                workspace=str(interaction.guild_id or ""),
+                channel=str(interaction.channel_id or ""),
+                user=str(interaction.user.id),
+                text=question,
+                message_id="",
+                event_id=f"interaction-{interaction.id}",
+                mentioned=True,
+                is_dm=interaction.guild_id is None,
+                reply_url=token,
+            )
+            if self.submit is not None:
+                await self.submit(message)
+
+        @tree.command(name="facts", description="What Parley remembers in this channel")
+        async def facts(interaction: discord.Interaction) -> None:
+            remembered = await self.memory.facts(self._key(interaction))
+            lines = [f"- **{f.key}**: {f.value}" for f in remembered] or ["Nothing remembered in this channel yet."]
+            await interaction.response.send_message("\n".join(lines)[:DISCORD_LIMIT], ephemeral=True)
+
+        @tree.command(name="forget", description="Forget everything Parley remembers in this channel")
+        async def forget(interaction: discord.Interaction) -> None:
+            counts = await self.memory.forget(self._key(interaction))
+            await interaction.response.send_message(
+                f"Forgotten: {counts.get('facts', 0)} facts and {counts.get('turns', 0)} turns.", ephemeral=True
+            )
+
+        @tree.command(name="tools", description="The tools Parley can use")
+        async def tools(interaction: discord.Interaction) -> None:
+            lines = [f"- `{s.name}` ({s.approval})" for s in self.registry.enabled()] or ["No tools are enabled."]
+            await interaction.response.send_message("\n".join(lines)[:DISCORD_LIMIT], ephemeral=True)
+
+        @tree.command(name="help", description="How to use Parley")
+        async def help_(interaction: discord.Interaction) -> None:
+            await interaction.response.send_message(
+                "Mention me or DM me, or use `/ask`. `/facts` and `/forget` for this channel's memory, "
+                "`/tools` for what I can use. Say *remember that ...* to teach me a fact.",
+                ephemeral=True,
+            )
+
+    @staticmethod
+    def _key(interaction: discord.Interaction) -> str:
+        return f"discord:{interaction.guild_id or ''}/{interaction.channel_id or ''}"
+
+    # Replies out ---------------------------------------------------------------------------------------
+
+    async def deliver(self, message: IncomingMessage, reply: Reply, key: str) -> None:
+        typing = self._typing.pop(message.message_id, None)
+        if typing is not None:
+            typing.cancel()
+        chunks = split_message(reply.text, DISCORD_LIMIT) or ["(no answer)"]
+        none = discord.AllowedMentions.none()
+        try:
+            if message.reply_url.startswith(INTERACTION):
+                app_id, _, token = message.reply_url.removeprefix(INTERACTION).partition(":")
+                webhook = discord.Webhook.partial(int(app_id), token, client=self.client)
+                for chunk in chunks:
+                    await webhook.send(chunk, allowed_mentions=none)
+                return
+            channel = await self._channel(int(message.channel))
+            reference = discord.MessageReference(
+                message_id=int(message.message_id), channel_id=int(message.channel), fail_if_not_exists=False
+            )
+            for i, chunk in enumerate(chunks):
+                # A nonce Discord enforces makes a repeated post (after a crash) return the first one.
+                nonce = f"{key}-{i}"[-25:]
+                await channel.send(chunk, reference=reference if i == 0 else None, allowed_mentions=none, nonce=nonce)
+        except discord.Forbidden as exc:
+            raise DeliveryError(f"Discord refused the reply ({exc.status})", transient=False) from None
+        except discord.NotFound as exc:
+            raise DeliveryError(f"the channel or message is gone ({exc.status})", transient=False) from None
+        except discord.HTTPException as exc:
+            raise DeliveryError(
+                f"Discord answered {exc.status}", transient=exc.status >= 500 or exc.status == 429
+            ) from None
+        except OSError as exc:
+            raise DeliveryError(f"Discord could not be reached ({type(exc).__name__})") from None
+
+    async def post(self, channel: str, text: str) -> None:
+        """Post to a channel (its memory key, `discord:guild/channel`, or its id): for scheduled reports."""
+        channel_id = int(channel.rpartition("/")[2] if channel.startswith("discord:") else channel)
+        target = await self._channel(channel_id)
+        for chunk in split_message(text, DISCORD_LIMIT) or ["(empty)"]:
+            await target.send(chunk, allowed_mentions=discord.AllowedMentions.none())
+
+    async def request_approval(self, request: ApprovalRequest) -> None:
+        channel_id = int(request.channel.rpartition("/")[2])
+        channel = await self._channel(channel_id)
+        shown = request.args_hash[:40]
+        view = discord.ui.View(timeout=None)
+        for action in ("approve", "deny", "always"):
+            view.add_item(ApprovalButton(action, request.id, shown))
+        args = "\n".join(f"- `{k}`: {str(v)[:300]}" for k, v in request.args.items()) or "(none)"
+        who = "the person who asked" if request.level == "confirm" else "an approver"
+        text = (
+            f"**Approval needed**: <@{request.requester}> asked me to run `{request.tool}`.\n{args}\n"
+            f"Needs {who}. Expires <t:{int(request.expires_at)}:R>."
+        )
+        sent = await channel.send(text[:DISCORD_LIMIT], view=view, allowed_mentions=discord.AllowedMentions.none())
+        self._prompts[request.id] = (channel_id, sent.id)
+
+    async def approval_settled(self, request: ApprovalRequest) -> None:
+        shown = self._prompts.pop(request.id, None)
+        if shown is None:
+            return
+        outcome = {
+            ApprovalState.APPROVED: f"approved by {request.decided_by}",
+            ApprovalState.DENIED: f"denied by {request.decided_by}",
+        }.get(request.state, f"expired ({request.reason or 'no decision in time'})")
+        channel = await self._channel(shown[0])
+        message = channel.get_partial_message(shown[1])
+        await message.edit(content=f"`{request.tool}` asked by <@{request.requester}>: {outcome}.", view=None)
+
+    async def _channel(self, channel_id: int) -> Any:
+        return self.client.get_channel(channel_id) or await self.client.fetch_channel(channel_id)

@@ -1,0 +1,243 @@
+"""The Discord adapter end to end: the real discord.py against a fake Discord (REST and gateway) on 127.0.0.1,
+the real dispatcher, inbox, approvals and agent on a scripted model."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dspy.lm15 import Request
+
+from adapters.discord import DiscordAdapter, DiscordConfig, DiscordUnavailable
+from agent.approvals import ApprovalBroker, ApprovalPolicy, ApprovalStore
+from agent.engines import ScriptedEngine, scripted_model
+from agent.engines.scripted import echo, request_text
+from agent.inbox import Inbox
+from agent.memory import Memory
+from agent.runtime import Agent, AgentOptions
+from agent.store import Store
+from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner
+from agent.tools.registry import tool
+from bot.dispatcher import Dispatcher, DispatchOptions
+from tests.fakes.discord import FakeDiscord
+
+CHANNEL = "4000"
+LONG = "\n\n".join(f"Paragraph {i}: " + "words " * 60 for i in range(8)) + "\n\n```python\n" + "x = 1\n" * 200 + "```"
+
+
+def model(request: Request) -> dict[str, Any]:
+    text = request_text(request)
+    question = text.rsplit("[[ ## question ## ]]", 1)[1].split("\n\n", 1)[0].strip()
+    observed = "[[ ## tool_name_0 ## ]]\ndeploy" in text
+    if "next_tool_name" in text:
+        if question.startswith("deploy ") and not observed:
+            return {"next_thought": "deploy", "next_tool_name": "deploy", "next_tool_args": {"service": question[7:]}}
+        return {"next_thought": "done", "next_tool_name": "finish", "next_tool_args": {}}
+    if observed:
+        return {"reasoning": "tool", "answer": "deploy finished"}
+    if question == "long please":
+        return {"reasoning": "long", "answer": LONG}
+    return echo(request)
+
+
+@dataclass
+class World:
+    fake: FakeDiscord
+    adapter: DiscordAdapter
+    dispatcher: Dispatcher
+    engine: ScriptedEngine
+    deployed: list[str]
+
+    async def answered(self, count: int) -> list[dict[str, Any]]:
+        await self.fake.wait_for(lambda: len(self.fake.messages(CHANNEL)) >= count, what=f"{count} messages")
+        await self.dispatcher.join()
+        return self.fake.messages(CHANNEL)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeDiscord]:
+    with FakeDiscord(channel_ids=(CHANNEL,)) as running:
+        yield running
+
+
+def build(
+    store: Store, memory: Memory, fake: FakeDiscord, deployed: list[str], **options: Any
+) -> tuple[DiscordAdapter, Dispatcher]:
+    @tool(name="deploy", approval="approve")
+    def deploy(service: str) -> str:
+        """Deploy a service."""
+        deployed.append(service)
+        return f"deployed {service}"
+
+    broker = ApprovalBroker(ApprovalStore(store), ApprovalPolicy(approvers={"discord": ["7000"]}, expiry_s=5))
+    runner = ToolRunner(ToolRegistry.of(*BUILTIN_TOOLS, deploy), gate=broker)
+    engine = ScriptedEngine(responder=model)
+    agent = Agent(memory, scripted_model(engine), runner, AgentOptions(max_iters=3))
+    config = DiscordConfig(
+        token=fake.token, api_url=fake.api_url, gateway_url=fake.gateway_url, ready_timeout_s=0.05, **options
+    )
+    adapter = DiscordAdapter(config, memory=memory, registry=runner.registry)
+    dispatcher = Dispatcher(Inbox(store), agent, [adapter], DispatchOptions(rate_limit=None), broker)
+    adapter.connect(dispatcher.submit, dispatcher.decide)
+    adapter.engine = engine  # type: ignore[attr-defined]
+    return adapter, dispatcher
+
+
+@pytest.fixture
+async def world(store: Store, memory: Memory, fake: FakeDiscord) -> AsyncIterator[World]:
+    deployed: list[str] = []
+    adapter, dispatcher = build(store, memory, fake, deployed)
+    async with dispatcher:
+        await adapter.start()
+        yield World(fake, adapter, dispatcher, adapter.engine, deployed)  # type: ignore[attr-defined]
+        await adapter.close()
+
+
+async def test_a_mention_is_answered_as_a_reply_that_pings_nobody(world: World) -> None:
+    sent = world.fake.message_create("<@2000> hello there", mentions_bot=True)
+    [reply] = await world.answered(1)
+    assert reply["content"] == "re: hello there"
+    assert reply["message_reference"]["message_id"] == sent["id"]
+    [post] = world.fake.requests_to("POST /channels/{id}/messages")
+    assert post.json["allowed_mentions"] == {"parse": []}
+    assert world.fake.typing_in(CHANNEL) >= 1
+
+
+async def test_a_dm_is_answered_in_the_dm(world: World) -> None:
+    world.fake.dm_message_create("hi in private")
+    await world.fake.wait_for(lambda: world.fake.messages(world.fake.dm_channel_id), what="dm reply")
+    await world.dispatcher.join()
+    [reply] = world.fake.messages(world.fake.dm_channel_id)
+    assert reply["content"] == "re: hi in private"
+
+
+async def test_messages_without_a_mention_and_from_bots_are_ignored(world: World) -> None:
+    world.fake.message_create("just chatting")
+    world.fake.message_create("<@2000> beep", mentions_bot=True, author_bot=True)
+    world.fake.message_create("!ask what is up?")
+    [reply] = await world.answered(1)
+    assert reply["content"] == "re: what is up?"  # the prefix command, nothing else
+    await asyncio.sleep(0.1)
+    assert len(world.fake.messages(CHANNEL)) == 1
+
+
+async def test_a_long_reply_is_split_in_order_with_balanced_fences(world: World) -> None:
+    world.fake.message_create("<@2000> long please", mentions_bot=True)
+    await world.fake.wait_for(lambda: world.engine.requests, what="the model")
+    await world.dispatcher.join()
+    chunks = [m["content"] for m in world.fake.messages(CHANNEL)]
+    assert len(chunks) >= 3 and all(len(c) <= 2000 for c in chunks)
+    assert all(c.count("```") % 2 == 0 for c in chunks)
+    assert chunks[0].startswith("Paragraph 0:") and "Paragraph 7:" in "".join(chunks)
+    assert "".join(chunks).count("x = 1") == 200
+
+
+async def test_a_replayed_message_create_is_answered_once(world: World) -> None:
+    sent = world.fake.message_create("<@2000> once only", mentions_bot=True, message_id="9100")
+    world.fake.send_dispatch("MESSAGE_CREATE", sent)
+    await world.answered(1)
+    await asyncio.sleep(0.1)
+    assert [m["content"] for m in world.fake.messages(CHANNEL)] == ["re: once only"]
+
+
+async def test_a_rate_limited_post_is_retried(world: World) -> None:
+    world.fake.fail_next("POST /channels/{id}/messages", 429)
+    world.fake.message_create("<@2000> patience", mentions_bot=True)
+    [reply] = await world.answered(1)
+    assert reply["content"] == "re: patience"
+    assert len(world.fake.requests_to("POST /channels/{id}/messages")) == 2
+
+
+async def test_ask_is_deferred_then_answered_by_follow_up(world: World) -> None:
+    assert set(await world.adapter.sync_commands()) == {"ask", "facts", "forget", "tools", "help"}
+    world.fake.interaction_create_command("ask", {"question": "what is slow?"}, user_id="6000")
+    await world.fake.wait_for_followups(1)
+    await world.dispatcher.join()
+    assert [c.type for c in world.fake.interaction_callbacks] == [5]  # deferred at once
+    assert world.fake.followups[0].json["content"] == "re: what is slow?"
+
+
+async def test_approval_buttons_by_approver_non_approver_and_twice(world: World) -> None:
+    world.fake.message_create("<@2000> deploy api", mentions_bot=True, author_id="6000")
+    prompt = (
+        await world.fake.wait_for(
+            lambda: [m for m in world.fake.messages(CHANNEL) if m.get("components")], what="prompt"
+        )
+    )[0]
+    approve = prompt["components"][0]["components"][0]["custom_id"]
+    assert approve.startswith("parley:approve:")
+
+    world.fake.interaction_create_component(approve, user_id="6000", message_id=prompt["id"])  # the requester
+    await world.fake.wait_for_followups(1)
+    assert "You cannot do that: you are not an approver" in world.fake.followups[0].json["content"]
+    # A double click: both reach Parley before the buttons are removed; the first wins.
+    world.fake.interaction_create_component(approve, user_id="7000", message_id=prompt["id"])
+    world.fake.interaction_create_component(approve, user_id="7000", message_id=prompt["id"])
+    await world.fake.wait_for(lambda: world.deployed, what="the deploy")
+    await world.fake.wait_for_followups(2)
+    assert "already approved by discord:7000" in world.fake.followups[1].json["content"]
+    await world.answered(2)
+    assert world.deployed == ["api"]
+    assert any("approved by discord:7000" in (e.json.get("content") or "") for e in world.fake.edits)
+
+
+async def test_a_button_pressed_after_a_restart_is_still_handled(
+    store: Store, memory: Memory, fake: FakeDiscord
+) -> None:
+    deployed: list[str] = []
+    adapter, dispatcher = build(store, memory, fake, deployed)
+    async with dispatcher:
+        await adapter.start()
+        fake.message_create("<@2000> deploy web", mentions_bot=True, author_id="6000")
+        prompt = (await fake.wait_for(lambda: [m for m in fake.messages(CHANNEL) if m.get("components")]))[0]
+        await adapter.close()
+    custom_id = prompt["components"][0]["components"][0]["custom_id"]
+
+    adapter, dispatcher = build(store, memory, fake, deployed)  # a new process on the same database
+    async with dispatcher:
+        await adapter.start()
+        fake.interaction_create_component(custom_id, user_id="7000", message_id=prompt["id"])
+        await fake.wait_for_followups(1)
+        await adapter.close()
+    # The click reached the new process (a dynamic item, no state in memory); the request had expired on restart.
+    assert "already expired" in fake.followups[0].json["content"]
+    assert deployed == []
+
+
+async def test_reconnect_resumes_and_messages_still_flow(world: World) -> None:
+    world.fake.send_reconnect()
+    await world.fake.wait_for_resumes(1)
+    world.fake.message_create("<@2000> still there?", mentions_bot=True)
+    [reply] = await world.answered(1)
+    assert reply["content"] == "re: still there?"
+
+
+async def test_a_refused_message_content_intent_is_one_clear_error(store: Store, memory: Memory) -> None:
+    with FakeDiscord(channel_ids=(CHANNEL,), intents_allowed=False) as strict:
+        adapter, _ = build(store, memory, strict, [])
+        with pytest.raises(DiscordUnavailable, match="message content intent"):
+            await adapter.start()
+        await adapter.close()
+
+
+async def test_commands_are_synced_only_when_they_change(
+    store: Store, memory: Memory, fake: FakeDiscord, tmp_path: Path
+) -> None:
+    state = tmp_path / "discord-commands.sha256"
+
+    async def start_and_stop(**options: Any) -> None:
+        adapter, dispatcher = build(store, memory, fake, [], command_state=state, **options)
+        async with dispatcher:
+            await adapter.start()
+            await adapter.close()
+
+    await start_and_stop()
+    await start_and_stop()  # a restart with the same commands does not sync again
+    assert [s.guild_id for s in fake.command_syncs] == [None]
+    await start_and_stop(command_guild=int(fake.guild_id))  # the development guild is a change
+    assert [s.guild_id for s in fake.command_syncs] == [None, fake.guild_id]
+    assert {c["name"] for c in fake.command_syncs[-1].commands} == {"ask", "facts", "forget", "tools", "help"}
