@@ -146,6 +146,7 @@ class ApprovalButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
         if not isinstance(client, ParleyClient) or client.adapter.decide is None:
             return
         await interaction.response.defer(ephemeral=True, thinking=False)
+        member_roles = getattr(interaction.user, "roles", [])
         verdict = await client.adapter.decide(
             self.request_id,
             platform="discord",
@@ -153,6 +154,7 @@ class ApprovalButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
             approve=self.action != "deny",
             args_hash=self.shown_hash,
             always=self.action == "always",
+            roles=[str(role.id) for role in member_roles],
         )
         if not verdict.accepted:
             await interaction.followup.send(f"You cannot do that: {verdict.reason}.", ephemeral=True)

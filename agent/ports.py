@@ -6,7 +6,7 @@ approval prompts and channel posts to the same port.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from agent.approvals import ApprovalRequest, Verdict
@@ -21,7 +21,15 @@ class Decide(Protocol):
     """Hands a person's approval decision back to the dispatcher."""
 
     async def __call__(
-        self, request_id: str, *, platform: str, user: str, approve: bool, args_hash: str, always: bool = False
+        self,
+        request_id: str,
+        *,
+        platform: str,
+        user: str,
+        approve: bool,
+        args_hash: str,
+        always: bool = False,
+        roles: Sequence[str] = (),
     ) -> Verdict: ...
 
 

@@ -97,6 +97,7 @@ def approval_policy(settings: Settings) -> ApprovalPolicy:
     a = settings.approvals
     return ApprovalPolicy(
         approvers=a.approvers,
+        approver_roles=a.roles,
         channel_approvers=a.channels,
         allow_self_approval=a.allow_self_approval,
         expiry_s=a.expiry_s,

@@ -151,8 +151,12 @@ class ApprovalSettings(Section):
     approvers: dict[str, list[str]] = Field(
         default_factory=dict, description="user ids per platform, e.g. {slack = ['U123'], discord = ['4567']}"
     )
+    roles: dict[str, list[str]] = Field(
+        default_factory=dict, description="role ids whose members approve, per platform, e.g. {discord = ['123']}"
+    )
     channels: dict[str, list[str]] = Field(
-        default_factory=dict, description="approvers of one channel (its memory key); they replace the platform's"
+        default_factory=dict,
+        description="approvers (user or role ids) of one channel (its memory key); they replace the platform's",
     )
     allow_self_approval: bool = Field(False, description="an approver may approve a call they asked for")
     expiry_s: float = Field(300.0, gt=0, description="a request not decided in this time is denied")

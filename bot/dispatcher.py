@@ -15,7 +15,7 @@ import sqlite3
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Protocol
@@ -172,13 +172,21 @@ class Dispatcher:
         return True
 
     async def decide(
-        self, request_id: str, *, platform: str, user: str, approve: bool, args_hash: str, always: bool = False
+        self,
+        request_id: str,
+        *,
+        platform: str,
+        user: str,
+        approve: bool,
+        args_hash: str,
+        always: bool = False,
+        roles: Sequence[str] = (),
     ) -> Verdict:
         """A person's approval decision, from the adapter that showed the request."""
         if self.approvals is None:
             return Verdict(False, "approvals are not handled here")
         return await self.approvals.decide(
-            request_id, platform=platform, user=user, approve=approve, args_hash=args_hash, always=always
+            request_id, platform=platform, user=user, approve=approve, args_hash=args_hash, always=always, roles=roles
         )
 
     async def join(self) -> None:

@@ -73,7 +73,8 @@ def build(
         deployed.append(service)
         return f"deployed {service}"
 
-    broker = ApprovalBroker(ApprovalStore(store), ApprovalPolicy(approvers={"discord": ["7000"]}, expiry_s=5))
+    policy = ApprovalPolicy(approvers={"discord": ["7000"]}, approver_roles={"discord": ["9100"]}, expiry_s=5)
+    broker = ApprovalBroker(ApprovalStore(store), policy)
     runner = ToolRunner(ToolRegistry.of(*BUILTIN_TOOLS, deploy), gate=broker)
     engine = ScriptedEngine(responder=model)
     agent = Agent(memory, scripted_model(engine), runner, AgentOptions(max_iters=3))
@@ -241,3 +242,23 @@ async def test_commands_are_synced_only_when_they_change(
     await start_and_stop(command_guild=int(fake.guild_id))  # the development guild is a change
     assert [s.guild_id for s in fake.command_syncs] == [None, fake.guild_id]
     assert {c["name"] for c in fake.command_syncs[-1].commands} == {"ask", "facts", "forget", "tools", "help"}
+
+
+async def test_a_member_with_an_approver_role_can_approve(store: Store, memory: Memory, fake: FakeDiscord) -> None:
+    fake.member_roles["8000"] = ["9100"]  # an "ops" role listed in [approvals] roles
+    fake.member_roles["8001"] = ["9200"]  # some other role
+    deployed: list[str] = []
+    adapter, dispatcher = build(store, memory, fake, deployed)
+    async with dispatcher:
+        await adapter.start()
+        fake.message_create("<@2000> deploy cache", mentions_bot=True, author_id="6000")
+        prompt = (await fake.wait_for(lambda: [m for m in fake.messages(CHANNEL) if m.get("components")]))[0]
+        approve = prompt["components"][0]["components"][0]["custom_id"]
+        fake.interaction_create_component(approve, user_id="8001", message_id=prompt["id"])
+        await fake.wait_for_followups(1)
+        fake.interaction_create_component(approve, user_id="8000", message_id=prompt["id"])
+        await fake.wait_for(lambda: deployed, what="the deploy")
+        await dispatcher.join()
+        await adapter.close()
+    assert "not an approver" in fake.followups[0].json["content"]
+    assert deployed == ["cache"]

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from agent.approvals.models import ApprovalPolicy, ApprovalRequest, ApprovalState, Verdict, args_hash
@@ -144,13 +144,21 @@ class ApprovalBroker:
         return settled
 
     async def decide(
-        self, request_id: str, *, platform: str, user: str, approve: bool, args_hash: str, always: bool = False
+        self,
+        request_id: str,
+        *,
+        platform: str,
+        user: str,
+        approve: bool,
+        args_hash: str,
+        always: bool = False,
+        roles: Sequence[str] = (),
     ) -> Verdict:
         """A person's decision. Refused (and audited) unless the request exists, is pending and unexpired,
         carries the arguments that were shown, and the person may decide it; the first valid one wins."""
         actor = f"{platform}:{user}"
         request = await self.store.get(request_id)
-        why_not = await self._why_not(request, platform, user, args_hash, always)
+        why_not = await self._why_not(request, platform, user, roles, args_hash, always)
         if why_not is not None:
             await self.store.refuse(request_id, actor=actor, reason=why_not, request=request)
             return Verdict(False, why_not)
@@ -168,7 +176,13 @@ class ApprovalBroker:
         return Verdict(True, f"{state.value} by {actor}", state)
 
     async def _why_not(
-        self, request: ApprovalRequest | None, platform: str, user: str, shown_hash: str, always: bool
+        self,
+        request: ApprovalRequest | None,
+        platform: str,
+        user: str,
+        roles: Sequence[str],
+        shown_hash: str,
+        always: bool,
     ) -> str | None:
         if request is None:
             return "there is no such approval request"
@@ -183,8 +197,8 @@ class ApprovalBroker:
             shown_hash, request.args_hash[: len(shown_hash)]
         ):
             return "the arguments differ from the ones in the request"
-        why_not = self.policy.may_decide(request, platform, user)
-        if why_not is None and always and not self.policy.is_approver(platform, request.channel, user):
+        why_not = self.policy.may_decide(request, platform, user, roles)
+        if why_not is None and always and not self.policy.is_approver(platform, request.channel, user, roles):
             why_not = "only an approver can allow a tool always"
         return why_not
 

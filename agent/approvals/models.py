@@ -70,23 +70,28 @@ class ApprovalPolicy:
     """
 
     approvers: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    # Role ids whose members approve, per platform (Discord roles).
+    approver_roles: Mapping[str, Sequence[str]] = field(default_factory=dict)
     channel_approvers: Mapping[str, Sequence[str]] = field(default_factory=dict)
     allow_self_approval: bool = False
     expiry_s: float = 300.0
 
-    def is_approver(self, platform: str, channel: str, user: str) -> bool:
+    def is_approver(self, platform: str, channel: str, user: str, roles: Sequence[str] = ()) -> bool:
+        """A channel's list (user or role ids) decides there; elsewhere the platform's users and roles."""
         if platform == "console":
             return True
         listed = self.channel_approvers.get(channel)
-        if listed is None:
-            listed = self.approvers.get(platform, ())
-        return user in listed
+        if listed is not None:
+            return user in listed or any(role in listed for role in roles)
+        return user in self.approvers.get(platform, ()) or any(
+            role in self.approver_roles.get(platform, ()) for role in roles
+        )
 
-    def may_decide(self, request: ApprovalRequest, platform: str, user: str) -> str | None:
-        """None when `user` may decide the request, else the reason they may not."""
+    def may_decide(self, request: ApprovalRequest, platform: str, user: str, roles: Sequence[str] = ()) -> str | None:
+        """None when `user` (holding `roles`) may decide the request, else the reason they may not."""
         if platform != request.platform:
             return "decisions come from the platform the request was made on"
-        approver = self.is_approver(platform, request.channel, user)
+        approver = self.is_approver(platform, request.channel, user, roles)
         own = user == request.requester
         if request.level == "confirm":
             return None if own or approver else "only the person who asked, or an approver, can decide this"

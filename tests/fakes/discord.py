@@ -310,6 +310,8 @@ class FakeDiscord:
         heartbeat_interval_ms: int = 41_250,
         wait_s: float = 5.0,
     ) -> None:
+        # Role ids per member (user id): they appear in GUILD_CREATE and in members' `roles`.
+        self.member_roles: dict[str, list[str]] = {}
         self.token = token
         self.application_id = str(application_id)
         self.bot_user_id = str(bot_user_id)
@@ -659,7 +661,7 @@ class FakeDiscord:
 
     def member(self, user_id: str, *, with_user: bool = True, permissions: str | None = None) -> dict[str, Any]:
         member: dict[str, Any] = {
-            "roles": [],
+            "roles": list(self.member_roles.get(user_id, [])),
             "joined_at": "2024-01-01T00:00:00+00:00",
             "premium_since": None,
             "deaf": False,
@@ -749,7 +751,21 @@ class FakeDiscord:
                     "icon": None,
                     "unicode_emoji": None,
                     "flags": 0,
-                }
+                },
+                *(
+                    {
+                        "id": role_id,
+                        "name": f"role {role_id}",
+                        "permissions": "0",
+                        "position": 1,
+                        "color": 0,
+                        "hoist": False,
+                        "managed": False,
+                        "mentionable": False,
+                        "flags": 0,
+                    }
+                    for role_id in sorted({r for roles in self.member_roles.values() for r in roles})
+                ),
             ],
             "emojis": [],
             "stickers": [],
