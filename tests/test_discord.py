@@ -262,3 +262,12 @@ async def test_a_member_with_an_approver_role_can_approve(store: Store, memory: 
         await adapter.close()
     assert "not an approver" in fake.followups[0].json["content"]
     assert deployed == ["cache"]
+
+
+async def test_after_an_invalid_session_it_identifies_again_and_keeps_answering(world: World) -> None:
+    world.fake.send_invalid_session(resumable=False)
+    await world.fake.wait_for_identifies(2, timeout_s=20)  # discord.py waits 5 s before identifying again
+    await world.fake.wait_for(lambda: world.fake.ready_count >= 2, timeout_s=20, what="a second READY")
+    world.fake.message_create("<@2000> new session?", mentions_bot=True)
+    [reply] = await world.answered(1)
+    assert reply["content"] == "re: new session?"
