@@ -77,6 +77,7 @@ class World:
             IncomingMessage(platform="slack", channel=channel, user=user, text=text, event_id=event or text)
         )
         await self.dispatcher.join()
+        await self.platform.people_done()
         return self.platform.texts()[-1]
 
     async def audit(self) -> list[tuple[str, str, str]]:

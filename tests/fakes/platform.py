@@ -54,6 +54,11 @@ class RecordingPlatform:
     async def approval_settled(self, request: ApprovalRequest) -> None:
         self.settled.append(request)
 
+    async def people_done(self) -> None:
+        """Wait for the people still acting on requests (a decision can land after the answer it unblocked)."""
+        while self._people:
+            await asyncio.gather(*self._people, return_exceptions=True)
+
     async def deliver(self, message: IncomingMessage, reply: Reply, key: str) -> None:
         self.attempts[key] += 1
         if self.before_deliver is not None:
