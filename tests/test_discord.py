@@ -66,7 +66,7 @@ def fake() -> Iterator[FakeDiscord]:
 
 def build(
     store: Store, memory: Memory, fake: FakeDiscord, deployed: list[str], **options: Any
-) -> tuple[DiscordAdapter, Dispatcher]:
+) -> tuple[DiscordAdapter, Dispatcher, ScriptedEngine]:
     @tool(name="deploy", approval="approve")
     def deploy(service: str) -> str:
         """Deploy a service."""
@@ -84,17 +84,16 @@ def build(
     adapter = DiscordAdapter(config, memory=memory, registry=runner.registry)
     dispatcher = Dispatcher(Inbox(store), agent, [adapter], DispatchOptions(rate_limit=None), broker)
     adapter.connect(dispatcher.submit, dispatcher.decide)
-    adapter.engine = engine  # type: ignore[attr-defined]
-    return adapter, dispatcher
+    return adapter, dispatcher, engine
 
 
 @pytest.fixture
 async def world(store: Store, memory: Memory, fake: FakeDiscord) -> AsyncIterator[World]:
     deployed: list[str] = []
-    adapter, dispatcher = build(store, memory, fake, deployed)
+    adapter, dispatcher, engine = build(store, memory, fake, deployed)
     async with dispatcher:
         await adapter.start()
-        yield World(fake, adapter, dispatcher, adapter.engine, deployed)  # type: ignore[attr-defined]
+        yield World(fake, adapter, dispatcher, engine, deployed)
         await adapter.close()
 
 
@@ -190,7 +189,7 @@ async def test_a_button_pressed_after_a_restart_is_still_handled(
     store: Store, memory: Memory, fake: FakeDiscord
 ) -> None:
     deployed: list[str] = []
-    adapter, dispatcher = build(store, memory, fake, deployed)
+    adapter, dispatcher, _ = build(store, memory, fake, deployed)
     async with dispatcher:
         await adapter.start()
         fake.message_create("<@2000> deploy web", mentions_bot=True, author_id="6000")
@@ -198,7 +197,7 @@ async def test_a_button_pressed_after_a_restart_is_still_handled(
         await adapter.close()
     custom_id = prompt["components"][0]["components"][0]["custom_id"]
 
-    adapter, dispatcher = build(store, memory, fake, deployed)  # a new process on the same database
+    adapter, dispatcher, _ = build(store, memory, fake, deployed)  # a new process on the same database
     async with dispatcher:
         await adapter.start()
         fake.interaction_create_component(custom_id, user_id="7000", message_id=prompt["id"])
@@ -219,7 +218,7 @@ async def test_reconnect_resumes_and_messages_still_flow(world: World) -> None:
 
 async def test_a_refused_message_content_intent_is_one_clear_error(store: Store, memory: Memory) -> None:
     with FakeDiscord(channel_ids=(CHANNEL,), intents_allowed=False) as strict:
-        adapter, _ = build(store, memory, strict, [])
+        adapter, _, _ = build(store, memory, strict, [])
         with pytest.raises(DiscordUnavailable, match="message content intent"):
             await adapter.start()
         await adapter.close()
@@ -231,7 +230,7 @@ async def test_commands_are_synced_only_when_they_change(
     state = tmp_path / "discord-commands.sha256"
 
     async def start_and_stop(**options: Any) -> None:
-        adapter, dispatcher = build(store, memory, fake, [], command_state=state, **options)
+        adapter, dispatcher, _ = build(store, memory, fake, [], command_state=state, **options)
         async with dispatcher:
             await adapter.start()
             await adapter.close()
@@ -248,7 +247,7 @@ async def test_a_member_with_an_approver_role_can_approve(store: Store, memory: 
     fake.member_roles["8000"] = ["9100"]  # an "ops" role listed in [approvals] roles
     fake.member_roles["8001"] = ["9200"]  # some other role
     deployed: list[str] = []
-    adapter, dispatcher = build(store, memory, fake, deployed)
+    adapter, dispatcher, _ = build(store, memory, fake, deployed)
     async with dispatcher:
         await adapter.start()
         fake.message_create("<@2000> deploy cache", mentions_bot=True, author_id="6000")
