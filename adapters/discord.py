@@ -183,18 +183,27 @@ class DiscordAdapter:
         self._typing: dict[str, asyncio.Task[None]] = {}
         self._prompts: dict[str, tuple[int, int]] = {}  # approval request id -> (channel id, message id)
         self._runner: asyncio.Task[None] | None = None
+        self._logged_in = False
 
     def connect(self, submit: Submit, decide: Decide) -> None:
         self.submit, self.decide = submit, decide
 
-    async def start(self) -> None:
-        """Log in (a refused token or a refused privileged intent is one clear line) and connect the gateway."""
+    async def login(self) -> None:
+        """Log in over REST (a refused token is one clear line): enough to deliver replies, before any event
+        can arrive, so the dispatcher can re-deliver what an earlier process left before the gateway opens."""
+        if self._logged_in:
+            return
         try:
             await self.client.login(self.config.token)
         except discord.LoginFailure:
             raise DiscordUnavailable("Discord refused the bot token") from None
         except (discord.HTTPException, OSError) as exc:
             raise DiscordUnavailable(f"Discord cannot be reached at {self.config.api_url} ({exc})") from None
+        self._logged_in = True
+
+    async def start(self) -> None:
+        """Log in if needed and connect the gateway (a refused privileged intent is one clear line)."""
+        await self.login()
         self._runner = asyncio.create_task(self._connect())
         ready = asyncio.create_task(self.ready.wait())
         done, _ = await asyncio.wait({self._runner, ready}, return_when=asyncio.FIRST_COMPLETED)

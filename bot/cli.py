@@ -498,7 +498,7 @@ async def discord_sync(
     """Register the slash commands with Discord now (`parley run` syncs only when they changed)."""
     from dataclasses import replace
 
-    from adapters.discord import DiscordAdapter, DiscordUnavailable
+    from adapters.discord import DiscordAdapter
     from agent.memory import Memory
     from bot.app import open_store
     from bot.service import discord_config
@@ -513,10 +513,7 @@ async def discord_sync(
     async with open_store(settings) as store:
         adapter = DiscordAdapter(config, memory=Memory(store), registry=build_registry(settings))
         try:
-            await adapter.client.login(config.token)
-        except Exception as exc:
-            raise DiscordUnavailable(f"Discord refused the login ({type(exc).__name__})") from None
-        try:
+            await adapter.login()
             synced = await adapter.sync_commands()
         finally:
             await adapter.close()

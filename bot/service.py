@@ -77,6 +77,13 @@ async def serve_platforms(settings: Settings) -> None:
         )
         socket_mode = slack is not None and settings.slack.app_token is not None
         http_app = build_http_app(slack=None if socket_mode else slack, readiness=lambda: readiness(parley))
+        if discord_bot is not None:
+            # Replies left undelivered by an earlier process go out when the dispatcher starts: log in first.
+            try:
+                await discord_bot.login()
+            except BaseException:
+                await discord_bot.close()
+                raise
         async with dispatcher:
             runner = None
             try:

@@ -270,3 +270,31 @@ async def test_after_an_invalid_session_it_identifies_again_and_keeps_answering(
     world.fake.message_create("<@2000> new session?", mentions_bot=True)
     [reply] = await world.answered(1)
     assert reply["content"] == "re: new session?"
+
+
+async def test_a_reply_left_undelivered_goes_out_at_start_before_the_gateway_opens(
+    store: Store, memory: Memory, fake: FakeDiscord
+) -> None:
+    from agent.messages import IncomingMessage, Reply
+
+    inbox = Inbox(store)
+    message = IncomingMessage(
+        platform="discord",
+        workspace=fake.guild_id,
+        channel=CHANNEL,
+        user="6000",
+        text="q",
+        message_id="8100",
+        event_id="8100",
+        mentioned=True,
+    )
+    entry = await inbox.accept(message)
+    assert entry is not None
+    await inbox.answer(entry.id, Reply("the answer from before the crash"))
+    adapter, dispatcher, engine = build(store, memory, fake, [])
+    await adapter.login()  # what `parley run` does before starting the dispatcher
+    async with dispatcher:
+        await dispatcher.join()
+    await adapter.close()
+    assert [m["content"] for m in fake.messages(CHANNEL)] == ["the answer from before the crash"]
+    assert fake.identifies == 0 and engine.requests == []
