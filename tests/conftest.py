@@ -67,3 +67,13 @@ def step(tool: str, **args: object) -> dict[str, object]:
 def final(answer: str) -> dict[str, str]:
     """A scripted extract step."""
     return {"reasoning": "done", "answer": answer}
+
+
+class Clock:
+    """A monotonic clock a test moves by hand (`clock.now += 30`)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now

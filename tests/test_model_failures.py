@@ -22,6 +22,7 @@ from agent.messages import IncomingMessage, Reply
 from agent.resilience import CircuitBreaker, State
 from agent.runtime import Agent, AgentOptions, Resilience
 from agent.tools import ToolRunner
+from tests.conftest import Clock
 from tests.fakes.openai_server import FakeOpenAI, Fault
 
 TIMEOUT_S = 0.5
@@ -34,14 +35,6 @@ HELLO_REQUESTS = 2
 SUM_REQUESTS = 3
 # asyncio may wake a timer up to its clock resolution early; measured waits allow for that.
 EARLY_S = 0.02
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

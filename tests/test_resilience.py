@@ -14,15 +14,8 @@ from agent.messages import IncomingMessage
 from agent.resilience import CircuitBreaker, CircuitOpen, State
 from agent.runtime import Agent, AgentOptions, Resilience
 from agent.tools import ToolRunner
+from tests.conftest import Clock
 from tests.fakes.openai_server import FakeOpenAI
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Boom(Exception):

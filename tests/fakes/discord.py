@@ -86,6 +86,8 @@ from typing import Any, NamedTuple
 
 from aiohttp import WSMsgType, web
 
+from tests.fakes.background import BackgroundServer
+
 JSON = "application/json"
 DISCORD_EPOCH_MS = 1_420_070_400_000
 MAX_CONTENT = 2000
@@ -292,8 +294,10 @@ _Handler = Callable[[dict[str, str], Any, dict[str, str]], Any]
 # The fake
 
 
-class FakeDiscord:
+class FakeDiscord(BackgroundServer):
     """Discord's REST API and gateway on 127.0.0.1, in its own thread and event loop."""
+
+    thread_name = "fake-discord"
 
     def __init__(
         self,
@@ -310,6 +314,7 @@ class FakeDiscord:
         heartbeat_interval_ms: int = 41_250,
         wait_s: float = 5.0,
     ) -> None:
+        super().__init__()
         # Role ids per member (user id): they appear in GUILD_CREATE and in members' `roles`.
         self.member_roles: dict[str, list[str]] = {}
         self.token = token
@@ -363,16 +368,11 @@ class FakeDiscord:
         self._routes: list[tuple[str, re.Pattern[str], str, _Handler]] = []
         self._add_routes()
 
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="fake-discord", daemon=True)
-        self._runner: web.AppRunner | None = None
-        self.port = 0
-
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.base_url
 
     @property
     def api_url(self) -> str:
@@ -387,19 +387,6 @@ class FakeDiscord:
     @property
     def resume_gateway_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/resume"
-
-    def __enter__(self) -> FakeDiscord:
-        self._thread.start()
-        self._run(self._start())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self._run(self._stop())
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-            self._loop.close()
 
     @contextlib.contextmanager
     def patch_discord_py(self) -> Iterator[None]:
@@ -417,22 +404,15 @@ class FakeDiscord:
             discord.http.Route.BASE = old_base
             discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = old_gateway
 
-    def _run(self, coro: Any, timeout: float = 10) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
-
-    async def _start(self) -> None:
+    def _app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/gateway", self._gateway)
         app.router.add_get("/resume", self._gateway)
         app.router.add_route("*", r"/api/v{version:\d+}/{tail:.*}", self._rest)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
-        self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
+        return app
 
-    async def _stop(self) -> None:
+    async def _before_stop(self) -> None:
         with self._lock:
             conns = list(self._conns)
         closes = [asyncio.ensure_future(c.ws.close(code=1001, message=b"fake shutdown")) for c in conns]
@@ -440,9 +420,6 @@ class FakeDiscord:
             _, late = await asyncio.wait(closes, timeout=1.0)
             for task in late:
                 task.cancel()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     # -- configuration -----------------------------------------------------------------------------------------
 

@@ -29,13 +29,14 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from tests.fakes.background import BackgroundServer
 
 Brain = Callable[[str, str], dict[str, Any]]
 
@@ -125,10 +126,11 @@ def as_fault(failure: int | Fault) -> Fault:
     return failure if isinstance(failure, Fault) else Fault.error(failure)
 
 
-class FakeOpenAI:
+class FakeOpenAI(BackgroundServer):
     """Runs in its own thread and event loop; use as a context manager. `url` is the API base."""
 
     def __init__(self, brain: Brain = react_brain, *, latency_s: float = 0.0) -> None:
+        super().__init__()
         self.brain = brain
         self.requests: list[dict[str, Any]] = []
         self.served: list[Fault | None] = []
@@ -138,38 +140,15 @@ class FakeOpenAI:
         self.down: int | Fault | None = None
         # Every request waits this long before anything else happens: a slow provider.
         self.latency_s = latency_s
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{self.base_url}/v1"
 
-    def __enter__(self) -> FakeOpenAI:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-    async def _start(self) -> None:
+    def _app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
-        # Handlers of clients that hung up (a client timeout) are cancelled; shutdown does not wait for them.
-        self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
-
-    async def _stop(self) -> None:
-        if self._runner:
-            await self._runner.cleanup()
+        return app
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()

@@ -20,6 +20,7 @@ from aiohttp import web
 from agent.approvals import ApprovalRequest
 from agent.messages import IncomingMessage, Reply
 from agent.ports import DeliveryError
+from tests.fakes.background import BackgroundServer
 
 
 class RecordingPlatform:
@@ -75,7 +76,7 @@ class RecordingPlatform:
         return dict(out)
 
 
-class FakePlatformServer:
+class FakePlatformServer(BackgroundServer):
     """`POST /messages` with JSON {key, channel, in_reply_to, text}. Runs in its own thread; a context manager.
 
     `posts` holds every request; `shown` one message per key, as a user would see them.
@@ -83,41 +84,20 @@ class FakePlatformServer:
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self.posts: list[dict[str, Any]] = []
         self.shown: dict[str, dict[str, Any]] = {}
         self.fail_next: list[int] = []
         self._lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.base_url
 
-    def __enter__(self) -> FakePlatformServer:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-    async def _start(self) -> None:
+    def _app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/messages", self._post)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    async def _stop(self) -> None:
-        if self._runner:
-            await self._runner.cleanup()
+        return app
 
     async def _post(self, request: web.Request) -> web.Response:
         body = await request.json()

@@ -63,6 +63,8 @@ from urllib.parse import urlencode
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from tests.fakes.background import BackgroundServer
+
 VERIFICATION_TOKEN = "fake-verification-token"
 FIRST_TS = 1_700_000_000_000_000  # microseconds; ts values count up from "1700000000.000100"
 TS_STEP = 100
@@ -354,8 +356,10 @@ def _as_fault(fault: FaultLike, retry_after: int) -> Fault:
 _APP_TOKEN_METHODS = frozenset({"apps.connections.open"})
 
 
-class FakeSlack:
+class FakeSlack(BackgroundServer):
     """Slack's Web API, Socket Mode websocket and response URLs on 127.0.0.1, in its own thread and event loop."""
+
+    thread_name = "fake-slack"
 
     def __init__(
         self,
@@ -374,6 +378,7 @@ class FakeSlack:
         max_blocks: int = 50,
         socket_wait_s: float = 2.0,
     ) -> None:
+        super().__init__()
         self.bot_token = bot_token
         self.app_token = app_token
         self.team_id = team_id
@@ -409,16 +414,11 @@ class FakeSlack:
         self._sockets: list[tuple[int, web.WebSocketResponse]] = []
         self._closing: set[asyncio.Task[Any]] = set()
 
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="fake-slack", daemon=True)
-        self._runner: web.AppRunner | None = None
-        self.port = 0
-
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.base_url
 
     @property
     def api_url(self) -> str:
@@ -434,34 +434,14 @@ class FakeSlack:
         """A response URL whose POSTed bodies are kept in `responses[name]`."""
         return f"{self.url}/response/{name}"
 
-    def __enter__(self) -> FakeSlack:
-        self._thread.start()
-        self._run(self._start())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self._run(self._stop())
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-            self._loop.close()
-
-    def _run(self, coro: Any, timeout: float = 10) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
-
-    async def _start(self) -> None:
+    def _app(self) -> web.Application:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_get("/link/", self._socket)
         app.router.add_post("/response/{name}", self._response)
-        self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
+        return app
 
-    async def _stop(self) -> None:
+    async def _before_stop(self) -> None:
         with self._lock:
             sockets = [ws for _, ws in self._sockets]
             self._sockets.clear()
@@ -472,9 +452,6 @@ class FakeSlack:
             _, late = await asyncio.wait(pending, timeout=0.5)
             for task in late:
                 task.cancel()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     # -- seeding -----------------------------------------------------------------------------------------------
 
