@@ -27,10 +27,10 @@ import yarl
 from discord import app_commands
 
 from adapters.text import split_message
-from agent.approvals import ApprovalRequest, ApprovalState
+from agent.approvals import ApprovalRequest
 from agent.memory import Memory
 from agent.messages import IncomingMessage, Reply
-from agent.ports import Decide, DeliveryError, Submit
+from agent.ports import Decide, DeliveryError, PlatformUnavailable, Submit
 from agent.tools.registry import ToolRegistry
 
 log = logging.getLogger("parley.discord")
@@ -46,7 +46,7 @@ _api_base: contextvars.ContextVar[str] = contextvars.ContextVar("parley_discord_
 _gateway: contextvars.ContextVar[str] = contextvars.ContextVar("parley_discord_gateway", default=DEFAULT_GATEWAY)
 
 
-class DiscordUnavailable(Exception):
+class DiscordUnavailable(PlatformUnavailable):
     """Discord cannot be used with these settings: the message says why, in one line."""
 
 
@@ -403,13 +403,9 @@ class DiscordAdapter:
         shown = self._prompts.pop(request.id, None)
         if shown is None:
             return
-        outcome = {
-            ApprovalState.APPROVED: f"approved by {request.decided_by}",
-            ApprovalState.DENIED: f"denied by {request.decided_by}",
-        }.get(request.state, f"expired ({request.reason or 'no decision in time'})")
         channel = await self._channel(shown[0])
         message = channel.get_partial_message(shown[1])
-        await message.edit(content=f"`{request.tool}` asked by <@{request.requester}>: {outcome}.", view=None)
+        await message.edit(content=f"`{request.tool}` asked by <@{request.requester}>: {request.outcome}.", view=None)
 
     async def _channel(self, channel_id: int) -> Any:
         return self.client.get_channel(channel_id) or await self.client.fetch_channel(channel_id)

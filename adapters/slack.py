@@ -36,13 +36,19 @@ from adapters.text import split_message, to_mrkdwn
 from agent.approvals import ApprovalRequest, ApprovalState
 from agent.memory import Memory
 from agent.messages import IncomingMessage, Reply
-from agent.ports import Decide, DeliveryError, Submit
+from agent.ports import Decide, DeliveryError, PlatformUnavailable, Submit
 from agent.tools.registry import ToolRegistry
 
 log = logging.getLogger("parley.slack")
 
 DECISION_ACTIONS = {"parley_approve": (True, False), "parley_deny": (False, False), "parley_always": (True, True)}
 FORGET_ACTION = "parley_forget"
+OUTCOME_EMOJI = {
+    ApprovalState.APPROVED: ":white_check_mark:",
+    ApprovalState.DENIED: ":no_entry:",
+    ApprovalState.EXPIRED: ":hourglass:",
+    ApprovalState.PENDING: ":hourglass_flowing_sand:",
+}
 # How many of a thread's earlier messages by other people the agent is shown.
 THREAD_CONTEXT_MESSAGES = 10
 # Slack errors a retry cannot fix: the reply is given up (and logged) instead of retried.
@@ -64,7 +70,7 @@ HELP = (
 )
 
 
-class SlackUnavailable(Exception):
+class SlackUnavailable(PlatformUnavailable):
     """Slack cannot be used with these settings: the message says why, in one line."""
 
 
@@ -381,11 +387,7 @@ class SlackAdapter:
         shown = self._prompts.pop(request.id, None)
         if shown is None:
             return
-        outcome = {
-            ApprovalState.APPROVED: f":white_check_mark: Approved by {request.decided_by}",
-            ApprovalState.DENIED: f":no_entry: Denied by {request.decided_by}",
-        }.get(request.state, f":hourglass: Expired ({request.reason or 'no decision in time'})")
-        text = f"`{request.tool}` asked by <@{request.requester}>: {outcome}."
+        text = f"`{request.tool}` asked by <@{request.requester}>: {OUTCOME_EMOJI[request.state]} {request.outcome}."
         await self.client.chat_update(
             channel=shown[0],
             ts=shown[1],

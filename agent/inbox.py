@@ -160,12 +160,3 @@ class Inbox:
             "SELECT id, message, state, attempts, reply FROM inbox WHERE id = ?", (entry_id,)
         )
         return _entry(row) if row else None
-
-    async def counts(self) -> dict[str, int]:
-        """Messages by state, plus `undelivered`: answered but not yet taken by the platform."""
-        rows = await self.store.fetchall("SELECT state, count(*) AS n FROM inbox GROUP BY state")
-        counts = {state.value: 0 for state in State}
-        counts.update({row["state"]: row["n"] for row in rows})
-        row = await self.store.fetchone("SELECT count(*) FROM inbox WHERE state = 'answered' AND delivered_at IS NULL")
-        counts["undelivered"] = int(row[0]) if row else 0
-        return counts

@@ -33,6 +33,10 @@ class Decide(Protocol):
     ) -> Verdict: ...
 
 
+class PlatformUnavailable(Exception):
+    """A chat platform cannot be used with these settings (a refused token, a refused intent): one line, why."""
+
+
 class DeliveryError(Exception):
     """The platform did not take the reply. `transient` failures (a 5xx, a 429, a dropped connection) are
     retried with backoff, waiting at least `retry_after` seconds when the platform said so."""

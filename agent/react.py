@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from contextvars import ContextVar
 from typing import Any
 
 import dspy
@@ -28,8 +27,6 @@ from agent.tools.runner import ToolRunner
 log = logging.getLogger("parley.agent")
 
 FINISH = "finish"
-# The recorder of the run in progress, for the one place that calls the model.
-_recorder: ContextVar[StepRecorder | None] = ContextVar("parley_step_recorder", default=None)
 
 
 class EmptyCompletion(Exception):
@@ -85,14 +82,12 @@ class RobustReAct(dspy.ReAct):  # type: ignore[misc]
         parts = [f"[[ ## {k} ## ]]\n{_text(v)}" for k, v in trajectory.items()]
         return "\n\n".join(parts).strip()
 
-    async def _async_call_with_potential_trajectory_truncation(
-        self, module: dspy.Module, trajectory: dict[str, Any], **input_args: Any
+    async def _predict(
+        self, module: dspy.Module, trajectory: dict[str, Any], recorder: StepRecorder, input_args: dict[str, Any]
     ) -> dspy.Prediction:
-        recorder = _recorder.get()
+        """The one place the model is called: timed, and retried with older steps dropped on context overflow."""
         for _ in range(TRUNCATION_ATTEMPTS):
             try:
-                if recorder is None:
-                    return await module.acall(**input_args, trajectory=self._format_trajectory(trajectory))
                 with recorder.timing():
                     return await module.acall(**input_args, trajectory=self._format_trajectory(trajectory))
             except Exception as err:
@@ -106,12 +101,8 @@ class RobustReAct(dspy.ReAct):  # type: ignore[misc]
         max_iters = input_args.pop("max_iters", self.max_iters)
         part = input_args.pop("part", "")
         recorder = StepRecorder()
-        token = _recorder.set(recorder)
-        try:
-            with dspy.context(usage_tracker=recorder):
-                trajectory, steps, outputs = await self._run(max_iters, part, recorder, input_args)
-        finally:
-            _recorder.reset(token)
+        with dspy.context(usage_tracker=recorder):
+            trajectory, steps, outputs = await self._run(max_iters, part, recorder, input_args)
         used = recorder.take()
         answer = str(outputs.get("answer", next(iter(outputs.values()), "")))
         steps.append(
@@ -135,9 +126,7 @@ class RobustReAct(dspy.ReAct):  # type: ignore[misc]
         """The steps, then the extract call that draws the outputs from them."""
         trajectory, steps = await self._loop(max_iters, part, recorder, input_args)
         try:
-            extract = await self._async_call_with_potential_trajectory_truncation(
-                self.extract, trajectory, **input_args
-            )
+            extract = await self._predict(self.extract, trajectory, recorder, input_args)
             outputs = {name: extract[name] for name in self.signature.output_fields}
         except (AdapterParseError, ContextWindowExceededError) as err:
             raise_if_empty(err)
@@ -155,7 +144,7 @@ class RobustReAct(dspy.ReAct):  # type: ignore[misc]
         previous: tuple[str, str] | None = None
         for idx in range(max_iters):
             try:
-                pred = await self._async_call_with_potential_trajectory_truncation(self.react, trajectory, **input_args)
+                pred = await self._predict(self.react, trajectory, recorder, input_args)
             except ContextWindowExceededError:
                 log.warning("context window exceeded even after truncation; ending the trajectory")
                 break

@@ -90,9 +90,8 @@ def run_async(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
 
     @wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        from adapters.discord import DiscordUnavailable
-        from adapters.slack import SlackUnavailable
         from agent.engines.local import EngineUnavailable
+        from agent.ports import PlatformUnavailable
         from agent.store import StoreError
         from agent.tools.registry import ToolRegistryError
 
@@ -100,7 +99,7 @@ def run_async(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
             return asyncio.run(_until_terminated(fn(*args, **kwargs)))
         except Terminated:
             raise typer.Exit(143) from None
-        except (StoreError, EngineUnavailable, SlackUnavailable, DiscordUnavailable) as exc:
+        except (StoreError, EngineUnavailable, PlatformUnavailable) as exc:
             raise fail(str(exc)) from None
         except ToolRegistryError as exc:
             raise fail(str(exc), 2) from None

@@ -376,7 +376,7 @@ async def test_approval_buttons_only_count_for_approvers_and_only_once(world: Wo
     ]
     assert world.deployed == ["api"]
     [update] = world.fake.calls_to("chat.update")
-    assert "Approved by slack:UBOSS" in update.params["text"]
+    assert ":white_check_mark: approved by slack:UBOSS" in update.params["text"]
     assert world.fake.posted()[-1]["text"] == "tool said: deployed api"
 
 
@@ -387,7 +387,7 @@ async def test_a_click_after_expiry_is_refused_and_the_tool_never_runs(world: Wo
     ts = world.fake.calls_to("chat.postMessage")[0].response["ts"]
     await click(world, "UBOSS", "parley_approve", value, ts)
     assert world.deployed == []
-    assert "Expired" in world.fake.calls_to("chat.update")[0].params["text"]
+    assert ":hourglass: expired (no decision in time)" in world.fake.calls_to("chat.update")[0].params["text"]
     assert world.fake.calls_to("chat.postEphemeral")[0].params["text"] == (
         "You cannot do that: this request was already expired."
     )

@@ -19,10 +19,11 @@ from agent.approvals.models import ApprovalPolicy, ApprovalRequest, ApprovalStat
 from agent.approvals.store import ApprovalStore
 from agent.resilience import deadline_left, deadline_paused
 from agent.tools.registry import ToolSpec
-from agent.tools.runner import ToolCall, ToolRefused
+from agent.tools.runner import ToolCall, ToolRefused, cannot_ask, denied_by_policy
 
 log = logging.getLogger("parley.approvals")
 MIN_SHOWN_HASH = 32
+NO_DECISION = "no decision in time"
 
 
 class ApprovalPort(Protocol):
@@ -44,7 +45,7 @@ def _refusal(request: ApprovalRequest) -> str:
     elif request.reason == "restart":
         why = "the request was cancelled by a restart"
     else:
-        why = f"nobody approved it within the time allowed ({request.reason or 'expired'})"
+        why = f"nobody approved it within the time allowed ({request.reason or NO_DECISION})"
     return f"{request.tool} was not run because {why}; answer without it, or say what you would need"
 
 
@@ -65,9 +66,9 @@ class ApprovalBroker:
         channel = ctx.conversation.channel if ctx else ""
         if spec.approval == "deny":
             await self.store.note("policy_denied", "denied", tool=spec.name, channel=channel, actor="policy")
-            raise ToolRefused(f"{spec.name} is disabled by policy; answer without it")
+            raise denied_by_policy(spec)
         if ctx is None:
-            raise ToolRefused(f"{spec.name} needs a person's approval, which cannot be asked for here")
+            raise cannot_ask(spec)
         if await self.store.granted(spec.name, channel):
             await self.store.note("allowed_always", "approved", tool=spec.name, channel=channel, actor="grant")
             return
@@ -77,7 +78,7 @@ class ApprovalBroker:
         port = self.ports.get(ctx.platform)
         if port is None:
             await self.store.note("no_prompt", "denied", tool=spec.name, channel=channel, actor="parley")
-            raise ToolRefused(f"{spec.name} needs a person's approval, which cannot be asked for here")
+            raise cannot_ask(spec)
         now = self.clock()
         request = ApprovalRequest(
             id=secrets.token_urlsafe(16),
@@ -117,7 +118,7 @@ class ApprovalBroker:
                     async with asyncio.timeout(max(request.expires_at - self.clock(), 0.0)):
                         settled = await asyncio.shield(waiting)
                 except TimeoutError:
-                    settled = await self._expire(request, "expired")
+                    settled = await self._expire(request, NO_DECISION)
         except asyncio.CancelledError:
             await asyncio.shield(self._abandon(port, request))
             raise
@@ -189,7 +190,7 @@ class ApprovalBroker:
         if request.state is not ApprovalState.PENDING:
             return _already(request)
         if self.clock() >= request.expires_at:
-            await self._expire(request, "expired")
+            await self._expire(request, NO_DECISION)
             return "this request has expired"
         # The fingerprint shown with the request: all of it, or (where a button id is short, as on Discord)
         # at least its first 32 hex digits.

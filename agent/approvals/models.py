@@ -43,6 +43,15 @@ class ApprovalRequest:
     decided_by: str | None = None
     reason: str = ""
 
+    @property
+    def outcome(self) -> str:
+        """How the request ended, as its prompt shows it afterwards: "approved by slack:U1", "expired (restart)"."""
+        if self.state in (ApprovalState.APPROVED, ApprovalState.DENIED):
+            return f"{self.state.value} by {self.decided_by}"
+        if self.state is ApprovalState.EXPIRED:
+            return f"expired ({self.reason})" if self.reason else "expired"
+        return "waiting for a decision"
+
     def describe_call(self) -> str:
         """`tool(name=value, ...)` as shown to the person deciding."""
         shown = ", ".join(f"{k}={v!r}" for k, v in self.args.items())

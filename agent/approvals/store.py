@@ -135,7 +135,7 @@ class ApprovalStore:
             settled = _request(row) if row else None
             outcome = state.value if settled else "refused"
             detail = reason if settled else "already decided or expired"
-            _audit(db, _ACTIONS[state], outcome, request=request, actor=actor, detail=detail)
+            _audit(db, state.value, outcome, request=request, actor=actor, detail=detail)
             return settled
 
         return await self.store.write(write)
@@ -212,11 +212,3 @@ class ApprovalStore:
             (since,),
         )
         return [AuditEntry(*r) for r in rows]
-
-
-_ACTIONS = {
-    ApprovalState.APPROVED: "approved",
-    ApprovalState.DENIED: "denied",
-    ApprovalState.EXPIRED: "expired",
-    ApprovalState.PENDING: "pending",
-}

@@ -75,6 +75,15 @@ class ApprovalGate(Protocol):
     async def check(self, call: ToolCall, spec: ToolSpec) -> None: ...
 
 
+def denied_by_policy(spec: ToolSpec) -> ToolRefused:
+    return ToolRefused(f"{spec.name} is disabled by policy; answer without it")
+
+
+def cannot_ask(spec: ToolSpec) -> ToolRefused:
+    """Nobody can be asked here (no conversation, or a platform without prompts): refused, never run."""
+    return ToolRefused(f"{spec.name} needs a person's approval, which cannot be asked for here")
+
+
 class PolicyGate:
     """The gate until approvals can be asked for: `allow` runs, everything else is refused.
 
@@ -84,9 +93,9 @@ class PolicyGate:
 
     async def check(self, call: ToolCall, spec: ToolSpec) -> None:
         if spec.approval == "deny":
-            raise ToolRefused(f"{spec.name} is disabled by policy; answer without it")
+            raise denied_by_policy(spec)
         if spec.approval != "allow":
-            raise ToolRefused(f"{spec.name} needs a person's approval, which cannot be asked for here")
+            raise cannot_ask(spec)
 
 
 @dataclass
