@@ -109,6 +109,10 @@ class ConsoleAdapter:
         threading.Thread(target=read, name="console-stdin", daemon=True).start()
         return lines
 
+    async def post(self, channel: str, text: str) -> None:
+        """A scheduled post (a report, the metrics summary) printed in the terminal, named by its channel."""
+        self._write(f"\n[#{channel.removeprefix('console:')}] {text}\n")
+
     async def deliver(self, message: IncomingMessage, reply: Reply, key: str) -> None:
         self._write(f"parley> {reply.text}\n" if self.interactive else f"{reply.text}\n")
         waiting = self._waiting.pop(message.event_id, None)

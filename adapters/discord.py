@@ -215,6 +215,10 @@ class DiscordAdapter:
             if synced:
                 log.warning("synced Discord slash commands: %s", ", ".join(synced))
 
+    async def is_connected(self) -> bool:
+        """The gateway session is up (discord.py reconnects by itself; meanwhile this is False)."""
+        return self.client.is_ready() and not self.client.is_closed() and self.client.ws is not None
+
     async def _connect(self) -> None:
         try:
             await self.client.connect(reconnect=True)

@@ -154,6 +154,15 @@ class SlackAdapter:
         if self.config.app_token:
             await self.start_socket_mode()
 
+    async def is_connected(self) -> bool:
+        """The token was accepted and, in Socket Mode, the websocket is up (it reconnects by itself)."""
+        if not self._bot_user:
+            return False
+        if self._socket is None:
+            return not self.config.app_token
+        connected: bool = await self._socket.client.is_connected()
+        return connected
+
     async def start_socket_mode(self) -> None:
         if not self.config.app_token:
             raise ValueError("Socket Mode needs an app token (xapp-...)")

@@ -359,9 +359,9 @@ class Memory:
             )
         return [Fact(*r[1:]) for r in rows]
 
-    async def prune_old_facts(self, max_age_days: float) -> int:
+    async def prune_old_facts(self, max_age_days: float, *, now: float | None = None) -> int:
         """Delete facts untouched for `max_age_days`, except those accessed more than 10 times."""
-        cutoff = time.time() - max_age_days * 86400
+        cutoff = (time.time() if now is None else now) - max_age_days * 86400
         cursor = await self.store.write(
             lambda db: db.execute(
                 "DELETE FROM facts WHERE last_access < ? AND access_count <= ?", (cutoff, KEEP_ACCESSED_MORE_THAN)
@@ -470,10 +470,11 @@ class Memory:
         return int(row[0]) if row else 0
 
     async def chains_since(
-        self, started_at: float, *, channel: str | None = None, batch: int = 500
+        self, started_at: float, *, channel: str | None = None, batch: int = 500, after_id: int = 0
     ) -> AsyncIterator[dict[str, Any]]:
-        """Every chain started at or after `started_at` (of one channel, or all), oldest first, with its steps."""
-        last_id = 0
+        """Every chain started at or after `started_at` (of one channel, or all) with an id above `after_id`,
+        oldest first, with its steps."""
+        last_id = after_id
         while True:
             rows = await self.store.fetchall(
                 "SELECT id, channel, thread, user_id, question, answer, status, model, error_id, started_at, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 
 
@@ -88,3 +89,8 @@ class Reply:
             "error_id": self.error_id,
             "trajectory": [asdict(s) for s in self.steps],
         }
+
+
+def new_error_id() -> str:
+    """A short id for a failure: the user's reply, the log line and the Sentry event all carry it."""
+    return uuid.uuid4().hex[:12]

@@ -209,6 +209,38 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (tool, channel)
     );
     """,
+    # 8: scheduled jobs. A run slot is unique per job, so a slot runs once even across a restart; `job_state`
+    # holds a job's own marks (the chain export's high-water mark). The approval audit stays append-only,
+    # except that the prune job may delete rows older than the cutoff it writes to `audit_retention` in the
+    # same transaction.
+    """
+    CREATE TABLE job_runs (
+        id INTEGER PRIMARY KEY,
+        job TEXT NOT NULL,
+        slot TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'running' CHECK (state IN ('running', 'ok', 'failed', 'interrupted')),
+        started_at REAL NOT NULL,
+        finished_at REAL,
+        detail TEXT NOT NULL DEFAULT '',
+        error_id TEXT,
+        UNIQUE (job, slot)
+    );
+    CREATE INDEX job_runs_by_job ON job_runs (job, id);
+    CREATE TABLE job_state (
+        job TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (job, key)
+    );
+    CREATE TABLE audit_retention (before REAL NOT NULL);
+    DROP TRIGGER approval_audit_no_delete;
+    CREATE TRIGGER approval_audit_no_delete BEFORE DELETE ON approval_audit
+    WHEN old.at >= COALESCE((SELECT MAX(before) FROM audit_retention), 0)
+    BEGIN SELECT RAISE(ABORT, 'approval_audit is append-only'); END;
+    CREATE INDEX inbox_finished ON inbox (updated_at) WHERE delivered_at IS NOT NULL OR state = 'failed';
+    CREATE INDEX turns_by_time ON turns (created_at);
+    CREATE INDEX tool_executions_by_time ON tool_executions (started_at);
+    """,
 )
 
 LATEST_VERSION = len(MIGRATIONS)

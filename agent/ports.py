@@ -48,6 +48,13 @@ class DeliveryError(Exception):
 
 
 @runtime_checkable
+class ReportsConnection(Protocol):
+    """A platform with a live connection to watch (a websocket, a login): readiness reports it."""
+
+    async def is_connected(self) -> bool: ...
+
+
+@runtime_checkable
 class ProvidesContext(Protocol):
     """A platform that can tell the agent what was said around a message that Parley did not see (the earlier
     messages of a thread, by other people). Optional: the dispatcher asks only platforms that have it."""

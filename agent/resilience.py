@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple
 
 log = logging.getLogger("parley.breaker")
 
@@ -86,6 +87,14 @@ class CircuitOpen(Exception):
         self.retry_in_s = retry_in_s
 
 
+class Transition(NamedTuple):
+    """A state change and the wall-clock time it happened (the metrics summary reports changes in a window)."""
+
+    old: State
+    new: State
+    at: float
+
+
 @dataclass
 class BreakerMetrics:
     calls: int = 0
@@ -93,7 +102,7 @@ class BreakerMetrics:
     failures: int = 0
     rejections: int = 0
     # The most recent state changes, oldest first, and how often each state was entered since start.
-    transitions: deque[tuple[State, State]] = field(default_factory=lambda: deque(maxlen=64))
+    transitions: deque[Transition] = field(default_factory=lambda: deque(maxlen=256))
     entered: Counter[State] = field(default_factory=Counter)
 
 
@@ -137,7 +146,7 @@ class CircuitBreaker:
         old, self._state = self._state, new
         if old is new:
             return
-        self.metrics.transitions.append((old, new))
+        self.metrics.transitions.append(Transition(old, new, time.time()))
         self.metrics.entered[new] += 1
         if new is State.OPEN:
             self._opened_at = self.clock()

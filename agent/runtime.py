@@ -8,17 +8,18 @@ import re
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import dspy
+from structlog.contextvars import bound_contextvars
 
 from agent.adapter import CachedJSONAdapter
 from agent.chains import ModelUsage
 from agent.constraints import constrain, constrain_output
 from agent.engines import ModelHandle
 from agent.memory import ChainRecord, Memory
-from agent.messages import IncomingMessage, Reply, Step
+from agent.messages import IncomingMessage, Reply, Step, new_error_id
 from agent.modes import DecomposeMode, Mode, Outcome, ReactMode, VoteMode
 from agent.react import RobustReAct
 from agent.resilience import CircuitBreaker, CircuitOpen, answer_deadline
@@ -26,6 +27,9 @@ from agent.tools.context import ToolContext, tool_context
 from agent.tools.runner import ToolRunner
 
 log = logging.getLogger("parley.agent")
+
+# Told about each recorded exchange and its reasoning chain.
+ChainObserver = Callable[[IncomingMessage, ChainRecord], None]
 
 # "remember that the standup is at 9:30", "remember: deploys freeze on Fridays"
 REMEMBER = re.compile(r"^\s*(?:please\s+)?remember(?:\s+that)?\s*[:,]?\s+(?P<fact>.+?)\s*[.!]?\s*$", re.I | re.S)
@@ -104,8 +108,11 @@ class Agent:
         runner: ToolRunner,
         options: AgentOptions = AgentOptions(),
         resilience: Resilience | None = None,
+        observers: Sequence[ChainObserver] = (),
     ) -> None:
         self.memory = memory
+        # Told about every recorded chain (metrics count model calls and tokens from it).
+        self.observers = list(observers)
         self.model = model
         self.runner = runner
         self.options = options
@@ -183,8 +190,9 @@ class Agent:
                 message, chain, Reply(reply_text, error_id=failed.error_id, status="fallback"), commit
             )
         except Exception as exc:
-            error_id = uuid.uuid4().hex[:12]
-            log.exception("answering failed (error id %s): %s", error_id, type(exc).__name__)
+            error_id = new_error_id()
+            with bound_contextvars(error_id=error_id):
+                log.exception("answering failed (error id %s): %s", error_id, type(exc).__name__)
             reply_text = (
                 "Sorry, something went wrong on my side and I couldn't answer that "
                 f"(error id {error_id}). Please try again."
@@ -231,6 +239,11 @@ class Agent:
                 commit(db, replace(reply, chain_id=chain_id))
 
         chain_id = await self.memory.record_exchange(message.conversation, chain, reply_text=reply.text, also=also)
+        for observe in self.observers:
+            try:
+                observe(message, chain)
+            except Exception:
+                log.exception("a chain observer failed")
         return replace(reply, chain_id=chain_id)
 
     async def _remember(self, message: IncomingMessage, statement: str) -> Outcome:
@@ -248,7 +261,7 @@ class Agent:
         context = await self.memory.context_text(conv, text, turns=self.options.context_turns, k=self.options.facts_k)
         if message.context:
             context = f"{message.context}\n\n{context}"
-        error_id = uuid.uuid4().hex[:12]
+        error_id = new_error_id()
         with tool_context(ToolContext(self.memory, conv, message.user, run_id, message.platform)):
             for handle, breaker in self.paths:
                 try:
@@ -259,5 +272,6 @@ class Agent:
                     log.info("skipping %s: %s", handle.name, exc)
                 except Exception as exc:
                     log.warning("model %s failed (error id %s): %s: %s", handle.name, error_id, type(exc).__name__, exc)
-        log.error("no model could answer (error id %s); sending the fallback reply", error_id)
+        with bound_contextvars(error_id=error_id):
+            log.error("no model could answer (error id %s); sending the fallback reply", error_id)
         raise NoModelAnswered(error_id)

@@ -15,7 +15,7 @@ from agent.store import Store
 from agent.tools.runner import ToolRunner
 from bot.config import Settings
 from bot.dispatcher import DispatchOptions
-from bot.metrics import breaker_collector
+from bot.metrics import breaker_collector, observe_approval, observe_chain
 from bot.tools import build_runner
 
 
@@ -130,13 +130,20 @@ async def build_app(settings: Settings, model: ModelHandle | None = None) -> Asy
     """Open everything the agent needs; closes the database however the block ends."""
     async with open_store(settings) as store:
         memory = Memory(store, max_turns=settings.memory.max_turns)
-        approvals = ApprovalBroker(ApprovalStore(store), approval_policy(settings))
+        approvals = ApprovalBroker(ApprovalStore(store), approval_policy(settings), observe=observe_approval)
         runner = build_runner(settings, store, gate=approvals)
         try:
             handle = model or build_model(model_config(settings))
             fb_config = fallback_config(settings)
             fallback = build_model(fb_config) if fb_config else None
-            agent = Agent(memory, handle, runner, agent_options(settings), resilience(settings, fallback))
+            agent = Agent(
+                memory,
+                handle,
+                runner,
+                agent_options(settings),
+                resilience(settings, fallback),
+                observers=[observe_chain],
+            )
             yield App(settings, store, memory, agent, runner, approvals)
         finally:
             runner.close()

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
-from pydantic import BaseModel, SecretStr
 
-from bot.config import Settings, SettingsError, load_settings, masked
+from bot.config import Settings, SettingsError, load_settings, masked, secret_values
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -35,6 +34,8 @@ app.add_typer(memory_app, name="memory")
 app.add_typer(chains_app, name="chains")
 discord_app = typer.Typer(help="Discord: register the slash commands.", no_args_is_help=True)
 app.add_typer(discord_app, name="discord")
+jobs_app = typer.Typer(help="Scheduled jobs: when they run, how they went; run one now.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
 approvals_app = typer.Typer(help="Tool approvals: grants, pending requests, the audit.", no_args_is_help=True)
 app.add_typer(approvals_app, name="approvals")
 
@@ -54,7 +55,7 @@ def settings_or_exit() -> Settings:
         raise fail(str(exc), 2) from None
     from bot.logs import configure_logging
 
-    configure_logging(settings.log.level)
+    configure_logging(settings.log.level, format=settings.log.format, secrets=secret_values(settings))
     return settings
 
 
@@ -109,16 +110,26 @@ def run_async(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
     return wrapper
 
 
-async def _console(settings: Settings, channel: str) -> None:
+async def _console(settings: Settings, channel: str, *, scheduled: bool = False) -> None:
+    """Chat in the terminal; `scheduled` also runs the jobs (`parley run`), their posts printed here."""
+    from contextlib import AsyncExitStack
+
     from adapters.console import ConsoleAdapter
     from agent.inbox import Inbox
     from bot.app import build_app, dispatch_options
     from bot.dispatcher import Dispatcher
+    from bot.jobs import scheduled_jobs
+    from bot.observe import error_reports
 
-    async with build_app(settings) as parley:
+    async with error_reports(settings.sentry, secret_values(settings)), build_app(settings) as parley:
         console = ConsoleAdapter(channel=channel, auto_approve=settings.approvals.console_auto_approve)
         options = dispatch_options(settings, rate_limited=False)
-        async with Dispatcher(Inbox(parley.store), parley.agent, [console], options, parley.approvals) as dispatcher:
+        async with (
+            AsyncExitStack() as stack,
+            Dispatcher(Inbox(parley.store), parley.agent, [console], options, parley.approvals) as dispatcher,
+        ):
+            if scheduled:
+                await stack.enter_async_context(scheduled_jobs(parley, {console.name: console}))
             await console.run(dispatcher.submit, dispatcher.decide)
 
 
@@ -132,7 +143,7 @@ async def run() -> None:
 
         await serve_platforms(settings)
         return
-    await _console(settings, "general")
+    await _console(settings, "general", scheduled=True)
 
 
 @app.command()
@@ -396,23 +407,6 @@ async def chains_stats(
     typer.echo(f"tool usage    {tools_used}")
 
 
-def secret_values(settings: Settings) -> list[str]:
-    """Every secret in the settings, so an export can mask it wherever it appears."""
-    found = []
-
-    def walk(value: object) -> None:
-        if isinstance(value, SecretStr):
-            found.append(value.get_secret_value())
-        elif isinstance(value, BaseModel):
-            for name in type(value).model_fields:
-                walk(getattr(value, name))
-            for extra in (value.model_extra or {}).values():
-                walk(extra)
-
-    walk(settings)
-    return found
-
-
 def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
 
@@ -517,6 +511,71 @@ async def discord_sync(
         finally:
             await adapter.close()
     typer.echo(f"Synced {', '.join(synced)}" + (f" to guild {guild}" if guild else " globally"))
+
+
+@jobs_app.command("list")
+@run_async
+async def jobs_list(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
+    """Every scheduled job: its cron line, next run, and its last run's outcome."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from bot.app import open_store
+    from bot.jobs import job_table
+    from bot.scheduler import last_runs, next_fire
+
+    settings = settings_or_exit()
+    zone = settings.scheduler.timezone
+    async with open_store(settings) as store:
+        last = await last_runs(store)
+    now = datetime.now(ZoneInfo(zone))
+    rows = []
+    for name, cron, description in job_table(settings):
+        fire = next_fire(cron, zone, now)
+        run = last.get(name)
+        rows.append(
+            {
+                "name": name,
+                "cron": cron,
+                "description": description,
+                "next_run": fire.isoformat() if fire else None,
+                "last_run": _when(run.started_at) if run else None,
+                "outcome": run.state if run else None,
+                "detail": (run.detail + (f" (error id {run.error_id})" if run.error_id else "")) if run else "",
+            }
+        )
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not settings.scheduler.enabled:
+        typer.echo("The scheduler is off here (PARLEY_SCHEDULER__ENABLED=false); another process runs the jobs.")
+    for row in rows:
+        last_text = f"last {row['last_run']} {row['outcome']}: {row['detail']}" if row["last_run"] else "never run"
+        typer.echo(f"{row['name']:<18} {row['cron']:<18} next {row['next_run']}  {last_text}")
+        typer.echo(f"    {row['description']}")
+
+
+@jobs_app.command("run")
+@run_async
+async def jobs_run(name: Annotated[str, typer.Argument(help="The job to run (see `parley jobs list`).")]) -> None:
+    """Run one job now, once (as its own slot: the scheduled runs are not affected)."""
+    from bot.app import build_app
+    from bot.jobs import build_jobs, job_deps, job_table
+    from bot.metrics import observe_job
+    from bot.scheduler import Scheduler
+    from bot.service import posting_platforms
+
+    settings = settings_or_exit()
+    names = [row[0] for row in job_table(settings)]
+    if name not in names:
+        raise fail(f"no job {name!r}; jobs: {', '.join(names)}", 2)
+    async with build_app(settings) as parley, posting_platforms(parley) as posters:
+        jobs = build_jobs(settings, job_deps(parley, posters))
+        scheduler = Scheduler(parley.store, jobs, timezone=settings.scheduler.timezone, observe=observe_job)
+        outcome = await scheduler.run(name)
+    if outcome.state != "ok":
+        raise fail(f"job {name} failed (error id {outcome.error_id}): {outcome.detail}")
+    typer.echo(f"{name}: {outcome.detail}")
 
 
 def main() -> None:

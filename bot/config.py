@@ -9,10 +9,21 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import limits
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from apscheduler.triggers.cron import CronTrigger
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -33,6 +44,10 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "DISCORD_BOT_TOKEN": ("discord", "token"),
     "SENTRY_DSN": ("sentry", "dsn"),
 }
+
+
+# The scheduler's own jobs; `[[schedules]]` entries may not take these names.
+BUILTIN_JOBS = ("prune", "export_chains", "metrics_summary")
 
 
 class Section(BaseModel):
@@ -236,11 +251,85 @@ class DiscordSettings(Section):
 
 
 class SentrySettings(Section):
-    dsn: SecretStr | None = None
+    dsn: SecretStr | None = Field(None, description="send errors to this Sentry project; unset sends nothing")
+    environment: str | None = Field(None, description="the Sentry environment of events (production, staging)")
+    traces_sample_rate: float = Field(0.0, ge=0, le=1, description="share of messages traced as performance")
 
 
 class LogSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    format: Literal["auto", "json", "console"] = Field(
+        "auto", description="json off a terminal and readable on one (auto), or always one of them"
+    )
+
+
+def cron(value: str) -> str:
+    """A five-field crontab line (minute hour day month day-of-week; day names such as mon-fri)."""
+    try:
+        CronTrigger.from_crontab(value)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a cron line such as '0 9 * * mon-fri': {exc}") from None
+    return value.strip()
+
+
+Cron = Annotated[str, AfterValidator(cron)]
+# Where a post goes: a channel's memory key, `slack:T123/C456`, `discord:GUILD/CHANNEL` or `console:NAME`.
+Target = Annotated[str, Field(pattern=r"^(slack|discord|console):\S+$")]
+
+
+class SchedulerSettings(Section):
+    """The job scheduler: one per deployment, so a second replica must set `enabled = false`."""
+
+    enabled: bool = Field(True, description="run scheduled jobs in this process")
+    timezone: str = Field("UTC", description="the time zone of every cron line, e.g. Europe/Paris")
+    misfire_grace_s: int = Field(300, ge=1, description="a run this late still runs; later ones are skipped")
+    prune_cron: Cron = Field("30 3 * * *", description="when old rows are pruned (see [retention])")
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not a time zone such as UTC or Europe/Paris") from None
+        return value
+
+
+class RetentionSettings(Section):
+    """How long rows are kept before the prune job deletes them (facts follow `memory.fact_max_age_days`)."""
+
+    turns_days: int = Field(90, ge=1, description="conversation turns")
+    chains_days: int = Field(30, ge=1, description="reasoning chains with their steps, and tool executions")
+    audit_days: int = Field(365, ge=1, description="the approval audit and decided approval requests")
+    inbox_days: int = Field(7, ge=1, description="finished inbox rows (answered and delivered, or failed)")
+    job_runs_days: int = Field(90, ge=1, description="the record of scheduled job runs")
+
+
+class ExportSettings(Section):
+    """The chain export job: new reasoning chains, redacted, to JSON Lines files."""
+
+    enabled: bool = Field(True, description="run the export job")
+    dir: Path = Field(Path("data/exports"), description="where the chains-*.jsonl files are written")
+    cron: Cron = Field("15 * * * *", description="when new chains are exported")
+    max_file_bytes: int = Field(10_000_000, ge=1000, description="a file this big is closed and a new one begun")
+    keep_files: int = Field(30, ge=1, description="older export files are deleted")
+
+
+class SummarySettings(Section):
+    """The metrics summary post: what happened since the previous summary."""
+
+    channels: list[Target] = Field(default_factory=list, description="where to post it; none turns the job off")
+    cron: Cron = Field("0 9 * * mon", description="when it is posted")
+
+
+class ScheduleSettings(Section):
+    """A `[[schedules]]` entry: the agent answers `prompt` with the channel's memory, the answer is posted."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="the job name (parley jobs run NAME)")
+    cron: Cron = Field(description="when, e.g. '0 9 * * mon-fri'")
+    platform: Literal["slack", "discord", "console"]
+    channel: str = Field(min_length=1, description="workspace/channel (slack T123/C456, discord GUILD/CHANNEL)")
+    prompt: str = Field(min_length=1)
 
 
 class Settings(BaseSettings):
@@ -267,6 +356,20 @@ class Settings(BaseSettings):
     discord: DiscordSettings = DiscordSettings()
     sentry: SentrySettings = SentrySettings()
     log: LogSettings = LogSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
+    retention: RetentionSettings = RetentionSettings()
+    export: ExportSettings = ExportSettings()
+    summary: SummarySettings = SummarySettings()
+    schedules: list[ScheduleSettings] = Field(default_factory=list)
+
+    @field_validator("schedules")
+    @classmethod
+    def _unique_names(cls, value: list[ScheduleSettings]) -> list[ScheduleSettings]:
+        names = [s.name for s in value]
+        taken = {n for n in names if names.count(n) > 1} | (set(names) & set(BUILTIN_JOBS))
+        if taken:
+            raise ValueError(f"schedule names must be unique and not a built-in job: {', '.join(sorted(taken))}")
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -317,6 +420,23 @@ def config_file() -> Path | None:
         return Path(explicit)
     default = Path(DEFAULT_CONFIG_FILE)
     return default if default.is_file() else None
+
+
+def secret_values(settings: Settings) -> list[str]:
+    """Every secret in the settings, so logs, error reports and exports can mask it wherever it appears."""
+    found = []
+
+    def walk(value: object) -> None:
+        if isinstance(value, SecretStr):
+            found.append(value.get_secret_value())
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name))
+            for extra in (value.model_extra or {}).values():
+                walk(extra)
+
+    walk(settings)
+    return found
 
 
 class SettingsError(Exception):

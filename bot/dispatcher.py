@@ -13,7 +13,6 @@ import logging
 import math
 import sqlite3
 import time
-import uuid
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -24,13 +23,16 @@ import limits
 import stamina
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
+from structlog.contextvars import bound_contextvars
 
 from agent.approvals import ApprovalBroker, Verdict
 from agent.inbox import Inbox, InboxEntry, answer_in, conversation_key
-from agent.messages import IncomingMessage, Reply
+from agent.messages import IncomingMessage, Reply, new_error_id
 from agent.ports import ChatPlatform, DeliveryError, ProvidesContext
 from agent.runtime import Commit
 from agent.store import StoreError
+from bot.metrics import INBOX_DEPTH, observe_delivery
+from bot.observe import run_context
 
 log = logging.getLogger("parley.dispatcher")
 
@@ -61,10 +63,6 @@ class DispatchOptions:
     max_attempts: int = 3
     delivery_attempts: int = 5
     delivery_timeout_s: float = 60.0
-
-
-def new_error_id() -> str:
-    return uuid.uuid4().hex[:12]
 
 
 def _retry_delivery(exc: Exception) -> bool | float:
@@ -210,11 +208,14 @@ class Dispatcher:
                 worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
+        # What is still queued stays in the inbox for the next start, not in this process.
+        INBOX_DEPTH.dec(self._pending)
 
     def _enqueue(self, entry: InboxEntry) -> None:
         key = conversation_key(entry.message)
         queue = self._queues.get(key)
         self._pending += 1
+        INBOX_DEPTH.inc()
         self._idle.clear()
         if queue is None:
             self._queues[key] = deque([entry])
@@ -240,12 +241,19 @@ class Dispatcher:
                 else:
                     del self._queues[key]
                 self._pending -= 1
+                INBOX_DEPTH.dec()
                 if self._pending == 0:
                     self._idle.set()
 
     async def _handle_or_apologise(self, entry: InboxEntry) -> None:
         """Handle the message, retrying while the database fails; if it keeps failing, tell the user and move
-        on (the row stays in the inbox, so the next start answers it), so the conversation is not stuck."""
+        on (the row stays in the inbox, so the next start answers it), so the conversation is not stuck.
+
+        Every log line and error report of the message carries its platform and conversation."""
+        with run_context(platform=entry.message.platform, conversation=conversation_key(entry.message)):
+            await self._handle_with_retries(entry)
+
+    async def _handle_with_retries(self, entry: InboxEntry) -> None:
         try:
             async for attempt in stamina.retry_context(
                 on=(sqlite3.Error, StoreError), attempts=3, timeout=30.0, wait_initial=0.5, wait_max=5.0
@@ -254,7 +262,9 @@ class Dispatcher:
                     await self._handle(entry)
         except Exception as exc:
             error_id = new_error_id()
-            log.error("message %d could not be handled (error id %s): %s", entry.id, error_id, exc)
+            with bound_contextvars(error_id=error_id):
+                log.error("message %d could not be handled (error id %s): %s", entry.id, error_id, exc)
+            observe_delivery(entry.message, "error")
             apology = Reply(APOLOGY.format(error_id=error_id), status="error", error_id=error_id)
             try:
                 await self.platforms[entry.message.platform].deliver(
@@ -270,16 +280,19 @@ class Dispatcher:
             await self._deliver(platform, entry, reply)
         except Exception as exc:
             error_id = new_error_id()
-            log.error(
-                "could not deliver the reply to %s message %d (error id %s): %s",
-                platform.name,
-                entry.id,
-                error_id,
-                exc if isinstance(exc, DeliveryError) else type(exc).__name__,
-            )
+            with bound_contextvars(error_id=error_id):
+                log.error(
+                    "could not deliver the reply to %s message %d (error id %s): %s",
+                    platform.name,
+                    entry.id,
+                    error_id,
+                    exc if isinstance(exc, DeliveryError) else type(exc).__name__,
+                )
             await self.inbox.fail(entry.id, error_id, f"delivery failed: {type(exc).__name__}")
+            observe_delivery(entry.message, "undelivered")
             return
         await self.inbox.delivered(entry.id)
+        observe_delivery(entry.message, reply.status)
 
     async def _answer(self, entry: InboxEntry) -> Reply:
         """The reply to a message, stored in the inbox (with the exchange, when the agent answered)."""
@@ -301,7 +314,8 @@ class Dispatcher:
             return await self.responder.respond(message, commit=lambda db, reply: answer_in(db, entry.id, reply))
         except Exception as exc:
             error_id = new_error_id()
-            log.exception("answering message %d failed (error id %s): %s", entry.id, error_id, type(exc).__name__)
+            with bound_contextvars(error_id=error_id):
+                log.exception("answering message %d failed (error id %s): %s", entry.id, error_id, type(exc).__name__)
             reply = Reply(APOLOGY.format(error_id=error_id), status="error", error_id=error_id)
             await self.inbox.answer(entry.id, reply, error=type(exc).__name__)
             return reply
@@ -321,9 +335,13 @@ class Dispatcher:
     async def _give_up(self, entry: InboxEntry) -> InboxEntry:
         """A message that was being answered each time the process died: stop trying, apologise once."""
         error_id = new_error_id()
-        log.error(
-            "giving up on message %d after %d interrupted attempts (error id %s)", entry.id, entry.attempts, error_id
-        )
+        with bound_contextvars(error_id=error_id):
+            log.error(
+                "giving up on message %d after %d interrupted attempts (error id %s)",
+                entry.id,
+                entry.attempts,
+                error_id,
+            )
         reply = Reply(GAVE_UP.format(attempts=entry.attempts, error_id=error_id), status="error", error_id=error_id)
         await self.inbox.answer(entry.id, reply, error=f"gave up after {entry.attempts} interrupted attempts")
         return InboxEntry(entry.id, entry.message, entry.state, entry.attempts, reply)

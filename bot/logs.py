@@ -4,20 +4,36 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 import structlog
 
+from agent.redact import Redactor
 
-def configure_logging(level: str = "WARNING") -> None:
-    """Route every logger (ours and the libraries') through one structlog formatter on stderr."""
+
+def redacting(redactor: Redactor) -> structlog.typing.Processor:
+    """A processor that masks secrets (the settings' own, and anything shaped like a token) in every field,
+    the rendered message and the traceback included."""
+
+    def redact(logger: Any, method: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
+        return {key: redactor.data(value) if isinstance(value, str) else value for key, value in event.items()}
+
+    return redact
+
+
+def configure_logging(level: str = "WARNING", *, format: str = "auto", secrets: Sequence[str] = ()) -> None:
+    """Route every logger (ours and the libraries': Slack, Discord, APScheduler, aiohttp) through one structlog
+    formatter on stderr: JSON off a terminal, readable on one (`format` forces either)."""
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso"),
     ]
+    readable = sys.stderr.isatty() if format == "auto" else format == "console"
     renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer() if sys.stderr.isatty() else structlog.processors.JSONRenderer()
+        structlog.dev.ConsoleRenderer() if readable else structlog.processors.JSONRenderer()
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
@@ -26,6 +42,7 @@ def configure_logging(level: str = "WARNING") -> None:
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
+                redacting(Redactor(secrets)),
                 renderer,
             ],
         )

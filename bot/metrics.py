@@ -1,19 +1,76 @@
-"""Prometheus metrics of the circuit breakers, read from the breakers themselves at scrape time.
+"""Prometheus metrics: messages, model calls, approvals, the inbox and scheduled jobs, plus the circuit
+breakers, read from the breakers themselves at scrape time. Tool calls are counted by the runner's MetricsHook.
 
-A collector rather than counters updated on every call: the breaker already counts, so the numbers cannot
-drift apart, and no breaker code depends on Prometheus.
+No label holds a user or channel id: labels are platforms, outcomes, model, tool and job names, all bounded.
+The breakers use a collector rather than counters updated on every call: the breaker already counts, so the
+numbers cannot drift apart, and no breaker code depends on Prometheus.
 """
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections.abc import Iterator
 
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from agent.memory import ChainRecord
+from agent.messages import IncomingMessage
 from agent.resilience import CircuitBreaker, State
+
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+MESSAGES = Counter(
+    "parley_messages", "Messages handled, by platform and outcome (the reply's status).", ["platform", "outcome"]
+)
+MESSAGE_SECONDS = Histogram(
+    "parley_message_seconds", "From receiving a message to its reply delivered.", ["platform"], buckets=LATENCY_BUCKETS
+)
+MODEL_CALLS = Counter("parley_model_calls", "Model calls of recorded answers, by model.", ["model"])
+MODEL_TOKENS = Counter(
+    "parley_model_tokens", "Model tokens, by model and direction (input, output).", ["model", "direction"]
+)
+MODEL_SECONDS = Histogram(
+    "parley_model_call_seconds", "Duration of one model call.", ["model"], buckets=LATENCY_BUCKETS
+)
+APPROVALS = Counter(
+    "parley_approvals",
+    "Approval requests by outcome: requested, approved, denied, expired, always, policy_denied.",
+    ["outcome"],
+)
+INBOX_DEPTH = Gauge("parley_inbox_depth", "Messages waiting for an answer or being answered in this process.")
+JOB_RUNS = Counter(
+    "parley_job_runs", "Scheduled job runs by job and outcome (ok, failed, skipped).", ["job", "outcome"]
+)
+
+
+def observe_delivery(message: IncomingMessage, status: str) -> None:
+    """A reply reached the platform (or could not: status `undelivered`)."""
+    MESSAGES.labels(message.platform, status).inc()
+    MESSAGE_SECONDS.labels(message.platform).observe(max(time.time() - message.received_at, 0.0))
+
+
+def observe_chain(message: IncomingMessage, chain: ChainRecord) -> None:
+    """The agent's observer: model calls, tokens and per-call latency of each recorded answer."""
+    if chain.model_calls:
+        MODEL_CALLS.labels(chain.model).inc(chain.model_calls)
+    for direction, tokens in (("input", chain.input_tokens), ("output", chain.output_tokens)):
+        if tokens:
+            MODEL_TOKENS.labels(chain.model, direction).inc(tokens)
+    for step in chain.steps:
+        if step.model_ms is not None:
+            MODEL_SECONDS.labels(chain.model).observe(step.model_ms / 1000)
+
+
+def observe_approval(outcome: str) -> None:
+    APPROVALS.labels(outcome).inc()
+
+
+def observe_job(job: str, outcome: str) -> None:
+    JOB_RUNS.labels(job, outcome).inc()
+
 
 STATE_VALUES = {State.CLOSED: 0, State.HALF_OPEN: 1, State.OPEN: 2}
 

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
 from adapters.discord import DiscordAdapter, DiscordConfig
 from adapters.slack import SlackAdapter, SlackConfig
 from agent.inbox import Inbox
-from agent.ports import ChatPlatform
+from agent.ports import ChatPlatform, ReportsConnection
 from bot.app import App, build_app, dispatch_options
-from bot.config import Settings
+from bot.config import Settings, secret_values
 from bot.dispatcher import Dispatcher
 from bot.http import build_http_app, serve
+from bot.jobs import Poster, scheduled_jobs
+from bot.observe import error_reports
+from bot.scheduler import Scheduler
 
 log = logging.getLogger("parley.service")
 
@@ -46,22 +51,63 @@ def discord_config(settings: Settings) -> DiscordConfig:
     )
 
 
-async def readiness(parley: App) -> dict[str, object]:
-    """What /readyz reports: the database takes writes, and each model's breaker state."""
+async def readiness(
+    parley: App, platforms: Sequence[ChatPlatform] = (), scheduler: Scheduler | None = None
+) -> dict[str, object]:
+    """What /readyz reports: the database takes writes, each platform is connected, the scheduler runs (when
+    this process has one), and each model's breaker is not open."""
     checks: dict[str, object] = {}
     try:
-        await parley.store.write(lambda db: db.execute("SELECT 1"))
+        # A write, not a read: a full disk or a read-only file fails here, where a SELECT would pass.
+        await parley.store.write(lambda db: db.execute("CREATE TEMP TABLE IF NOT EXISTS readyz (x)"))
         checks["database"] = True
     except Exception as exc:
         checks["database"] = {"ok": False, "error": type(exc).__name__}
+    for platform in platforms:
+        if isinstance(platform, ReportsConnection):
+            try:
+                connected = await platform.is_connected()
+            except Exception:
+                connected = False
+            checks[f"platform:{platform.name}"] = {"ok": connected, "connected": connected}
+    if parley.settings.scheduler.enabled:
+        running = scheduler is not None and scheduler.running
+        checks["scheduler"] = {"ok": running, "running": running}
     for model, breaker in parley.agent.paths:
         checks[f"model:{model.name}"] = {"ok": breaker.state.value != "open", "breaker": breaker.state.value}
     return checks
 
 
+@asynccontextmanager
+async def posting_platforms(parley: App) -> AsyncIterator[dict[str, Poster]]:
+    """The configured platforms, ready to post but not listening (for `parley jobs run`), and the console."""
+    from adapters.console import ConsoleAdapter
+
+    settings = parley.settings
+    posters: dict[str, Poster] = {"console": ConsoleAdapter()}
+    slack = discord_bot = None
+    try:
+        if settings.slack.bot_token:
+            slack = SlackAdapter(slack_config(settings), memory=parley.memory, registry=parley.runner.registry)
+            posters["slack"] = slack
+        if settings.discord.token:
+            discord_bot = DiscordAdapter(
+                discord_config(settings), memory=parley.memory, registry=parley.runner.registry
+            )
+            posters["discord"] = discord_bot
+            await discord_bot.login()
+        yield posters
+    finally:
+        if slack is not None:
+            await slack.close()
+        if discord_bot is not None:
+            await discord_bot.close()
+
+
 async def serve_platforms(settings: Settings) -> None:
-    """Start every configured platform behind one dispatcher and the HTTP server; stop cleanly when cancelled."""
-    async with build_app(settings) as parley:
+    """Start every configured platform behind one dispatcher, the scheduler and the HTTP server; stop cleanly
+    when cancelled."""
+    async with error_reports(settings.sentry, secret_values(settings)), build_app(settings) as parley:
         platforms: list[ChatPlatform] = []
         slack: SlackAdapter | None = None
         if settings.slack.bot_token:
@@ -76,7 +122,10 @@ async def serve_platforms(settings: Settings) -> None:
             Inbox(parley.store), parley.agent, platforms, dispatch_options(settings), parley.approvals
         )
         socket_mode = slack is not None and settings.slack.app_token is not None
-        http_app = build_http_app(slack=None if socket_mode else slack, readiness=lambda: readiness(parley))
+        scheduler: Scheduler | None = None
+        http_app = build_http_app(
+            slack=None if socket_mode else slack, readiness=lambda: readiness(parley, platforms, scheduler)
+        )
         if discord_bot is not None:
             # Replies left undelivered by an earlier process go out when the dispatcher starts: log in first.
             try:
@@ -93,14 +142,16 @@ async def serve_platforms(settings: Settings) -> None:
                 if discord_bot is not None:
                     discord_bot.connect(dispatcher.submit, dispatcher.decide)
                     await discord_bot.start()
-                runner = await serve(http_app, settings.http.host, settings.http.port)
-                log.warning(
-                    "Parley is serving %s on http://%s:%d",
-                    ", ".join(settings.platforms),
-                    settings.http.host,
-                    settings.http.port,
-                )
-                await asyncio.Event().wait()
+                async with scheduled_jobs(parley, {p.name: p for p in platforms if isinstance(p, Poster)}) as jobs:
+                    scheduler = jobs
+                    runner = await serve(http_app, settings.http.host, settings.http.port)
+                    log.warning(
+                        "Parley is serving %s on http://%s:%d",
+                        ", ".join(settings.platforms),
+                        settings.http.host,
+                        settings.http.port,
+                    )
+                    await asyncio.Event().wait()
             finally:
                 if slack is not None:
                     await slack.close()

@@ -191,7 +191,7 @@ async def test_an_outage_opens_the_breaker_and_one_trial_closes_it(
     assert [r.text for r in replies if r.status == "answered"] == ["42"]
     assert len(primary.requests) == 2 + SUM_REQUESTS, "exactly one trial answer reached the provider"
     # The one successful trial closed the breaker.
-    assert list(breaker.metrics.transitions) == [
+    assert [(t.old, t.new) for t in breaker.metrics.transitions] == [
         (State.CLOSED, State.OPEN),
         (State.OPEN, State.HALF_OPEN),
         (State.HALF_OPEN, State.CLOSED),
@@ -254,7 +254,7 @@ async def test_when_the_fallback_model_fails_too_the_user_gets_the_fallback_repl
     assert breaker.metrics.failures == 1 and fallback_breaker.metrics.failures == 1
     # Each was tried while closed, and its failure opened it.
     for each in (breaker, fallback_breaker):
-        assert list(each.metrics.transitions) == [(State.CLOSED, State.OPEN)]
+        assert [(t.old, t.new) for t in each.metrics.transitions] == [(State.CLOSED, State.OPEN)]
 
     assert_fallback_reply(await agent.respond(msg("what is 6*7?")))
     assert (len(primary.requests), len(secondary.requests)) == (1, 1), "both breakers open: no model is called"

@@ -34,6 +34,7 @@ SEED = {
         "INSERT INTO inbox (platform, event_key, conversation, message, received_at, updated_at) "
         "VALUES ('slack', 'E1', 'slack|c|', '{}', 1, 1)",
     ),
+    7: ("INSERT INTO approval_audit (at, action, outcome) VALUES (1, 'requested', 'pending')",),
 }
 
 
@@ -50,9 +51,17 @@ async def test_migrates_empty_database_to_latest(tmp_path: Path) -> None:
         assert row is not None and row[0] == "wal"
     finally:
         await store.close()
-    assert {"conversations", "facts", "facts_fts", "working_memory", "chains", "tool_executions", "inbox"} <= tables(
-        tmp_path / "new.db"
-    )
+    assert {
+        "conversations",
+        "facts",
+        "facts_fts",
+        "working_memory",
+        "chains",
+        "tool_executions",
+        "inbox",
+        "approval_audit",
+        "job_runs",
+    } <= tables(tmp_path / "new.db")
 
 
 @pytest.mark.parametrize("start", range(1, LATEST_VERSION))

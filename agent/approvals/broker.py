@@ -50,10 +50,19 @@ def _refusal(request: ApprovalRequest) -> str:
 
 
 class ApprovalBroker:
-    def __init__(self, store: ApprovalStore, policy: ApprovalPolicy, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: ApprovalStore,
+        policy: ApprovalPolicy,
+        *,
+        clock: Callable[[], float] = time.time,
+        observe: Callable[[str], None] | None = None,
+    ) -> None:
         self.store = store
         self.policy = policy
         self.clock = clock
+        # Told each outcome: requested, approved, denied, expired, always (a grant used), policy_denied.
+        self.observe = observe
         # Platform name -> where its requests are shown; the dispatcher fills it in.
         self.ports: dict[str, ApprovalPort] = {}
         self._waiting: dict[str, asyncio.Future[ApprovalRequest]] = {}
@@ -66,11 +75,13 @@ class ApprovalBroker:
         channel = ctx.conversation.channel if ctx else ""
         if spec.approval == "deny":
             await self.store.note("policy_denied", "denied", tool=spec.name, channel=channel, actor="policy")
+            self._count("policy_denied")
             raise denied_by_policy(spec)
         if ctx is None:
             raise cannot_ask(spec)
         if await self.store.granted(spec.name, channel):
             await self.store.note("allowed_always", "approved", tool=spec.name, channel=channel, actor="grant")
+            self._count("always")
             return
         left = deadline_left()
         if left is not None and left <= 0:
@@ -105,6 +116,7 @@ class ApprovalBroker:
         updated, so a late click cannot approve a call that will never run.
         """
         await self.store.create(request)
+        self._count("requested")
         waiting: asyncio.Future[ApprovalRequest] = asyncio.get_running_loop().create_future()
         self._waiting[request.id] = waiting
         try:
@@ -127,11 +139,16 @@ class ApprovalBroker:
         await self._settled(port, settled)
         return settled
 
+    def _count(self, outcome: str) -> None:
+        if self.observe is not None:
+            self.observe(outcome)
+
     async def _abandon(self, port: ApprovalPort, request: ApprovalRequest) -> None:
         settled = await self._expire(request, "cancelled")
         await self._settled(port, settled)
 
     async def _settled(self, port: ApprovalPort, request: ApprovalRequest) -> None:
+        self._count(request.state.value)
         try:
             await port.approval_settled(request)
         except Exception as exc:

@@ -1,0 +1,337 @@
+"""The scheduled jobs: pruning old rows, exporting new reasoning chains, posting the metrics summary, and the
+`[[schedules]]` reports. Each is a plain async function of its dependencies and the run; `build_jobs` ties
+them to their cron lines from the settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from agent.memory import Memory
+from agent.messages import IncomingMessage
+from agent.redact import Redactor
+from agent.resilience import CircuitBreaker
+from agent.runtime import Agent
+from agent.store import Store
+from bot.app import App
+from bot.config import BUILTIN_JOBS, ExportSettings, RetentionSettings, ScheduleSettings, Settings, secret_values
+from bot.metrics import observe_job
+from bot.scheduler import Job, JobRun, Scheduler
+from bot.summary import render, summarise
+
+DAY = 86400.0
+EXPORT_JOB, PRUNE_JOB, SUMMARY_JOB = "export_chains", "prune", "metrics_summary"
+assert {EXPORT_JOB, PRUNE_JOB, SUMMARY_JOB} == set(BUILTIN_JOBS)
+# The first summary covers this much time; later ones start where the previous one did.
+FIRST_SUMMARY_S = DAY
+
+
+@runtime_checkable
+class Poster(Protocol):
+    """An adapter that can post to a channel on its own (Slack, Discord, the console)."""
+
+    async def post(self, channel: str, text: str) -> None: ...
+
+
+class JobError(Exception):
+    """A job could not do its work; the message is recorded with the run."""
+
+
+# Prune ---------------------------------------------------------------------------------------------------
+
+
+async def prune(run: JobRun, *, memory: Memory, retention: RetentionSettings, fact_max_age_days: int) -> str:
+    """Delete what is older than its retention. Chains are kept until exported, so an export that has been
+    failing loses nothing to the prune."""
+    now = run.now.timestamp()
+    facts = await memory.prune_old_facts(fact_max_age_days, now=now)
+
+    def cutoff(days: int) -> float:
+        return now - days * DAY
+
+    def delete(db: sqlite3.Connection) -> dict[str, int]:
+        exported = _mark(db, EXPORT_JOB)
+        counts = {
+            "turns": db.execute("DELETE FROM turns WHERE created_at < ?", (cutoff(retention.turns_days),)).rowcount,
+            "chains": db.execute(
+                "DELETE FROM chains WHERE started_at < ? AND id <= ?", (cutoff(retention.chains_days), exported)
+            ).rowcount,
+            "tool executions": db.execute(
+                "DELETE FROM tool_executions WHERE started_at < ?", (cutoff(retention.chains_days),)
+            ).rowcount,
+            # Finished rows; and terminal sessions' rows, which no later process delivers.
+            "inbox rows": db.execute(
+                "DELETE FROM inbox WHERE updated_at < ? AND (delivered_at IS NOT NULL OR state = 'failed' "
+                "OR platform = 'console')",
+                (cutoff(retention.inbox_days),),
+            ).rowcount,
+            "job runs": db.execute(
+                "DELETE FROM job_runs WHERE started_at < ? AND state != 'running'", (cutoff(retention.job_runs_days),)
+            ).rowcount,
+        }
+        db.execute(
+            "DELETE FROM conversations WHERE updated_at < ? AND id NOT IN (SELECT conversation_id FROM turns)",
+            (cutoff(retention.turns_days),),
+        )
+        audit_before = cutoff(retention.audit_days)
+        # The audit refuses deletes except below the cutoff written here, in this same transaction.
+        db.execute("INSERT INTO audit_retention (before) VALUES (?)", (audit_before,))
+        counts["audit rows"] = db.execute("DELETE FROM approval_audit WHERE at < ?", (audit_before,)).rowcount
+        db.execute("DELETE FROM audit_retention")
+        db.execute("DELETE FROM approvals WHERE state != 'pending' AND created_at < ?", (audit_before,))
+        return counts
+
+    counts = {"facts": facts, **await memory.store.write(delete)}
+    return "pruned " + ", ".join(f"{n} {what}" for what, n in counts.items())
+
+
+# Export --------------------------------------------------------------------------------------------------
+
+
+def _mark(db: sqlite3.Connection, job: str) -> int:
+    row = db.execute("SELECT value FROM job_state WHERE job = ? AND key = 'last_id'", (job,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _set_mark(db: sqlite3.Connection, job: str, value: int) -> None:
+    db.execute(
+        "INSERT INTO job_state (job, key, value) VALUES (?, 'last_id', ?) "
+        "ON CONFLICT (job, key) DO UPDATE SET value = excluded.value",
+        (job, str(value)),
+    )
+
+
+def _export_name(first: int, last: int) -> str:
+    return f"chains-{first:010d}-{last:010d}.jsonl"
+
+
+def _last_id(path: Path) -> int:
+    return int(path.name.split(".")[0].rsplit("-", 1)[1])
+
+
+@dataclass
+class _Part:
+    """An export file being written: `.part` until the mark that covers it is committed."""
+
+    path: Path
+    first: int
+    last: int = 0
+    size: int = 0
+
+
+async def export_chains(run: JobRun, *, memory: Memory, settings: ExportSettings, redactor: Redactor) -> str:
+    """Write the chains above the high-water mark to JSON Lines, redacted.
+
+    Each file is written as `.part`, synced, then the mark moves to its last chain in the database, then it is
+    renamed: a crash before the mark leaves a `.part` the next run deletes (and exports again), a crash after
+    it a `.part` the next run keeps. So a chain is exported once, and none is skipped.
+    """
+    directory = settings.dir
+    directory.mkdir(parents=True, exist_ok=True)
+    store = memory.store
+    mark = await store.write(lambda db: _mark(db, EXPORT_JOB))
+    for leftover in sorted(directory.glob("chains-*.jsonl.part")):
+        if _last_id(leftover.with_suffix("")) <= mark:
+            leftover.rename(leftover.with_suffix(""))
+        else:
+            leftover.unlink()
+    exported = files = 0
+    part: _Part | None = None
+    handle = None
+    try:
+        async for chain in memory.chains_since(0.0, after_id=mark):
+            line = (json.dumps(redactor.data(chain), ensure_ascii=False) + "\n").encode()
+            if part is not None and handle is not None and part.size + len(line) > settings.max_file_bytes:
+                handle.close()
+                handle = None
+                await _commit(store, part)
+                files += 1
+                part = None
+            if part is None:
+                part = _Part(directory / f"{chain['id']:010d}.part", chain["id"])
+                handle = part.path.open("wb")
+            assert handle is not None
+            handle.write(line)
+            part.last, part.size = chain["id"], part.size + len(line)
+            exported += 1
+        if part is not None and handle is not None:
+            handle.close()
+            handle = None
+            await _commit(store, part)
+            files += 1
+    finally:
+        if handle is not None:
+            handle.close()
+    removed = _rotate(directory, settings.keep_files)
+    return f"exported {exported} chains to {files} files" + (f", removed {removed} old files" if removed else "")
+
+
+async def _commit(store: Store, part: _Part) -> None:
+    """Sync the file under its final name's `.part`, move the mark, then give it its final name."""
+    final = part.path.parent / _export_name(part.first, part.last)
+    staged = final.with_name(final.name + ".part")
+    with part.path.open("rb") as fh:
+        os.fsync(fh.fileno())
+    part.path.rename(staged)
+    await store.write(lambda db: _set_mark(db, EXPORT_JOB, part.last))
+    staged.rename(final)
+
+
+def _rotate(directory: Path, keep: int) -> int:
+    files = sorted(directory.glob("chains-*.jsonl"))
+    old = files[:-keep] if len(files) > keep else []
+    for path in old:
+        path.unlink()
+    return len(old)
+
+
+# Metrics summary -----------------------------------------------------------------------------------------
+
+
+async def metrics_summary(
+    run: JobRun,
+    *,
+    store: Store,
+    breakers: Callable[[], Iterable[CircuitBreaker]],
+    targets: Iterable[str],
+    posters: Mapping[str, Poster],
+) -> str:
+    """Post what happened since the previous summary to every target channel."""
+    until = run.now.timestamp()
+    since = run.since if run.since is not None else until - FIRST_SUMMARY_S
+    text = render(await summarise(store, since, until, breakers()))
+    posted = []
+    for target in targets:
+        await _poster(posters, target.partition(":")[0]).post(target, text)
+        posted.append(target)
+    return f"posted the summary to {', '.join(posted)}"
+
+
+def _poster(posters: Mapping[str, Poster], platform: str) -> Poster:
+    poster = posters.get(platform)
+    if poster is None:
+        raise JobError(f"no {platform} adapter is running to post to")
+    return poster
+
+
+# Scheduled reports ---------------------------------------------------------------------------------------
+
+
+def report_message(schedule: ScheduleSettings, slot: str) -> IncomingMessage:
+    """The prompt as a message in the target channel: the agent answers it with that channel's memory."""
+    workspace, _, channel = schedule.channel.rpartition("/")
+    return IncomingMessage(
+        platform=schedule.platform,
+        channel=channel,
+        workspace=workspace,
+        user="scheduler",
+        text=schedule.prompt,
+        event_id=f"schedule:{schedule.name}:{slot}",
+    )
+
+
+async def report(run: JobRun, *, schedule: ScheduleSettings, agent: Agent, posters: Mapping[str, Poster]) -> str:
+    """Answer the schedule's prompt and post the answer; an answer the agent could not give is not posted."""
+    poster = _poster(posters, schedule.platform)
+    message = report_message(schedule, run.slot)
+    reply = await agent.respond(message)
+    if reply.status != "answered":
+        raise JobError(f"the agent could not answer ({reply.status}, error id {reply.error_id}); nothing posted")
+    await poster.post(message.conversation.channel, reply.text)
+    return f"posted {len(reply.text)} characters to {message.conversation.channel}"
+
+
+# Wiring --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobDeps:
+    """What the jobs need from the running service. `agent` is needed only by `[[schedules]]` reports."""
+
+    memory: Memory
+    redactor: Redactor
+    posters: Mapping[str, Poster]
+    breakers: Callable[[], Iterable[CircuitBreaker]]
+    agent: Agent | None = None
+
+
+JobFn = Callable[[JobRun], Awaitable[str]]
+
+
+def job_table(settings: Settings) -> list[tuple[str, str, str]]:
+    """Every job that runs with these settings: (name, cron line, what it does)."""
+    table = [(PRUNE_JOB, settings.scheduler.prune_cron, "delete rows older than their retention")]
+    if settings.export.enabled:
+        table.append((EXPORT_JOB, settings.export.cron, f"export new reasoning chains to {settings.export.dir}"))
+    if settings.summary.channels:
+        table.append(
+            (
+                SUMMARY_JOB,
+                settings.summary.cron,
+                f"post the metrics summary to {len(settings.summary.channels)} channels",
+            )
+        )
+    table.extend(
+        (s.name, s.cron, f"answer a prompt and post it to {s.platform}:{s.channel}") for s in settings.schedules
+    )
+    return table
+
+
+def build_jobs(settings: Settings, deps: JobDeps) -> list[Job]:
+    """The jobs of `job_table`, each bound to its dependencies."""
+    runs: dict[str, JobFn] = {
+        PRUNE_JOB: partial(
+            prune,
+            memory=deps.memory,
+            retention=settings.retention,
+            fact_max_age_days=settings.memory.fact_max_age_days,
+        ),
+        EXPORT_JOB: partial(export_chains, memory=deps.memory, settings=settings.export, redactor=deps.redactor),
+        SUMMARY_JOB: partial(
+            metrics_summary,
+            store=deps.memory.store,
+            breakers=deps.breakers,
+            targets=settings.summary.channels,
+            posters=deps.posters,
+        ),
+    }
+    for schedule in settings.schedules:
+        if deps.agent is not None:
+            runs[schedule.name] = partial(report, schedule=schedule, agent=deps.agent, posters=deps.posters)
+    return [Job(name, cron, runs[name], description) for name, cron, description in job_table(settings) if name in runs]
+
+
+def job_deps(parley: App, posters: Mapping[str, Poster]) -> JobDeps:
+    """The jobs' dependencies, from the running app and the platforms that can post."""
+    return JobDeps(
+        memory=parley.memory,
+        redactor=Redactor(secret_values(parley.settings)),
+        posters=posters,
+        breakers=lambda: [breaker for _, breaker in parley.agent.paths],
+        agent=parley.agent,
+    )
+
+
+@asynccontextmanager
+async def scheduled_jobs(parley: App, posters: Mapping[str, Poster]) -> AsyncIterator[Scheduler | None]:
+    """The scheduler with every job of the settings, when this process runs it (`scheduler.enabled`)."""
+    settings = parley.settings
+    if not settings.scheduler.enabled:
+        yield None
+        return
+    scheduler = Scheduler(
+        parley.store,
+        build_jobs(settings, job_deps(parley, posters)),
+        timezone=settings.scheduler.timezone,
+        misfire_grace_s=settings.scheduler.misfire_grace_s,
+        observe=observe_job,
+    )
+    async with scheduler:
+        yield scheduler

@@ -1,0 +1,145 @@
+"""The metrics summary: what Parley did in a time window, read from the database (and the breakers' recent
+state changes), and the short text the summary job posts."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from agent.resilience import CircuitBreaker
+from agent.store import Store
+
+# Reply statuses (agent/messages.py) that count as a failure to answer.
+FAILED = ("error",)
+
+
+@dataclass(frozen=True)
+class ToolUse:
+    calls: int
+    failed: int
+
+
+@dataclass(frozen=True)
+class Summary:
+    since: float
+    until: float
+    handled: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+    undelivered: int = 0
+    p50_s: float | None = None
+    p95_s: float | None = None
+    model_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    tools: dict[str, ToolUse] = field(default_factory=dict)
+    approvals: dict[str, int] = field(default_factory=dict)
+    breaker_changes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def answered(self) -> int:
+        return self.by_status.get("answered", 0)
+
+    @property
+    def failed(self) -> int:
+        return sum(self.by_status.get(s, 0) for s in FAILED) + self.undelivered
+
+    @property
+    def fallback(self) -> int:
+        return self.by_status.get("fallback", 0)
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile of `values` (sorted or not); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+async def summarise(store: Store, since: float, until: float, breakers: Iterable[CircuitBreaker] = ()) -> Summary:
+    """Messages received in [since, until) and what was done for them, from the inbox, chains, tool executions
+    and approvals tables."""
+    window = (since, until)
+    statuses = await store.fetchall(
+        "SELECT COALESCE(json_extract(reply, '$.status'), state), COUNT(*) FROM inbox "
+        "WHERE received_at >= ? AND received_at < ? AND state != 'failed' GROUP BY 1",
+        window,
+    )
+    undelivered = await store.fetchone(
+        "SELECT COUNT(*) FROM inbox WHERE received_at >= ? AND received_at < ? AND state = 'failed'", window
+    )
+    latencies = await store.fetchall(
+        "SELECT delivered_at - received_at FROM inbox WHERE received_at >= ? AND received_at < ? "
+        "AND delivered_at IS NOT NULL",
+        window,
+    )
+    model = await store.fetchone(
+        "SELECT COALESCE(SUM(model_calls), 0), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0) "
+        "FROM chains WHERE started_at >= ? AND started_at < ?",
+        window,
+    )
+    tools = await store.fetchall(
+        "SELECT tool, COUNT(*), SUM(outcome != 'ok') FROM tool_executions "
+        "WHERE started_at >= ? AND started_at < ? GROUP BY tool ORDER BY 2 DESC, 1",
+        window,
+    )
+    approvals = await store.fetchall(
+        "SELECT state, COUNT(*) FROM approvals WHERE created_at >= ? AND created_at < ? GROUP BY state", window
+    )
+    by_status = {str(r[0]): int(r[1]) for r in statuses}
+    lags = [float(r[0]) for r in latencies]
+    assert model is not None and undelivered is not None
+    requested = {str(r[0]): int(r[1]) for r in approvals}
+    changes: Counter[str] = Counter()
+    for breaker in breakers:
+        for t in breaker.metrics.transitions:
+            if since <= t.at < until:
+                changes[f"{breaker.name} {t.old.value}→{t.new.value}"] += 1
+    return Summary(
+        since=since,
+        until=until,
+        handled=sum(by_status.values()) + int(undelivered[0]),
+        by_status=by_status,
+        undelivered=int(undelivered[0]),
+        p50_s=percentile(lags, 50),
+        p95_s=percentile(lags, 95),
+        model_calls=int(model[0]),
+        input_tokens=int(model[1]),
+        output_tokens=int(model[2]),
+        tools={str(r[0]): ToolUse(int(r[1]), int(r[2])) for r in tools},
+        approvals={"requested": sum(requested.values()), **requested},
+        breaker_changes=dict(sorted(changes.items())),
+    )
+
+
+def _time(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _seconds(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} s"
+
+
+def render(s: Summary) -> str:
+    """The post: one line per subject, Markdown (the adapters turn it into the platform's markup)."""
+    others = {k: v for k, v in s.by_status.items() if k not in ("answered", "fallback", *FAILED)}
+    other_text = "".join(f", {v} {k}" for k, v in sorted(others.items()))
+    tools = ", ".join(f"{name} {use.calls} ({use.failed} failed)" for name, use in s.tools.items()) or "none"
+    a = s.approvals
+    changes = ", ".join(f"{k} ×{v}" for k, v in s.breaker_changes.items()) or "none"
+    return "\n".join(
+        (
+            f"**Parley summary** {_time(s.since)} to {_time(s.until)}",
+            f"- Messages: {s.handled} handled, {s.answered} answered, {s.failed} failed, "
+            f"{s.fallback} fallback replies{other_text}",
+            f"- Latency: p50 {_seconds(s.p50_s)}, p95 {_seconds(s.p95_s)}",
+            f"- Model: {s.model_calls} calls, {s.input_tokens} tokens in, {s.output_tokens} out",
+            f"- Tools: {tools}",
+            f"- Approvals: {a.get('requested', 0)} requested, {a.get('approved', 0)} granted, "
+            f"{a.get('denied', 0)} denied, {a.get('expired', 0)} expired",
+            f"- Breaker changes: {changes}",
+        )
+    )

@@ -1,0 +1,428 @@
+"""The deploy files: one replica on one SQLite volume, probes on the HTTP port, only settings that exist.
+
+No Docker or cluster needed: the files are parsed and checked against the settings model.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import re
+import shlex
+import tomllib
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+import yaml
+from apscheduler.triggers.cron import CronTrigger
+from pydantic import BaseModel
+
+from bot.config import CONFIG_ENV, ENV_ALIASES, Settings, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = REPO / "deploy"
+K8S = DEPLOY / "k8s"
+DOCKERFILE = DEPLOY / "Dockerfile"
+COMPOSE = DEPLOY / "compose.yaml"
+UNIT = DEPLOY / "parley.service"
+
+PORT = 8080
+# Names the deploy files may use before (or without) a settings field of that name: PARLEY_CONFIG names the
+# TOML file itself; the export and scheduler sections are being added to the settings model.
+PENDING_NAMES = {"PARLEY_EXPORT__DIR", "PARLEY_SCHEDULER__ENABLED", CONFIG_ENV}
+# Read by the model client (litellm), not by the settings model.
+PROVIDER_KEYS = {"OPENAI_API_KEY"}
+ENV_NAME = re.compile(r"\bPARLEY_[A-Z0-9_]*[A-Z0-9]\b")
+
+
+@pytest.fixture(autouse=True)
+def no_deployment_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Settings see only what a test sets: no PARLEY_*, token or Sentry variables, no ./parley.toml."""
+    for name in list(os.environ):
+        if name.startswith(("PARLEY_", "SLACK_", "DISCORD_", "SENTRY_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+# ---- helpers ----
+
+
+def yaml_docs(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+def k8s_objects() -> dict[tuple[str, str], dict[str, Any]]:
+    """Every object the kustomization applies, by (kind, name)."""
+    objects = {}
+    for resource in yaml_docs(K8S / "kustomization.yaml")[0]["resources"]:
+        for doc in yaml_docs(K8S / resource):
+            objects[doc["kind"], doc["metadata"]["name"]] = doc
+    return objects
+
+
+def deployment() -> dict[str, Any]:
+    return k8s_objects()["Deployment", "parley"]
+
+
+def pod_spec() -> dict[str, Any]:
+    spec: dict[str, Any] = deployment()["spec"]["template"]["spec"]
+    return spec
+
+
+def container() -> dict[str, Any]:
+    containers = pod_spec()["containers"]
+    assert len(containers) == 1
+    found: dict[str, Any] = containers[0]
+    return found
+
+
+def container_env() -> dict[str, str]:
+    """The container's environment from its ConfigMaps (secrets hold no PARLEY_* paths) and `env` entries."""
+    objects = k8s_objects()
+    env: dict[str, str] = {}
+    for source in container().get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(objects["ConfigMap", source["configMapRef"]["name"]]["data"])
+    for item in container().get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+    return env
+
+
+def container_port(port: int | str) -> int:
+    """A probe's or Service's port (a number or the name of a container port) as a number."""
+    if isinstance(port, int):
+        return port
+    named = {p["name"]: p["containerPort"] for p in container()["ports"] if "name" in p}
+    assert port in named, f"no container port named {port!r}"
+    return int(named[port])
+
+
+def mounts() -> dict[str, dict[str, Any]]:
+    """Mount path -> the pod volume mounted there."""
+    volumes = {v["name"]: v for v in pod_spec()["volumes"]}
+    return {m["mountPath"]: volumes[m["name"]] for m in container()["volumeMounts"]}
+
+
+def is_inside(path: str, directory: str) -> bool:
+    return PurePosixPath(directory) in PurePosixPath(path).parents
+
+
+def shutdown_grace_s(env: dict[str, str]) -> float:
+    default = Settings.model_fields["dispatch"].annotation
+    assert isinstance(default, type) and issubclass(default, BaseModel)
+    return float(env.get("PARLEY_DISPATCH__SHUTDOWN_GRACE_S", default.model_fields["shutdown_grace_s"].default))
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        keyword, _, args = (pending + line).partition(" ")
+        instructions.append((keyword.upper(), args.strip()))
+        pending = ""
+    assert not pending, "the Dockerfile ends inside a continuation"
+    return instructions
+
+
+def dockerfile_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for keyword, args in dockerfile():
+        if keyword == "ENV":
+            for pair in shlex.split(args):
+                name, sep, value = pair.partition("=")
+                assert sep, f"use ENV NAME=value, not {pair!r}"
+                env[name] = value
+    return env
+
+
+def compose_service() -> dict[str, Any]:
+    services = yaml_docs(COMPOSE)[0]["services"]
+    assert list(services) == ["parley"]
+    service: dict[str, Any] = services["parley"]
+    return service
+
+
+def unit() -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string(UNIT.read_text())
+    return parser
+
+
+def unit_env() -> dict[str, str]:
+    """Every Environment= assignment (the key repeats, so configparser alone would keep only the last)."""
+    env: dict[str, str] = {}
+    for line in UNIT.read_text().splitlines():
+        if line.startswith("Environment="):
+            for pair in shlex.split(line.removeprefix("Environment=")):
+                name, _, value = pair.partition("=")
+                env[name] = value
+    return env
+
+
+def is_setting(name: str) -> bool:
+    """Whether PARLEY_A__B (or deeper) names a field of the settings model."""
+    model: Any = Settings
+    for part in name.removeprefix("PARLEY_").lower().split("__"):
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            return False
+        model = model.model_fields[part].annotation
+    return True
+
+
+def config_toml() -> str:
+    text: str = k8s_objects()["ConfigMap", "parley-config"]["data"]["parley.toml"]
+    return text
+
+
+# ---- Kubernetes ----
+
+
+def test_kustomization_applies_the_manifests_but_not_the_secret_example() -> None:
+    resources = yaml_docs(K8S / "kustomization.yaml")[0]["resources"]
+    assert set(resources) == {"configmap.yaml", "pvc.yaml", "deployment.yaml", "service.yaml"}
+    assert all((K8S / name).is_file() for name in resources)
+    kinds = {kind for kind, _ in k8s_objects()}
+    assert "Secret" not in kinds
+    assert {"Deployment", "Service", "PersistentVolumeClaim", "ConfigMap"} <= kinds
+
+
+def test_exactly_one_pod_on_the_database_at_any_time() -> None:
+    spec = deployment()["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"]["type"] == "Recreate"
+    assert "rollingUpdate" not in spec["strategy"]
+    claim = mounts()["/data"]["persistentVolumeClaim"]["claimName"]
+    pvc = k8s_objects()["PersistentVolumeClaim", claim]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+
+
+def test_probes_and_service_reach_the_http_port() -> None:
+    env = container_env()
+    assert env["PARLEY_HTTP__HOST"] == "0.0.0.0"
+    port = int(env.get("PARLEY_HTTP__PORT", PORT))
+    assert port == PORT
+    assert [p["containerPort"] for p in container()["ports"]] == [port]
+    probes = {name: container()[name]["httpGet"] for name in ("livenessProbe", "readinessProbe")}
+    assert probes["livenessProbe"]["path"] == "/healthz"
+    assert probes["readinessProbe"]["path"] == "/readyz"
+    startup = container().get("startupProbe")
+    if startup is not None:
+        assert startup["httpGet"]["path"] == "/healthz"
+        probes["startupProbe"] = startup["httpGet"]
+    assert {container_port(probe["port"]) for probe in probes.values()} == {port}
+
+    service = k8s_objects()["Service", "parley"]["spec"]
+    assert service["type"] == "ClusterIP"
+    assert [(p["port"], container_port(p["targetPort"])) for p in service["ports"]] == [(80, port)]
+    labels = deployment()["spec"]["template"]["metadata"]["labels"]
+    assert service["selector"].items() <= labels.items()
+    assert deployment()["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_the_pod_runs_as_a_non_root_user_on_a_read_only_root() -> None:
+    pod = pod_spec()["securityContext"]
+    own = container().get("securityContext", {})
+    assert (own.get("runAsNonRoot") or pod.get("runAsNonRoot")) is True
+    assert own.get("runAsUser", pod.get("runAsUser")) == 10001
+    assert pod["fsGroup"] == 10001
+    assert own["readOnlyRootFilesystem"] is True
+    assert own["allowPrivilegeEscalation"] is False
+    assert "ALL" in own["capabilities"]["drop"]
+
+
+def test_the_app_writes_only_to_mounted_volumes() -> None:
+    env = container_env()
+    volumes = mounts()
+    assert "persistentVolumeClaim" in volumes["/data"]
+    assert "emptyDir" in volumes["/tmp"]
+    assert is_inside(env["PARLEY_DB__PATH"], "/data")
+    assert is_inside(env["PARLEY_EXPORT__DIR"], "/data")
+    config = PurePosixPath(env[CONFIG_ENV])
+    volume = volumes[str(config.parent)]["configMap"]
+    assert [item["path"] for item in volume["items"]] == [config.name]
+    assert volume["items"][0]["key"] in k8s_objects()["ConfigMap", volume["name"]]["data"]
+
+
+def test_shutdown_grace_fits_in_the_termination_grace_period() -> None:
+    spec = pod_spec()
+    assert spec["terminationGracePeriodSeconds"] == 30
+    assert spec["terminationGracePeriodSeconds"] > shutdown_grace_s(container_env())
+    assert container().get("command") is None, "keep the image's exec-form start so SIGTERM reaches parley"
+    assert container().get("args", ["parley", "run"]) == ["parley", "run"]
+    assert pod_spec().get("enableServiceLinks") is False, "a Service named parley would inject PARLEY_* variables"
+
+
+def test_env_comes_from_the_configmap_and_the_example_secret() -> None:
+    sources = container()["envFrom"]
+    config_maps = {s["configMapRef"]["name"] for s in sources if "configMapRef" in s}
+    secrets = {s["secretRef"]["name"] for s in sources if "secretRef" in s}
+    assert all(("ConfigMap", name) in k8s_objects() for name in config_maps)
+    (secret,) = yaml_docs(K8S / "secret.example.yaml")
+    assert secrets == {secret["metadata"]["name"]}
+    assert "resources" in container() and "memory" in container()["resources"]["limits"]
+
+
+def test_the_secret_example_holds_only_placeholders() -> None:
+    (secret,) = yaml_docs(K8S / "secret.example.yaml")
+    assert secret["kind"] == "Secret"
+    assert "data" not in secret
+    values = secret["stringData"]
+    assert values and all("REPLACE-ME" in value for value in values.values())
+    assert set(values) <= set(ENV_ALIASES) | PROVIDER_KEYS
+
+
+def test_the_config_file_is_accepted_by_the_settings_model() -> None:
+    data = tomllib.loads(config_toml())
+    settings = Settings(**data)
+    assert settings.approvals.approvers == data["approvals"]["approvers"]
+    assert settings.tools.http_get.allow_hosts == data["tools"]["http_get"]["allow_hosts"]
+    (standup,) = data["schedules"]
+    assert standup["name"] == "standup"
+    assert standup["platform"] == "slack"
+    CronTrigger.from_crontab(standup["cron"])  # day names: APScheduler 3 numbers days from Monday = 0
+
+
+def test_the_whole_production_environment_loads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The ConfigMap's env, the example Secret and the mounted TOML file, loaded as `parley run` loads them."""
+    config = tmp_path / "parley.toml"
+    config.write_text(config_toml())
+    for name, value in container_env().items():
+        monkeypatch.setenv(name, str(config) if name == CONFIG_ENV else value)
+    (secret,) = yaml_docs(K8S / "secret.example.yaml")
+    for name, value in secret["stringData"].items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert settings.platforms == ["slack"]
+    assert str(settings.db.path) == "/data/parley.db"
+    assert (settings.http.host, settings.http.port) == ("0.0.0.0", PORT)
+    assert settings.lm.model != "local"
+
+
+# ---- every PARLEY_* name in the deploy files is a setting ----
+
+
+def test_every_parley_variable_in_the_deploy_files_is_a_setting() -> None:
+    files = [DOCKERFILE, COMPOSE, UNIT, *sorted(K8S.glob("*.yaml")), *sorted(DEPLOY.glob("*.yml"))]
+    names = {name for path in files for name in ENV_NAME.findall(path.read_text())}
+    names |= set(container_env()) | set(dockerfile_env()) | set(compose_service()["environment"]) | set(unit_env())
+    names = {name for name in names if name.startswith("PARLEY_")}
+    assert {"PARLEY_DB__PATH", "PARLEY_HTTP__HOST", "PARLEY_HTTP__PORT"} <= names
+    unknown = {name for name in names if not is_setting(name)}
+    assert unknown <= PENDING_NAMES, f"not settings: {sorted(unknown - PENDING_NAMES)}"
+
+
+# ---- Dockerfile ----
+
+
+def test_the_dockerfile_builds_in_two_stages() -> None:
+    instructions = dockerfile()
+    args = {}
+    for keyword, value in instructions:
+        if keyword == "FROM":
+            break
+        if keyword == "ARG":
+            name, _, default = value.partition("=")
+            args[name] = default
+    stages = [value for keyword, value in instructions if keyword == "FROM"]
+    assert len(stages) >= 2
+    assert stages[0].split()[-2:] == ["AS", "builder"]
+    final = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], stages[-1].split()[0])
+    assert final == "python:3.11-slim"
+    assert any(k == "COPY" and "--from=builder" in v and "/opt/venv" in v for k, v in instructions)
+    assert any(k == "ARG" and v == "EMBEDDED_MODEL=false" for k, v in instructions)
+    install = [v for k, v in instructions if k == "RUN" and "pip install" in v]
+    assert len(install) == 1 and "-c constraints.txt" in install[0] and ".[local]" in install[0]
+
+
+def test_the_image_runs_parley_as_a_non_root_user_with_state_on_a_volume() -> None:
+    instructions = dockerfile()
+    final_stage = instructions[max(i for i, (k, _) in enumerate(instructions) if k == "FROM") :]
+    users = [value for keyword, value in final_stage if keyword == "USER"]
+    assert users, "the final stage needs a USER line"
+    assert users[-1].split(":")[0] not in {"root", "0"}
+    assert users[-1].split(":")[0] in {"10001", "parley"}
+    assert ("VOLUME", "/data") in final_stage
+    cmd = [value for keyword, value in final_stage if keyword == "CMD"]
+    assert json.loads(cmd[-1]) == ["parley", "run"], "exec form, so SIGTERM reaches parley"
+    assert not any(keyword == "ENTRYPOINT" for keyword, _ in final_stage)
+    assert ("STOPSIGNAL", "SIGTERM") in final_stage
+    env = dockerfile_env()
+    assert env["PARLEY_HTTP__HOST"] == "0.0.0.0"
+    assert is_inside(env["PARLEY_DB__PATH"], "/data")
+    assert is_inside(env["PARLEY_EXPORT__DIR"], "/data")
+    assert ("EXPOSE", str(env.get("PARLEY_HTTP__PORT", PORT))) in final_stage
+    (healthcheck,) = [value for keyword, value in final_stage if keyword == "HEALTHCHECK"]
+    assert "urllib" in healthcheck and "/healthz" in healthcheck and "curl" not in healthcheck
+
+
+def test_the_dockerignore_keeps_what_the_build_copies() -> None:
+    ignored = {
+        line.strip() for line in (REPO / ".dockerignore").read_text().splitlines() if line.strip()[:1] not in "#"
+    }
+    assert {".git", ".venv", "data"} <= ignored
+    for keyword, value in dockerfile():
+        if keyword == "COPY" and "--from" not in value:
+            for source in value.split()[:-1]:
+                assert source not in ignored and (REPO / source).exists(), source
+
+
+# ---- compose ----
+
+
+def test_compose_runs_one_service_with_its_data_on_a_named_volume() -> None:
+    document = yaml_docs(COMPOSE)[0]
+    service = compose_service()
+    build = service["build"]
+    assert (COMPOSE.parent / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
+    assert "EMBEDDED_MODEL" in build["args"]
+    assert {"path": ".env", "required": False} in service["env_file"]
+    env = {name: str(value) for name, value in service["environment"].items()}
+    assert env["PARLEY_HTTP__HOST"] == "0.0.0.0"
+    port = int(env.get("PARLEY_HTTP__PORT", PORT))
+    assert [str(p).rsplit(":", 1)[-1] for p in service["ports"]] == [str(port)]
+    (volume,) = service["volumes"]
+    name, target = volume.split(":")[:2]
+    assert target == "/data" and name in document["volumes"]
+    assert is_inside(env["PARLEY_DB__PATH"], "/data")
+    assert is_inside(env["PARLEY_EXPORT__DIR"], "/data")
+    assert "/healthz" in " ".join(service["healthcheck"]["test"])
+    assert service["restart"] == "unless-stopped"
+    assert "deploy" not in service or service["deploy"].get("replicas", 1) == 1
+    grace = service["stop_grace_period"]
+    assert grace.endswith("s") and float(grace[:-1]) > shutdown_grace_s(env)
+
+
+# ---- systemd ----
+
+
+def test_the_systemd_unit_runs_parley_as_its_own_user() -> None:
+    service = unit()["Service"]
+    command = shlex.split(service["ExecStart"])
+    assert Path(command[0]).is_absolute() and Path(command[0]).name == "parley"
+    assert command[1:] == ["run"]
+    assert service["User"] not in {"root", "0"}
+    assert service["KillSignal"] == "SIGTERM"
+    assert float(service["TimeoutStopSec"]) > shutdown_grace_s(unit_env())
+    assert "143" in service["SuccessExitStatus"].split(), "a graceful stop exits 143"
+    assert service["Restart"] == "on-failure"
+    assert service["EnvironmentFile"] == "-/etc/parley/parley.env"
+    assert service["ProtectSystem"] == "strict"
+    assert service["NoNewPrivileges"] == "true"
+    state = service["WorkingDirectory"]
+    assert state == "/var/lib/parley" and service["StateDirectory"] == "parley"
+    assert service["ReadWritePaths"].split() == [state]
+    env = unit_env()
+    assert is_inside(env["PARLEY_DB__PATH"], state)
+    assert is_inside(env["PARLEY_EXPORT__DIR"], state)
+    assert unit()["Install"]["WantedBy"] == "multi-user.target"
