@@ -76,7 +76,9 @@ class Store:
 
     async def close(self) -> None:
         """Close both connections and the writer thread; aiosqlite threads are not daemons, so a forgotten
-        close hangs exit."""
+        close hangs exit. Closing twice is harmless."""
+        if self._closed:
+            return
         self._closed = True
         await asyncio.get_running_loop().run_in_executor(self._writer_thread, self._writer.close)
         self._writer_thread.shutdown()

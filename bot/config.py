@@ -57,31 +57,39 @@ class Section(BaseModel):
 
 
 class LMSettings(Section):
-    model: str = Field("local", min_length=1)
-    api_base: str | None = None
-    api_key: SecretStr | None = None
-    timeout_s: float = Field(60.0, gt=0)
-    max_tokens: int = Field(1024, gt=0)
-    temperature: float = Field(0.2, ge=0, le=2)
+    model: str = Field(
+        "local", min_length=1, description="`local` (the embedded model) or any dspy.LM id: openai/gpt-4o-mini, ..."
+    )
+    api_base: str | None = Field(None, description="the provider's base URL (a proxy, a local server)")
+    api_key: SecretStr | None = Field(None, description="the provider's key (or its own variable: OPENAI_API_KEY)")
+    timeout_s: float = Field(60.0, gt=0, description="the wait for each response of one model call")
+    max_tokens: int = Field(1024, gt=0, description="most tokens the model writes per call")
+    temperature: float = Field(0.2, ge=0, le=2, description="sampling temperature")
 
 
 class FallbackSettings(Section):
-    model: str | None = None
-    api_base: str | None = None
-    api_key: SecretStr | None = None
-    reply: str = Field("Sorry, I can't answer right now. Please try again in a few minutes.", min_length=1)
+    model: str | None = Field(None, description="a second model tried when the first fails or its breaker is open")
+    api_base: str | None = Field(None, description="the fallback provider's base URL")
+    api_key: SecretStr | None = Field(None, description="the fallback provider's key")
+    reply: str = Field(
+        "Sorry, I can't answer right now. Please try again in a few minutes.",
+        min_length=1,
+        description="sent (with an error id) when no model can answer",
+    )
 
 
 class BreakerSettings(Section):
-    failure_threshold: int = Field(5, ge=1)
-    reset_timeout_s: float = Field(30.0, gt=0)
-    success_threshold: int = Field(1, ge=1)
+    failure_threshold: int = Field(5, ge=1, description="failed answers in a row that open a model's breaker")
+    reset_timeout_s: float = Field(30.0, gt=0, description="how long an open breaker waits before one trial call")
+    success_threshold: int = Field(1, ge=1, description="successful trials that close it again")
 
 
 class AgentSettings(Section):
-    max_iters: int = Field(6, ge=1, le=50)
-    mode: Literal["react", "decompose", "vote"] = "react"
-    max_message_chars: int = Field(8000, ge=1)
+    max_iters: int = Field(6, ge=1, le=50, description="most ReAct steps (tool calls) per answer")
+    mode: Literal["react", "decompose", "vote"] = Field(
+        "react", description="react; decompose (split, answer each part, combine); vote (several agents, majority)"
+    )
+    max_message_chars: int = Field(8000, ge=1, description="a longer message gets a clear reply, no model call")
     answer_timeout_s: float = Field(
         120.0, gt=0, description="deadline for one answer per model, retries and their backoff included"
     )
@@ -101,32 +109,32 @@ Policy = Literal["allow", "confirm", "approve", "deny"]
 class ToolSettings(Section):
     """`[tools.NAME]`: switch a tool off, change its timeout or its approval policy."""
 
-    enabled: bool = True
-    timeout_s: float | None = Field(None, gt=0)
-    approval: Policy | None = None
+    enabled: bool = Field(True, description="false hides the tool from the model")
+    timeout_s: float | None = Field(None, gt=0, description="a call running longer is stopped (default: the tool's)")
+    approval: Policy | None = Field(None, description="who must say yes before it runs (default: the tool's)")
 
 
 class FileToolSettings(ToolSettings):
     root: Path | None = Field(None, description="the only directory the tool may read; unset hides the tool")
-    max_bytes: int = Field(64_000, ge=1)
+    max_bytes: int = Field(64_000, ge=1, description="most bytes read from one file")
 
 
 class SQLToolSettings(ToolSettings):
     database: Path | None = Field(None, description="SQLite file opened read-only; unset hides the tool")
-    max_rows: int = Field(50, ge=1)
+    max_rows: int = Field(50, ge=1, description="most rows a query returns")
 
 
 class HTTPGetSettings(ToolSettings):
     allow_hosts: list[str] = Field(default_factory=list, description="hosts (or *.domain) the tool may fetch")
     allow_http: bool = Field(False, description="also allow plain http:// URLs")
-    max_bytes: int = Field(200_000, ge=1)
+    max_bytes: int = Field(200_000, ge=1, description="most bytes read from one response")
 
 
 class ProviderToolSettings(ToolSettings):
     """A tool backed by a web API: hidden from the model until its base URL and key are set."""
 
-    base_url: str | None = None
-    api_key: SecretStr | None = None
+    base_url: str | None = Field(None, description="the provider's API base URL")
+    api_key: SecretStr | None = Field(None, description="the provider's key; unset hides the tool")
 
 
 class ToolsSettings(Section):
@@ -201,20 +209,20 @@ class DispatchSettings(Section):
 
 
 class DBSettings(Section):
-    path: Path = Path("data/parley.db")
-    busy_timeout_ms: int = Field(5000, ge=0)
+    path: Path = Field(Path("data/parley.db"), description="the SQLite file (created with its directory)")
+    busy_timeout_ms: int = Field(5000, ge=0, description="how long a write waits for another process's lock")
 
 
 class HTTPSettings(Section):
-    host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
+    host: str = Field("127.0.0.1", description="where the HTTP server listens (0.0.0.0 in a container)")
+    port: int = Field(8080, ge=0, le=65535, description="its port: Slack events, health, readiness, metrics")
 
 
 class SlackSettings(Section):
-    bot_token: SecretStr | None = None
-    signing_secret: SecretStr | None = None
+    bot_token: SecretStr | None = Field(None, description="the bot token (xoxb-...); set, it turns Slack on")
+    signing_secret: SecretStr | None = Field(None, description="verifies requests to /slack/events (HTTP mode)")
     app_token: SecretStr | None = Field(None, description="with an app token, Socket Mode is used instead of HTTP")
-    api_url: str = "https://slack.com/api/"
+    api_url: str = Field("https://slack.com/api/", description="Slack's Web API (a test server, a proxy)")
     command: str = Field("/parley", pattern=r"^/[a-z0-9_-]+$", description="the slash command's name")
     progress_reaction: str = Field("eyes", description="the reaction on a question while it is answered")
     progress_after_s: float = Field(1.0, ge=0, description="show the reaction only when an answer takes longer")
@@ -243,9 +251,9 @@ class SlackSettings(Section):
 
 
 class DiscordSettings(Section):
-    token: SecretStr | None = None
-    api_url: str = "https://discord.com/api/v10"
-    gateway_url: str = "wss://gateway.discord.gg/"
+    token: SecretStr | None = Field(None, description="the bot token; set, it turns Discord on")
+    api_url: str = Field("https://discord.com/api/v10", description="Discord's REST API (a test server, a proxy)")
+    gateway_url: str = Field("wss://gateway.discord.gg/", description="Discord's gateway websocket")
     prefix: str = Field("!", max_length=5, description="prefix commands (!ask ...); empty turns them off")
     command_guild: int | None = Field(None, description="sync slash commands to this guild only (development)")
 
@@ -253,11 +261,10 @@ class DiscordSettings(Section):
 class SentrySettings(Section):
     dsn: SecretStr | None = Field(None, description="send errors to this Sentry project; unset sends nothing")
     environment: str | None = Field(None, description="the Sentry environment of events (production, staging)")
-    traces_sample_rate: float = Field(0.0, ge=0, le=1, description="share of messages traced as performance")
 
 
 class LogSettings(Section):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("WARNING", description="the lowest level logged")
     format: Literal["auto", "json", "console"] = Field(
         "auto", description="json off a terminal and readable on one (auto), or always one of them"
     )
@@ -327,9 +334,9 @@ class ScheduleSettings(Section):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="the job name (parley jobs run NAME)")
     cron: Cron = Field(description="when, e.g. '0 9 * * mon-fri'")
-    platform: Literal["slack", "discord", "console"]
+    platform: Literal["slack", "discord", "console"] = Field(description="where the answer is posted")
     channel: str = Field(min_length=1, description="workspace/channel (slack T123/C456, discord GUILD/CHANNEL)")
-    prompt: str = Field(min_length=1)
+    prompt: str = Field(min_length=1, description="what the agent is asked, e.g. summarise yesterday's open questions")
 
 
 class Settings(BaseSettings):

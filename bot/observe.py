@@ -54,7 +54,7 @@ def scrubber(redactor: Redactor) -> Any:
 def init_sentry(settings: SentrySettings, secrets: Sequence[str]) -> bool:
     """Start Sentry when a DSN is set. Call inside the running loop: the asyncio integration hooks that loop.
 
-    Local variables are never sent (they hold messages and tokens), nor personal data; error logs become
+    Local variables are never sent (they hold messages and tokens), nor (by default) personal data; error logs become
     events, other log lines breadcrumbs.
     """
     if settings.dsn is None:
@@ -65,9 +65,7 @@ def init_sentry(settings: SentrySettings, secrets: Sequence[str]) -> bool:
         release=_release(),
         integrations=[AsyncioIntegration(), LoggingIntegration(level=logging.INFO, event_level=logging.ERROR)],
         include_local_variables=False,
-        send_default_pii=False,
         max_request_body_size="never",
-        traces_sample_rate=settings.traces_sample_rate,
         before_send=scrubber(Redactor(secrets)),
     )
     log.info("error reports go to Sentry")

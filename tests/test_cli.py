@@ -313,3 +313,39 @@ def test_run_serves_discord_and_discord_sync_registers_commands(tmp_path: Path, 
         assert discord.token not in err
         # The first start synced the global commands (the guild sync above does not count for them).
         assert [s.guild_id for s in discord.command_syncs] == [discord.guild_id, None], err
+
+
+def test_jobs_list_and_run_a_report_and_a_built_in_job(tmp_path: Path, fake_model: FakeOpenAI) -> None:
+    schedule = {"name": "standup", "cron": "0 9 * * mon-fri", "platform": "console", "channel": "team"}
+    env = fake_env(tmp_path, fake_model)
+    env["PARLEY_SCHEDULES"] = json.dumps([{**schedule, "prompt": "when is the standup?"}])
+    env["PARLEY_EXPORT__DIR"] = str(tmp_path / "exports")
+    assert parley(["chat", "--channel", "team"], env, "remember that the standup is at 9:30\n").returncode == 0
+
+    listed = parley(["jobs", "list", "--json"], env)
+    assert listed.returncode == 0, listed.stderr
+    jobs = {row["name"]: row for row in json.loads(listed.stdout)}
+    assert list(jobs) == ["prune", "export_chains", "standup"]
+    assert jobs["standup"]["cron"] == "0 9 * * mon-fri" and jobs["standup"]["last_run"] is None
+    assert jobs["standup"]["next_run"].endswith("09:00:00+00:00")
+
+    report = parley(["jobs", "run", "standup"], env)
+    assert report.returncode == 0, report.stderr
+    assert "[#team]" in report.stdout and "9:30" in report.stdout
+    exported = parley(["jobs", "run", "export_chains"], env)
+    assert exported.returncode == 0, exported.stderr
+    assert "exported 2 chains" in exported.stdout
+    assert len(list((tmp_path / "exports").glob("chains-*.jsonl"))) == 1
+
+    after = {row["name"]: row for row in json.loads(parley(["jobs", "list", "--json"], env).stdout)}
+    assert (after["standup"]["outcome"], after["export_chains"]["outcome"]) == ("ok", "ok")
+    assert after["prune"]["last_run"] is None
+
+    unknown = parley(["jobs", "run", "nightly"], env)
+    assert unknown.returncode == 2 and "no job 'nightly'" in unknown.stderr
+
+
+def test_a_bad_cron_line_stops_start_up_with_one_line_naming_it(tmp_path: Path) -> None:
+    proc = parley(["jobs", "list"], base_env(tmp_path, PARLEY_SCHEDULER__PRUNE_CRON="0 9 * * monday"))
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "PARLEY_SCHEDULER__PRUNE_CRON" in proc.stderr
