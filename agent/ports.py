@@ -48,6 +48,14 @@ class DeliveryError(Exception):
 
 
 @runtime_checkable
+class Poster(Protocol):
+    """A platform that can post to a channel on its own, not as a reply: scheduled reports and summaries.
+    `channel` is the channel's memory key (`slack:T/C`, `discord:G/C`) or the platform's own channel id."""
+
+    async def post(self, channel: str, text: str) -> None: ...
+
+
+@runtime_checkable
 class ReportsConnection(Protocol):
     """A platform with a live connection to watch (a websocket, a login): readiness reports it."""
 

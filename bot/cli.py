@@ -562,6 +562,7 @@ async def jobs_run(name: Annotated[str, typer.Argument(help="The job to run (see
     from bot.app import build_app
     from bot.jobs import build_jobs, job_deps, job_table
     from bot.metrics import observe_job
+    from bot.observe import error_reports
     from bot.scheduler import Scheduler
     from bot.service import posting_platforms
 
@@ -569,7 +570,11 @@ async def jobs_run(name: Annotated[str, typer.Argument(help="The job to run (see
     names = [row[0] for row in job_table(settings)]
     if name not in names:
         raise fail(f"no job {name!r}; jobs: {', '.join(names)}", 2)
-    async with build_app(settings) as parley, posting_platforms(parley) as posters:
+    async with (
+        error_reports(settings.sentry, secret_values(settings)),
+        build_app(settings) as parley,
+        posting_platforms(parley) as posters,
+    ):
         jobs = build_jobs(settings, job_deps(parley, posters))
         scheduler = Scheduler(parley.store, jobs, timezone=settings.scheduler.timezone, observe=observe_job)
         outcome = await scheduler.run(name)

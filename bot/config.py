@@ -272,11 +272,16 @@ class LogSettings(Section):
 
 def cron(value: str) -> str:
     """A five-field crontab line (minute hour day month day-of-week; day names such as mon-fri)."""
+    fields = value.split()
+    # APScheduler counts weekdays from Monday = 0 where crontab counts from Sunday = 0: `1-5` would run Tuesday
+    # to Saturday. Names mean the same everywhere.
+    if len(fields) == 5 and any(ch.isdigit() for ch in fields[4]):
+        raise ValueError(f"{value!r}: write days of the week as names (mon-fri, sun), not numbers")
     try:
         CronTrigger.from_crontab(value)
     except ValueError as exc:
         raise ValueError(f"{value!r} is not a cron line such as '0 9 * * mon-fri': {exc}") from None
-    return value.strip()
+    return " ".join(fields)
 
 
 Cron = Annotated[str, AfterValidator(cron)]

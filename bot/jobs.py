@@ -4,18 +4,19 @@ them to their cron lines from the settings."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 from agent.memory import Memory
 from agent.messages import IncomingMessage
+from agent.ports import Poster
 from agent.redact import Redactor
 from agent.resilience import CircuitBreaker
 from agent.runtime import Agent
@@ -33,13 +34,6 @@ assert {EXPORT_JOB, PRUNE_JOB, SUMMARY_JOB} == set(BUILTIN_JOBS)
 FIRST_SUMMARY_S = DAY
 
 
-@runtime_checkable
-class Poster(Protocol):
-    """An adapter that can post to a channel on its own (Slack, Discord, the console)."""
-
-    async def post(self, channel: str, text: str) -> None: ...
-
-
 class JobError(Exception):
     """A job could not do its work; the message is recorded with the run."""
 
@@ -47,7 +41,9 @@ class JobError(Exception):
 # Prune ---------------------------------------------------------------------------------------------------
 
 
-async def prune(run: JobRun, *, memory: Memory, retention: RetentionSettings, fact_max_age_days: int) -> str:
+async def prune(
+    run: JobRun, *, memory: Memory, retention: RetentionSettings, fact_max_age_days: int, export_enabled: bool = True
+) -> str:
     """Delete what is older than its retention. Chains are kept until exported, so an export that has been
     failing loses nothing to the prune."""
     now = run.now.timestamp()
@@ -57,11 +53,15 @@ async def prune(run: JobRun, *, memory: Memory, retention: RetentionSettings, fa
         return now - days * DAY
 
     def delete(db: sqlite3.Connection) -> dict[str, int]:
-        exported = _mark(db, EXPORT_JOB)
+        # Unexported chains stay (when the export runs at all); so does the newest chain, whose id SQLite would
+        # hand out again if it went, below the export's mark.
+        kept_above = _mark(db, EXPORT_JOB) if export_enabled else None
         counts = {
             "turns": db.execute("DELETE FROM turns WHERE created_at < ?", (cutoff(retention.turns_days),)).rowcount,
             "chains": db.execute(
-                "DELETE FROM chains WHERE started_at < ? AND id <= ?", (cutoff(retention.chains_days), exported)
+                "DELETE FROM chains WHERE started_at < ? AND (? IS NULL OR id <= ?) "
+                "AND id < (SELECT MAX(id) FROM chains)",
+                (cutoff(retention.chains_days), kept_above, kept_above),
             ).rowcount,
             "tool executions": db.execute(
                 "DELETE FROM tool_executions WHERE started_at < ?", (cutoff(retention.chains_days),)
@@ -131,17 +131,32 @@ async def export_chains(run: JobRun, *, memory: Memory, settings: ExportSettings
 
     Each file is written as `.part`, synced, then the mark moves to its last chain in the database, then it is
     renamed: a crash before the mark leaves a `.part` the next run deletes (and exports again), a crash after
-    it a `.part` the next run keeps. So a chain is exported once, and none is skipped.
+    it a `.part` the next run keeps. So a chain is exported once, and none is skipped. A lock file keeps a second
+    export (`parley jobs run export_chains` while the service runs) out of the directory meanwhile.
     """
     directory = settings.dir
     directory.mkdir(parents=True, exist_ok=True)
+    with _export_lock(directory):
+        return await _export(directory, memory, settings, redactor)
+
+
+@contextmanager
+def _export_lock(directory: Path) -> Iterator[None]:
+    with (directory / ".export.lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise JobError(f"another export is writing to {directory}; nothing done") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+async def _export(directory: Path, memory: Memory, settings: ExportSettings, redactor: Redactor) -> str:
     store = memory.store
     mark = await store.write(lambda db: _mark(db, EXPORT_JOB))
-    for leftover in sorted(directory.glob("chains-*.jsonl.part")):
-        if _last_id(leftover.with_suffix("")) <= mark:
-            leftover.rename(leftover.with_suffix(""))
-        else:
-            leftover.unlink()
+    _recover(directory, mark)
     exported = files = 0
     part: _Part | None = None
     handle = None
@@ -173,6 +188,17 @@ async def export_chains(run: JobRun, *, memory: Memory, settings: ExportSettings
     return f"exported {exported} chains to {files} files" + (f", removed {removed} old files" if removed else "")
 
 
+def _recover(directory: Path, mark: int) -> None:
+    """Finish what a crashed export left: keep a staged file the mark covers, drop the rest."""
+    for leftover in sorted(directory.glob("chains-*.jsonl.part")):
+        if _last_id(leftover.with_suffix("")) <= mark:
+            leftover.rename(leftover.with_suffix(""))
+        else:
+            leftover.unlink()
+    for unfinished in directory.glob("[0-9]*.part"):  # cut short while being written
+        unfinished.unlink()
+
+
 async def _commit(store: Store, part: _Part) -> None:
     """Sync the file under its final name's `.part`, move the mark, then give it its final name."""
     final = part.path.parent / _export_name(part.first, part.last)
@@ -180,8 +206,18 @@ async def _commit(store: Store, part: _Part) -> None:
     with part.path.open("rb") as fh:
         os.fsync(fh.fileno())
     part.path.rename(staged)
+    _sync_dir(staged.parent)  # the staged name survives a power cut before the mark does
     await store.write(lambda db: _set_mark(db, EXPORT_JOB, part.last))
     staged.rename(final)
+    _sync_dir(final.parent)
+
+
+def _sync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _rotate(directory: Path, keep: int) -> int:
@@ -292,6 +328,7 @@ def build_jobs(settings: Settings, deps: JobDeps) -> list[Job]:
             memory=deps.memory,
             retention=settings.retention,
             fact_max_age_days=settings.memory.fact_max_age_days,
+            export_enabled=settings.export.enabled,
         ),
         EXPORT_JOB: partial(export_chains, memory=deps.memory, settings=settings.export, redactor=deps.redactor),
         SUMMARY_JOB: partial(

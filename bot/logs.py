@@ -17,7 +17,7 @@ def redacting(redactor: Redactor) -> structlog.typing.Processor:
     the rendered message and the traceback included."""
 
     def redact(logger: Any, method: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
-        return {key: redactor.data(value) if isinstance(value, str) else value for key, value in event.items()}
+        return {key: redactor.data(value) for key, value in event.items()}
 
     return redact
 

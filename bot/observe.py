@@ -21,9 +21,9 @@ from bot.config import SentrySettings
 
 log = logging.getLogger("parley.observe")
 
-# Context variables that become Sentry tags: bound per message (platform, conversation), per job run, and
-# at the failure itself (error_id, which is also in the user's reply).
-TAGGED = ("platform", "conversation", "error_id", "job", "slot")
+# Context variables that become Sentry tags in `before_send`: the error id is bound where the failure is
+# logged (in the agent too, which knows nothing of Sentry); the run's own tags are on its isolation scope.
+TAGGED = ("error_id",)
 
 
 @contextmanager

@@ -7,12 +7,13 @@ a run is: claiming its slot, running it inside a log and Sentry context, recordi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -71,13 +72,18 @@ RunObserver = Callable[[str, str], None]
 
 
 def last_slot(trigger: CronTrigger, now: datetime, grace_s: float) -> datetime | None:
-    """The latest fire time of `trigger` at or before `now`, looking back at most `grace_s`: the slot that a
-    run at `now` stands for (with coalescing, several missed fire times are one run, of the latest)."""
+    """The latest fire time of `trigger` at or before `now`, looking back at most `grace_s`, in UTC: the slot that
+    a run at `now` stands for (with coalescing, several missed fire times are one run, of the latest).
+
+    Stepping and comparing happen in UTC: on a daylight-saving fall-back day a local wall time occurs twice,
+    and stepping in local time would find the same fire time again, forever.
+    """
+    now = now.astimezone(UTC)
     found = None
     candidate = trigger.get_next_fire_time(None, now - timedelta(seconds=grace_s))
-    while candidate is not None and candidate <= now:
-        found = candidate
-        candidate = trigger.get_next_fire_time(candidate, candidate + timedelta(microseconds=1))
+    while candidate is not None and candidate.astimezone(UTC) <= now:
+        found = candidate.astimezone(UTC)
+        candidate = trigger.get_next_fire_time(candidate, found + timedelta(microseconds=1))
     return found
 
 
@@ -102,6 +108,7 @@ class Scheduler:
         self.clock = clock or (lambda: datetime.now(self.zone))
         self.observe = observe
         self._apscheduler: AsyncIOScheduler | None = None
+        self._runs: set[asyncio.Task[None]] = set()
 
     @property
     def running(self) -> bool:
@@ -112,7 +119,7 @@ class Scheduler:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self.stop()
+        await self.stop()
 
     async def start(self) -> None:
         """Mark runs an earlier process left unfinished, then schedule every job."""
@@ -140,16 +147,27 @@ class Scheduler:
         scheduler.start()
         self._apscheduler = scheduler
 
-    def stop(self) -> None:
-        """Stop firing; a run in progress is cancelled with the loop and its row says interrupted next start."""
+    async def stop(self) -> None:
+        """Stop firing and cancel the runs in progress (before the database closes under them); their rows say
+        `interrupted` at the next start, and their slots do not run again."""
         if self._apscheduler is not None and self._apscheduler.running:
             self._apscheduler.shutdown(wait=False)
         self._apscheduler = None
+        for task in self._runs:
+            task.cancel()
+        await asyncio.gather(*self._runs, return_exceptions=True)
 
     async def _fire(self, name: str) -> None:
-        now = self.clock()
-        slot = last_slot(self.triggers[name], now, self.misfire_grace_s) or now
-        await self.run(name, slot=slot.isoformat(), now=now)
+        task = asyncio.current_task()
+        assert task is not None
+        self._runs.add(task)
+        try:
+            now = self.clock()
+            # Slots are UTC times, so a change of time zone setting does not make a slot new again.
+            slot = last_slot(self.triggers[name], now, self.misfire_grace_s) or now.astimezone(UTC)
+            await self.run(name, slot=slot.isoformat(), now=now)
+        finally:
+            self._runs.discard(task)
 
     async def run(self, name: str, *, slot: str | None = None, now: datetime | None = None) -> Outcome:
         """Run a job for a slot unless that slot ran already; no slot means a manual run, now, once."""

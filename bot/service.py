@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from adapters.discord import DiscordAdapter, DiscordConfig
 from adapters.slack import SlackAdapter, SlackConfig
 from agent.inbox import Inbox
-from agent.ports import ChatPlatform, ReportsConnection
+from agent.ports import ChatPlatform, Poster, ReportsConnection
 from bot.app import App, build_app, dispatch_options
 from bot.config import Settings, secret_values
 from bot.dispatcher import Dispatcher
 from bot.http import build_http_app, serve
-from bot.jobs import Poster, scheduled_jobs
+from bot.jobs import scheduled_jobs
 from bot.observe import error_reports
 from bot.scheduler import Scheduler
 
@@ -58,8 +59,14 @@ async def readiness(
     this process has one), and each model's breaker is not open."""
     checks: dict[str, object] = {}
     try:
-        # A write, not a read: a full disk or a read-only file fails here, where a SELECT would pass.
-        await parley.store.write(lambda db: db.execute("CREATE TEMP TABLE IF NOT EXISTS readyz (x)"))
+        # A write to the main database, not a read: a full disk or a read-only file fails here.
+        await parley.store.write(
+            lambda db: db.execute(
+                "INSERT INTO job_state (job, key, value) VALUES ('readyz', 'checked_at', ?) "
+                "ON CONFLICT (job, key) DO UPDATE SET value = excluded.value",
+                (str(time.time()),),
+            )
+        )
         checks["database"] = True
     except Exception as exc:
         checks["database"] = {"ok": False, "error": type(exc).__name__}

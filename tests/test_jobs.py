@@ -9,6 +9,7 @@ import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from apscheduler.triggers.cron import CronTrigger
@@ -24,7 +25,17 @@ from agent.runtime import Agent, AgentOptions
 from agent.store import Store
 from agent.tools.runner import ToolRunner
 from bot.config import ExportSettings, RetentionSettings, ScheduleSettings, Settings
-from bot.jobs import EXPORT_JOB, JobDeps, build_jobs, export_chains, job_table, prune, report
+from bot.jobs import (
+    EXPORT_JOB,
+    JobDeps,
+    JobError,
+    _export_lock,
+    build_jobs,
+    export_chains,
+    job_table,
+    prune,
+    report,
+)
 from bot.scheduler import Job, JobRun, Scheduler, last_runs, last_slot
 from bot.summary import render, summarise
 from tests.conftest import final, step
@@ -60,6 +71,12 @@ def test_last_slot_is_the_latest_fire_time_within_the_grace_time() -> None:
     # Day names: Saturday has no slot, however long the grace.
     saturday = datetime(2026, 11, 28, 9, 0, 30, tzinfo=UTC)
     assert last_slot(weekdays, saturday, 3600) is None
+    # A run inside the repeated hour of a fall-back day: each of the two 01:30s is its own slot, in UTC.
+    new_york = ZoneInfo("America/New_York")
+    nightly = CronTrigger.from_crontab("30 1 * * *", timezone=new_york)
+    first, second = (datetime(2026, 11, 1, 1, 30, 30, tzinfo=new_york, fold=fold) for fold in (0, 1))
+    assert last_slot(nightly, first, 300) == datetime(2026, 11, 1, 5, 30, tzinfo=UTC)
+    assert last_slot(nightly, second, 300) == datetime(2026, 11, 1, 6, 30, tzinfo=UTC)
     # Missed fire times coalesce into the latest.
     every_minute = CronTrigger.from_crontab("* * * * *", timezone=UTC)
     assert last_slot(every_minute, NOW, 300) == NOW.replace(second=0)
@@ -216,6 +233,23 @@ async def test_prune_deletes_what_is_past_retention_and_keeps_the_rest(store: St
         await store.write(lambda db: db.execute("DELETE FROM approval_audit"))
 
 
+async def test_without_the_export_old_chains_go_but_the_newest_stays(store: Store, memory: Memory) -> None:
+    old = NOW.timestamp() - 400 * DAY
+
+    def seed(db: sqlite3.Connection) -> None:
+        for _ in range(3):
+            db.execute(
+                "INSERT INTO chains (channel, question, answer, status, model, started_at, duration_ms) "
+                "VALUES ('c', 'q', 'a', 'answered', 'm', ?, 1)",
+                (old,),
+            )
+
+    await store.write(seed)
+    await prune(run_at(NOW), memory=memory, retention=RetentionSettings(), fact_max_age_days=30, export_enabled=False)
+    # The newest row stays even when old: deleting it would let SQLite hand its id out again.
+    assert [r[0] for r in await store.fetchall("SELECT id FROM chains")] == [3]
+
+
 # Export ------------------------------------------------------------------------------------------------
 
 
@@ -287,6 +321,18 @@ async def test_export_after_a_crash_keeps_a_committed_file_and_redoes_an_uncommi
     await export_chains(run_at(NOW), memory=memory, settings=settings, redactor=Redactor())
     assert exported_ids(settings.dir) == [1, 2, 3, 4]
     assert not list(settings.dir.glob("*.part"))
+
+
+async def test_a_second_export_at_the_same_time_does_nothing(tmp_path: Path, memory: Memory, store: Store) -> None:
+    settings = ExportSettings(dir=tmp_path / "exports")
+    await add_chains(memory, 2)
+    settings.dir.mkdir()
+    with _export_lock(settings.dir):
+        with pytest.raises(JobError, match="another export"):
+            await export_chains(run_at(NOW), memory=memory, settings=settings, redactor=Redactor())
+        assert await store.fetchone("SELECT value FROM job_state WHERE job = ?", (EXPORT_JOB,)) is None
+    await export_chains(run_at(NOW), memory=memory, settings=settings, redactor=Redactor())
+    assert exported_ids(settings.dir) == [1, 2]
 
 
 async def test_export_keeps_only_the_newest_files(tmp_path: Path, memory: Memory) -> None:
@@ -449,6 +495,15 @@ async def test_a_report_the_agent_could_not_answer_is_not_posted(
     assert console.posts == []
 
 
+def test_days_of_the_week_must_be_names() -> None:
+    # APScheduler counts from Monday = 0, crontab from Sunday = 0: a number would run on the wrong days.
+    with pytest.raises(ValueError, match="as names"):
+        Settings(scheduler={"prune_cron": "0 9 * * 1-5"})
+    with pytest.raises(ValueError, match="as names"):
+        ScheduleSettings(name="x", cron="0 9 * * 0", platform="console", channel="team", prompt="p")
+    assert Settings(scheduler={"prune_cron": "0  9 * * mon-fri"}).scheduler.prune_cron == "0 9 * * mon-fri"
+
+
 def test_the_job_table_follows_the_settings() -> None:
     assert [name for name, *_ in job_table(Settings())] == ["prune", "export_chains"]
     settings = Settings(
@@ -459,3 +514,29 @@ def test_the_job_table_follows_the_settings() -> None:
         ],
     )
     assert [name for name, *_ in job_table(settings)] == ["prune", "metrics_summary", "standup"]
+
+
+async def test_stopping_cancels_a_run_in_progress_and_the_next_start_marks_it_interrupted(store: Store) -> None:
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def slow(run: JobRun) -> str:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "never"
+
+    jobs = [Job("slow", "0 9 * * *", slow)]
+    scheduler = Scheduler(store, jobs, clock=lambda: NOW)
+    await scheduler.start()
+    assert scheduler._apscheduler is not None
+    scheduler._apscheduler.get_job("slow").modify(next_run_time=datetime.now(UTC))
+    await asyncio.wait_for(started.wait(), 10)
+    await asyncio.wait_for(scheduler.stop(), 5)
+    assert cancelled.is_set()
+    assert (await last_runs(store))["slow"].state == "running"
+    async with Scheduler(store, jobs, clock=lambda: NOW) as again:
+        assert (await last_runs(store))["slow"].state == "interrupted"
+        assert (await again.run("slow", slot=NOW.replace(second=0).isoformat())).state == "skipped"

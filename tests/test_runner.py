@@ -318,6 +318,11 @@ async def test_metrics_hook_counts_by_tool_and_outcome(log: ExecutionLog) -> Non
     assert registry.get_sample_value("parley_tool_calls_total", {"tool": "add", "outcome": "ok"}) == 1
     assert registry.get_sample_value("parley_tool_calls_total", {"tool": "add", "outcome": "invalid_args"}) == 1
     assert registry.get_sample_value("parley_tool_call_seconds_count", {"tool": "add"}) == 2
+    # Names the model makes up share one label, so they cannot grow the series without bound.
+    for made_up in ("fly", "teleport"):
+        await runner.run(made_up, {})
+    assert registry.get_sample_value("parley_tool_calls_total", {"tool": "unknown", "outcome": "unknown_tool"}) == 2
+    assert registry.get_sample_value("parley_tool_calls_total", {"tool": "fly", "outcome": "unknown_tool"}) is None
     runner.close()
 
 

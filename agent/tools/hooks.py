@@ -42,5 +42,7 @@ class MetricsHook:
         return None
 
     async def after(self, call: ToolCall, result: ToolResult) -> None:
-        self.calls.labels(call.tool, result.outcome).inc()
-        self.duration.labels(call.tool).observe(result.duration_ms / 1000)
+        # A name the model made up is not a tool: one label for all of them keeps the series bounded.
+        tool = "unknown" if result.outcome == "unknown_tool" else call.tool
+        self.calls.labels(tool, result.outcome).inc()
+        self.duration.labels(tool).observe(result.duration_ms / 1000)
