@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import BinaryIO
 
 from agent.memory import Memory
 from agent.messages import IncomingMessage
@@ -28,8 +29,7 @@ from bot.scheduler import Job, JobRun, Scheduler
 from bot.summary import render, summarise
 
 DAY = 86400.0
-EXPORT_JOB, PRUNE_JOB, SUMMARY_JOB = "export_chains", "prune", "metrics_summary"
-assert {EXPORT_JOB, PRUNE_JOB, SUMMARY_JOB} == set(BUILTIN_JOBS)
+PRUNE_JOB, EXPORT_JOB, SUMMARY_JOB = BUILTIN_JOBS
 # The first summary covers this much time; later ones start where the previous one did.
 FIRST_SUMMARY_S = DAY
 
@@ -122,8 +122,18 @@ class _Part:
 
     path: Path
     first: int
+    handle: BinaryIO
     last: int = 0
     size: int = 0
+
+    @classmethod
+    def open(cls, directory: Path, first: int) -> _Part:
+        path = directory / f"{first:010d}.part"
+        return cls(path, first, path.open("wb"))
+
+    def write(self, line: bytes, chain_id: int) -> None:
+        self.handle.write(line)
+        self.last, self.size = chain_id, self.size + len(line)
 
 
 async def export_chains(run: JobRun, *, memory: Memory, settings: ExportSettings, redactor: Redactor) -> str:
@@ -159,31 +169,22 @@ async def _export(directory: Path, memory: Memory, settings: ExportSettings, red
     _recover(directory, mark)
     exported = files = 0
     part: _Part | None = None
-    handle = None
     try:
         async for chain in memory.chains_since(0.0, after_id=mark):
             line = (json.dumps(redactor.data(chain), ensure_ascii=False) + "\n").encode()
-            if part is not None and handle is not None and part.size + len(line) > settings.max_file_bytes:
-                handle.close()
-                handle = None
+            if part is not None and part.size + len(line) > settings.max_file_bytes:
                 await _commit(store, part)
-                files += 1
-                part = None
+                files, part = files + 1, None
             if part is None:
-                part = _Part(directory / f"{chain['id']:010d}.part", chain["id"])
-                handle = part.path.open("wb")
-            assert handle is not None
-            handle.write(line)
-            part.last, part.size = chain["id"], part.size + len(line)
+                part = _Part.open(directory, chain["id"])
+            part.write(line, chain["id"])
             exported += 1
-        if part is not None and handle is not None:
-            handle.close()
-            handle = None
+        if part is not None:
             await _commit(store, part)
-            files += 1
+            files, part = files + 1, None
     finally:
-        if handle is not None:
-            handle.close()
+        if part is not None:  # cut short: the next run deletes the file
+            part.handle.close()
     removed = _rotate(directory, settings.keep_files)
     return f"exported {exported} chains to {files} files" + (f", removed {removed} old files" if removed else "")
 
@@ -203,8 +204,9 @@ async def _commit(store: Store, part: _Part) -> None:
     """Sync the file under its final name's `.part`, move the mark, then give it its final name."""
     final = part.path.parent / _export_name(part.first, part.last)
     staged = final.with_name(final.name + ".part")
-    with part.path.open("rb") as fh:
-        os.fsync(fh.fileno())
+    part.handle.flush()
+    os.fsync(part.handle.fileno())
+    part.handle.close()
     part.path.rename(staged)
     _sync_dir(staged.parent)  # the staged name survives a power cut before the mark does
     await store.write(lambda db: _set_mark(db, EXPORT_JOB, part.last))
@@ -243,11 +245,10 @@ async def metrics_summary(
     until = run.now.timestamp()
     since = run.since if run.since is not None else until - FIRST_SUMMARY_S
     text = render(await summarise(store, since, until, breakers()))
-    posted = []
+    targets = list(targets)
     for target in targets:
         await _poster(posters, target.partition(":")[0]).post(target, text)
-        posted.append(target)
-    return f"posted the summary to {', '.join(posted)}"
+    return f"posted the summary to {', '.join(targets)}"
 
 
 def _poster(posters: Mapping[str, Poster], platform: str) -> Poster:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import sys
 import types
 import typing
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +52,6 @@ def default_text(value: Any) -> str:
         return "(set)"
     if isinstance(value, bool):
         return str(value).lower()
-    if isinstance(value, Enum):
-        return f"`{value.value}`"
     if isinstance(value, list | dict):
         return f"`{value!r}`" if value else ("`[]`" if isinstance(value, list) else "`{}`")
     if isinstance(value, str | Path):
@@ -80,9 +77,10 @@ def rows() -> list[str]:
     aliases = _aliases()
     out: list[str] = []
 
-    def row(env: str, toml: str, field: FieldInfo, default: Any, alias: str | None = None) -> None:
+    def row(env: str | None, toml: str, field: FieldInfo, default: Any, alias: str | None = None) -> None:
+        env_cell = f"`{env}`" if env else ""
         out.append(
-            f"| `{env}` | `{toml}` | {type_name(field.annotation, field)} | {default_text(default)} "
+            f"| {env_cell} | `{toml}` | {type_name(field.annotation, field)} | {default_text(default)} "
             f"| {_describe(field, alias=alias)} |"
         )
 
@@ -97,13 +95,13 @@ def rows() -> list[str]:
                 "| scheduled reports: the agent answers `prompt` with the channel's memory and posts the answer |"
             )
             for name, field in ScheduleSettings.model_fields.items():
-                row("", f"[[schedules]] {name}", field, _default(field))
+                row(None, f"[[schedules]] {name}", field, _default(field))  # set in the list above
             continue
         assert isinstance(model, type) and issubclass(model, BaseModel), section
         for name, field in model.model_fields.items():
             env = f"{ENV_PREFIX}{section.upper()}__{name.upper()}"
             row(env, f"[{section}] {name}", field, _default(field), aliases.get((section, name)))
-    return [line.replace("| `` |", "| |") for line in out]
+    return out
 
 
 def _tool_rows(row: Any) -> None:
