@@ -5,6 +5,18 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 # llama-cpp-python compiles from source once (several minutes); pip caches the wheel afterwards.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
+# Build only what the embedded engine loads: no multimodal library (LLAVA_BUILD, ~50 files and a bundled
+# audio decoder), no llama.cpp tests, examples, tools or server, no HTTPS model downloads. GGML_NATIVE keeps
+# the CPU backend tuned to the machine that builds it (AVX2/AVX-512 where present).
+LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
+	-DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF -DGGML_NATIVE=ON
+# Except AMX: built with it, llama-cpp-python 0.3.36 died of SIGILL (tileloadd) on the first prompt on the Xeon
+# VMs we build on, and a 135M model has little to gain from it. Only passed where the compiler knows the flags.
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+ifeq ($(shell cc $(NO_AMX) -E -x c /dev/null -o /dev/null 2>/dev/null && echo yes),yes)
+LLAMA_CMAKE_ARGS += -DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)'
+endif
+export CMAKE_ARGS ?= $(LLAMA_CMAKE_ARGS)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: run test lint bench constraints clean
@@ -38,6 +50,8 @@ bench: $(VENV)/.test-installed
 	$(BIN)/python -m benchmarks.agent
 	$(BIN)/python -m benchmarks.dispatch
 	$(BIN)/python -m benchmarks.slack
+	$(BIN)/python -m benchmarks.mcp
+	$(BIN)/python -m benchmarks.embedded
 
 constraints: $(VENV)/.test-installed
 	{ echo "# Pinned versions of every dependency (pip install -c). Regenerate: make constraints"; \

@@ -13,7 +13,7 @@ import time
 import uuid
 from typing import TextIO
 
-from agent.approvals import ApprovalRequest
+from agent.approvals import ApprovalRequest, PromptLocation
 from agent.messages import IncomingMessage, Reply
 from agent.ports import Decide, Submit
 
@@ -119,9 +119,10 @@ class ConsoleAdapter:
         if waiting is not None and not waiting.done():
             waiting.set_result(None)
 
-    async def request_approval(self, request: ApprovalRequest) -> None:
+    async def request_approval(self, request: ApprovalRequest) -> PromptLocation | None:
         """On a terminal, ask y/n/always; the next line typed is the answer (the chat waits for this message).
-        Without a terminal nobody can answer: deny, unless settings auto-approve for local use."""
+        Without a terminal nobody can answer: deny, unless settings auto-approve for local use. A terminal's
+        prompt does not outlive its session, so there is no location to store."""
         if self._decide is None:
             raise RuntimeError("the console cannot take decisions before it runs")
         if not self.interactive or self._lines is None:
@@ -129,13 +130,14 @@ class ConsoleAdapter:
             await self._decide(
                 request.id, platform=self.name, user=self.user, approve=approve, args_hash=request.args_hash
             )
-            return
+            return None
         minutes = max(round((request.expires_at - time.time()) / 60), 1)
         self._write(
             f"parley> I want to run {request.describe_call()}. Allow it? "
             f"[y]es, [n]o, [a]lways in #{self.channel} (expires in {minutes} min): "
         )
         self._prompts[request.id] = asyncio.create_task(self._answer_prompt(request, self._lines, self._decide))
+        return None
 
     async def _answer_prompt(self, request: ApprovalRequest, lines: asyncio.Queue[str], decide: Decide) -> None:
         answer = (await lines.get()).strip().lower()

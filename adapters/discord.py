@@ -5,6 +5,10 @@ replay is answered once); replies go to the message they answer, split to Discor
 fences balanced, and never ping anyone. Slash commands are deferred at once and answered by follow-up.
 Approval buttons are dynamic items: their custom id carries the request, so they work after a restart.
 
+Bad input from the gateway cannot deafen the bot: events and commands are checked at the edge
+(adapters/discord_edge.py), and if discord.py's connection task ends anyway, `_connect` opens a new connection;
+readiness reports the connection as down until it is back.
+
 Base URL overrides (tests, proxies) are scoped: discord.py keeps its REST base and gateway URL as class
 attributes, so they are replaced once by proxies that read a context variable, set by the adapter in the
 context it is built in. Another discord.py client elsewhere in the process still reaches Discord.
@@ -13,8 +17,10 @@ context it is built in. Another discord.py client elsewhere in the process still
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import hashlib
+import io
 import json
 import logging
 import re
@@ -25,9 +31,14 @@ from typing import Any
 import discord
 import yarl
 from discord import app_commands
+from pydantic import ValidationError
 
+from adapters.approval_text import arguments_filename, fit, full_arguments
+from adapters.discord_edge import DiscordMessage, ParleyTree, SlashAsk, describe, guard_parsers, problems
+from adapters.discord_prompt import prompt_text, settled_text
+from adapters.edge import QuietLog
 from adapters.text import split_message
-from agent.approvals import ApprovalRequest
+from agent.approvals import ApprovalRequest, PromptLocation
 from agent.memory import Memory
 from agent.messages import IncomingMessage, Reply
 from agent.ports import Decide, DeliveryError, PlatformUnavailable, Submit
@@ -94,6 +105,10 @@ class DiscordConfig:
     ready_timeout_s: float = 2.0
     # Where the fingerprint of the last synced command set is kept: commands are synced when it changes.
     command_state: Path | None = None
+    # When discord.py's connection task ends on an error it does not handle, a new connection is opened after
+    # this delay, doubled with each failure in a row up to `reconnect_max_s`.
+    reconnect_delay_s: float = 1.0
+    reconnect_max_s: float = 60.0
 
 
 class ParleyClient(discord.Client):
@@ -108,6 +123,7 @@ class ParleyClient(discord.Client):
             guild_ready_timeout=adapter.config.ready_timeout_s,
         )
         self.adapter = adapter
+        guard_parsers(self._connection.parsers, adapter.quiet)
 
     async def setup_hook(self) -> None:
         self.add_dynamic_items(ApprovalButton)
@@ -115,7 +131,15 @@ class ParleyClient(discord.Client):
     async def on_ready(self) -> None:
         # Fires again after every new session (INVALID_SESSION): nothing here may run twice in a harmful way.
         log.info("connected to Discord as %s", self.user)
+        self.adapter.gateway_changed(up=True)
         self.adapter.ready.set()
+
+    async def on_resumed(self) -> None:
+        self.adapter.gateway_changed(up=True)
+
+    async def on_disconnect(self) -> None:
+        # discord.py reconnects by itself from here (RESUME or a new session); readiness says so meanwhile.
+        self.adapter.gateway_changed(up=False)
 
     async def on_message(self, message: discord.Message) -> None:
         await self.adapter.receive(message)
@@ -177,13 +201,17 @@ class DiscordAdapter:
         self.submit: Submit | None = None
         self.decide: Decide | None = None
         self.ready = asyncio.Event()
+        # Bad input from the gateway is warned about once a minute per kind, whatever its rate.
+        self.quiet = QuietLog(log)
         self.client = ParleyClient(self)
-        self.tree = app_commands.CommandTree(self.client)
+        self.tree = ParleyTree(self.client, warn=self.quiet)
         self._register_commands()
         self._typing: dict[str, asyncio.Task[None]] = {}
-        self._prompts: dict[str, tuple[int, int]] = {}  # approval request id -> (channel id, message id)
         self._runner: asyncio.Task[None] | None = None
         self._logged_in = False
+        self._gateway_up = False  # from READY or RESUMED until a disconnect
+        self._failures = 0  # connection tasks ended by an error, in a row
+        self._stopping = asyncio.Event()
 
     def connect(self, submit: Submit, decide: Decide) -> None:
         self.submit, self.decide = submit, decide
@@ -216,16 +244,65 @@ class DiscordAdapter:
                 log.warning("synced Discord slash commands: %s", ", ".join(synced))
 
     async def is_connected(self) -> bool:
-        """The gateway session is up (discord.py reconnects by itself; meanwhile this is False)."""
-        return self.client.is_ready() and not self.client.is_closed() and self.client.ws is not None
+        """The gateway session is up: False from a lost connection until READY or RESUMED, whether discord.py
+        is reconnecting by itself or `_connect` is opening a new connection after its task ended."""
+        running = self._runner is not None and not self._runner.done()
+        return running and self._gateway_up and not self.client.is_closed()
+
+    def gateway_changed(self, *, up: bool) -> None:
+        """The client's connection events: readiness follows them, and a session that came up ends a run of
+        failures (the next one waits the shortest delay again)."""
+        self._gateway_up = up
+        if up:
+            self._failures = 0
 
     async def _connect(self) -> None:
-        try:
-            await self.client.connect(reconnect=True)
-        except discord.PrivilegedIntentsRequired:
-            raise DiscordUnavailable(
-                "Discord refused the message content intent: enable it for the bot in the developer portal"
-            ) from None
+        """Hold the gateway connection until `close()`.
+
+        discord.py reconnects by itself after network errors and the close codes it can handle. Any other
+        exception ends its `connect()`, and the bot would hear nothing more: the connection is then opened again
+        (a new session), after a delay that doubles with each failure in a row. Close codes that mean the
+        settings are wrong end it for good: an error at start, a logged error after."""
+        while not self._stopping.is_set():
+            try:
+                await self.client.connect(reconnect=True)
+            except discord.PrivilegedIntentsRequired:
+                self._gave_up(
+                    "Discord refused the message content intent: enable it for the bot in the developer portal"
+                )
+                return
+            except Exception as exc:
+                self._gateway_up = False
+                if self._stopping.is_set():
+                    return
+                if self.client.is_closed():  # discord.py closed it: a revoked token, invalid intents or shards
+                    self._gave_up(f"Discord closed the gateway for good ({describe(exc)})")
+                    return
+                await self._reconnect_after(exc)
+            else:
+                return
+
+    def _gave_up(self, reason: str) -> None:
+        self._gateway_up = False
+        if not self.ready.is_set():
+            raise DiscordUnavailable(reason) from None
+        log.error("the Discord gateway is closed until Parley restarts: %s", reason)
+
+    async def _reconnect_after(self, exc: Exception) -> None:
+        delay = min(self.config.reconnect_max_s, self.config.reconnect_delay_s * 2**self._failures)
+        self._failures += 1
+        log.error(
+            "the Discord gateway connection ended (%s); opening a new one in %.1f s",
+            describe(exc),
+            delay,
+            exc_info=exc if self._failures == 1 else None,  # one traceback per run of failures
+        )
+        # discord.py leaves the socket open when an error escapes `connect()`, its heartbeat thread still
+        # beating: close it, or Discord would hold two sessions of this bot.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.client.ws.close(code=4000), timeout=5)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=delay)
 
     def commands_fingerprint(self) -> str:
         """What the command set looks like to Discord (and where it is synced): a change means a sync."""
@@ -250,6 +327,7 @@ class DiscordAdapter:
         return [command.name for command in synced]
 
     async def close(self) -> None:
+        self._stopping.set()
         for task in self._typing.values():
             task.cancel()
         await self.client.close()
@@ -259,12 +337,21 @@ class DiscordAdapter:
     # Messages in ---------------------------------------------------------------------------------------
 
     async def receive(self, message: discord.Message) -> None:
+        """A message as discord.py parsed it: read through `DiscordMessage` (checked, text repaired) or dropped
+        with a quiet warning; answered when it is a DM, mentions the bot or is a prefix command."""
         me = self.client.user
-        if me is None or message.author.bot or message.author.id == me.id:
+        if me is None:
             return
-        is_dm = message.guild is None
-        mentioned = me in message.mentions
-        text = message.content
+        try:
+            seen = DiscordMessage.model_validate(message)
+        except ValidationError as exc:
+            self.quiet.warning("message", "dropped a Discord message that does not validate (%s)", problems(exc))
+            return
+        if seen.author.bot or seen.author.id == me.id:
+            return
+        is_dm = seen.guild_id is None
+        mentioned = seen.mentions_user(me.id)
+        text = seen.content
         if not (is_dm or mentioned):
             prefix = self.config.prefix
             if not prefix or not text.startswith(f"{prefix}ask "):
@@ -273,12 +360,12 @@ class DiscordAdapter:
         text = re.sub(rf"<@!?{me.id}>", "", text).strip()
         incoming = IncomingMessage(
             platform=self.name,
-            workspace=str(message.guild.id) if message.guild else "",
-            channel=str(message.channel.id),
-            user=str(message.author.id),
+            workspace=str(seen.guild_id or ""),
+            channel=str(seen.channel.id),
+            user=str(seen.author.id),
             text=text,
-            message_id=str(message.id),
-            event_id=str(message.id),
+            message_id=str(seen.id),
+            event_id=str(seen.id),
             mentioned=mentioned,
             is_dm=is_dm,
         )
@@ -299,19 +386,25 @@ class DiscordAdapter:
         @tree.command(name="ask", description="Ask Parley a question")
         @app_commands.describe(question="What to ask")
         async def ask(interaction: discord.Interaction, question: str) -> None:
+            try:
+                seen = SlashAsk.model_validate({"interaction": interaction, "question": question})
+            except ValidationError as exc:
+                self.quiet.warning("command:ask", "refused a Discord /ask that does not validate (%s)", problems(exc))
+                await interaction.response.send_message("Sorry, I could not read that question.", ephemeral=True)
+                return
             await interaction.response.defer(thinking=True)
-            token = f"{INTERACTION}{interaction.application_id}:{interaction.token}"
+            command = seen.interaction
             message = IncomingMessage(
                 platform=self.name,
-                workspace=str(interaction.guild_id or ""),
-                channel=str(interaction.channel_id or ""),
-                user=str(interaction.user.id),
-                text=question,
+                workspace=str(command.guild_id or ""),
+                channel=str(command.channel_id or ""),
+                user=str(command.user.id),
+                text=seen.question,
                 message_id="",
-                event_id=f"interaction-{interaction.id}",
+                event_id=f"interaction-{command.id}",
                 mentioned=True,
-                is_dm=interaction.guild_id is None,
-                reply_url=token,
+                is_dm=command.guild_id is None,
+                reply_url=f"{INTERACTION}{command.application_id}:{command.token}",
             )
             if self.submit is not None:
                 await self.submit(message)
@@ -387,29 +480,36 @@ class DiscordAdapter:
         for chunk in split_message(text, DISCORD_LIMIT) or ["(empty)"]:
             await target.send(chunk, allowed_mentions=discord.AllowedMentions.none())
 
-    async def request_approval(self, request: ApprovalRequest) -> None:
+    async def request_approval(self, request: ApprovalRequest) -> PromptLocation:
+        """Post the prompt (adapters/discord_prompt.py), as much of every argument as fits in one message; when
+        a value is folded, the complete arguments are attached to it as a JSON file."""
         channel_id = int(request.channel.rpartition("/")[2])
         channel = await self._channel(channel_id)
-        shown = request.args_hash[:40]
         view = discord.ui.View(timeout=None)
         for action in ("approve", "deny", "always"):
-            view.add_item(ApprovalButton(action, request.id, shown))
-        args = "\n".join(f"- `{k}`: {str(v)[:300]}" for k, v in request.args.items()) or "(none)"
-        who = "the person who asked" if request.level == "confirm" else "an approver"
-        text = (
-            f"**Approval needed**: <@{request.requester}> asked me to run `{request.tool}`.\n{args}\n"
-            f"Needs {who}. Expires <t:{int(request.expires_at)}:R>."
-        )
-        sent = await channel.send(text[:DISCORD_LIMIT], view=view, allowed_mentions=discord.AllowedMentions.none())
-        self._prompts[request.id] = (channel_id, sent.id)
+            view.add_item(ApprovalButton(action, request.id, request.args_hash[:40]))
+        text, shown = fit(request.args, lambda listed: prompt_text(request, listed), DISCORD_LIMIT)
+        attached: dict[str, Any] = {}
+        if shown.folded:
+            full = io.BytesIO(full_arguments(request).encode())
+            attached["file"] = discord.File(full, filename=arguments_filename(request))
+        sent = await channel.send(text, view=view, allowed_mentions=discord.AllowedMentions.none(), **attached)
+        return PromptLocation(self.name, str(channel_id), str(sent.id))
 
     async def approval_settled(self, request: ApprovalRequest) -> None:
-        shown = self._prompts.pop(request.id, None)
-        if shown is None:
+        """Edit the prompt, wherever and by whichever process it was posted, to its outcome: no buttons. Only
+        REST is used (no channel lookup), so it works at start-up before the gateway is open."""
+        prompt = request.prompt
+        if prompt is None or prompt.platform != self.name:
             return
-        channel = await self._channel(shown[0])
-        message = channel.get_partial_message(shown[1])
-        await message.edit(content=f"`{request.tool}` asked by <@{request.requester}>: {request.outcome}.", view=None)
+        channel = self.client.get_partial_messageable(int(prompt.channel))
+        message = channel.get_partial_message(int(prompt.message))
+        try:
+            await message.edit(
+                content=settled_text(request), view=None, allowed_mentions=discord.AllowedMentions.none()
+            )
+        except discord.NotFound:
+            log.info("approval request %s: its prompt is gone", request.id)
 
     async def _channel(self, channel_id: int) -> Any:
         return self.client.get_channel(channel_id) or await self.client.fetch_channel(channel_id)

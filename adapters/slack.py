@@ -20,23 +20,46 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from pydantic import ValidationError
+from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+from slack_bolt.adapter.socket_mode.async_internals import send_async_response
+from slack_bolt.adapter.socket_mode.internals import build_headers
 from slack_bolt.app.async_app import AsyncApp
+from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
     AsyncServerErrorRetryHandler,
 )
+from slack_sdk.socket_mode.aiohttp import SocketModeClient
+from slack_sdk.socket_mode.request import SocketModeRequest
+from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
+from structlog.contextvars import bound_contextvars
 
+from adapters.approval_text import arguments_filename, full_arguments, show_call, shown_name
+from adapters.edge import QuietLog
+from adapters.slack_edge import (
+    ActionBody,
+    BadRequest,
+    Ignored,
+    MessageEvent,
+    SlashCommand,
+    Verifier,
+    canonical,
+    event_id_of,
+    parse_body,
+)
+from adapters.slack_prompt import FILE_ABOVE, MAX_LISTED_ARGUMENTS, NO_FILE, literal, prompt_blocks, section
 from adapters.text import split_message, to_mrkdwn
-from agent.approvals import ApprovalRequest, ApprovalState
+from agent.approvals import ApprovalRequest, ApprovalState, PromptLocation
 from agent.memory import Memory
-from agent.messages import IncomingMessage, Reply
-from agent.ports import Decide, DeliveryError, PlatformUnavailable, Submit
+from agent.messages import IncomingMessage, Reply, new_error_id
+from agent.ports import Decide, DeliveryError, NotAccepting, PlatformUnavailable, Submit
 from agent.tools.registry import ToolRegistry
 
 log = logging.getLogger("parley.slack")
@@ -49,6 +72,8 @@ OUTCOME_EMOJI = {
     ApprovalState.EXPIRED: ":hourglass:",
     ApprovalState.PENDING: ":hourglass_flowing_sand:",
 }
+# A prompt that cannot be updated because it is no longer there: nothing is left to take the buttons off.
+PROMPT_GONE = frozenset({"message_not_found", "channel_not_found", "is_archived"})
 # How many of a thread's earlier messages by other people the agent is shown.
 THREAD_CONTEXT_MESSAGES = 10
 # Slack errors a retry cannot fix: the reply is given up (and logged) instead of retried.
@@ -63,6 +88,10 @@ PERMANENT_ERRORS = frozenset(
         "account_inactive",
     }
 )
+# What a person sees when Parley failed on their request before an answer could even be queued.
+EDGE_APOLOGY = "Sorry, something went wrong on my side (error id {error_id}). Please try again."
+# Headers Bolt may see: Slack's own, not the sender's others (Bolt honours some of its own internal ones).
+BOLT_HEADERS = ("x-slack-request-timestamp", "x-slack-signature", "x-slack-retry-num", "x-slack-retry-reason")
 HELP = (
     "*Parley* answers when you mention it, in DMs, and with `{command} ask <question>`.\n"
     "`{command} facts`: what this channel remembers. `{command} forget`: erase it (asks first).\n"
@@ -119,11 +148,21 @@ class SlackAdapter:
                 AsyncServerErrorRetryHandler(max_retry_count=2),
             ],
         )
-        self.app = AsyncApp(client=self.client, signing_secret=config.signing_secret, process_before_response=True)
+        # The edge verifies the signature on the raw bytes (adapters/slack_edge.py), before anything is parsed;
+        # Bolt gets the checked, canonical body only, so its own check (of the original bytes) is off.
+        self.verifier = Verifier(config.signing_secret)
+        self.app = AsyncApp(
+            client=self.client,
+            signing_secret=config.signing_secret,
+            process_before_response=True,
+            request_verification_enabled=False,
+        )
+        self.app.error(self._on_error)
+        # Bad requests are logged at most once a minute per sender and kind: a stream of them cannot fill the log.
+        self.quiet = QuietLog(log)
         self._submit: Submit | None = None
         self._decide: Decide | None = None
-        self._socket: AsyncSocketModeHandler | None = None
-        self._prompts: dict[str, tuple[str, str]] = {}  # approval request id -> (channel id, message ts)
+        self._socket: _CheckedSocketMode | None = None
         self._background: set[asyncio.Task[Any]] = set()
         # Message (channel, ts) -> its pending or shown progress reaction.
         self._progress: dict[tuple[str, str], asyncio.Task[bool]] = {}
@@ -136,9 +175,48 @@ class SlackAdapter:
     # Serving ------------------------------------------------------------------------------------------
 
     async def handle_http(self, request: web.Request) -> web.Response:
-        """`POST /slack/events`: Bolt verifies the signature (401 for a bad or stale one) and dispatches."""
-        response = await self.app.async_dispatch(await to_bolt_request(request))
+        """`POST /slack/events`: 401 unless Slack signed these exact bytes, 400 for a body of the wrong shape,
+        otherwise Bolt dispatches the checked body to the listeners."""
+        raw = await request.read()
+        source = request.remote or "unknown"
+        try:
+            self.verifier.verify(raw, request.headers)
+            body = canonical(parse_body(raw, request.content_type))
+        except BadRequest as bad:
+            self.quiet.warning(
+                f"{bad.status}:{source}", "refused a request from %s: %s (HTTP %d)", source, bad.reason, bad.status
+            )
+            return web.json_response({"error": bad.reason}, status=bad.status)
+        except Ignored as kind:
+            log.debug("acknowledged a Slack request of a kind Parley does not handle: %s", kind)
+            return web.Response(status=200)
+        headers: dict[str, str | Sequence[str]] = {
+            k: v for k, v in request.headers.items() if k.lower() in BOLT_HEADERS
+        }
+        headers["content-type"] = "application/json"
+        response = await self.app.async_dispatch(
+            AsyncBoltRequest(body=json.dumps(body), query=request.query_string, headers=headers)
+        )
         return await to_aiohttp_response(response)
+
+    async def _on_error(self, error: Exception, body: dict[str, Any]) -> BoltResponse:
+        """Bolt's error handler, for what escaped a listener: never a 500. A closed dispatcher is a 503, so
+        Slack redelivers; anything else is Parley's own failure, logged once with an error id (and so reported
+        to Sentry with the request's event id), and the person gets an apology instead of silence."""
+        if isinstance(error, NotAccepting):
+            return BoltResponse(status=503, body="", headers={"Retry-After": "1"})
+        error_id = new_error_id()
+        event_id = event_id_of(body)
+        with bound_contextvars(error_id=error_id, event_id=event_id):
+            log.error(
+                "a Slack request failed (event %s, error id %s): %s",
+                event_id or "-",
+                error_id,
+                type(error).__name__,
+                exc_info=error,
+            )
+        text = EDGE_APOLOGY.format(error_id=error_id)
+        return BoltResponse(status=200, body=json.dumps({"response_type": "ephemeral", "text": text}))
 
     async def start(self) -> None:
         """Check the bot token now (a bad one is one clear line at start-up, not a dropped first event), then
@@ -166,7 +244,7 @@ class SlackAdapter:
     async def start_socket_mode(self) -> None:
         if not self.config.app_token:
             raise ValueError("Socket Mode needs an app token (xapp-...)")
-        self._socket = AsyncSocketModeHandler(self.app, self.config.app_token)
+        self._socket = _CheckedSocketMode(self, self.config.app_token)
         await self._socket.connect_async()  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
@@ -199,48 +277,60 @@ class SlackAdapter:
     async def _receive(
         self, body: dict[str, Any], event: dict[str, Any], context: dict[str, Any], *, is_dm: bool
     ) -> None:
-        if event.get("subtype") == "message_changed" and self.config.answer_edits and is_dm:
-            event = {**event.get("message", {}), "channel": event.get("channel", "")}
-        elif event.get("subtype"):
+        try:
+            seen = MessageEvent.model_validate(event)
+        except ValidationError as exc:
+            where = ".".join(str(p) for p in exc.errors()[0]["loc"])
+            self.quiet.warning("event-shape", "dropped a Slack %s event: unexpected %s", event.get("type"), where)
+            return
+        if seen.subtype == "message_changed" and self.config.answer_edits and is_dm and seen.message:
+            seen = seen.message.model_copy(update={"channel": seen.channel})
+        elif seen.subtype:
             return  # edits (unless opted in), deletions, joins, other bots' posts
-        if event.get("bot_id") or not event.get("user"):
+        if seen.bot_id or not seen.user:
             return
         bot_user = context.get("bot_user_id") or ""
-        text = str(event.get("text", ""))
+        text = seen.text
         if bot_user:
             text = text.replace(f"<@{bot_user}>", "", 1).strip()
-        ts = str(event.get("ts", ""))
-        thread = str(event.get("thread_ts") or ("" if is_dm else ts))
+        thread = seen.thread_ts or ("" if is_dm else seen.ts)
         message = IncomingMessage(
             platform=self.name,
-            workspace=str(body.get("team_id") or event.get("team", "")),
-            channel=str(event.get("channel", "")),
+            workspace=str(body.get("team_id") or seen.team or ""),
+            channel=seen.channel,
             thread=thread,
-            user=str(event.get("user", "")),
+            user=seen.user,
             text=text,
-            message_id=ts,
-            event_id=str(body.get("event_id") or ts),
+            message_id=seen.ts,
+            # The inbox's key: the event id, else the message's ts (see agent.inbox.event_key for neither).
+            event_id=str(body.get("event_id") or seen.ts),
             mentioned=not is_dm,
             is_dm=is_dm,
         )
         if await self._require_submit()(message):
-            self._progress[(message.channel, ts)] = asyncio.create_task(self._show_progress(message))
+            self._progress[(message.channel, seen.ts)] = asyncio.create_task(self._show_progress(message))
 
     async def _on_command(self, ack: Any, command: dict[str, Any]) -> None:
         """`/parley ask|facts|forget|tools|help`: everything but `ask` is answered in the acknowledgement."""
-        sub, _, rest = str(command.get("text", "")).strip().partition(" ")
-        key = f"slack:{command.get('team_id', '')}/{command.get('channel_id', '')}"
+        try:
+            cmd = SlashCommand.model_validate(command)
+        except ValidationError:
+            self.quiet.warning("command-shape", "refused a slash command of an unexpected shape")
+            await ack("Sorry, I could not read that command. Please try again.")
+            return
+        sub, _, rest = cmd.text.strip().partition(" ")
+        key = f"slack:{cmd.team_id}/{cmd.channel_id}"
         name = self.config.command
         if sub == "ask" and rest.strip():
             message = IncomingMessage(
                 platform=self.name,
-                workspace=str(command.get("team_id", "")),
-                channel=str(command.get("channel_id", "")),
-                user=str(command.get("user_id", "")),
+                workspace=cmd.team_id,
+                channel=cmd.channel_id,
+                user=cmd.user_id,
                 text=rest.strip(),
-                event_id=f"command-{command.get('trigger_id', time.time())}",
+                event_id=f"command-{cmd.trigger_id or time.time()}",
                 mentioned=True,
-                reply_url=str(command.get("response_url", "")),
+                reply_url=cmd.response_url,
             )
             await self._require_submit()(message)
             await ack(f"Thinking about: {rest.strip()}")
@@ -278,31 +368,47 @@ class SlackAdapter:
 
     async def _on_forget(self, ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Any) -> None:
         await ack()
-        counts = await self.memory.forget(str(action.get("value", "")))
-        await respond(
-            text=f"Forgotten: {counts.get('facts', 0)} facts and {counts.get('turns', 0)} turns.",
-            replace_original=True,
-        )
+        try:
+            clicked = ActionBody.model_validate(body)
+        except ValidationError:
+            self.quiet.warning("action-shape", "dropped a forget click of an unexpected shape")
+            return
+        counts = await self.memory.forget(str(action.get("value") or ""))
+        text = f"Forgotten: {counts.get('facts', 0)} facts and {counts.get('turns', 0)} turns."
+        if clicked.response_url:
+            try:
+                await respond(text=text, replace_original=True)
+                return
+            except Exception as exc:  # the confirmation is a courtesy: the memory is gone either way
+                log.info("could not replace the forget prompt: %s", type(exc).__name__)
+        if clicked.channel.id and clicked.user.id:
+            await self._quietly(
+                self.client.chat_postEphemeral(channel=clicked.channel.id, user=clicked.user.id, text=text)
+            )
 
     async def _on_decision(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
         if self._decide is None:
             return
+        try:
+            clicked = ActionBody.model_validate(body)
+        except ValidationError:
+            self.quiet.warning("action-shape", "dropped an approval click of an unexpected shape")
+            return
         approve, always = DECISION_ACTIONS[str(action.get("action_id"))]
         try:
-            value = json.loads(str(action.get("value", "{}")))
+            value = json.loads(str(action.get("value") or "{}"))
             request_id, shown = str(value["id"]), str(value["hash"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             request_id, shown = "", ""
-        user = str(body.get("user", {}).get("id", ""))
+        user = clicked.user.id or ""
         verdict = await self._decide(
             request_id, platform=self.name, user=user, approve=approve, args_hash=shown, always=always
         )
-        if not verdict.accepted:
-            channel = str(body.get("channel", {}).get("id", ""))
+        if not verdict.accepted and clicked.channel.id and user:
             await self._quietly(
                 self.client.chat_postEphemeral(
-                    channel=channel, user=user, text=f"You cannot do that: {verdict.reason}."
+                    channel=clicked.channel.id, user=user, text=f"You cannot do that: {verdict.reason}."
                 )
             )
 
@@ -366,16 +472,14 @@ class SlackAdapter:
         for chunk in split_message(to_mrkdwn(text)) or ["(empty)"]:
             await self.client.chat_postMessage(channel=channel_id, text=chunk)
 
-    async def request_approval(self, request: ApprovalRequest) -> None:
+    async def request_approval(self, request: ApprovalRequest) -> PromptLocation:
+        """Post the prompt (adapters/slack_prompt.py) in the conversation's thread. When a value is folded, the
+        complete arguments are posted first as a JSON file (any size, never rendered as mrkdwn, and still there
+        as the record of what was decided once the buttons are gone)."""
         _, channel = channel_of(request.channel)
+        shown = show_call(request.args, max_arguments=MAX_LISTED_ARGUMENTS)
+        where = FILE_ABOVE if not shown.folded or await self._attach_arguments(request, channel) else NO_FILE
         value = json.dumps({"id": request.id, "hash": request.args_hash})
-        args = "\n".join(f"• `{k}`: {json.dumps(v, default=str)[:500]}" for k, v in request.args.items()) or "(none)"
-        who = "the person who asked" if request.level == "confirm" else "an approver"
-        expires = int(request.expires_at)
-        text = (
-            f"*Approval needed*: <@{request.requester}> asked me to run `{request.tool}`.\n{args}\n"
-            f"Needs {who}. Expires <!date^{expires}^{{time}}|in {round((request.expires_at - time.time()) / 60)} min>."
-        )
         buttons = [
             _button("Approve", "parley_approve", value, "primary"),
             _button("Deny", "parley_deny", value, "danger"),
@@ -385,24 +489,39 @@ class SlackAdapter:
             channel=channel,
             thread_ts=request.thread or None,
             text=f"Approval needed to run {request.tool}",
-            blocks=[
-                {"type": "section", "text": {"type": "mrkdwn", "text": text}},
-                {"type": "actions", "elements": buttons},
-            ],
+            blocks=prompt_blocks(request, shown, where, buttons),
         )
-        self._prompts[request.id] = (str(posted["channel"]), str(posted["ts"]))
+        return PromptLocation(self.name, str(posted["channel"]), str(posted["ts"]))
+
+    async def _attach_arguments(self, request: ApprovalRequest, channel: str) -> bool:
+        """The complete arguments as a file where the prompt goes; False (logged) when Slack refused it, for
+        instance to an app installed without the files:write scope."""
+        try:
+            await self.client.files_upload_v2(
+                channel=channel,
+                thread_ts=request.thread or None,
+                content=full_arguments(request),
+                filename=arguments_filename(request),
+                title=f"Arguments of {request.tool}, for the approval request below",
+            )
+        except SlackClientError as exc:
+            log.warning("approval request %s: the full arguments could not be attached: %s", request.id, exc)
+            return False
+        return True
 
     async def approval_settled(self, request: ApprovalRequest) -> None:
-        shown = self._prompts.pop(request.id, None)
-        if shown is None:
+        """Replace the prompt, wherever and by whichever process it was posted, with its outcome: no buttons."""
+        prompt = request.prompt
+        if prompt is None or prompt.platform != self.name:
             return
-        text = f"`{request.tool}` asked by <@{request.requester}>: {OUTCOME_EMOJI[request.state]} {request.outcome}."
-        await self.client.chat_update(
-            channel=shown[0],
-            ts=shown[1],
-            text=text,
-            blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": text}}],
-        )
+        tool = literal(shown_name(request.tool))
+        text = f"`{tool}` asked by <@{request.requester}>: {OUTCOME_EMOJI[request.state]} {request.outcome}."
+        try:
+            await self.client.chat_update(channel=prompt.channel, ts=prompt.message, text=text, blocks=[section(text)])
+        except SlackApiError as exc:
+            if exc.response.get("error") not in PROMPT_GONE:
+                raise
+            log.info("approval request %s: its prompt is gone (%s)", request.id, exc.response.get("error"))
 
     # Helpers ---------------------------------------------------------------------------------------------
 
@@ -444,6 +563,30 @@ class SlackAdapter:
         task = asyncio.create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+class _CheckedSocketMode(AsyncSocketModeHandler):
+    """Socket Mode with the same edge as HTTP: each payload is cleaned and shape-checked before Bolt sees it
+    (the websocket needs no signature); a bad one is acknowledged, so Slack does not resend it, and dropped."""
+
+    def __init__(self, adapter: SlackAdapter, app_token: str) -> None:
+        super().__init__(adapter.app, app_token)
+        self.adapter = adapter
+
+    async def handle(self, client: SocketModeClient, req: SocketModeRequest) -> None:  # type: ignore[override]
+        started = time.time()
+        try:
+            body = canonical(req.payload)
+        except Ignored:
+            await client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
+            return
+        except BadRequest as bad:
+            self.adapter.quiet.warning(f"socket:{req.type}", "dropped a Socket Mode %s payload: %s", req.type, bad)
+            await client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
+            return
+        request = AsyncBoltRequest(mode="socket_mode", body=body, headers=build_headers(req))
+        response = await self.app.async_dispatch(request)
+        await send_async_response(client, req, response, started)
 
 
 def _button(text: str, action_id: str, value: str, style: str | None) -> dict[str, Any]:

@@ -1,18 +1,26 @@
 """JSON schemas that constrain each ReAct step, so even a 135M-parameter model emits a valid step.
 
 The tool name of a step is one of the tools (each variant pins the name and that tool's arguments), and the
-extract step may only produce its output fields.
+extract step may only produce its output fields. The thought fields (`next_thought`, the extract step's
+`reasoning`) are left out: on two cores each costs about a second per call, and a 135M model's thoughts do not
+make its steps better; the adapter fills them in empty. The answer has a maxLength, so a looping answer stops
+there instead of at max_tokens. The same agents get the compact prompts of `agent.compact` (used only by
+engines that ask for them).
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import dspy
 
-# llama.cpp unrolls maxLength into grammar rules: keep the bounds small (the answer is bounded by max_tokens).
-THOUGHT_CHARS = 200
+from agent import compact, guide
+
+# llama.cpp unrolls maxLength into grammar rules: keep the bounds small.
 ARG_CHARS = 100
+# A chat answer; longer is a loop or a ramble (about 80 tokens, ~1.5 s of generation on two cores).
+ANSWER_CHARS = 300
 
 
 def _argument(schema: dict[str, Any]) -> dict[str, Any]:
@@ -32,7 +40,6 @@ def step_schema(tools: dict[str, Any]) -> dict[str, Any]:
             {
                 "type": "object",
                 "properties": {
-                    "next_thought": {"type": "string", "maxLength": THOUGHT_CHARS},
                     "next_tool_name": {"const": name},
                     "next_tool_args": {
                         "type": "object",
@@ -41,7 +48,7 @@ def step_schema(tools: dict[str, Any]) -> dict[str, Any]:
                         "additionalProperties": False,
                     },
                 },
-                "required": ["next_thought", "next_tool_name", "next_tool_args"],
+                "required": ["next_tool_name", "next_tool_args"],
                 "additionalProperties": False,
             }
         )
@@ -54,16 +61,15 @@ MAX_LIST_ITEMS = 6
 def _output_field(name: str, annotation: Any) -> dict[str, Any]:
     if getattr(annotation, "__origin__", None) is list:
         return {"type": "array", "items": {"type": "string", "maxLength": ARG_CHARS}, "maxItems": MAX_LIST_ITEMS}
-    if name == "reasoning":
-        return {"type": "string", "maxLength": THOUGHT_CHARS}
-    return {"type": "string"}
+    return {"type": "string", "maxLength": ANSWER_CHARS}
 
 
 def output_schema(signature: type[dspy.Signature]) -> dict[str, Any]:
-    """Every output field of the signature: lists as short arrays of strings, the rest as strings."""
-    fields = list(signature.output_fields)
+    """Every output field of the signature but the thoughts: lists as short arrays of strings, the rest as
+    strings of at most ANSWER_CHARS."""
+    fields = [name for name in signature.output_fields if name not in compact.OPTIONAL_OUTPUTS]
     properties: dict[str, Any] = {
-        name: _output_field(name, info.annotation) for name, info in signature.output_fields.items()
+        name: _output_field(name, signature.output_fields[name].annotation) for name in fields
     }
     return {
         "type": "object",
@@ -78,12 +84,19 @@ def _response_format(name: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def constrain(agent: dspy.ReAct) -> None:
-    """Attach the step schema to the ReAct predictor and the output schema to the extract predictor."""
+    """Attach the step schema to the ReAct predictor and the output schema to the extract predictor, and
+    register both for the compact path: one system message, so their calls share a processed prefix, and
+    the guide's rules for the steps and answers a 135M model gets wrong."""
+    system = compact.system_text(agent.signature.instructions)
+    step_rule = partial(guide.decide_step, tools=frozenset(agent.tools))
     for name, predictor in agent.named_predictors():
         if name == "react":
             predictor.config["response_format"] = _response_format("react_step", step_schema(agent.tools))
+            compact.register(predictor.signature, compact.CompactPrompt(system, compact.STEP_TASK, step_rule))
         else:
             constrain_output(predictor)
+            prompt = compact.CompactPrompt(system, compact.ANSWER_TASK, guide.decide_answer)
+            compact.register(predictor.signature, prompt)
 
 
 def constrain_output(predictor: dspy.Predict) -> None:

@@ -11,6 +11,7 @@ stored, an apology with its error id included), `failed` (the reply could not be
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import time
@@ -44,11 +45,17 @@ class InboxEntry:
 
 
 def event_key(message: IncomingMessage) -> str:
-    """What makes a delivery of this message the same as another: the platform's event id, else its message id."""
+    """What makes a delivery of this message the same as another: the platform's event id, else its message id.
+
+    A message with neither (a malformed event) is keyed by a hash of where it was said, by whom and what: a
+    redelivery of it is still dropped, and so is the same text from the same person in the same place until the
+    inbox row is pruned, which only a message without ids can suffer.
+    """
     key = message.event_id or message.message_id
-    if not key:
-        raise ValueError(f"a {message.platform} message needs an event id or a message id to be deduplicated")
-    return key
+    if key:
+        return key
+    said = json.dumps([message.workspace, message.channel, message.thread, message.user, message.text])
+    return "content:" + hashlib.sha256(said.encode()).hexdigest()[:32]
 
 
 def conversation_key(message: IncomingMessage) -> str:

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
+
+# C0 and C1 control characters but tab and newline, and lone (unpaired) UTF-16 surrogates: text holding them
+# cannot be encoded as UTF-8 (the model client, SQLite) or shows as garbage, so the edge replaces them.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def clean_text(value: str) -> str:
+    """Text from outside made safe for everything downstream: line ends normalised to `\\n`, control
+    characters dropped, and each lone surrogate (half an emoji, say) replaced by U+FFFD."""
+    value = value.replace("\r\n", "\n").replace("\r", "\n")
+    return _SURROGATE.sub("\ufffd", _CONTROL.sub("", value))
 
 
 @dataclass(frozen=True)

@@ -241,6 +241,17 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX turns_by_time ON turns (created_at);
     CREATE INDEX tool_executions_by_time ON tool_executions (started_at);
     """,
+    # 9: where each approval prompt was posted (platform, channel, message ts or id), so the process that
+    # settles a request, or the next one after a restart, can take the buttons off it. `prompt_closed_at` says
+    # the prompt shows the outcome; a settled request with a prompt still open is updated at the next start.
+    """
+    ALTER TABLE approvals ADD COLUMN prompt_platform TEXT;
+    ALTER TABLE approvals ADD COLUMN prompt_channel TEXT;
+    ALTER TABLE approvals ADD COLUMN prompt_message TEXT;
+    ALTER TABLE approvals ADD COLUMN prompt_closed_at REAL;
+    CREATE INDEX approvals_open_prompts ON approvals (created_at)
+    WHERE prompt_message IS NOT NULL AND prompt_closed_at IS NULL;
+    """,
 )
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import dspy
 
 from agent.chains import ModelUsage, StepRecorder
+from agent.loop_guard import guard_answer
 from agent.messages import Step
 from agent.react import RobustReAct
 
@@ -115,7 +116,8 @@ class DecomposeMode:
             steps.extend(outcome.steps)
             usage += outcome.usage
         final, used = await _predict(self.synthesise, question=question, findings="\n".join(findings))
-        answer = str(final.answer).strip()
+        found = [f.split(" -> ", 1)[-1] for f in findings]
+        answer = guard_answer(str(final.answer), [a for a in found if a != "(no answer found)"])
         steps.append(
             Step(
                 str(getattr(final, "reasoning", "") or "Combined the answers of the sub-questions."),

@@ -1,7 +1,7 @@
 """The port every chat platform implements: how the dispatcher hands a reply back to where the message came from.
 
-Adapters implement it; nothing in `agent/` or `bot/` knows which platform it talks to. Later issues add
-approval prompts and channel posts to the same port.
+Adapters implement it; nothing in `agent/` or `bot/` knows which platform it talks to. The same port shows
+approval prompts; optional protocols add channel posts, connection state and thread context.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-from agent.approvals import ApprovalRequest, Verdict
+from agent.approvals import ApprovalRequest, PromptLocation, Verdict
 from agent.messages import IncomingMessage, Reply
 
 # Hands a message to the dispatcher; returns once it is stored (False for a redelivery). The adapter
@@ -31,6 +31,11 @@ class Decide(Protocol):
         always: bool = False,
         roles: Sequence[str] = (),
     ) -> Verdict: ...
+
+
+class NotAccepting(Exception):
+    """The dispatcher is not taking messages (starting or shutting down): the adapter must not acknowledge the
+    platform, which then redelivers the message (Slack retries, a gateway replays)."""
 
 
 class PlatformUnavailable(Exception):
@@ -94,11 +99,13 @@ class ChatPlatform(Protocol):
         """
         ...
 
-    async def request_approval(self, request: ApprovalRequest) -> None:
-        """Show an approval request in its conversation (tool, arguments, who asked, expiry) with a way to
-        approve or deny; return once shown. The decision comes back through the dispatcher's `decide`."""
+    async def request_approval(self, request: ApprovalRequest) -> PromptLocation | None:
+        """Show an approval request in its conversation (tool, every argument, who asked, expiry) with a way to
+        approve or deny; return once shown, with where (stored with the request), or None when the prompt lives
+        only in this process (a terminal's). The decision comes back through the dispatcher's `decide`."""
         ...
 
     async def approval_settled(self, request: ApprovalRequest) -> None:
-        """The request was decided or expired: update what was shown."""
+        """The request was decided or expired: update its prompt to show the outcome and no buttons. The prompt
+        is at `request.prompt`, which an earlier process may have posted (None: this process's own prompt)."""
         ...

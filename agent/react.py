@@ -19,6 +19,7 @@ from dspy.utils.exceptions import AdapterParseError, ContextWindowExceededError,
 from pydantic.fields import FieldInfo
 
 from agent.chains import StepRecorder
+from agent.loop_guard import guard_answer
 from agent.messages import Step
 from agent.tools.context import current_or_none
 from agent.tools.registry import ToolSpec
@@ -104,6 +105,10 @@ class RobustReAct(dspy.ReAct):  # type: ignore[misc]
         with dspy.context(usage_tracker=recorder):
             trajectory, steps, outputs = await self._run(max_iters, part, recorder, input_args)
         used = recorder.take()
+        if "answer" in outputs:
+            # Every answer passes the loop guard; the tool results are what it falls back on.
+            results = [s.observation for s in steps if s.outcome == "ok"]
+            outputs["answer"] = guard_answer(str(outputs["answer"]), results)
         answer = str(outputs.get("answer", next(iter(outputs.values()), "")))
         steps.append(
             Step(

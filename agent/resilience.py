@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
 
+from dspy.utils.exceptions import LMInvalidRequestError, LMUnsupportedModelError
+
 log = logging.getLogger("parley.breaker")
 
 
@@ -71,6 +73,23 @@ def deadline_paused() -> Iterator[None]:
         current.pauses -= 1
         if current.pauses == 0 and not current.timeout.expired():
             current.timeout.reschedule(loop.time() + current.remaining)
+
+
+def caused_by_input(exc: BaseException) -> bool:
+    """Whether a failed model call failed on this request's content, not on the provider's health: text that
+    cannot be encoded, or a request the provider refused as invalid (a 400 naming the input, a context too
+    long). Such a failure fails one answer; counted by the breaker, a few bad messages would open it for all.
+    An unknown model is a configuration error, not the input's, and counts."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # the cause chain, bounded
+        if seen is None:
+            return False
+        if isinstance(seen, UnicodeError):
+            return True
+        if isinstance(seen, LMInvalidRequestError) and not isinstance(seen, LMUnsupportedModelError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class State(StrEnum):
@@ -174,13 +193,18 @@ class CircuitBreaker:
         raise CircuitOpen(self.name, remaining)
 
     @asynccontextmanager
-    async def guard(self) -> AsyncIterator[None]:
-        """`async with breaker.guard(): await call()`: the block's outcome is the call's outcome."""
+    async def guard(self, neutral: Callable[[BaseException], bool] = lambda exc: False) -> AsyncIterator[None]:
+        """`async with breaker.guard(): await call()`: the block's outcome is the call's outcome, except for
+        errors `neutral` says are not the provider's (the request's own content): they count as nothing."""
         trial = self._admit()
         self.metrics.calls += 1
         try:
             yield
-        except Exception:
+        except Exception as exc:
+            if neutral(exc):
+                if trial:
+                    self._trial_running = False
+                raise
             self._on_failure(trial)
             raise
         except BaseException:

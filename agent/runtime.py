@@ -19,12 +19,13 @@ from agent.chains import ModelUsage
 from agent.constraints import constrain, constrain_output
 from agent.engines import ModelHandle
 from agent.memory import ChainRecord, Memory
-from agent.messages import IncomingMessage, Reply, Step, new_error_id
+from agent.messages import IncomingMessage, Reply, Step, clean_text, new_error_id
 from agent.modes import DecomposeMode, Mode, Outcome, ReactMode, VoteMode
+from agent.parking import Lease, held
 from agent.react import RobustReAct
-from agent.resilience import CircuitBreaker, CircuitOpen, answer_deadline
+from agent.resilience import CircuitBreaker, CircuitOpen, answer_deadline, caused_by_input
 from agent.tools.context import ToolContext, tool_context
-from agent.tools.runner import ToolRunner
+from agent.tools.runner import RunStopped, ToolRunner
 
 log = logging.getLogger("parley.agent")
 
@@ -97,6 +98,26 @@ class NoModelAnswered(Exception):
         self.error_id = error_id
 
 
+def not_the_providers(exc: BaseException) -> bool:
+    """Failures the breaker must not count: the request's own content, or a gate that ended the answer."""
+    return isinstance(exc, RunStopped) or caused_by_input(exc)
+
+
+class InputRefused(Exception):
+    """The last model tried refused this message's content (see `caused_by_input`): the person is told to
+    rephrase; the provider is fine, so no breaker moved and the fallback reply would mislead."""
+
+    def __init__(self, error_id: str) -> None:
+        super().__init__(error_id)
+        self.error_id = error_id
+
+
+INPUT_REFUSED = (
+    "Sorry, the model could not take that message as written (error id {error_id}). "
+    "Please rephrase it, or leave out unusual characters or very long pasted text."
+)
+
+
 class Agent:
     """Answers messages. One shared instance serves every conversation: per-request state lives in
     `dspy.context` and the tool context, both context variables."""
@@ -122,14 +143,27 @@ class Agent:
         if self.resilience.fallback is not None:
             fallback = self.resilience.fallback
             self.paths.append((fallback, self.resilience.fallback_breaker or CircuitBreaker(fallback.name)))
-        self.react = RobustReAct(Answer, runner.registry.enabled(), runner, max_iters=options.max_iters)
-        self.mode = self._mode(options)
-        if model.constrained:
+        self.react: RobustReAct
+        self.mode: Mode
+        self._tools_revision = -1
+        self._sync_tools()
+        self._slots = asyncio.Semaphore(options.concurrency)
+
+    def _sync_tools(self) -> None:
+        """Build the ReAct agent and its mode from the registry's enabled tools, again whenever the registry
+        changed since (an MCP server connected, or changed its tool list). A run under way keeps the agent it
+        started with; the next message sees the new tools."""
+        registry = self.runner.registry
+        if registry.revision == self._tools_revision:
+            return
+        self._tools_revision = registry.revision
+        self.react = RobustReAct(Answer, registry.enabled(), self.runner, max_iters=self.options.max_iters)
+        self.mode = self._mode(self.options)
+        if self.model.constrained:
             constrain(self.react)
             if isinstance(self.mode, DecomposeMode):
                 constrain_output(self.mode.split)
                 constrain_output(self.mode.synthesise)
-        self._slots = asyncio.Semaphore(options.concurrency)
 
     def _mode(self, options: AgentOptions) -> Mode:
         if options.mode == "decompose":
@@ -142,6 +176,7 @@ class Agent:
 
     @property
     def tool_names(self) -> list[str]:
+        self._sync_tools()
         return [name for name in self.react.tools if name != "finish"]
 
     async def respond(self, message: IncomingMessage, *, commit: Commit | None = None) -> Reply:
@@ -151,7 +186,9 @@ class Agent:
         in a transaction of its own), so whatever it writes lands if and only if the reply is recorded.
         Cancellation (shutdown) propagates and records nothing, so the message can be answered afresh later.
         """
-        text = message.text.strip()
+        self._sync_tools()
+        # Adapters clean text at their edge; a message built elsewhere (a test, a job) gets the same guarantee.
+        text = clean_text(message.text).strip()
         rejection = self._reject(text)
         if rejection is not None:
             if commit is not None:
@@ -172,11 +209,20 @@ class Agent:
             mode="rule" if remember else self.mode.name,
         )
         try:
-            async with self._slots:
+            async with held(Lease(self._slots)):
                 if remember:
                     outcome, answered_by = await self._remember(message, remember.group("fact")), "rule"
                 else:
                     outcome, answered_by = await self._reason(message, text, run_id)
+        except RunStopped as stopped:
+            chain = replace(chain, status="limited", duration_ms=(time.time() - started) * 1000)
+            return await self._record(message, chain, Reply(stopped.reply, status="limited"), commit)
+        except InputRefused as refused:
+            chain = replace(
+                chain, status="rejected", error_id=refused.error_id, duration_ms=(time.time() - started) * 1000
+            )
+            reply = Reply(INPUT_REFUSED.format(error_id=refused.error_id), error_id=refused.error_id, status="rejected")
+            return await self._record(message, chain, reply, commit)
         except NoModelAnswered as failed:
             reply_text = f"{self.resilience.fallback_reply} (error id {failed.error_id})"
             chain = replace(
@@ -199,7 +245,8 @@ class Agent:
             )
             chain = replace(chain, status="error", error_id=error_id, duration_ms=(time.time() - started) * 1000)
             return await self._record(message, chain, Reply(reply_text, error_id=error_id, status="error"), commit)
-        status, answer = "answered", outcome.answer
+        # Model output is outside input too: half an emoji in it must not fail the recording of the reply.
+        status, answer = "answered", clean_text(outcome.answer)
         if not answer:
             status = "unanswered"
             answer = (
@@ -262,16 +309,25 @@ class Agent:
         if message.context:
             context = f"{message.context}\n\n{context}"
         error_id = new_error_id()
+        refused_input = False
         with tool_context(ToolContext(self.memory, conv, message.user, run_id, message.platform)):
             for handle, breaker in self.paths:
                 try:
-                    async with breaker.guard(), answer_deadline(self.options.answer_timeout_s):
+                    async with (
+                        breaker.guard(neutral=not_the_providers),
+                        answer_deadline(self.options.answer_timeout_s),
+                    ):
                         with dspy.context(lm=handle.lm, adapter=CachedJSONAdapter()):
                             return await self.mode.answer(context, text), handle.name
                 except CircuitOpen as exc:
                     log.info("skipping %s: %s", handle.name, exc)
+                except RunStopped:
+                    raise
                 except Exception as exc:
+                    refused_input = caused_by_input(exc)
                     log.warning("model %s failed (error id %s): %s: %s", handle.name, error_id, type(exc).__name__, exc)
+        if refused_input:
+            raise InputRefused(error_id)
         with bound_contextvars(error_id=error_id):
             log.error("no model could answer (error id %s); sending the fallback reply", error_id)
         raise NoModelAnswered(error_id)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from agent.approvals import ApprovalBroker, ApprovalPolicy, ApprovalStore
 from agent.engines import ModelConfig, ModelHandle, build_model
+from agent.mcp import McpServers
 from agent.memory import Memory
 from agent.resilience import CircuitBreaker
 from agent.runtime import Agent, AgentOptions, Resilience
@@ -15,7 +16,8 @@ from agent.store import Store
 from agent.tools.runner import ToolRunner
 from bot.config import Settings
 from bot.dispatcher import DispatchOptions
-from bot.metrics import breaker_collector, observe_approval, observe_chain
+from bot.mcp import server_specs
+from bot.metrics import breaker_collector, mcp_collector, observe_approval, observe_chain
 from bot.tools import build_runner
 
 
@@ -27,6 +29,7 @@ class App:
     agent: Agent
     runner: ToolRunner
     approvals: ApprovalBroker
+    mcp: McpServers
 
 
 def model_config(settings: Settings) -> ModelConfig:
@@ -101,6 +104,7 @@ def approval_policy(settings: Settings) -> ApprovalPolicy:
         channel_approvers=a.channels,
         allow_self_approval=a.allow_self_approval,
         expiry_s=a.expiry_s,
+        max_waiting_per_user=a.max_waiting_per_user,
     )
 
 
@@ -127,23 +131,27 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
 
 @asynccontextmanager
 async def build_app(settings: Settings, model: ModelHandle | None = None) -> AsyncIterator[App]:
-    """Open everything the agent needs; closes the database however the block ends."""
+    """Open everything the agent needs; closes the database and stops MCP servers however the block ends.
+
+    MCP servers connect before the agent is built, so it starts with the tools of every server that answered."""
     async with open_store(settings) as store:
         memory = Memory(store, max_turns=settings.memory.max_turns)
         approvals = ApprovalBroker(ApprovalStore(store), approval_policy(settings), observe=observe_approval)
         runner = build_runner(settings, store, gate=approvals)
         try:
-            handle = model or build_model(model_config(settings))
-            fb_config = fallback_config(settings)
-            fallback = build_model(fb_config) if fb_config else None
-            agent = Agent(
-                memory,
-                handle,
-                runner,
-                agent_options(settings),
-                resilience(settings, fallback),
-                observers=[observe_chain],
-            )
-            yield App(settings, store, memory, agent, runner, approvals)
+            async with McpServers(server_specs(settings), runner.registry) as mcp:
+                mcp_collector().track(mcp)
+                handle = model or build_model(model_config(settings))
+                fb_config = fallback_config(settings)
+                fallback = build_model(fb_config) if fb_config else None
+                agent = Agent(
+                    memory,
+                    handle,
+                    runner,
+                    agent_options(settings),
+                    resilience(settings, fallback),
+                    observers=[observe_chain],
+                )
+                yield App(settings, store, memory, agent, runner, approvals, mcp)
         finally:
             runner.close()

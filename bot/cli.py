@@ -1,22 +1,24 @@
 """The `parley` command line.
 
-Heavy imports (dspy, the model) happen inside the commands, so `parley --help` stays instant.
+Heavy imports (dspy, the model, and the settings: pydantic models are built at import) happen inside the
+commands, so `parley --help` stays instant. asyncio too: it alone is ~60 ms of the start-up.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 from collections.abc import Callable, Coroutine
+from dataclasses import asdict
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
 
-from bot.config import Settings, SettingsError, load_settings, masked, secret_values
+if TYPE_CHECKING:
+    from bot.config import Settings
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -27,6 +29,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: typer's rich help imports rich's markdown and console (~100 ms of every `--help`).
+    rich_markup_mode=None,
 )
 memory_app = typer.Typer(help="Inspect or erase what a channel remembers.", no_args_is_help=True)
 chains_app = typer.Typer(help="Reasoning chains: the steps behind each answer.", no_args_is_help=True)
@@ -38,6 +42,8 @@ jobs_app = typer.Typer(help="Scheduled jobs: when they run, how they went; run o
 app.add_typer(jobs_app, name="jobs")
 approvals_app = typer.Typer(help="Tool approvals: grants, pending requests, the audit.", no_args_is_help=True)
 app.add_typer(approvals_app, name="approvals")
+mcp_app = typer.Typer(help="MCP servers: connect to each and list its tools.", no_args_is_help=True)
+app.add_typer(mcp_app, name="mcp")
 
 ChannelOpt = Annotated[str, typer.Option("--channel", "-c", help="Channel (memory key) to use.")]
 
@@ -49,6 +55,8 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def settings_or_exit() -> Settings:
+    from bot.config import SettingsError, load_settings, secret_values
+
     try:
         settings = load_settings()
     except SettingsError as exc:
@@ -66,6 +74,8 @@ class Terminated(Exception):
 async def _until_terminated(command: Coroutine[Any, Any, T]) -> T:
     """Run the command; SIGTERM (a deploy, `docker stop`) cancels it so every `async with` unwinds: the
     dispatcher lets running messages finish within its grace period and the database closes."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(command)
     terminated = False
@@ -91,6 +101,8 @@ def run_async(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
 
     @wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        import asyncio
+
         from agent.engines.local import EngineUnavailable
         from agent.ports import PlatformUnavailable
         from agent.store import StoreError
@@ -117,6 +129,7 @@ async def _console(settings: Settings, channel: str, *, scheduled: bool = False)
     from adapters.console import ConsoleAdapter
     from agent.inbox import Inbox
     from bot.app import build_app, dispatch_options
+    from bot.config import secret_values
     from bot.dispatcher import Dispatcher
     from bot.jobs import scheduled_jobs
     from bot.observe import error_reports
@@ -177,27 +190,37 @@ async def ask(
 @app.command("config")
 def show_config() -> None:
     """Print the effective settings (env, file, defaults) with secrets masked."""
+    from bot.config import masked
+
     typer.echo(json.dumps(masked(settings_or_exit()), indent=2))
 
 
 @app.command()
 @run_async
 async def tools(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
-    """List every tool: whether the model can call it, its policy, its argument schema and its statistics."""
+    """List every tool: whether the model can call it, its policy, its argument schema and its statistics.
+    MCP tools also show their server and its state: each configured server is connected to, to list them."""
+    from agent.mcp import McpServers
     from agent.tools.executions import ExecutionLog
     from bot.app import open_store
+    from bot.mcp import server_specs
     from bot.tools import build_registry, unconfigured_reason
 
     settings = settings_or_exit()
     registry = build_registry(settings)
+    async with McpServers(server_specs(settings), registry) as servers:
+        servers_now = {status.name: status for status in servers.statuses()}
     async with open_store(settings) as store:
         stats = await ExecutionLog(store).stats()
     rows: list[dict[str, Any]] = []
     for spec in registry:
         s = stats.get(spec.name)
+        server = servers_now.get(spec.server)
         rows.append(
             {
                 "name": spec.name,
+                "server": spec.server or None,
+                "server_state": server.describe() if server else None,
                 "enabled": spec.enabled,
                 "why_disabled": None if spec.enabled else unconfigured_reason(settings, spec.name),
                 "description": spec.description,
@@ -214,6 +237,8 @@ async def tools(as_json: Annotated[bool, typer.Option("--json", help="Print as J
         return
     for row in rows:
         state = "enabled" if row["enabled"] else f"disabled ({row['why_disabled']})"
+        if row["server"]:
+            state += f"; MCP server {row['server']} {row['server_state']}"
         args = ", ".join(row["parameters"].get("properties", {}))
         typer.echo(f"{row['name']}({args})  [{state}; approval {row['approval']}; timeout {row['timeout_s']:g} s]")
         typer.echo(f"    {str(row['description']).splitlines()[0]}")
@@ -224,12 +249,17 @@ async def tools(as_json: Annotated[bool, typer.Option("--json", help="Print as J
                 f"    calls {s.calls}, ok {s.successes}, failed {s.failures}, "
                 f"mean {s.mean_ms:.1f} ms, p95 {s.p95_ms:.1f} ms"
             )
+    for status in servers_now.values():
+        if not status.ok:
+            typer.echo(f"MCP server {status.name} ({status.transport}): {status.describe()}; its tools are left out")
 
 
 @app.command()
 @run_async
 async def doctor() -> None:
     """Check settings, the database and its migrations, and that the model answers."""
+    import asyncio
+
     from agent.engines import build_model
     from agent.migrations import LATEST_VERSION
     from bot.app import model_config, open_store
@@ -365,6 +395,7 @@ async def chains_export(
     from agent.memory import Memory
     from agent.redact import Redactor
     from bot.app import open_store
+    from bot.config import secret_values
 
     settings = settings_or_exit()
     start = _since(since)
@@ -429,7 +460,8 @@ async def approvals_list(as_json: JsonOpt = False) -> None:
             json.dumps(
                 {
                     "grants": [g.__dict__ for g in grants],
-                    "pending": [{**p.__dict__, "state": p.state.value} for p in pending],
+                    # asdict: a request holds a dataclass of its own (where its prompt was posted).
+                    "pending": [{**asdict(p), "state": p.state.value} for p in pending],
                 },
                 indent=2,
             )
@@ -560,6 +592,7 @@ async def jobs_list(as_json: Annotated[bool, typer.Option("--json", help="Print 
 async def jobs_run(name: Annotated[str, typer.Argument(help="The job to run (see `parley jobs list`).")]) -> None:
     """Run one job now, once (as its own slot: the scheduled runs are not affected)."""
     from bot.app import build_app
+    from bot.config import secret_values
     from bot.jobs import build_jobs, job_deps, job_table
     from bot.metrics import observe_job
     from bot.observe import error_reports
@@ -581,6 +614,61 @@ async def jobs_run(name: Annotated[str, typer.Argument(help="The job to run (see
     if outcome.state != "ok":
         raise fail(f"job {name} failed (error id {outcome.error_id}): {outcome.detail}")
     typer.echo(f"{name}: {outcome.detail}")
+
+
+@mcp_app.command("check")
+@run_async
+async def mcp_check(as_json: JsonOpt = False) -> None:
+    """Connect to each configured MCP server and print its tools (with their policy) or why it failed."""
+    from agent.mcp import McpServers
+    from agent.tools.registry import ToolRegistry
+    from bot.mcp import server_specs
+
+    settings = settings_or_exit()
+    specs = server_specs(settings)
+    if not specs:
+        typer.echo("No MCP servers are configured (add [mcp.servers.NAME] to parley.toml).")
+        return
+    async with McpServers(specs, ToolRegistry()) as servers:
+        report = [
+            (
+                status,
+                servers.tools(status.name),
+                # Listed by the server, not offered to the model (include/exclude).
+                sorted({t.name for t in servers.connections[status.name].tools} - set(servers.offered(status.name))),
+            )
+            for status in servers.statuses()
+        ]
+    if as_json:
+        rows = [
+            {
+                "server": status.name,
+                "transport": status.transport,
+                "ok": status.ok,
+                "state": status.state.value,
+                "error": status.error or None,
+                "protocol": status.protocol or None,
+                "tools": [
+                    {"name": t.name, "approval": t.approval, "timeout_s": t.timeout_s, "enabled": t.enabled}
+                    for t in offered
+                ],
+                "left_out": left_out,
+            }
+            for status, offered, left_out in report
+        ]
+        typer.echo(json.dumps(rows, indent=2))
+    for status, offered, left_out in [] if as_json else report:
+        if not status.ok:
+            typer.echo(f"FAIL {status.name} ({status.transport}): {status.error}")
+            continue
+        typer.echo(f"ok   {status.name} ({status.transport}, protocol {status.protocol}): {len(offered)} tools")
+        for t in offered:
+            hidden = "" if t.enabled else "; disabled in settings"
+            typer.echo(f"     {t.name}  [approval {t.approval}; timeout {t.timeout_s:g} s{hidden}]")
+        if left_out:
+            typer.echo(f"     left out by include/exclude: {', '.join(left_out)}")
+    if not all(status.ok for status, _, _ in report):
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -7,13 +7,12 @@ names (`SLACK_BOT_TOKEN`, ...), the TOML file (`PARLEY_CONFIG` or `./parley.toml
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import limits
-from apscheduler.triggers.cron import CronTrigger
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -161,6 +160,55 @@ class ToolsSettings(Section):
         return tables
 
 
+class McpServerSettings(Section):
+    """`[mcp.servers.NAME]`: a server started as a child process (`command`) or reached over HTTP (`url`)."""
+
+    command: str | None = Field(None, min_length=1, description="the program of a stdio server, e.g. npx")
+    args: list[str] = Field(default_factory=list, description="its arguments")
+    env: dict[str, SecretStr] = Field(
+        default_factory=dict, description="the child's environment: only these (and PATH, HOME, ...), never Parley's"
+    )
+    cwd: Path | None = Field(None, description="the child's working directory (default: Parley's)")
+    url: str | None = Field(None, pattern=r"^https?://", description="the endpoint of a streamable HTTP server")
+    headers: dict[str, SecretStr] = Field(default_factory=dict, description="sent with every HTTP request")
+    include: list[str] = Field(
+        default_factory=list, description="only these of the server's tools (names or patterns like get_*)"
+    )
+    exclude: list[str] = Field(default_factory=list, description="never these of its tools")
+    approval: Policy | None = Field(
+        None, description="policy of all its tools (default: allow for read-only hints, else approve)"
+    )
+    timeout_s: float = Field(30.0, gt=0, description="a call running longer is stopped")
+    connect_timeout_s: float = Field(20.0, gt=0, description="how long starting or reaching the server may take")
+    required: bool = Field(False, description="/readyz fails while this server is not connected")
+    enabled: bool = Field(True, description="false leaves the server out")
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServerSettings:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("set either command (a stdio server) or url (a streamable HTTP server), not both")
+        if self.url is not None and (self.args or self.env or self.cwd):
+            raise ValueError("args, env and cwd are for stdio servers; an HTTP server takes headers")
+        if self.command is not None and self.headers:
+            raise ValueError("headers are for HTTP servers; a stdio server takes env")
+        return self
+
+
+class McpSettings(Section):
+    servers: dict[str, McpServerSettings] = Field(
+        default_factory=dict, description="MCP servers whose tools the agent may call, by name"
+    )
+
+    @field_validator("servers")
+    @classmethod
+    def _names(cls, value: dict[str, McpServerSettings]) -> dict[str, McpServerSettings]:
+        # A server's name prefixes its tools (`tracker__search`), so `__` inside it would make names ambiguous.
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name) or "__" in name or name.endswith("_"):
+                raise ValueError(f"{name!r}: a server name is letters, digits, - and single _ (e.g. issue-tracker)")
+        return value
+
+
 class MemorySettings(Section):
     max_turns: int = Field(100, ge=1, description="turns kept per channel; older ones are deleted")
     context_turns: int = Field(8, ge=0, description="recent turns given to the model")
@@ -183,6 +231,9 @@ class ApprovalSettings(Section):
     )
     allow_self_approval: bool = Field(False, description="an approver may approve a call they asked for")
     expiry_s: float = Field(300.0, gt=0, description="a request not decided in this time is denied")
+    max_waiting_per_user: int = Field(
+        3, ge=1, description="answers of one person that may wait for approvals at once; more are refused"
+    )
     console_auto_approve: bool = Field(False, description="approve every call when the console has no terminal")
 
 
@@ -201,6 +252,9 @@ class DispatchSettings(Section):
     def _parse_rate(cls, value: str | None) -> str | None:
         if value is None or value.strip().lower() in ("", "off", "none"):
             return None
+        # Imported here: `limits` pulls in its async storage backends (~55 ms) for every command otherwise.
+        import limits
+
         try:
             limits.parse(value)
         except ValueError:
@@ -277,6 +331,9 @@ def cron(value: str) -> str:
     # to Saturday. Names mean the same everywhere.
     if len(fields) == 5 and any(ch.isdigit() for ch in fields[4]):
         raise ValueError(f"{value!r}: write days of the week as names (mon-fri, sun), not numbers")
+    # Imported here, like `limits`: only a cron line needs APScheduler.
+    from apscheduler.triggers.cron import CronTrigger
+
     try:
         CronTrigger.from_crontab(value)
     except ValueError as exc:
@@ -373,6 +430,7 @@ class Settings(BaseSettings):
     export: ExportSettings = ExportSettings()
     summary: SummarySettings = SummarySettings()
     schedules: list[ScheduleSettings] = Field(default_factory=list)
+    mcp: McpSettings = McpSettings()
 
     @field_validator("schedules")
     @classmethod
@@ -441,6 +499,9 @@ def secret_values(settings: Settings) -> list[str]:
     def walk(value: object) -> None:
         if isinstance(value, SecretStr):
             found.append(value.get_secret_value())
+        elif isinstance(value, dict | list):
+            for item in value.values() if isinstance(value, dict) else value:
+                walk(item)
         elif isinstance(value, BaseModel):
             for name in type(value).model_fields:
                 walk(getattr(value, name))

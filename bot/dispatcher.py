@@ -28,7 +28,8 @@ from structlog.contextvars import bound_contextvars
 from agent.approvals import ApprovalBroker, Verdict
 from agent.inbox import Inbox, InboxEntry, answer_in, conversation_key
 from agent.messages import IncomingMessage, Reply, new_error_id
-from agent.ports import ChatPlatform, DeliveryError, ProvidesContext
+from agent.parking import Lease, held
+from agent.ports import ChatPlatform, DeliveryError, NotAccepting, ProvidesContext
 from agent.runtime import Commit
 from agent.store import StoreError
 from bot.metrics import INBOX_DEPTH, observe_delivery
@@ -49,7 +50,7 @@ class Responder(Protocol):
     async def respond(self, message: IncomingMessage, *, commit: Commit | None = None) -> Reply: ...
 
 
-class DispatcherClosed(Exception):
+class DispatcherClosed(NotAccepting):
     """The dispatcher is not taking messages (not started, or shutting down): do not acknowledge the platform."""
 
 
@@ -114,8 +115,12 @@ class Dispatcher:
         self.rate_limit = RateLimit(options.rate_limit) if options.rate_limit else None
         self._queues: dict[str, deque[InboxEntry]] = {}
         self._ready: asyncio.Queue[str] = asyncio.Queue()
-        self._workers: list[asyncio.Task[None]] = []
-        self._busy: set[asyncio.Task[None]] = set()
+        # One slot per message being answered; a message waiting for a person's approval gives its slot back
+        # (agent/parking.py), so pending approvals cannot stall other conversations.
+        self._slots = asyncio.Semaphore(options.concurrency)
+        self._feeder: asyncio.Task[None] | None = None
+        # Each conversation's current turn and its hold on a slot (not held: waiting for one, or parked).
+        self._turns: dict[asyncio.Task[None], Lease] = {}
         self._accepting = False
         self._stopping = False
         self._pending = 0
@@ -146,9 +151,7 @@ class Dispatcher:
             self._enqueue(entry)
         if left:
             log.warning("recovering %d unfinished messages from the inbox", len(left))
-        self._workers = [
-            asyncio.create_task(self._work(), name=f"dispatch-{i}") for i in range(self.options.concurrency)
-        ]
+        self._feeder = asyncio.create_task(self._feed(), name="dispatch-feeder")
         self._accepting = True
 
     async def submit(self, message: IncomingMessage) -> bool:
@@ -192,22 +195,28 @@ class Dispatcher:
         await self._idle.wait()
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Stop taking messages; give running ones `grace_s` to finish; leave the rest in the inbox."""
+        """Stop taking messages; give running ones `grace_s` to finish; leave the rest in the inbox.
+
+        Turns without a slot (waiting for one, or parked on an approval that a person may take minutes to
+        decide) are stopped at once: their messages stay in the inbox and are answered again after a restart.
+        """
         self._accepting = False
         self._stopping = True
         grace = self.options.grace_s if grace_s is None else grace_s
-        for worker in self._workers:
-            if worker not in self._busy:
-                worker.cancel()
-        busy = [w for w in self._workers if not w.done() and w in self._busy]
-        if busy:
-            _, late = await asyncio.wait(busy, timeout=grace)
+        if self._feeder is not None:
+            self._feeder.cancel()
+        running = [turn for turn, lease in self._turns.items() if lease.held]
+        for turn, lease in self._turns.items():
+            if not lease.held:
+                turn.cancel()
+        if running:
+            _, late = await asyncio.wait(running, timeout=grace)
             if late:
                 log.warning("%d messages still running after %.1f s; they stay in the inbox", len(late), grace)
-            for worker in late:
-                worker.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
-        self._workers = []
+            for turn in late:
+                turn.cancel()
+        await asyncio.gather(*self._turns, *([self._feeder] if self._feeder else []), return_exceptions=True)
+        self._feeder = None
         # What is still queued stays in the inbox for the next start, not in this process.
         INBOX_DEPTH.dec(self._pending)
 
@@ -223,27 +232,32 @@ class Dispatcher:
         else:
             queue.append(entry)
 
-    async def _work(self) -> None:
-        """Take a conversation that has work, answer its oldest message, put it back if it has more."""
-        me = asyncio.current_task()
-        assert me is not None
-        while not self._stopping:
+    async def _feed(self) -> None:
+        """Start a turn for each conversation that has work; turns take a slot before they answer."""
+        while True:
             key = await self._ready.get()
-            queue = self._queues[key]
-            entry = queue.popleft()
-            self._busy.add(me)
-            try:
+            lease = Lease(self._slots)
+            turn = asyncio.create_task(self._turn(key, lease), name=f"dispatch:{key}")
+            self._turns[turn] = lease
+            turn.add_done_callback(self._turns.pop)
+
+    async def _turn(self, key: str, lease: Lease) -> None:
+        """Answer the conversation's oldest message in a slot, then put the conversation back if it has more.
+        Until then its later messages wait: one conversation is answered in order, parked or not."""
+        queue = self._queues[key]
+        entry = queue.popleft()
+        try:
+            async with held(lease):
                 await self._handle_or_apologise(entry)
-            finally:
-                self._busy.discard(me)
-                if queue:
-                    self._ready.put_nowait(key)
-                else:
-                    del self._queues[key]
-                self._pending -= 1
-                INBOX_DEPTH.dec()
-                if self._pending == 0:
-                    self._idle.set()
+        finally:
+            if queue:
+                self._ready.put_nowait(key)
+            else:
+                del self._queues[key]
+            self._pending -= 1
+            INBOX_DEPTH.dec()
+            if self._pending == 0:
+                self._idle.set()
 
     async def _handle_or_apologise(self, entry: InboxEntry) -> None:
         """Handle the message, retrying while the database fails; if it keeps failing, tell the user and move

@@ -1,5 +1,5 @@
 """Prometheus metrics: messages, model calls, approvals, the inbox and scheduled jobs, plus the circuit
-breakers, read from the breakers themselves at scrape time. Tool calls are counted by the runner's MetricsHook.
+breakers and the MCP servers, read from them at scrape time. Tool calls are counted by the runner's MetricsHook.
 
 No label holds a user or channel id: labels are platforms, outcomes, model, tool and job names, all bounded.
 The breakers use a collector rather than counters updated on every call: the breaker already counts, so the
@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from agent.mcp import McpConnection, McpServers
 from agent.memory import ChainRecord
 from agent.messages import IncomingMessage
 from agent.resilience import CircuitBreaker, State
@@ -119,3 +120,53 @@ def breaker_collector(registry: CollectorRegistry = REGISTRY) -> BreakerCollecto
         _collector = BreakerCollector()
         registry.register(_collector)
     return _collector
+
+
+class McpCollector(Collector):
+    """Per MCP server: `parley_mcp_server_up` (1 connected, 0 not), its tool count, and counters of connections
+    made, attempts failed, connections dropped, calls and failed calls. Like the breakers: read from the
+    connection's own counts; a server is reported while its connection is alive, the newest of a name wins."""
+
+    def __init__(self) -> None:
+        self._connections: weakref.WeakValueDictionary[str, McpConnection] = weakref.WeakValueDictionary()
+
+    def track(self, servers: McpServers) -> McpServers:
+        for name, connection in servers.connections.items():
+            self._connections[name] = connection
+        return servers
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("parley_mcp_server_up", "1 while the MCP server is connected.", labels=["server"])
+        tools = GaugeMetricFamily("parley_mcp_server_tools", "Tools the MCP server lists.", labels=["server"])
+        counters = {
+            "connects": CounterMetricFamily("parley_mcp_connects", "Connections made.", labels=["server"]),
+            "connect_failures": CounterMetricFamily(
+                "parley_mcp_connect_failures", "Connection attempts that failed.", labels=["server"]
+            ),
+            "drops": CounterMetricFamily(
+                "parley_mcp_drops", "Connections lost after they were made.", labels=["server"]
+            ),
+            "calls": CounterMetricFamily("parley_mcp_calls", "Tool calls sent to the server.", labels=["server"]),
+            "call_failures": CounterMetricFamily(
+                "parley_mcp_call_failures", "Calls that failed, errored or were cut off.", labels=["server"]
+            ),
+        }
+        for name, connection in sorted(self._connections.items()):
+            status = connection.status
+            up.add_metric([name], 1 if status.ok else 0)
+            tools.add_metric([name], status.tools)
+            for field, family in counters.items():
+                family.add_metric([name], getattr(connection.counters, field))
+        yield from (up, tools, *counters.values())
+
+
+_mcp_collector: McpCollector | None = None
+
+
+def mcp_collector(registry: CollectorRegistry = REGISTRY) -> McpCollector:
+    """The process's MCP collector, registered once (see `breaker_collector`)."""
+    global _mcp_collector
+    if _mcp_collector is None:
+        _mcp_collector = McpCollector()
+        registry.register(_mcp_collector)
+    return _mcp_collector

@@ -21,9 +21,10 @@ from bot.config import SentrySettings
 
 log = logging.getLogger("parley.observe")
 
-# Context variables that become Sentry tags in `before_send`: the error id is bound where the failure is
-# logged (in the agent too, which knows nothing of Sentry); the run's own tags are on its isolation scope.
-TAGGED = ("error_id",)
+# Context variables that become Sentry tags in `before_send`: the error id (and, at the HTTP edge, the request's
+# event id) is bound where the failure is logged (in the agent and adapters too, which know nothing of Sentry);
+# the run's own tags are on its isolation scope.
+TAGGED = ("error_id", "event_id")
 
 
 @contextmanager

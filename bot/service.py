@@ -56,7 +56,8 @@ async def readiness(
     parley: App, platforms: Sequence[ChatPlatform] = (), scheduler: Scheduler | None = None
 ) -> dict[str, object]:
     """What /readyz reports: the database takes writes, each platform is connected, the scheduler runs (when
-    this process has one), and each model's breaker is not open."""
+    this process has one), each model's breaker is not open, and each MCP server's state. An MCP server that is
+    down makes the service unready only when it is `required`: the bot answers without its tools meanwhile."""
     checks: dict[str, object] = {}
     try:
         # A write to the main database, not a read: a full disk or a read-only file fails here.
@@ -82,6 +83,10 @@ async def readiness(
         checks["scheduler"] = {"ok": running, "running": running}
     for model, breaker in parley.agent.paths:
         checks[f"model:{model.name}"] = {"ok": breaker.state.value != "open", "breaker": breaker.state.value}
+    for server in parley.mcp.statuses():
+        check: dict[str, object] = {"ok": server.ok or not server.required, "state": server.state.value}
+        check.update({"tools": server.tools} if server.ok else {"error": server.error})
+        checks[f"mcp:{server.name}"] = check
     return checks
 
 

@@ -22,6 +22,7 @@ from agent.tools.runner import ApprovalGate, PolicyGate, ToolHook, ToolRunner
 from agent.tools.sql import sql_tool
 from agent.tools.web import http_get_tool, weather_tool, web_search_tool
 from bot.config import Settings
+from bot.mcp import is_mcp_tool
 
 _metrics_hook: MetricsHook | None = None
 
@@ -87,6 +88,8 @@ def build_registry(settings: Settings) -> ToolRegistry:
                 enabled=table.enabled and name not in missing, timeout_s=table.timeout_s, approval=table.approval
             )
             for name, table in tables.tables().items()
+            # An MCP server's tools are registered when it answers, with their tables (bot/mcp.py).
+            if not is_mcp_tool(settings, name)
         }
     )
     return registry

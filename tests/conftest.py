@@ -16,6 +16,9 @@ from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner
 from agent.tools.executions import ExecutionLog
 from bot.config import ENV_ALIASES
 
+# The Slack world (a fake Slack, the real adapter, dispatcher and agent) for every test that asks for `world`.
+from tests.slack_world import concurrency, delay, fake, options, world  # noqa: F401
+
 REPO = Path(__file__).resolve().parent.parent
 
 

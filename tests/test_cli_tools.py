@@ -173,7 +173,7 @@ def test_chains_stats(tmp_path: Path) -> None:
 
 
 def test_approvals_list_revoke_and_audit() -> None:
-    from agent.approvals import ApprovalRequest, ApprovalStore
+    from agent.approvals import ApprovalRequest, ApprovalStore, PromptLocation
 
     async def seed() -> None:
         store = await Store.open(Path("data/parley.db"))
@@ -195,6 +195,7 @@ def test_approvals_list_revoke_and_audit() -> None:
                 now + 300,
             )
         )
+        await approvals.shown("req-1", PromptLocation("slack", "C1", "1700000000.000100"))
         await store.close()
 
     asyncio.run(seed())
@@ -203,6 +204,7 @@ def test_approvals_list_revoke_and_audit() -> None:
     data = json.loads(listed.output)
     assert [(g["tool"], g["channel"]) for g in data["grants"]] == [("http_get", "slack:T1/C1")]
     assert [(p["id"], p["tool"], p["requester"]) for p in data["pending"]] == [("req-1", "sql_query", "alice")]
+    assert data["pending"][0]["prompt"] == {"platform": "slack", "channel": "C1", "message": "1700000000.000100"}
 
     revoked = cli.invoke(app, ["approvals", "revoke", "--tool", "http_get", "--channel", "slack:T1/C1"])
     assert revoked.exit_code == 0 and "asks for approval in slack:T1/C1 again" in revoked.output

@@ -275,3 +275,49 @@ async def test_a_retry_after_longer_than_the_answer_deadline_is_cut_short_and_co
     assert time.perf_counter() - started < 2
     assert_fallback_reply(reply)
     assert (breaker.metrics.failures, len(primary.requests)) == (1, 1)
+
+
+# 6. Bad input is not the provider failing -------------------------------------------------------------------
+
+
+async def test_a_request_the_provider_refuses_as_invalid_fails_that_answer_only(
+    memory: Memory, runner: ToolRunner, primary: FakeOpenAI
+) -> None:
+    """A 400 that names the input is the message's fault: six of them leave the breaker closed (threshold 5),
+    each person is told to rephrase, and the next question is answered by the model."""
+    breaker = CircuitBreaker("primary", failure_threshold=5)
+    agent = make_agent(memory, runner, model(primary), breaker)
+    for i in range(6):
+        primary.fail_next = [Fault.error(400, "Invalid 'messages[1].content': the text could not be parsed")]
+        reply = await agent.respond(msg(f"some odd text {i}"))
+        assert reply.status == "rejected" and reply.error_id and "rephrase" in reply.text, reply
+        assert not [leak for leak in LEAKS if leak in reply.text]
+    assert (breaker.state, breaker.metrics.failures) == (State.CLOSED, 0)
+    reply = await agent.respond(msg("what is 2*21?"))
+    assert (reply.status, reply.text) == ("answered", "42")
+
+
+async def test_six_messages_with_half_an_emoji_leave_the_breaker_closed(
+    memory: Memory, runner: ToolRunner, primary: FakeOpenAI
+) -> None:
+    """Lone surrogates cannot be sent as UTF-8: the agent repairs the text, so the real HTTP client never
+    fails on it, the breaker never counts it, and the next person's question is answered by the model."""
+    breaker = CircuitBreaker("primary", failure_threshold=5)
+    agent = make_agent(memory, runner, model(primary), breaker)
+    for i in range(6):
+        reply = await agent.respond(msg(f"look \ud83d {i}"))
+        assert reply.status == "answered", reply
+    assert (breaker.state, breaker.metrics.failures) == (State.CLOSED, 0)
+    assert all("\ufffd" in prompt for prompt in primary.prompts())
+    reply = await agent.respond(msg("what is 2*21?"))
+    assert (reply.status, reply.text) == ("answered", "42")
+
+
+async def test_an_unauthorised_key_still_counts_against_the_provider(
+    memory: Memory, runner: ToolRunner, primary: FakeOpenAI
+) -> None:
+    breaker = CircuitBreaker("primary", failure_threshold=1)
+    agent = make_agent(memory, runner, model(primary), breaker)
+    primary.fail_next = [401]
+    assert_fallback_reply(await agent.respond(msg("hello")))
+    assert breaker.state is State.OPEN

@@ -4,24 +4,31 @@ hooks, the approval gate, the execution table and its statistics."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated
 
 import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import Field
 
+from agent.approvals import ApprovalBroker, ApprovalPolicy, ApprovalStore
 from agent.memory import Memory
 from agent.messages import Conversation
 from agent.store import Store
 from agent.tools import BUILTIN_TOOLS
 from agent.tools.context import ToolContext, current
 from agent.tools.executions import Execution, ExecutionLog
+from agent.tools.files import file_tools
 from agent.tools.hooks import MetricsHook
 from agent.tools.registry import ToolError, ToolOverride, ToolRegistry, ToolRegistryError, spec_of, tool
 from agent.tools.runner import ToolCall, ToolRefused, ToolResult, ToolRunner
+from agent.tools.sql import sql_tool
+from agent.tools.web import http_get_tool
+from tests.fakes.platform import RecordingPlatform
 
 
 @tool(returns="the sum", examples=("add(a=1, b=2)",), timeout_s=3)
@@ -337,3 +344,38 @@ async def test_statistics_per_tool(log: ExecutionLog) -> None:
     assert calc.mean_ms == pytest.approx(10.5)
     assert calc.p95_ms == 19.0  # nearest rank: the 19th of 20 sorted durations
     assert (stats["time"].calls, stats["time"].failures, stats["time"].p95_ms) == (1, 1, 300.0)
+
+
+# Arguments the tool would refuse are refused before anyone is asked -----------------------------------------
+
+
+CHECKED_CALLS = {
+    "http_get off the allowlist": ("http_get", {"url": "https://evil.test/steal"}, "evil.test is not on the list"),
+    "http_get to a plain http URL": ("http_get", {"url": "http://example.com/"}, "only https URLs are allowed"),
+    "read_file outside the root": ("read_file", {"path": "../../etc/passwd"}, "'..' is not allowed"),
+    "sql_query that writes": ("sql_query", {"query": "DELETE FROM notes"}, "not authorized"),
+    "sql_query of two statements": ("sql_query", {"query": "SELECT 1; SELECT 2"}, "one SQL statement"),
+}
+
+
+@pytest.mark.parametrize(("name", "args", "reason"), CHECKED_CALLS.values(), ids=CHECKED_CALLS.keys())
+async def test_a_call_the_tool_would_refuse_is_refused_without_an_approval_request(
+    store: Store, memory: Memory, tmp_path: Path, name: str, args: dict[str, str], reason: str
+) -> None:
+    database = tmp_path / "notes.db"
+    with sqlite3.connect(database) as db:
+        db.execute("CREATE TABLE notes (body TEXT)")
+    (tmp_path / "shared").mkdir()
+    tools = (http_get_tool(["example.com"]), *file_tools(tmp_path / "shared"), sql_tool(database))
+    broker = ApprovalBroker(ApprovalStore(store), ApprovalPolicy())
+    platform = RecordingPlatform("slack")
+    broker.ports["slack"] = platform
+    runner = ToolRunner(ToolRegistry.of(*tools), gate=broker)
+    context = ToolContext(memory, Conversation("slack:T/C"), "U1", "run-1", "slack")
+    try:
+        result = await runner.run(name, args, context)
+    finally:
+        runner.close()
+    assert result.outcome == "error" and result.observation.startswith("Error: "), result
+    assert reason in result.observation
+    assert platform.approval_requests == [] and await broker.store.pending() == []

@@ -4,29 +4,22 @@ scripted model."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import pytest
-from dspy.lm15 import Request
 
 from adapters.slack import SlackAdapter, SlackConfig
-from agent.approvals import ApprovalBroker, ApprovalPolicy, ApprovalStore
 from agent.engines import ScriptedEngine, scripted_model
-from agent.engines.scripted import echo, request_text
+from agent.engines.scripted import request_text
 from agent.inbox import Inbox
 from agent.memory import Memory
 from agent.runtime import Agent, AgentOptions
 from agent.store import Store
-from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner
-from agent.tools.registry import tool
+from agent.tools import ToolRunner
 from bot.dispatcher import Dispatcher, DispatchOptions
-from bot.http import build_http_app, serve
 from tests.fakes.slack import (
     FakeSlack,
     block_actions_body,
@@ -34,109 +27,7 @@ from tests.fakes.slack import (
     slack_headers,
     slash_command_body,
 )
-
-SECRET = "test-signing-secret"
-
-
-def model(request: Request) -> dict[str, Any]:
-    """Echoes questions; "deploy X" calls the deploy tool; "essay" answers with long Markdown."""
-    text = request_text(request)
-    question = text.rsplit("[[ ## question ## ]]", 1)[1].split("\n\n", 1)[0].strip()
-    observed = "[[ ## tool_name_0 ## ]]\ndeploy" in text
-    if "next_tool_name" in text:
-        if question.startswith("deploy ") and not observed:
-            return {"next_thought": "deploy", "next_tool_name": "deploy", "next_tool_args": {"service": question[7:]}}
-        return {"next_thought": "done", "next_tool_name": "finish", "next_tool_args": {}}
-    if observed:
-        last = text.rsplit("[[ ## observation_0 ## ]]", 1)[1].split("\n\n", 1)[0].strip()
-        return {"reasoning": "tool", "answer": f"tool said: {last}"}
-    if question == "essay":
-        paragraph = "This is **important** and [documented](https://example.com/doc). " * 20
-        return {"reasoning": "long", "answer": "\n\n".join(f"Part {i}: {paragraph}" for i in range(12))}
-    return echo(request)
-
-
-@dataclass
-class World:
-    fake: FakeSlack
-    adapter: SlackAdapter
-    dispatcher: Dispatcher
-    engine: ScriptedEngine
-    store: Store
-    deployed: list[str]
-    url: str
-
-    async def post(self, body: bytes, **header_options: Any) -> tuple[int, str]:
-        headers = slack_headers(SECRET, body, **header_options)
-        async with aiohttp.ClientSession() as session, session.post(self.url, data=body, headers=headers) as answer:
-            return answer.status, await answer.text()
-
-    async def mention(self, text: str, *, ts: str, event_id: str, thread_ts: str | None = None, **extra: Any) -> int:
-        event = {"type": "app_mention", "user": "U1", "text": f"<@UBOT> {text}", "ts": ts, "channel": "C1", **extra}
-        if thread_ts:
-            event["thread_ts"] = thread_ts
-        status, _ = await self.post(event_callback_body(event, event_id=event_id))
-        return status
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeSlack]:
-    with FakeSlack() as running:
-        yield running
-
-
-@pytest.fixture
-def delay() -> float:
-    return 0.0
-
-
-@pytest.fixture
-def options() -> dict[str, Any]:
-    """Extra SlackConfig fields for a test."""
-    return {}
-
-
-@pytest.fixture
-async def world(
-    store: Store, memory: Memory, fake: FakeSlack, delay: float, options: dict[str, Any]
-) -> AsyncIterator[World]:
-    deployed: list[str] = []
-
-    @tool(name="deploy", approval="approve")
-    def deploy(service: str) -> str:
-        """Deploy a service."""
-        deployed.append(service)
-        return f"deployed {service}"
-
-    broker = ApprovalBroker(ApprovalStore(store), ApprovalPolicy(approvers={"slack": ["UBOSS"]}, expiry_s=2))
-    runner = ToolRunner(ToolRegistry.of(*BUILTIN_TOOLS, deploy), gate=broker)
-    engine = ScriptedEngine(responder=model, delay_s=delay)
-    agent = Agent(memory, scripted_model(engine), runner, AgentOptions(max_iters=3))
-    config = SlackConfig(
-        bot_token="xoxb-test", signing_secret=SECRET, api_url=fake.api_url, progress_after_s=0.2, **options
-    )
-    adapter = SlackAdapter(config, memory=memory, registry=runner.registry)
-    dispatcher = Dispatcher(Inbox(store), agent, [adapter], DispatchOptions(rate_limit=None), broker)
-    adapter.connect(dispatcher.submit, dispatcher.decide)
-    await adapter.start()
-
-    async def ready() -> dict[str, object]:
-        return {"database": True}
-
-    http = await serve(build_http_app(slack=adapter, readiness=ready), "127.0.0.1", 0)
-    port = http.addresses[0][1]
-    async with dispatcher:
-        yield World(fake, adapter, dispatcher, engine, store, deployed, f"http://127.0.0.1:{port}/slack/events")
-    await adapter.close()
-    await http.cleanup()
-    runner.close()
-
-
-async def settled(world: World) -> None:
-    """Wait until every message is answered and the background reaction calls are done."""
-    await world.dispatcher.join()
-    await asyncio.gather(*world.adapter._background, return_exceptions=True)
-
+from tests.slack_world import SECRET, World, model, settled
 
 # Messages in, replies out ----------------------------------------------------------------------------------
 
@@ -344,7 +235,8 @@ async def approval_prompt(world: World) -> tuple[dict[str, Any], str]:
     posts = await world.fake.wait_for(lambda: [p for p in world.fake.posted() if p.get("blocks")], what="prompt")
     prompt = posts[0]
     blocks = prompt["blocks"] if isinstance(prompt["blocks"], list) else json.loads(prompt["blocks"])
-    return prompt, blocks[1]["elements"][0]["value"]
+    actions = next(block for block in blocks if block["type"] == "actions")
+    return prompt, actions["elements"][0]["value"]
 
 
 async def click(world: World, user: str, action_id: str, value: str, message_ts: str) -> None:
@@ -441,6 +333,7 @@ METHOD_SCOPES = {
     "reactions_remove": "reactions:write",
     "auth_test": None,
     "conversations_replies": "channels:history",
+    "files_upload_v2": "files:write",
     # Opt-in (PARLEY_SLACK__ASSISTANT_STATUS): the workspace adds assistant:write to use it.
     "assistant_threads_setStatus": None,
 }

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.approvals import ApprovalStore, PromptLocation
 from agent.memory import Memory, channel_terms
 from agent.messages import Conversation
 from agent.migrations import LATEST_VERSION, MIGRATIONS
@@ -35,6 +36,7 @@ SEED = {
         "VALUES ('slack', 'E1', 'slack|c|', '{}', 1, 1)",
     ),
     7: ("INSERT INTO approval_audit (at, action, outcome) VALUES (1, 'requested', 'pending')",),
+    8: ("INSERT INTO job_runs (job, slot, started_at) VALUES ('prune', '2024-01-01T03:00', 1)",),
 }
 
 
@@ -87,6 +89,36 @@ async def test_migrates_from_each_earlier_version_keeping_rows(tmp_path: Path, s
             assert row is not None and row[0] == 1, table
         if start >= 2:  # a fact written before the later steps is still found by full-text search
             assert [f.key for f in await Memory(store).relevant_facts("c", "standup")] == ["standup"]
+    finally:
+        await store.close()
+
+
+async def test_an_approval_request_from_before_prompt_locations_gets_one_and_its_prompt_is_tracked(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.db"
+    old = await Store.open(path, migrate_to=8)
+    await old.write(
+        lambda db: db.execute(
+            "INSERT INTO approvals (id, tool, args, args_hash, level, platform, channel, requester, created_at, "
+            "expires_at) VALUES ('r1', 'deploy', '{\"service\": \"api\"}', 'h', 'approve', 'slack', 'slack:T/C', "
+            "'U1', 1, 2)"
+        )
+    )
+    await old.close()
+
+    store = await Store.open(path)
+    try:
+        approvals = ApprovalStore(store)
+        request = await approvals.get("r1")
+        assert request is not None and request.prompt is None and request.args == {"service": "api"}
+        await approvals.shown("r1", PromptLocation("slack", "C", "1700000000.000100"))
+        assert await approvals.open_prompts() == []  # still pending: its prompt is meant to have buttons
+        [expired] = await approvals.expire_pending("restart")
+        assert expired.prompt == PromptLocation("slack", "C", "1700000000.000100")
+        assert [r.id for r in await approvals.open_prompts()] == ["r1"]
+        await approvals.prompt_closed("r1")
+        assert await approvals.open_prompts() == []
     finally:
         await store.close()
 

@@ -55,5 +55,5 @@ def test_step_schema_pins_each_tool_name_and_its_arguments(memory: Memory, runne
     assert calc_args["required"] == ["expression"] and calc_args["additionalProperties"] is False
     assert variants["current_time"]["properties"]["next_tool_args"]["required"] == []  # has a default
     extract = dict(agent.react.named_predictors())["extract.predict"]
-    assert extract.config["response_format"]["json_schema"]["schema"]["required"] == ["reasoning", "answer"]
+    assert extract.config["response_format"]["json_schema"]["schema"]["required"] == ["answer"]  # no thought
     assert step_schema({})["anyOf"] == []

@@ -1,7 +1,7 @@
 """Tool approvals: policy, requests bound to exact calls, decisions by compare-and-set, an append-only audit."""
 
 from agent.approvals.broker import ApprovalBroker, ApprovalPort
-from agent.approvals.models import ApprovalPolicy, ApprovalRequest, ApprovalState, Verdict, args_hash
+from agent.approvals.models import ApprovalPolicy, ApprovalRequest, ApprovalState, PromptLocation, Verdict, args_hash
 from agent.approvals.store import ApprovalStore, AuditEntry, Grant
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "ApprovalStore",
     "AuditEntry",
     "Grant",
+    "PromptLocation",
     "Verdict",
     "args_hash",
 ]

@@ -12,29 +12,47 @@ import asyncio
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from agent.approvals.models import ApprovalPolicy, ApprovalRequest, ApprovalState, Verdict, args_hash
+from agent.approvals.models import (
+    ApprovalPolicy,
+    ApprovalRequest,
+    ApprovalState,
+    PromptLocation,
+    Verdict,
+    args_hash,
+)
 from agent.approvals.store import ApprovalStore
+from agent.parking import parked
 from agent.resilience import deadline_left, deadline_paused
 from agent.tools.registry import ToolSpec
-from agent.tools.runner import ToolCall, ToolRefused, cannot_ask, denied_by_policy
+from agent.tools.runner import RunStopped, ToolCall, ToolRefused, cannot_ask, denied_by_policy
 
 log = logging.getLogger("parley.approvals")
 MIN_SHOWN_HASH = 32
 NO_DECISION = "no decision in time"
+TOO_MANY_WAITING = (
+    "You already have {count} requests waiting for an approval. Please wait until they are decided, then ask again."
+)
+# Old prompts updated at start-up: a few at a time (each is one platform call, inside its rate limits), and
+# start-up waits at most this long for them.
+CLOSE_PROMPTS_AT_ONCE = 4
+CLOSE_PROMPTS_S = 10.0
 
 
 class ApprovalPort(Protocol):
     """How a platform shows approval requests (the dispatcher registers each adapter as one)."""
 
-    async def request_approval(self, request: ApprovalRequest) -> None:
-        """Show the request (tool, arguments, who asked, expiry) with a way to decide; return once shown."""
+    async def request_approval(self, request: ApprovalRequest) -> PromptLocation | None:
+        """Show the request (tool, arguments, who asked, expiry) with a way to decide; return once shown, with
+        where it was shown (stored with the request), or None when the prompt lives only in this process."""
         ...
 
     async def approval_settled(self, request: ApprovalRequest) -> None:
-        """The request was decided or expired: update what was shown."""
+        """The request was decided or expired: update its prompt at `request.prompt` (posted by this process
+        or an earlier one; None for a prompt that lives only in this process) to the outcome, without buttons."""
         ...
 
 
@@ -66,6 +84,8 @@ class ApprovalBroker:
         # Platform name -> where its requests are shown; the dispatcher fills it in.
         self.ports: dict[str, ApprovalPort] = {}
         self._waiting: dict[str, asyncio.Future[ApprovalRequest]] = {}
+        # (platform, user) -> how many of their answers wait for a decision in this process.
+        self._waiting_by: Counter[tuple[str, str]] = Counter()
 
     async def check(self, call: ToolCall, spec: ToolSpec) -> None:
         """The runner's gate: return to let the call run, raise ToolRefused with the reason otherwise."""
@@ -90,6 +110,10 @@ class ApprovalBroker:
         if port is None:
             await self.store.note("no_prompt", "denied", tool=spec.name, channel=channel, actor="parley")
             raise cannot_ask(spec)
+        asker = (ctx.platform, ctx.user)
+        if self._waiting_by[asker] >= self.policy.max_waiting_per_user:
+            await self.store.note("too_many_waiting", "denied", tool=spec.name, channel=channel, actor="policy")
+            raise RunStopped(TOO_MANY_WAITING.format(count=self._waiting_by[asker]))
         now = self.clock()
         request = ApprovalRequest(
             id=secrets.token_urlsafe(16),
@@ -105,7 +129,13 @@ class ApprovalBroker:
             expires_at=now + self.policy.expiry_s,
             run_id=ctx.run_id,
         )
-        settled = await self._ask(port, request)
+        self._waiting_by[asker] += 1
+        try:
+            settled = await self._ask(port, request)
+        finally:
+            self._waiting_by[asker] -= 1
+            if not self._waiting_by[asker]:
+                del self._waiting_by[asker]
         if settled.state is not ApprovalState.APPROVED:
             raise ToolRefused(_refusal(settled))
 
@@ -122,12 +152,13 @@ class ApprovalBroker:
         try:
             with deadline_paused():
                 try:
-                    await port.request_approval(request)
+                    await self._show(port, request)
                 except Exception as exc:
                     log.error("approval request %s could not be shown: %s", request.id, type(exc).__name__)
                     return await self._expire(request, "the request could not be shown")
                 try:
-                    async with asyncio.timeout(max(request.expires_at - self.clock(), 0.0)):
+                    # Parked: the run gives its slots back while a person decides (agent/parking.py).
+                    async with parked(), asyncio.timeout(max(request.expires_at - self.clock(), 0.0)):
                         settled = await asyncio.shield(waiting)
                 except TimeoutError:
                     settled = await self._expire(request, NO_DECISION)
@@ -147,12 +178,27 @@ class ApprovalBroker:
         settled = await self._expire(request, "cancelled")
         await self._settled(port, settled)
 
+    async def _show(self, port: ApprovalPort, request: ApprovalRequest) -> None:
+        """Show the request and store where: whichever process settles it can then update that prompt."""
+        prompt = await port.request_approval(request)
+        if prompt is not None:
+            await self.store.shown(request.id, prompt)
+
     async def _settled(self, port: ApprovalPort, request: ApprovalRequest) -> None:
         self._count(request.state.value)
+        await self._close_prompt(port, request)
+
+    async def _close_prompt(self, port: ApprovalPort, request: ApprovalRequest) -> None:
+        """Update the request's prompt to its outcome; a failure leaves it open in the store for the next start."""
+        if request.prompt is None:  # settled before its prompt's location was stored (a decision that quick)
+            request = await self.store.get(request.id) or request
         try:
             await port.approval_settled(request)
         except Exception as exc:
             log.warning("approval request %s: the prompt could not be updated: %s", request.id, type(exc).__name__)
+            return
+        if request.prompt is not None:
+            await self.store.prompt_closed(request.id)
 
     async def _expire(self, request: ApprovalRequest, reason: str) -> ApprovalRequest:
         settled = await self.store.settle(request, ApprovalState.EXPIRED, actor="parley", reason=reason)
@@ -220,12 +266,38 @@ class ApprovalBroker:
             why_not = "only an approver can allow a tool always"
         return why_not
 
-    async def expire_pending(self, reason: str = "restart") -> int:
-        """On start-up: requests of an earlier process can get no answer; their messages will ask again."""
-        count = await self.store.expire_pending(reason)
-        if count:
-            log.warning("expired %d approval requests left pending by an earlier process", count)
-        return count
+    async def expire_pending(self, reason: str = "restart") -> list[ApprovalRequest]:
+        """On start-up, once the ports are registered: requests of an earlier process can get no answer (their
+        messages will ask again), so they expire, and their prompts lose their buttons like any other prompt
+        still open for a settled request. Returns the requests it expired."""
+        expired = await self.store.expire_pending(reason)
+        if expired:
+            log.warning("expired %d approval requests left pending by an earlier process", len(expired))
+        await self.close_open_prompts()
+        return expired
+
+    async def close_open_prompts(self) -> None:
+        """Update every prompt still showing buttons for a settled request (its process died before it could,
+        or the platform refused the update), a few at a time and for at most CLOSE_PROMPTS_S: start-up does not
+        wait long on a platform that is down, and whatever is left stays open in the store for the next start."""
+        limit = asyncio.Semaphore(CLOSE_PROMPTS_AT_ONCE)
+
+        async def close(port: ApprovalPort, request: ApprovalRequest) -> None:
+            async with limit:
+                await self._close_prompt(port, request)
+
+        updates = []
+        for request in await self.store.open_prompts():
+            port = self.ports.get(request.prompt.platform) if request.prompt else None
+            if port is not None:
+                updates.append(close(port, request))
+        try:
+            async with asyncio.timeout(CLOSE_PROMPTS_S):
+                await asyncio.gather(*updates)
+        except TimeoutError:
+            log.warning(
+                "gave up updating old approval prompts after %.0f s; the next start tries again", CLOSE_PROMPTS_S
+            )
 
 
 def _already(request: ApprovalRequest | None) -> str:

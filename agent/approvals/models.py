@@ -24,6 +24,16 @@ def args_hash(tool: str, args: Mapping[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
+class PromptLocation:
+    """Where a request's prompt was posted. It is stored with the request, so whichever process settles the
+    request (or expires it after a restart) can take the buttons off that prompt."""
+
+    platform: str
+    channel: str  # the platform's own channel id
+    message: str  # Slack's message ts, Discord's message id
+
+
+@dataclass(frozen=True)
 class ApprovalRequest:
     """One call waiting for a person. `id` is unguessable: it is what a button or a prompt carries."""
 
@@ -42,6 +52,7 @@ class ApprovalRequest:
     state: ApprovalState = ApprovalState.PENDING
     decided_by: str | None = None
     reason: str = ""
+    prompt: PromptLocation | None = None
 
     @property
     def outcome(self) -> str:
@@ -84,6 +95,9 @@ class ApprovalPolicy:
     channel_approvers: Mapping[str, Sequence[str]] = field(default_factory=dict)
     allow_self_approval: bool = False
     expiry_s: float = 300.0
+    # How many of one person's answers may wait for approvals at once; a further one is refused (parked runs
+    # hold no slot, so without a cap one person could keep any number of them open).
+    max_waiting_per_user: int = 3
 
     def is_approver(self, platform: str, channel: str, user: str, roles: Sequence[str] = ()) -> bool:
         """A channel's list (user or role ids) decides there; elsewhere the platform's users and roles."""

@@ -2,6 +2,8 @@
 
 A decision is a compare-and-set: the update applies only to a pending request that has not expired, so of
 two decisions at once exactly one wins. The audit table is append-only (triggers refuse updates/deletes).
+Where a request's prompt was posted is kept with it, and whether that prompt shows the outcome yet: a prompt
+left with buttons (its update failed, or its process died) is found by `open_prompts` and updated later.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.approvals.models import ApprovalRequest, ApprovalState
+from agent.approvals.models import ApprovalRequest, ApprovalState, PromptLocation
 from agent.store import Store
 
-COLUMNS = (
+# What a new request is written with; COLUMNS is what a request is read back with.
+NEW_COLUMNS = (
     "id, tool, args, args_hash, level, platform, channel, thread, requester, created_at, expires_at, run_id, "
     "state, decided_by, reason"
 )
+COLUMNS = f"{NEW_COLUMNS}, prompt_platform, prompt_channel, prompt_message"
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,8 @@ def _request(row: sqlite3.Row) -> ApprovalRequest:
     values = dict(row)
     values["args"] = json.loads(values["args"])
     values["state"] = ApprovalState(values["state"])
+    shown = (values.pop("prompt_platform"), values.pop("prompt_channel"), values.pop("prompt_message"))
+    values["prompt"] = PromptLocation(*shown) if shown[2] is not None else None
     return ApprovalRequest(**values)
 
 
@@ -90,7 +96,7 @@ class ApprovalStore:
 
         def write(db: sqlite3.Connection) -> None:
             db.execute(
-                f"INSERT INTO approvals ({COLUMNS}) VALUES ({', '.join('?' * 15)})",
+                f"INSERT INTO approvals ({NEW_COLUMNS}) VALUES ({', '.join('?' * 15)})",
                 (
                     request.id,
                     request.tool,
@@ -112,6 +118,30 @@ class ApprovalStore:
             _audit(db, "requested", "pending", request=request, actor=f"{request.platform}:{request.requester}")
 
         await self.store.write(write)
+
+    async def shown(self, request_id: str, prompt: PromptLocation) -> None:
+        """Record where the request's prompt was posted (whatever its state by now: a decision can land first)."""
+        await self.store.write(
+            lambda db: db.execute(
+                "UPDATE approvals SET prompt_platform = ?, prompt_channel = ?, prompt_message = ? WHERE id = ?",
+                (prompt.platform, prompt.channel, prompt.message, request_id),
+            )
+        )
+
+    async def prompt_closed(self, request_id: str) -> None:
+        """The prompt now shows the request's outcome and has no buttons left."""
+        now = self.clock()
+        await self.store.write(
+            lambda db: db.execute("UPDATE approvals SET prompt_closed_at = ? WHERE id = ?", (now, request_id))
+        )
+
+    async def open_prompts(self) -> list[ApprovalRequest]:
+        """Settled requests whose prompt still shows buttons: its update failed, or its process died first."""
+        rows = await self.store.fetchall(
+            f"SELECT {COLUMNS} FROM approvals WHERE prompt_message IS NOT NULL AND prompt_closed_at IS NULL "
+            "AND state != 'pending' ORDER BY created_at"
+        )
+        return [_request(r) for r in rows]
 
     async def get(self, request_id: str) -> ApprovalRequest | None:
         row = await self.store.fetchone(f"SELECT {COLUMNS} FROM approvals WHERE id = ?", (request_id,))
@@ -152,19 +182,21 @@ class ApprovalStore:
         """Audit an event that is not a request or a decision: a policy denial, a grant used, a revocation."""
         await self.store.write(lambda db: _audit(db, action, outcome, request=request, **fields))
 
-    async def expire_pending(self, reason: str) -> int:
-        """Mark every pending request expired (on start-up, a previous process's requests can get no answer)."""
+    async def expire_pending(self, reason: str) -> list[ApprovalRequest]:
+        """Mark every pending request expired (on start-up, a previous process's requests can get no answer);
+        return them as expired."""
         now = self.clock()
 
-        def write(db: sqlite3.Connection) -> int:
+        def write(db: sqlite3.Connection) -> list[ApprovalRequest]:
             rows = db.execute(
                 "UPDATE approvals SET state = 'expired', decided_at = ?, reason = ? WHERE state = 'pending' "
                 f"RETURNING {COLUMNS}",
                 (now, reason),
             ).fetchall()
-            for row in rows:
-                _audit(db, "expired", "expired", request=_request(row), actor="parley", detail=reason)
-            return len(rows)
+            expired = [_request(row) for row in rows]
+            for request in expired:
+                _audit(db, "expired", "expired", request=request, actor="parley", detail=reason)
+            return expired
 
         return await self.store.write(write)
 

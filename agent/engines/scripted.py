@@ -42,8 +42,11 @@ class ScriptedEngine:
         responder: Scripted | None = None,
         *,
         delay_s: float | Callable[[], float] = 0.0,
+        compact_prompts: bool = False,
     ) -> None:
         self.script = list(script)
+        # Stand in for the embedded engine: the adapter sends the compact prompts of `agent.compact`.
+        self.compact_prompts = compact_prompts
         self.responder = responder
         # Seconds each call takes (or a function giving them): a provider's latency, for ordering tests and benchmarks.
         self.delay_s = delay_s

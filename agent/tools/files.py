@@ -48,8 +48,14 @@ def file_tools(root: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[Callable
             return _listing(base, here, fd, path)
 
     # Registered by call, not as decorators: `tool` is untyped, and the factories return typed functions.
-    tool(name="read_file", approval="approve", returns="the text of the file")(read_file)
-    tool(name="list_dir", approval="allow", returns="one entry per line; directories end with /")(list_dir)
+    def inside(path: str = ".") -> None:
+        """Refuse a path outside the root before anyone is asked to approve reading it."""
+        _resolve_inside(spellings, path)
+
+    tool(name="read_file", approval="approve", returns="the text of the file", check=inside)(read_file)
+    tool(name="list_dir", approval="allow", returns="one entry per line; directories end with /", check=inside)(
+        list_dir
+    )
 
     return read_file, list_dir
 

@@ -8,7 +8,7 @@ of two tools with one name, so a duplicate is an error at start-up.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar, get_type_hints, overload
 
@@ -41,6 +41,11 @@ class ToolSpec:
     timeout_s: float = DEFAULT_TIMEOUT_S
     approval: Policy = "allow"
     enabled: bool = True
+    # Called with the validated arguments before approval is asked; raises ToolError for a call the tool
+    # would refuse anyway (a host off the allowlist, a path outside the root), so no approver is bothered.
+    check: Callable[..., object] | None = None
+    # The MCP server that provides the tool; empty for tools that run in this process.
+    server: str = ""
 
     @property
     def is_async(self) -> bool:
@@ -102,6 +107,7 @@ def tool(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     approval: Policy = "allow",
     enabled: bool = True,
+    check: Callable[..., object] | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -114,6 +120,7 @@ def tool(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     approval: Policy = "allow",
     enabled: bool = True,
+    check: Callable[..., object] | None = None,
 ) -> Any:
     """Mark a function as a tool (`@tool` or `@tool(timeout_s=5, approval="approve")`); the function is unchanged."""
 
@@ -132,6 +139,7 @@ def tool(
             timeout_s=timeout_s,
             approval=approval,
             enabled=enabled,
+            check=check,
         )
         setattr(func, SPEC_ATTRIBUTE, spec)
         return func
@@ -153,9 +161,12 @@ def spec_of(fn: Callable[..., Any] | ToolSpec) -> ToolSpec:
 
 @dataclass
 class ToolRegistry:
-    """Tools by name. Build it once at start-up; the runner and the agent read it."""
+    """Tools by name, built at start-up; an MCP server's tools are replaced whenever its tool list changes.
+    The runner and the agent read it."""
 
     _tools: dict[str, ToolSpec] = field(default_factory=dict)
+    # Bumped by every change, so whoever built something from the tool set (the agent) knows to rebuild it.
+    revision: int = 0
 
     @classmethod
     def of(cls, *tools: Callable[..., Any] | ToolSpec) -> ToolRegistry:
@@ -171,7 +182,20 @@ class ToolRegistry:
         if spec.name == "finish":
             raise ToolRegistryError("'finish' is reserved: the agent calls it to end its reasoning")
         self._tools[spec.name] = spec
+        self.revision += 1
         return spec
+
+    def replace_server(self, server: str, specs: Sequence[ToolSpec]) -> list[str]:
+        """Make `specs` the tools of MCP server `server`, whose tool list may change while Parley runs.
+
+        Returns the names left out because another tool (a built-in, another server's) already has them.
+        """
+        kept = {name: spec for name, spec in self._tools.items() if spec.server != server}
+        clashes = [spec.name for spec in specs if spec.name in kept or spec.name == "finish"]
+        kept.update({spec.name: spec for spec in specs if spec.name not in clashes})
+        self._tools = kept
+        self.revision += 1
+        return clashes
 
     def configure(self, overrides: Mapping[str, ToolOverride]) -> None:
         """Apply `[tools.NAME]` settings; a table naming no registered tool is a typo and an error."""
@@ -181,6 +205,7 @@ class ToolRegistry:
                 raise ToolRegistryError(f"settings name tool {name!r}, which does not exist (known: {self.names()})")
             changes = {k: v for k, v in vars(override).items() if v is not None}
             self._tools[name] = replace(spec, **changes)
+        self.revision += 1
 
     def get(self, name: str) -> ToolSpec | None:
         return self._tools.get(name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -59,6 +60,15 @@ class ToolRefused(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class RunStopped(Exception):
+    """Raised by the approval gate to end the whole answer, not just the call: `reply` is what the person is
+    told (a cap they reached, say). The model is not asked to relay it, so the person always sees it."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.reply = reply
 
 
 class ToolHook(Protocol):
@@ -128,6 +138,9 @@ class ToolRunner:
         except asyncio.CancelledError:
             await self._finish(call, self._result("cancelled", "Cancelled.", clock), started)
             raise
+        except RunStopped as stopped:
+            await self._finish(call, self._result("denied", f"Not run: {stopped.reply}", clock), started)
+            raise
         await self._finish(call, result, started)
         return result
 
@@ -135,8 +148,14 @@ class ToolRunner:
         try:
             validated = spec.args_model.model_validate(call.args)
         except ValidationError as exc:
-            return self._result("invalid_args", f"Error: invalid arguments for {spec.name}: {_explain(exc)}.", clock)
+            observation = f"Error: invalid arguments for {spec.name}: {_explain(exc)}. {expected_form(spec)}"
+            return self._result("invalid_args", observation, clock)
         kwargs = {name: getattr(validated, name) for name in type(validated).model_fields}
+        if spec.check is not None:
+            refused = await self._precheck(spec, kwargs)
+            if refused is not None:
+                # What the tool itself would have said, had it been run (and approved) first.
+                return self._result("error", f"Error: {refused}", clock)
         try:
             for hook in self.hooks:
                 await hook.before(call, spec)
@@ -144,6 +163,22 @@ class ToolRunner:
         except ToolRefused as refused:
             return self._result("denied", f"Not run: {refused.reason}.", clock)
         return await self._execute(spec, kwargs, call.context, clock)
+
+    async def _precheck(self, spec: ToolSpec, kwargs: dict[str, Any]) -> str | None:
+        """The tool's own refusal of these arguments, found before anyone is asked to approve them; None if
+        it would take them. Run on the tool threads: a check may touch the file system or a database."""
+        assert spec.check is not None
+        job = functools.partial(spec.check, **kwargs)
+        try:
+            await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self._threads, job), spec.timeout_s)
+        except ToolError as exc:
+            return str(exc)
+        except TimeoutError:
+            return f"{spec.name} could not check its arguments within {spec.timeout_s:g} s"
+        except Exception as exc:
+            log.warning("the argument check of %s raised %s", spec.name, type(exc).__name__, exc_info=True)
+            return f"{spec.name} could not check its arguments ({type(exc).__name__})"
+        return None
 
     async def _execute(
         self, spec: ToolSpec, kwargs: dict[str, Any], context: ToolContext | None, clock: float
@@ -227,6 +262,30 @@ def _explain(exc: ValidationError) -> str:
         else:
             parts.append(f"{where}: {error['msg']} (got {_short(error.get('input'))})")
     return "; ".join(parts)
+
+
+def expected_form(spec: ToolSpec) -> str:
+    """The exact form the arguments take, with an example where the tool has one: a small model repairs a
+    call by copying a form far more reliably than by reading a validation message."""
+    props: dict[str, dict[str, Any]] = spec.parameters.get("properties", {})
+    required = set(spec.required)
+    fields = ", ".join(
+        f"{json.dumps(name)}: {_type_name(schema)}{'' if name in required else ' (optional)'}"
+        for name, schema in props.items()
+    )
+    form = f"Expected: {spec.name}({{{fields}}})"
+    if spec.examples and len(props) == 1:
+        form += f", for example {json.dumps({next(iter(props)): spec.examples[0]})}"
+    elif spec.examples:
+        form += f", for example {spec.examples[0]}"
+    return form + "."
+
+
+def _type_name(schema: dict[str, Any]) -> str:
+    """JSON schema type as one word ("string"); unions ("string or null") from pydantic's anyOf."""
+    if "anyOf" in schema:
+        return " or ".join(_type_name(option) for option in schema["anyOf"])
+    return str(schema.get("type", "value"))
 
 
 def _short(value: object) -> str:

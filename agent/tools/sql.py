@@ -57,7 +57,14 @@ def sql_tool(
         finally:
             conn.close()
 
-    tool(name="sql_query", approval="approve", returns="a header line, then one row per line")(sql_query)
+    def read_only(query: str) -> None:
+        """Refuse a query that is not one read-only statement before anyone is asked to approve it: EXPLAIN
+        prepares the statement (the authorizer refuses writes then) and lists its program without running it."""
+        sql_query("EXPLAIN " + query if query.strip() else "")
+
+    tool(name="sql_query", approval="approve", returns="a header line, then one row per line", check=read_only)(
+        sql_query
+    )
     return sql_query
 
 

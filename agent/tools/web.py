@@ -362,10 +362,15 @@ def http_get_tool(
         note = f"\n[truncated at {max_bytes} bytes]" if page.truncated else ""
         return f"HTTP {page.status} {page.content_type}\n\n{text}{note}"
 
+    def allowed(url: str) -> None:
+        """Refuse a URL off the allowlist before anyone is asked to approve fetching it."""
+        rules.check(url)
+
     # Registered by call, not as a decorator: `tool` is untyped, and the factory returns a typed function.
     tool(
         name="http_get",
         approval="approve",
+        check=allowed,
         timeout_s=timeout_s + SPEC_MARGIN_S,
         returns="HTTP status and content type, a blank line, then the page text",
     )(http_get)

@@ -29,7 +29,8 @@ with `==`, so aiohttp's default `; charset=utf-8` would make it treat every answ
 characters `400 Invalid Form Body (50035)`; an empty message `400 (50006)`. Routes: `GET /users/@me`,
 `GET /oauth2/applications/@me`, `GET /gateway`, `GET /gateway/bot`, `GET /channels/{id}`,
 `POST /channels/{id}/messages` (with `enforce_nonce` a repeated nonce in the channel returns the earlier message),
-`GET|PATCH|DELETE /channels/{id}/messages/{mid}`, `POST /channels/{id}/typing` (204),
+`GET|PATCH|DELETE /channels/{id}/messages/{mid}` (files sent as multipart become the message's `attachments`; the
+request's body keeps their content in `_uploads`, filename -> text), `POST /channels/{id}/typing` (204),
 `PUT|DELETE /channels/{id}/messages/{mid}/reactions/{emoji}/@me` (204), `POST /users/@me/channels` (open a DM),
 `GET|PUT /applications/{app}/commands` and `GET|PUT /applications/{app}/guilds/{guild}/commands` (bulk overwrite;
 ids are stable per name), `POST /interactions/{id}/{token}/callback` (discord.py sends `?with_response=1` and needs
@@ -57,7 +58,9 @@ the dispatches after the client's `seq` and then sends RESUMED; RESUME of an unk
 event is kept and delivered on RESUME (replay) or, if the session is replaced by a new IDENTIFY, after the new READY
 and GUILD_CREATE (a testing convenience, so nothing sent between a reconnect and its READY is lost). Builders:
 `message_create`, `dm_message_create`, `interaction_create_command`, `interaction_create_component`; control:
-`send_reconnect()` (op 7), `send_invalid_session(resumable)` (op 9), `close_all(code)`.
+`send_reconnect()` (op 7), `send_invalid_session(resumable)` (op 9), `close_all(code)`; `gateway_down = True` makes
+new gateway connections fail (HTTP 503) until it is set back. Builders take `send=False` to return the payload
+without pushing it (an interaction is still registered, so its callbacks work): a test can mutate it first.
 
 The `send_*`/builder calls block the calling thread briefly (they only write to sockets); the `wait_for*` helpers
 are coroutines that poll, so the client (running on the test's loop) keeps running while a test waits.
@@ -324,6 +327,8 @@ class FakeDiscord(BackgroundServer):
         self.channel_ids = tuple(str(c) for c in channel_ids)
         self.dm_channel_id = str(dm_channel_id)
         self.intents_allowed = intents_allowed
+        # While True the gateway (and its resume URL) answers 503 instead of a websocket: Discord unreachable.
+        self.gateway_down = False
         self.bot_name = bot_name
         self.guild_name = guild_name
         self.heartbeat_interval_ms = heartbeat_interval_ms
@@ -352,7 +357,7 @@ class FakeDiscord(BackgroundServer):
 
         self._sessions: dict[str, _Session] = {}
         self._current: _Session | None = None
-        self._pending: list[tuple[str, dict[str, Any]]] = []  # dispatched before any session existed
+        self._pending: list[tuple[str, Any]] = []  # dispatched before any session existed
         self._conns: list[_Conn] = []
         self._sent: list[dict[str, Any]] = []
         self._received: list[Any] = []
@@ -799,10 +804,11 @@ class FakeDiscord(BackgroundServer):
 
     # -- gateway: pushing events -------------------------------------------------------------------------------
 
-    def send_dispatch(self, event: str, data: Mapping[str, Any]) -> int | None:
+    def send_dispatch(self, event: str, data: Any) -> int | None:
         """Push a dispatch (op 0, `t` = `event`) to the current session; its sequence number (None when no session
-        exists yet: it is delivered after the first READY)."""
-        return self._run(self._dispatch(event, dict(data)))
+        exists yet: it is delivered after the first READY). `data` is sent as given, even when it is not an object
+        (a malformed event)."""
+        return self._run(self._dispatch(event, dict(data) if isinstance(data, Mapping) else data))
 
     def message_create(
         self,
@@ -815,6 +821,7 @@ class FakeDiscord(BackgroundServer):
         mentions_bot: bool = False,
         author_bot: bool = False,
         reply_to: str | None = None,
+        send: bool = True,
         **fields: Any,
     ) -> dict[str, Any]:
         """Push a MESSAGE_CREATE in a guild text channel (the first one by default); returns the payload.
@@ -848,7 +855,8 @@ class FakeDiscord(BackgroundServer):
                 if str(reply_to) in self._by_id:
                     data["referenced_message"] = dict(self._by_id[str(reply_to)])
             self._by_id[data["id"]] = data
-        self.send_dispatch("MESSAGE_CREATE", data)
+        if send:
+            self.send_dispatch("MESSAGE_CREATE", data)
         return data
 
     def dm_message_create(
@@ -922,6 +930,7 @@ class FakeDiscord(BackgroundServer):
         channel_id: str | None = None,
         guild_id: str | None = None,
         dm: bool = False,
+        send: bool = True,
     ) -> dict[str, Any]:
         """Push an INTERACTION_CREATE for slash command `name` (type 2, data type 1). `options` is a list of
         Discord option objects, or a mapping name -> value (str 3, bool 5, int 4, float 10). `data.id` and
@@ -944,7 +953,8 @@ class FakeDiscord(BackgroundServer):
             else:
                 data["id"] = self._command_ids.get((None, name, 1)) or self._snowflake()
             payload["data"] = data
-        self.send_dispatch("INTERACTION_CREATE", payload)
+        if send:
+            self.send_dispatch("INTERACTION_CREATE", payload)
         return payload
 
     def interaction_create_component(
@@ -1032,7 +1042,7 @@ class FakeDiscord(BackgroundServer):
                 with contextlib.suppress(ConnectionError, RuntimeError):
                     await c.ws.send_str(json.dumps(frame))
 
-    async def _dispatch(self, event: str, data: dict[str, Any]) -> int | None:
+    async def _dispatch(self, event: str, data: Any) -> int | None:
         with self._lock:
             session = self._current
             if session is None:
@@ -1046,7 +1056,7 @@ class FakeDiscord(BackgroundServer):
             await self._send_frames(target, [entry.frame])
         return entry.seq
 
-    def _log_event(self, session: _Session, event: str, data: dict[str, Any]) -> _Event:
+    def _log_event(self, session: _Session, event: str, data: Any) -> _Event:
         session.seq += 1
         entry = _Event(session.seq, {"op": OP_DISPATCH, "t": event, "s": session.seq, "d": data})
         session.log.append(entry)
@@ -1071,6 +1081,8 @@ class FakeDiscord(BackgroundServer):
     # -- gateway: the websocket --------------------------------------------------------------------------------
 
     async def _gateway(self, request: web.Request) -> web.StreamResponse:
+        if self.gateway_down:
+            return web.Response(status=503, text="gateway unavailable")
         ws = web.WebSocketResponse(timeout=1.0, autoping=True, max_msg_size=0)
         await ws.prepare(request)
         with self._lock:
@@ -1245,6 +1257,12 @@ class FakeDiscord(BackgroundServer):
             payload = form.get("payload_json")
             body = json.loads(payload) if isinstance(payload, str) else {}
             body["_files"] = [k for k in form if k != "payload_json"]
+            # filename -> content (as UTF-8), so a test can read what was attached.
+            body["_uploads"] = {
+                f.filename: f.file.read().decode("utf-8", "replace")
+                for f in form.values()
+                if isinstance(f, web.FileField)
+            }
         elif request.can_read_body:
             raw = await request.read()
             if raw:
@@ -1408,6 +1426,11 @@ class FakeDiscord(BackgroundServer):
         )
         if body.get("nonce") is not None:
             message["nonce"] = body["nonce"]
+        for filename, content in (body.get("_uploads") or {}).items():
+            url = f"{self.url}/attachments/{channel_id}/{filename}"
+            size = len(content.encode())
+            attachment = {"id": self._snowflake(), "filename": filename, "size": size, "url": url, "proxy_url": url}
+            message["attachments"].append(attachment)
         ref = body.get("message_reference")
         if ref:
             message["type"] = 19

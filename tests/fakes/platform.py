@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from agent.approvals import ApprovalRequest
+from agent.approvals import ApprovalRequest, PromptLocation
 from agent.messages import IncomingMessage, Reply
 from agent.ports import DeliveryError
 from tests.fakes.background import BackgroundServer
@@ -25,7 +25,9 @@ from tests.fakes.background import BackgroundServer
 
 class RecordingPlatform:
     """Keeps every delivered reply by conversation. `before_deliver` may delay or fail a delivery;
-    `on_approval` plays the people who see approval requests (it is called as a task, like a person later)."""
+    `on_approval` plays the people who see approval requests (it is called as a task, like a person later).
+    Each prompt is "posted" at `PromptLocation(name, channel, "prompt-N")`; `settled` records the updates, and
+    `fail_settle` makes the next ones raise (the platform refused the update)."""
 
     def __init__(
         self,
@@ -43,16 +45,21 @@ class RecordingPlatform:
         self.attempts: Counter[str] = Counter()
         self.approval_requests: list[ApprovalRequest] = []
         self.settled: list[ApprovalRequest] = []
+        self.fail_settle = 0
         self._people: set[asyncio.Task[None]] = set()
 
-    async def request_approval(self, request: ApprovalRequest) -> None:
+    async def request_approval(self, request: ApprovalRequest) -> PromptLocation:
         self.approval_requests.append(request)
         if self.on_approval is not None:
             task = asyncio.create_task(self.on_approval(request))
             self._people.add(task)
             task.add_done_callback(self._people.discard)
+        return PromptLocation(self.name, request.channel, f"prompt-{len(self.approval_requests)}")
 
     async def approval_settled(self, request: ApprovalRequest) -> None:
+        if self.fail_settle:
+            self.fail_settle -= 1
+            raise ConnectionError("the platform refused the update")
         self.settled.append(request)
 
     async def people_done(self) -> None:
@@ -123,7 +130,7 @@ class HTTPPlatform:
         self.name = name
         self.resumable = True
 
-    async def request_approval(self, request: ApprovalRequest) -> None:
+    async def request_approval(self, request: ApprovalRequest) -> PromptLocation | None:
         raise NotImplementedError("this platform shows no approval requests")
 
     async def approval_settled(self, request: ApprovalRequest) -> None:

@@ -30,6 +30,10 @@ another int is that HTTP status with `{"ok": false, "error": "fatal_error"}`; a 
 error. slack-sdk's `AsyncRateLimitErrorRetryHandler` sleeps `int(Retry-After) + random()` seconds, so a 0 keeps
 tests fast; its `AsyncServerErrorRetryHandler` retries only 500 and 503.
 
+Files (what `files_upload_v2` does): `files.getUploadURLExternal` hands out `{url}/upload/<file id>`, the client
+POSTs the bytes there, and `files.completeUploadExternal` shares the uploaded files into `channel_id` (and
+`thread_ts`) as a message with `files`; `shared_files()` lists them with their content.
+
 Socket Mode: `apps.connections.open` hands out `ws://127.0.0.1:<port>/link/?ticket=...`; a client that connects
 gets `{"type": "hello", ...}` first. `send_events_api`, `send_slash_command` and `send_interactive` push
 envelopes (to the newest connection) and return the envelope id; the client's acks land in `acks`.
@@ -408,6 +412,9 @@ class FakeSlack(BackgroundServer):
         self._users: dict[str, dict[str, Any]] = {}
         # (channel, ts) -> Slack's reactions list; kept apart so reacting to an unseeded event message works.
         self._reactions: defaultdict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        # file id -> {"filename", "length", "content" (bytes once uploaded)}; shared files in order.
+        self._uploads: dict[str, dict[str, Any]] = {}
+        self._shared: list[dict[str, Any]] = []
         self._clock = FIRST_TS
         self._event_seq = 0
         self._tickets: set[str] = set()
@@ -439,6 +446,7 @@ class FakeSlack(BackgroundServer):
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_get("/link/", self._socket)
         app.router.add_post("/response/{name}", self._response)
+        app.router.add_post("/upload/{file_id}", self._upload)
         return app
 
     async def _before_stop(self) -> None:
@@ -503,6 +511,12 @@ class FakeSlack(BackgroundServer):
     def posted(self) -> list[dict[str, Any]]:
         """The parameters of each `chat.postMessage` call that posted a message, in order."""
         return [call.params for call in self.calls_to("chat.postMessage") if call.ok]
+
+    def shared_files(self) -> list[dict[str, Any]]:
+        """Files shared by `files.completeUploadExternal`, in order: id, name, title, channel, thread_ts, ts and
+        content (decoded as UTF-8)."""
+        with self._lock:
+            return [dict(f) for f in self._shared]
 
     def messages(self, channel: str, thread_ts: str | None = None) -> list[dict[str, Any]]:
         """The messages in `channel` (only those of one thread with `thread_ts`), in ts order."""
@@ -696,6 +710,15 @@ class FakeSlack(BackgroundServer):
             self.responses[request.match_info["name"]].append(body)
         return web.Response(text="ok", content_type="text/plain")
 
+    async def _upload(self, request: web.Request) -> web.StreamResponse:
+        data = await request.read()
+        with self._lock:
+            upload = self._uploads.get(request.match_info["file_id"])
+            if upload is None:
+                return web.Response(status=404, text="unknown upload")
+            upload["content"] = data
+        return web.Response(text=f"OK - {len(data)}", content_type="text/plain")
+
     # -- Web API -----------------------------------------------------------------------------------------------
 
     async def _api(self, request: web.Request) -> web.StreamResponse:
@@ -758,6 +781,8 @@ class FakeSlack(BackgroundServer):
             "conversations.replies": self._replies,
             "users.info": self._users_info,
             "apps.connections.open": self._connections_open,
+            "files.getUploadURLExternal": self._upload_url,
+            "files.completeUploadExternal": self._complete_upload,
         }
 
     # Each method below runs with self._lock held.
@@ -960,3 +985,50 @@ class FakeSlack(BackgroundServer):
         ticket = uuid.uuid4().hex
         self._tickets.add(ticket)
         return {"ok": True, "url": f"{self.socket_url}?ticket={ticket}&app_id={self.api_app_id}"}
+
+    def _upload_url(self, params: dict[str, Any]) -> dict[str, Any]:
+        if not params.get("filename") or not str(params.get("length", "")).isdigit():
+            return {"ok": False, "error": "invalid_arguments"}
+        file_id = f"F{uuid.uuid4().hex[:10].upper()}"
+        self._uploads[file_id] = {"filename": params["filename"], "length": int(params["length"]), "content": None}
+        return {"ok": True, "upload_url": f"{self.url}/upload/{file_id}", "file_id": file_id}
+
+    def _complete_upload(self, params: dict[str, Any]) -> dict[str, Any]:
+        files = params.get("files")
+        listed = json.loads(files) if isinstance(files, str) else files
+        if not isinstance(listed, list) or not listed:
+            return {"ok": False, "error": "invalid_arguments"}
+        if any(self._uploads.get(str(f.get("id")), {}).get("content") is None for f in listed):
+            return {"ok": False, "error": "file_upload_not_completed"}
+        channel = params.get("channel_id")
+        thread_ts = str(params["thread_ts"]) if params.get("thread_ts") else None
+        ts = self._next_ts()
+        shared = []
+        for f in listed:
+            upload = self._uploads[str(f["id"])]
+            shared.append(
+                {
+                    "id": str(f["id"]),
+                    "name": upload["filename"],
+                    "title": f.get("title") or upload["filename"],
+                    "channel": channel,
+                    "thread_ts": thread_ts,
+                    "ts": ts,
+                    "content": upload["content"].decode("utf-8", "replace"),
+                }
+            )
+        if channel:
+            message: dict[str, Any] = {
+                "type": "message",
+                "subtype": "file_share",
+                "user": self.user_id,
+                "bot_id": self.bot_id,
+                "text": params.get("initial_comment") or "",
+                "ts": ts,
+                "files": [{"id": f["id"], "name": f["name"], "title": f["title"]} for f in shared],
+            }
+            if thread_ts:
+                message["thread_ts"] = thread_ts
+            self._messages[channel].append(message)
+        self._shared.extend(shared)
+        return {"ok": True, "files": [{"id": f["id"], "title": f["title"]} for f in shared]}
