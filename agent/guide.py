@@ -19,15 +19,14 @@ prompts.
 from __future__ import annotations
 
 import re
-import zoneinfo
 from collections.abc import Collection
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 from agent.compact import TrajectoryStep, parse_trajectory
 from agent.memory import STOPWORDS
 from agent.tools.calculator import CalculatorError, evaluate
+from agent.tools.timezones import zone_in
 
 FINISH = "finish"
 
@@ -63,7 +62,6 @@ _ASKS_TIME = re.compile(
     r"|\bday of the week\b|\btoday's date\b",
     re.I,
 )
-_REGIONS = ("Europe", "Asia", "America", "Africa", "Australia", "Pacific", "Atlantic", "Indian", "Antarctica")
 
 # The person's own world: only memory can answer "what is my dog called?".
 _PRIVATE = re.compile(r"\b(?:my|our|we|us|mine|ours|the team's|our team's)\b", re.I)
@@ -111,29 +109,6 @@ def expression(question: str, context: str = "") -> str | None:
     except CalculatorError:
         return None
     return text
-
-
-@cache
-def _zones_by_place() -> dict[str, str]:
-    """Each zone by its place name ("tokyo": "Asia/Tokyo", "new york": "America/New_York"); the shortest
-    zone name wins where two share a place ("Asia/Istanbul" and "Europe/Istanbul")."""
-    places: dict[str, str] = {"utc": "UTC", "gmt": "UTC"}
-    for zone in sorted(zoneinfo.available_timezones(), key=len, reverse=True):
-        if zone.split("/", 1)[0] in _REGIONS and "/" in zone:
-            places[zone.rsplit("/", 1)[1].replace("_", " ").lower()] = zone
-    return places
-
-
-def zone_in(question: str) -> str | None:
-    """The IANA zone of a place the question names, or None."""
-    words = re.findall(r"[a-z]+", question.lower())
-    places = _zones_by_place()
-    for size in (3, 2, 1):
-        for i in range(len(words) - size + 1):
-            zone = places.get(" ".join(words[i : i + size]))
-            if zone is not None:
-                return zone
-    return None
 
 
 def first_step(question: str, context: str, tools: Collection[str]) -> Step | None:

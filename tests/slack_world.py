@@ -26,7 +26,7 @@ from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner
 from agent.tools.registry import tool
 from bot.dispatcher import Dispatcher, DispatchOptions
 from bot.http import build_http_app, serve
-from tests.fakes.slack import FakeSlack, event_callback_body, slack_headers
+from tests.fakes.slack import FakeSlack, block_actions_body, event_callback_body, slack_headers
 
 SECRET = "test-signing-secret"
 
@@ -70,6 +70,18 @@ class World:
             event["thread_ts"] = thread_ts
         status, _ = await self.post(event_callback_body(event, event_id=event_id))
         return status
+
+    def click_body(
+        self, user: str, action_id: str, value: str, *, message_ts: str = "1.0", channel: str = "C1", **extra: str
+    ) -> bytes:
+        """The signed-to-be body of a button click (`response_url` may be overridden in `extra`)."""
+        fields = {"response_url": self.fake.response_url("click"), **extra}
+        action = {"action_id": action_id, "value": value}
+        return block_actions_body([action], user_id=user, channel_id=channel, message_ts=message_ts, **fields)
+
+    async def click(self, user: str, action_id: str, value: str, message_ts: str, *, channel: str = "C1") -> None:
+        status, _ = await self.post(self.click_body(user, action_id, value, message_ts=message_ts, channel=channel))
+        assert status == 200
 
 
 @pytest.fixture

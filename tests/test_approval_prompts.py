@@ -37,7 +37,7 @@ from agent.tools.runner import ToolCall, ToolRefused
 from bot.dispatcher import Dispatcher, DispatchOptions
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.platform import RecordingPlatform
-from tests.fakes.slack import FakeSlack, block_actions_body
+from tests.fakes.slack import FakeSlack
 from tests.slack_world import World
 
 # Everything a value can do to a prompt: ping, disguise a link, break the layout, be too long to show.
@@ -273,18 +273,6 @@ async def test_a_slack_prompt_with_nothing_folded_has_no_file(world: World) -> N
     assert world.fake.shared_files() == [] and "folded" not in json.dumps(prompt)
 
 
-async def click(world: World, user: str, action_id: str, value: str, message_ts: str) -> None:
-    body = block_actions_body(
-        [{"action_id": action_id, "value": value}],
-        user_id=user,
-        channel_id="C1",
-        message_ts=message_ts,
-        response_url=world.fake.response_url("click"),
-    )
-    status, _ = await world.post(body)
-    assert status == 200
-
-
 @pytest.mark.parametrize(
     ("action", "outcome"),
     [
@@ -302,7 +290,7 @@ async def test_every_settlement_takes_the_buttons_off_the_slack_prompt(
     ts = str(posted.response["ts"] if posted.response else "")
     if action is not None:
         value = next(b for b in posted.params["blocks"] if b["type"] == "actions")["elements"][0]["value"]
-        await click(world, "UBOSS", action, value, ts)
+        await world.click("UBOSS", action, value, ts)
     await world.dispatcher.join()
     [shown] = [m for m in world.fake.messages("C1") if m["ts"] == ts]
     assert [b["type"] for b in shown["blocks"]] == ["section"] and outcome in shown["text"]

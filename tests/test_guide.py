@@ -12,8 +12,10 @@ from agent.guide import (
     expression,
     first_step,
     unknown_private,
-    zone_in,
 )
+from agent.tools.builtins import current_time
+from agent.tools.registry import ToolError
+from agent.tools.timezones import zone_in
 
 TOOLS = frozenset({"calculator", "current_time", "remember_fact", "recall_facts", FINISH})
 LAST_TURN = "Recent conversation:\nuser: what is 7*8?\nassistant: 7*8 = 56"
@@ -135,3 +137,14 @@ def test_private_questions_nothing_remembered_mentions_get_i_dont_know() -> None
     assert not unknown_private("what is the capital of France?", "")
     decided = decide_answer({"question": "who is our CEO?", "context": "", "trajectory": ""})
     assert decided == {"reasoning": "", "answer": DONT_KNOW}
+
+
+@pytest.mark.parametrize(("place", "zone"), [("Tokyo", "JST"), ("new york", "E"), ("Europe/Paris", "CE"), ("", "UTC")])
+async def test_the_clock_takes_a_city_as_well_as_a_zone(place: str, zone: str) -> None:
+    """A real model often passes the city it was asked about: the tool maps it to the city's zone."""
+    assert zone in await current_time(place)
+
+
+async def test_the_clock_refuses_a_place_it_cannot_find() -> None:
+    with pytest.raises(ToolError, match="unknown timezone"):
+        await current_time("Atlantis")

@@ -12,7 +12,7 @@ import pytest
 
 from agent.inbox import Inbox
 from bot.dispatcher import Dispatcher, DispatchOptions
-from tests.fakes.slack import block_actions_body, event_callback_body
+from tests.fakes.slack import event_callback_body
 from tests.slack_world import World, settled
 
 CHANNELS = ("C1", "C2", "C3")
@@ -46,14 +46,6 @@ async def prompts(world: World, count: int) -> list[tuple[str, str, str]]:
     return found
 
 
-async def approve(world: World, channel: str, ts: str, value: str) -> None:
-    action = {"action_id": "parley_approve", "value": value}
-    body = block_actions_body(
-        [action], user_id="UBOSS", channel_id=channel, message_ts=ts, response_url=world.fake.response_url("ok")
-    )
-    assert (await world.post(body))[0] == 200
-
-
 def texts(world: World, channel: str) -> list[str]:
     return [p["text"] for p in world.fake.posted() if p["channel"] == channel and not p.get("blocks")]
 
@@ -73,7 +65,7 @@ async def test_parked_approvals_leave_room_for_everyone_else(world: World) -> No
     assert texts(world, "C1") == []
 
     for channel, ts, value in shown:
-        await approve(world, channel, ts, value)
+        await world.click("UBOSS", "parley_approve", value, ts, channel=channel)
     await settled(world)
     assert sorted(world.deployed) == ["svc0", "svc1", "svc2"]
     assert texts(world, "C1") == ["tool said: deployed svc0", "re: and then?"]
@@ -104,7 +96,7 @@ async def test_a_parked_run_cut_by_a_restart_asks_again_and_the_old_prompt_loses
         await world.post(say("hello", "C4", "21.1"))
         await world.fake.wait_for(lambda: texts(world, "C4") == ["re: hello"], timeout_s=1.0, what="the C4 answer")
         for channel, ts, value in asked_again:
-            await approve(world, channel, ts, value)
+            await world.click("UBOSS", "parley_approve", value, ts, channel=channel)
         await restarted.join()
     assert sorted(world.deployed) == ["svc0", "svc1", "svc2"]
     assert texts(world, "C3") == ["tool said: deployed svc2"]

@@ -22,7 +22,6 @@ from agent.tools import ToolRunner
 from bot.dispatcher import Dispatcher, DispatchOptions
 from tests.fakes.slack import (
     FakeSlack,
-    block_actions_body,
     event_callback_body,
     slack_headers,
     slash_command_body,
@@ -239,28 +238,16 @@ async def approval_prompt(world: World) -> tuple[dict[str, Any], str]:
     return prompt, actions["elements"][0]["value"]
 
 
-async def click(world: World, user: str, action_id: str, value: str, message_ts: str) -> None:
-    body = block_actions_body(
-        [{"action_id": action_id, "value": value}],
-        user_id=user,
-        channel_id="C1",
-        message_ts=message_ts,
-        response_url=world.fake.response_url("click"),
-    )
-    status, _ = await world.post(body)
-    assert status == 200
-
-
 async def test_approval_buttons_only_count_for_approvers_and_only_once(world: World) -> None:
     await world.mention("deploy api", ts="1701.1", event_id="EvDeploy")
     prompt, value = await approval_prompt(world)
     assert prompt["thread_ts"] == "1701.1" and "<@U1> asked me to run `deploy`" in json.dumps(prompt["blocks"])
     ts = world.fake.calls_to("chat.postMessage")[0].response["ts"]
 
-    await click(world, "U1", "parley_approve", value, ts)  # the requester is not an approver
-    await click(world, "UBOSS", "parley_approve", value, ts)
+    await world.click("U1", "parley_approve", value, ts)  # the requester is not an approver
+    await world.click("UBOSS", "parley_approve", value, ts)
     await settled(world)
-    await click(world, "UBOSS", "parley_deny", value, ts)  # a second click
+    await world.click("UBOSS", "parley_deny", value, ts)  # a second click
     ephemeral = [c.params["text"] for c in world.fake.calls_to("chat.postEphemeral")]
     assert ephemeral == [
         "You cannot do that: you are not an approver for this channel.",
@@ -277,7 +264,7 @@ async def test_a_click_after_expiry_is_refused_and_the_tool_never_runs(world: Wo
     _, value = await approval_prompt(world)
     await settled(world)  # nobody clicks within the expiry
     ts = world.fake.calls_to("chat.postMessage")[0].response["ts"]
-    await click(world, "UBOSS", "parley_approve", value, ts)
+    await world.click("UBOSS", "parley_approve", value, ts)
     assert world.deployed == []
     assert ":hourglass: expired (no decision in time)" in world.fake.calls_to("chat.update")[0].params["text"]
     assert world.fake.calls_to("chat.postEphemeral")[0].params["text"] == (

@@ -29,7 +29,7 @@ from agent.runtime import Agent, AgentOptions
 from agent.store import Store
 from agent.tools import ToolRunner
 from bot.dispatcher import Dispatcher, DispatchOptions
-from tests.fakes.slack import FakeSlack, block_actions_body, event_callback_body, slash_command_body
+from tests.fakes.slack import FakeSlack, event_callback_body, slash_command_body
 from tests.slack_world import World, settled
 
 # Slack's documented example (api.slack.com, "Verifying requests from Slack").
@@ -132,10 +132,8 @@ def command(world: World, text: str) -> bytes:
     return slash_command_body("/parley", text, user_id="U1", channel_id="C1", response_url=world.fake.response_url("c"))
 
 
-def click(world: World, action_id: str, value: str, *, user_id: str = "U1", response_url: str | None = None) -> bytes:
-    url = world.fake.response_url("a") if response_url is None else response_url
-    action = {"action_id": action_id, "value": value}
-    return block_actions_body([action], user_id=user_id, channel_id="C1", message_ts="1.0", response_url=url)
+def click(world: World, action_id: str, value: str, *, user_id: str = "U1", **extra: str) -> bytes:
+    return world.click_body(user_id, action_id, value, **extra)
 
 
 ODD_BUT_VALID = {

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from agent.tools.calculator import evaluate, format_number
 from agent.tools.context import current
 from agent.tools.registry import ToolError, tool
+from agent.tools.timezones import zone_in
 
 MAX_FACT_CHARS = 1000
 
@@ -23,11 +24,17 @@ async def calculator(expression: str) -> str:
 
 @tool(returns="weekday, date and time", examples=("UTC", "Europe/Paris"), timeout_s=5)
 async def current_time(timezone: str = "UTC") -> str:
-    """Return the current date, weekday and time in an IANA timezone such as "Europe/Paris" or "UTC"."""
+    """Return the current date, weekday and time in an IANA timezone such as "Europe/Paris" or "UTC", or in a
+    city such as "Tokyo"."""
+    name = timezone.strip() or "UTC"
     try:
-        zone = ZoneInfo(timezone.strip() or "UTC")
+        zone = ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ToolError(f"unknown timezone {timezone!r}; use an IANA name like 'Europe/Paris' or 'UTC'") from None
+        # Models often name the city ("Tokyo", "New York") rather than its zone.
+        place = zone_in(name)
+        if place is None:
+            raise ToolError(f"unknown timezone {timezone!r}; use an IANA name like 'Europe/Paris' or 'UTC'") from None
+        zone = ZoneInfo(place)
     now = datetime.now(zone)
     return now.strftime("%A %Y-%m-%d %H:%M:%S %Z (UTC%z)")
 
