@@ -34,9 +34,9 @@ from discord import app_commands
 from pydantic import ValidationError
 
 from adapters.approval_text import arguments_filename, fit, full_arguments
-from adapters.discord_edge import DiscordMessage, ParleyTree, SlashAsk, describe, guard_parsers, problems
+from adapters.discord_edge import DiscordMessage, ParleyTree, SlashAsk, guard_parsers
 from adapters.discord_prompt import prompt_text, settled_text
-from adapters.edge import QuietLog
+from adapters.edge import QuietLog, describe, problems
 from adapters.text import split_message
 from agent.approvals import ApprovalRequest, PromptLocation
 from agent.memory import Memory

@@ -35,7 +35,7 @@ from pydantic import (
     model_validator,
 )
 
-from adapters.edge import CleanStr, QuietLog
+from adapters.edge import CleanStr, QuietLog, describe, problems
 
 Parser = Callable[[Any], None]
 
@@ -44,20 +44,6 @@ Parser = Callable[[Any], None]
 Snowflake = Annotated[StrictInt, Field(gt=0, lt=1 << 64)]
 # Ids as they come in a raw payload, which discord.py turns into ints with `int(...)`.
 RawSnowflake = Annotated[StrictStr, Field(pattern=r"^[0-9]{1,20}$")] | Snowflake
-
-
-def describe(exc: BaseException) -> str:
-    """An exception in one short line for a warning: its type and the start of its message (no traceback)."""
-    text = str(exc).replace("\n", " ")
-    return f"{type(exc).__name__}: {text[:120]}" if text else type(exc).__name__
-
-
-def problems(exc: ValidationError) -> str:
-    """Where a model failed and why, without the values (they are user content)."""
-    return "; ".join(
-        f"{'.'.join(str(part) for part in error['loc']) or 'value'}: {error['msg']}"
-        for error in exc.errors(include_url=False, include_input=False)[:5]
-    )
 
 
 # Gateway events ------------------------------------------------------------------------------------------

@@ -12,12 +12,26 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, ValidationError
 
 from agent.messages import clean_text
 
 # A string from outside, repaired on the way in (see `clean_text`).
 CleanStr = Annotated[str, AfterValidator(clean_text)]
+
+
+def describe(exc: BaseException) -> str:
+    """An exception in one short line for a warning: its type and the start of its message (no traceback)."""
+    text = str(exc).replace("\n", " ")
+    return f"{type(exc).__name__}: {text[:120]}" if text else type(exc).__name__
+
+
+def problems(exc: ValidationError) -> str:
+    """Where a model failed and why, without the values (they are user content)."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or 'value'}: {error['msg']}"
+        for error in exc.errors(include_url=False, include_input=False)[:5]
+    )
 
 
 class QuietLog:
@@ -56,4 +70,4 @@ class QuietLog:
         return True
 
 
-__all__ = ("CleanStr", "QuietLog", "clean_text")
+__all__ = ("CleanStr", "QuietLog", "describe", "problems")

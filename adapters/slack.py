@@ -42,7 +42,7 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 from structlog.contextvars import bound_contextvars
 
 from adapters.approval_text import arguments_filename, full_arguments, show_call, shown_name
-from adapters.edge import QuietLog
+from adapters.edge import QuietLog, problems
 from adapters.slack_edge import (
     ActionBody,
     BadRequest,
@@ -58,7 +58,7 @@ from adapters.slack_prompt import FILE_ABOVE, MAX_LISTED_ARGUMENTS, NO_FILE, lit
 from adapters.text import split_message, to_mrkdwn
 from agent.approvals import ApprovalRequest, ApprovalState, PromptLocation
 from agent.memory import Memory
-from agent.messages import IncomingMessage, Reply, new_error_id
+from agent.messages import APOLOGY, IncomingMessage, Reply, new_error_id
 from agent.ports import Decide, DeliveryError, NotAccepting, PlatformUnavailable, Submit
 from agent.tools.registry import ToolRegistry
 
@@ -88,8 +88,6 @@ PERMANENT_ERRORS = frozenset(
         "account_inactive",
     }
 )
-# What a person sees when Parley failed on their request before an answer could even be queued.
-EDGE_APOLOGY = "Sorry, something went wrong on my side (error id {error_id}). Please try again."
 # Headers Bolt may see: Slack's own, not the sender's others (Bolt honours some of its own internal ones).
 BOLT_HEADERS = ("x-slack-request-timestamp", "x-slack-signature", "x-slack-retry-num", "x-slack-retry-reason")
 HELP = (
@@ -215,7 +213,7 @@ class SlackAdapter:
                 type(error).__name__,
                 exc_info=error,
             )
-        text = EDGE_APOLOGY.format(error_id=error_id)
+        text = APOLOGY.format(error_id=error_id)
         return BoltResponse(status=200, body=json.dumps({"response_type": "ephemeral", "text": text}))
 
     async def start(self) -> None:
@@ -280,8 +278,7 @@ class SlackAdapter:
         try:
             seen = MessageEvent.model_validate(event)
         except ValidationError as exc:
-            where = ".".join(str(p) for p in exc.errors()[0]["loc"])
-            self.quiet.warning("event-shape", "dropped a Slack %s event: unexpected %s", event.get("type"), where)
+            self.quiet.warning("event-shape", "dropped a Slack %s event (%s)", event.get("type"), problems(exc))
             return
         if seen.subtype == "message_changed" and self.config.answer_edits and is_dm and seen.message:
             seen = seen.message.model_copy(update={"channel": seen.channel})

@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from yarl import URL
 
+from adapters.edge import problems
 from agent.messages import clean_text
 
 # How old a signed request may be before it counts as a replay (Slack's documented window).
@@ -300,8 +301,7 @@ def canonical(body: Any) -> dict[str, Any]:
     try:
         model.model_validate(cleaned)
     except ValidationError as exc:
-        where = ".".join(str(p) for p in exc.errors()[0]["loc"]) or "body"
-        raise BadRequest(400, f"unexpected shape at {where}") from None
+        raise BadRequest(400, f"unexpected shape ({problems(exc)})") from None
     return cleaned
 
 

@@ -125,7 +125,8 @@ def _with_optional_outputs(signature: type[Any], completion: str) -> str:
     """The constrained schemas leave the thought fields out, and DSPy's parser wants every output field: a
     missing thought is filled in empty (never a reason to lose a step). Anything else is left to DSPy."""
     optional = [name for name in compact.OPTIONAL_OUTPUTS if name in signature.output_fields]
-    if not optional:
+    # An unconstrained model (every real provider) writes every field: no second parse of its completion.
+    if all(f'"{name}"' in completion for name in optional):
         return completion
     data = json_repair.loads(completion)
     if not isinstance(data, dict) or all(name in data for name in optional):

@@ -104,6 +104,10 @@ class Reply:
         }
 
 
+# What a person is told when Parley failed on their message, wherever it failed: the id finds the log line.
+APOLOGY = "Sorry, something went wrong on my side and I couldn't answer that (error id {error_id}). Please try again."
+
+
 def new_error_id() -> str:
     """A short id for a failure: the user's reply, the log line and the Sentry event all carry it."""
     return uuid.uuid4().hex[:12]

@@ -19,7 +19,7 @@ from agent.chains import ModelUsage
 from agent.constraints import constrain, constrain_output
 from agent.engines import ModelHandle
 from agent.memory import ChainRecord, Memory
-from agent.messages import IncomingMessage, Reply, Step, clean_text, new_error_id
+from agent.messages import APOLOGY, IncomingMessage, Reply, Step, clean_text, new_error_id
 from agent.modes import DecomposeMode, Mode, Outcome, ReactMode, VoteMode
 from agent.parking import Lease, held
 from agent.react import RobustReAct
@@ -239,10 +239,7 @@ class Agent:
             error_id = new_error_id()
             with bound_contextvars(error_id=error_id):
                 log.exception("answering failed (error id %s): %s", error_id, type(exc).__name__)
-            reply_text = (
-                "Sorry, something went wrong on my side and I couldn't answer that "
-                f"(error id {error_id}). Please try again."
-            )
+            reply_text = APOLOGY.format(error_id=error_id)
             chain = replace(chain, status="error", error_id=error_id, duration_ms=(time.time() - started) * 1000)
             return await self._record(message, chain, Reply(reply_text, error_id=error_id, status="error"), commit)
         # Model output is outside input too: half an emoji in it must not fail the recording of the reply.

@@ -27,7 +27,7 @@ from structlog.contextvars import bound_contextvars
 
 from agent.approvals import ApprovalBroker, Verdict
 from agent.inbox import Inbox, InboxEntry, answer_in, conversation_key
-from agent.messages import IncomingMessage, Reply, new_error_id
+from agent.messages import APOLOGY, IncomingMessage, Reply, new_error_id
 from agent.parking import Lease, held
 from agent.ports import ChatPlatform, DeliveryError, NotAccepting, ProvidesContext
 from agent.runtime import Commit
@@ -37,7 +37,6 @@ from bot.observe import run_context
 
 log = logging.getLogger("parley.dispatcher")
 
-APOLOGY = "Sorry, something went wrong on my side and I couldn't answer that (error id {error_id}). Please try again."
 GAVE_UP = (
     "Sorry, I couldn't answer this message after {attempts} attempts (error id {error_id}). "
     "Please try asking differently."

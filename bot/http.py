@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from structlog.contextvars import bound_contextvars
 
 from adapters.slack import SlackAdapter
-from agent.messages import new_error_id
+from agent.messages import APOLOGY, new_error_id
 
 log = logging.getLogger("parley.http")
 
@@ -32,7 +32,7 @@ async def last_resort(request: web.Request, handler: Handler) -> web.StreamRespo
         error_id = new_error_id()
         with bound_contextvars(error_id=error_id):
             log.error("%s %s failed (error id %s)", request.method, request.path, error_id, exc_info=exc)
-        body = {"ok": False, "error_id": error_id, "text": f"Sorry, something went wrong (error id {error_id})."}
+        body = {"ok": False, "error_id": error_id, "text": APOLOGY.format(error_id=error_id)}
         return web.json_response(body, status=200 if request.path == SLACK_EVENTS else 503)
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import Iterator
+from functools import cache
+from typing import TypeVar
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -20,6 +22,8 @@ from agent.mcp import McpConnection, McpServers
 from agent.memory import ChainRecord
 from agent.messages import IncomingMessage
 from agent.resilience import CircuitBreaker, State
+
+C = TypeVar("C", bound=Collector)
 
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -110,16 +114,10 @@ class BreakerCollector(Collector):
         yield from (state, calls, failures, rejections, transitions)
 
 
-_collector: BreakerCollector | None = None
-
-
-def breaker_collector(registry: CollectorRegistry = REGISTRY) -> BreakerCollector:
-    """The process's collector, registered once: Prometheus refuses the same metric names twice."""
-    global _collector
-    if _collector is None:
-        _collector = BreakerCollector()
-        registry.register(_collector)
-    return _collector
+@cache
+def breaker_collector() -> BreakerCollector:
+    """The process's breaker collector, registered once: Prometheus refuses the same metric names twice."""
+    return _registered(BreakerCollector())
 
 
 class McpCollector(Collector):
@@ -160,13 +158,12 @@ class McpCollector(Collector):
         yield from (up, tools, *counters.values())
 
 
-_mcp_collector: McpCollector | None = None
-
-
-def mcp_collector(registry: CollectorRegistry = REGISTRY) -> McpCollector:
+@cache
+def mcp_collector() -> McpCollector:
     """The process's MCP collector, registered once (see `breaker_collector`)."""
-    global _mcp_collector
-    if _mcp_collector is None:
-        _mcp_collector = McpCollector()
-        registry.register(_mcp_collector)
-    return _mcp_collector
+    return _registered(McpCollector())
+
+
+def _registered(collector: C) -> C:
+    REGISTRY.register(collector)
+    return collector
