@@ -45,10 +45,13 @@ lint: $(VENV)/.test-installed
 test: lint
 	$(BIN)/pytest
 
+# Memory and dispatch run on both engines; PostgreSQL is an embedded server unless PARLEY_BENCH_PG_DSN is set.
 bench: $(VENV)/.test-installed
-	$(BIN)/python -m benchmarks.memory
+	$(BIN)/python -m benchmarks.memory --engine sqlite
+	$(BIN)/python -m benchmarks.memory --engine postgres
 	$(BIN)/python -m benchmarks.agent
-	$(BIN)/python -m benchmarks.dispatch
+	$(BIN)/python -m benchmarks.dispatch --engine sqlite
+	$(BIN)/python -m benchmarks.dispatch --engine postgres
 	$(BIN)/python -m benchmarks.slack
 	$(BIN)/python -m benchmarks.mcp
 	$(BIN)/python -m benchmarks.embedded

@@ -39,9 +39,9 @@ from adapters.discord_prompt import prompt_text, settled_text
 from adapters.edge import QuietLog, describe, problems
 from adapters.text import split_message
 from agent.approvals import ApprovalRequest, PromptLocation
-from agent.memory import Memory
 from agent.messages import IncomingMessage, Reply
 from agent.ports import Decide, DeliveryError, PlatformUnavailable, Submit
+from agent.storage.base import Storage
 from agent.tools.registry import ToolRegistry
 
 log = logging.getLogger("parley.discord")
@@ -191,12 +191,12 @@ class DiscordAdapter:
     name = "discord"
     resumable = True
 
-    def __init__(self, config: DiscordConfig, *, memory: Memory, registry: ToolRegistry) -> None:
+    def __init__(self, config: DiscordConfig, *, storage: Storage, registry: ToolRegistry) -> None:
         _install_url_proxies()
         _api_base.set(config.api_url.rstrip("/"))
         _gateway.set(config.gateway_url)
         self.config = config
-        self.memory = memory
+        self.storage = storage
         self.registry = registry
         self.submit: Submit | None = None
         self.decide: Decide | None = None
@@ -411,13 +411,13 @@ class DiscordAdapter:
 
         @tree.command(name="facts", description="What Parley remembers in this channel")
         async def facts(interaction: discord.Interaction) -> None:
-            remembered = await self.memory.facts(self._key(interaction))
+            remembered = await self.storage.facts.of_channel(self._key(interaction))
             lines = [f"- **{f.key}**: {f.value}" for f in remembered] or ["Nothing remembered in this channel yet."]
             await interaction.response.send_message("\n".join(lines)[:DISCORD_LIMIT], ephemeral=True)
 
         @tree.command(name="forget", description="Forget everything Parley remembers in this channel")
         async def forget(interaction: discord.Interaction) -> None:
-            counts = await self.memory.forget(self._key(interaction))
+            counts = await self.storage.forget(self._key(interaction))
             await interaction.response.send_message(
                 f"Forgotten: {counts.get('facts', 0)} facts and {counts.get('turns', 0)} turns.", ephemeral=True
             )

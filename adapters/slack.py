@@ -57,9 +57,9 @@ from adapters.slack_edge import (
 from adapters.slack_prompt import FILE_ABOVE, MAX_LISTED_ARGUMENTS, NO_FILE, literal, prompt_blocks, section
 from adapters.text import split_message, to_mrkdwn
 from agent.approvals import ApprovalRequest, ApprovalState, PromptLocation
-from agent.memory import Memory
 from agent.messages import APOLOGY, IncomingMessage, Reply, new_error_id
 from agent.ports import Decide, DeliveryError, NotAccepting, PlatformUnavailable, Submit
+from agent.storage.base import Storage
 from agent.tools.registry import ToolRegistry
 
 log = logging.getLogger("parley.slack")
@@ -130,9 +130,9 @@ class SlackAdapter:
     name = "slack"
     resumable = True
 
-    def __init__(self, config: SlackConfig, *, memory: Memory, registry: ToolRegistry) -> None:
+    def __init__(self, config: SlackConfig, *, storage: Storage, registry: ToolRegistry) -> None:
         self.config = config
-        self.memory = memory
+        self.storage = storage
         self.registry = registry
         # One session (one connection pool) for every call; built inside the running loop.
         self._session = aiohttp.ClientSession()
@@ -299,7 +299,7 @@ class SlackAdapter:
             user=seen.user,
             text=text,
             message_id=seen.ts,
-            # The inbox's key: the event id, else the message's ts (see agent.inbox.event_key for neither).
+            # The inbox's key: the event id, else the message's ts (see agent.storage.models.event_key for neither).
             event_id=str(body.get("event_id") or seen.ts),
             mentioned=not is_dm,
             is_dm=is_dm,
@@ -332,7 +332,7 @@ class SlackAdapter:
             await self._require_submit()(message)
             await ack(f"Thinking about: {rest.strip()}")
         elif sub == "facts":
-            facts = await self.memory.facts(key)
+            facts = await self.storage.facts.of_channel(key)
             listed = "\n".join(f"- **{f.key}**: {f.value}" for f in facts)
             await ack(to_mrkdwn(listed) if facts else "Nothing remembered in this channel yet.")
         elif sub == "forget":
@@ -370,7 +370,7 @@ class SlackAdapter:
         except ValidationError:
             self.quiet.warning("action-shape", "dropped a forget click of an unexpected shape")
             return
-        counts = await self.memory.forget(str(action.get("value") or ""))
+        counts = await self.storage.forget(str(action.get("value") or ""))
         text = f"Forgotten: {counts.get('facts', 0)} facts and {counts.get('turns', 0)} turns."
         if clicked.response_url:
             try:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.compact import TrajectoryStep, parse_trajectory
-from agent.memory import STOPWORDS
+from agent.storage.terms import STOPWORDS
 from agent.tools.calculator import CalculatorError, evaluate
 from agent.tools.timezones import zone_in
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -18,18 +17,20 @@ from agent.adapter import CachedJSONAdapter
 from agent.chains import ModelUsage
 from agent.constraints import constrain, constrain_output
 from agent.engines import ModelHandle
-from agent.memory import ChainRecord, Memory
+from agent.memory import context_text
 from agent.messages import APOLOGY, IncomingMessage, Reply, Step, clean_text, new_error_id
 from agent.modes import DecomposeMode, Mode, Outcome, ReactMode, VoteMode
 from agent.parking import Lease, held
 from agent.react import RobustReAct
 from agent.resilience import CircuitBreaker, CircuitOpen, answer_deadline, caused_by_input
+from agent.storage.base import Storage
+from agent.storage.models import ChainRecord
 from agent.tools.context import ToolContext, tool_context
 from agent.tools.runner import RunStopped, ToolRunner
 
 log = logging.getLogger("parley.agent")
 
-# Told about each recorded exchange and its reasoning chain.
+# Told about each answered message and its reasoning chain.
 ChainObserver = Callable[[IncomingMessage, ChainRecord], None]
 
 # "remember that the standup is at 9:30", "remember: deploys freeze on Fridays"
@@ -86,8 +87,14 @@ def fact_from_statement(statement: str) -> tuple[str, str]:
 
 FALLBACK_REPLY = "fallback_reply"
 
-# Writes that must land with the reply: called with the recording transaction's connection and the reply.
-Commit = Callable[[sqlite3.Connection, Reply], None]
+
+@dataclass(frozen=True)
+class Exchange:
+    """A reply and the reasoning chain that produced it, for the caller to record (`Storage.record_exchange`).
+    No chain for a message refused outright (empty, too long): there was no reasoning to keep."""
+
+    reply: Reply
+    chain: ChainRecord | None = None
 
 
 class NoModelAnswered(Exception):
@@ -124,15 +131,15 @@ class Agent:
 
     def __init__(
         self,
-        memory: Memory,
+        storage: Storage,
         model: ModelHandle,
         runner: ToolRunner,
         options: AgentOptions = AgentOptions(),
         resilience: Resilience | None = None,
         observers: Sequence[ChainObserver] = (),
     ) -> None:
-        self.memory = memory
-        # Told about every recorded chain (metrics count model calls and tokens from it).
+        self.storage = storage
+        # Told about every chain (metrics count model calls and tokens from it).
         self.observers = list(observers)
         self.model = model
         self.runner = runner
@@ -179,21 +186,19 @@ class Agent:
         self._sync_tools()
         return [name for name in self.react.tools if name != "finish"]
 
-    async def respond(self, message: IncomingMessage, *, commit: Commit | None = None) -> Reply:
+    async def respond(self, message: IncomingMessage) -> Exchange:
         """Answer one message. Never raises for bad input or a failing model: the reply says what happened.
 
-        `commit(db, reply)` runs inside the transaction that records the exchange (or, for a rejected message,
-        in a transaction of its own), so whatever it writes lands if and only if the reply is recorded.
-        Cancellation (shutdown) propagates and records nothing, so the message can be answered afresh later.
+        Nothing of the exchange is written here: the caller records the returned chain with the reply, in one
+        transaction with its own state (the dispatcher's inbox row). Cancellation (shutdown) propagates, so the
+        message can be answered afresh later.
         """
         self._sync_tools()
         # Adapters clean text at their edge; a message built elsewhere (a test, a job) gets the same guarantee.
         text = clean_text(message.text).strip()
         rejection = self._reject(text)
         if rejection is not None:
-            if commit is not None:
-                await self.memory.store.write(lambda db: commit(db, rejection))
-            return rejection
+            return Exchange(rejection)
         started = time.time()
         run_id = uuid.uuid4().hex
         remember = REMEMBER.match(text)
@@ -216,13 +221,13 @@ class Agent:
                     outcome, answered_by = await self._reason(message, text, run_id)
         except RunStopped as stopped:
             chain = replace(chain, status="limited", duration_ms=(time.time() - started) * 1000)
-            return await self._record(message, chain, Reply(stopped.reply, status="limited"), commit)
+            return self._done(message, chain, Reply(stopped.reply, status="limited"))
         except InputRefused as refused:
             chain = replace(
                 chain, status="rejected", error_id=refused.error_id, duration_ms=(time.time() - started) * 1000
             )
             reply = Reply(INPUT_REFUSED.format(error_id=refused.error_id), error_id=refused.error_id, status="rejected")
-            return await self._record(message, chain, reply, commit)
+            return self._done(message, chain, reply)
         except NoModelAnswered as failed:
             reply_text = f"{self.resilience.fallback_reply} (error id {failed.error_id})"
             chain = replace(
@@ -232,16 +237,14 @@ class Agent:
                 error_id=failed.error_id,
                 duration_ms=(time.time() - started) * 1000,
             )
-            return await self._record(
-                message, chain, Reply(reply_text, error_id=failed.error_id, status="fallback"), commit
-            )
+            return self._done(message, chain, Reply(reply_text, error_id=failed.error_id, status="fallback"))
         except Exception as exc:
             error_id = new_error_id()
             with bound_contextvars(error_id=error_id):
                 log.exception("answering failed (error id %s): %s", error_id, type(exc).__name__)
             reply_text = APOLOGY.format(error_id=error_id)
             chain = replace(chain, status="error", error_id=error_id, duration_ms=(time.time() - started) * 1000)
-            return await self._record(message, chain, Reply(reply_text, error_id=error_id, status="error"), commit)
+            return self._done(message, chain, Reply(reply_text, error_id=error_id, status="error"))
         # Model output is outside input too: half an emoji in it must not fail the recording of the reply.
         status, answer = "answered", clean_text(outcome.answer)
         if not answer:
@@ -261,7 +264,7 @@ class Agent:
             input_tokens=outcome.usage.input_tokens,
             output_tokens=outcome.usage.output_tokens,
         )
-        return await self._record(message, chain, Reply(answer, steps=outcome.steps, status=status), commit)
+        return self._done(message, chain, Reply(answer, steps=outcome.steps, status=status))
 
     def _reject(self, text: str) -> Reply | None:
         """A reply for a message the agent will not take, or None."""
@@ -275,25 +278,19 @@ class Agent:
             )
         return None
 
-    async def _record(self, message: IncomingMessage, chain: ChainRecord, reply: Reply, commit: Commit | None) -> Reply:
-        """Write the exchange (and the caller's `commit`) in one transaction; returns the reply with its chain id."""
-
-        def also(db: sqlite3.Connection, chain_id: int) -> None:
-            if commit is not None:
-                commit(db, replace(reply, chain_id=chain_id))
-
-        chain_id = await self.memory.record_exchange(message.conversation, chain, reply_text=reply.text, also=also)
+    def _done(self, message: IncomingMessage, chain: ChainRecord, reply: Reply) -> Exchange:
+        """Tell the observers about the chain; the exchange goes back to the caller to record."""
         for observe in self.observers:
             try:
                 observe(message, chain)
             except Exception:
                 log.exception("a chain observer failed")
-        return replace(reply, chain_id=chain_id)
+        return Exchange(reply, chain)
 
     async def _remember(self, message: IncomingMessage, statement: str) -> Outcome:
         """An explicit "remember that ..." is stored as a fact by rule, whatever the model would have done."""
         key, value = fact_from_statement(statement)
-        await self.memory.add_fact(message.conversation.channel, key, value)
+        await self.storage.facts.add(message.conversation.channel, key, value)
         observation = f"Remembered {key}: {value}"
         step = Step("The user asked me to remember this.", "remember_fact", {"key": key, "value": value}, observation)
         answer = f"Got it, I'll remember that {value}."
@@ -302,12 +299,12 @@ class Agent:
     async def _reason(self, message: IncomingMessage, text: str, run_id: str) -> tuple[Outcome, str]:
         """Try each model of the fallback chain under its breaker; returns the outcome and who answered."""
         conv = message.conversation
-        context = await self.memory.context_text(conv, text, turns=self.options.context_turns, k=self.options.facts_k)
+        context = await context_text(self.storage, conv, text, turns=self.options.context_turns, k=self.options.facts_k)
         if message.context:
             context = f"{message.context}\n\n{context}"
         error_id = new_error_id()
         refused_input = False
-        with tool_context(ToolContext(self.memory, conv, message.user, run_id, message.platform)):
+        with tool_context(ToolContext(self.storage, conv, message.user, run_id, message.platform)):
             for handle, breaker in self.paths:
                 try:
                     async with (

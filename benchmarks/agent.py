@@ -21,12 +21,11 @@ from dspy.lm15 import Request
 
 from agent.engines import ScriptedEngine, scripted_model
 from agent.engines.scripted import request_text
-from agent.memory import Memory
 from agent.messages import IncomingMessage
 from agent.runtime import Agent, AgentOptions, Answer
-from agent.store import Store
+from agent.storage import open_storage
 from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner
-from agent.tools.executions import ExecutionLog
+from bot.answering import answer
 
 
 def responder(tool_steps: int) -> Callable[[Request], dict[str, object]]:
@@ -69,14 +68,13 @@ async def bench(tool_steps: int, questions: int, workdir: Path) -> dict[str, flo
         with dspy.context(lm=model.lm, adapter=dspy.JSONAdapter()):
             return await bare.acall(context="(nothing remembered yet)", question=f"what is 12*7? ({i})")
 
-    store = await Store.open(workdir / f"bench-{tool_steps}.db")
-    runner = ToolRunner(ToolRegistry.of(*BUILTIN_TOOLS), ExecutionLog(store))
-    agent = Agent(Memory(store), model, runner, AgentOptions(max_iters=tool_steps + 2))
+    storage = await open_storage(path=workdir / f"bench-{tool_steps}.db")
+    runner = ToolRunner(ToolRegistry.of(*BUILTIN_TOOLS), storage.executions)
+    agent = Agent(storage, model, runner, AgentOptions(max_iters=tool_steps + 2))
 
     async def ask_parley(i: int) -> object:
-        reply = await agent.respond(
-            IncomingMessage(platform="console", channel=f"c{i % 20}", user="u", text=f"what is 12*7? ({i})")
-        )
+        message = IncomingMessage(platform="console", channel=f"c{i % 20}", user="u", text=f"what is 12*7? ({i})")
+        reply = await answer(agent, storage, message)
         assert reply.status == "answered", reply.text
         return reply
 
@@ -89,7 +87,7 @@ async def bench(tool_steps: int, questions: int, workdir: Path) -> dict[str, flo
         parley_ms += await timed(ask_parley, questions // 3)
         calls = (len(engine.requests) - before) / (questions // 3 + 5)
     runner.close()
-    await store.close()
+    await storage.close()
     return {
         "steps": tool_steps,
         "bare": statistics.median(bare_ms),

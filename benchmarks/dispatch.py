@@ -1,4 +1,4 @@
-"""Dispatcher throughput benchmark (not a test).
+"""Dispatcher throughput benchmark (not a test), on either engine of the storage seam (`--engine sqlite|postgres`).
 
 200 conversations x 5 messages through the real dispatcher (inbox, per-conversation order, delivery) and
 the real agent (memory, ReAct, chain and inbox state written together), on a scripted model that takes
@@ -11,22 +11,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sqlite3
+import contextlib
 import tempfile
 import time
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from agent.engines import ScriptedEngine, scripted_model
 from agent.engines.scripted import echo
-from agent.inbox import Inbox
-from agent.memory import ChainRecord, Memory
 from agent.messages import IncomingMessage, Reply
-from agent.runtime import Agent, AgentOptions, Commit
-from agent.store import Store
+from agent.runtime import Agent, AgentOptions, Exchange
+from agent.storage import Storage, open_storage
+from agent.storage.models import ChainRecord
 from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner
-from bot.dispatcher import Dispatcher, DispatchOptions, Responder
+from benchmarks.engines import ENGINES, drop_schema, postgres_server, prepare_schema, server_version
+from bot.answering import Responder
+from bot.dispatcher import Dispatcher, DispatchOptions
 
 MODEL_CALLS_PER_ANSWER = 2
+# The settings' default pool (PARLEY_DB__POOL_SIZE): what one replica of `parley run` opens.
+POOL_SIZE = 10
 
 
 class CountingPlatform:
@@ -43,44 +48,64 @@ class CountingPlatform:
 
 
 class ModelOnly:
-    """A responder that only waits for its two model calls and records the reply: the dispatcher's own cost."""
+    """A responder that only waits for its two model calls: the dispatcher's own cost (the dispatcher records
+    the exchange, as it does the agent's)."""
 
-    def __init__(self, memory: Memory, latency_s: float) -> None:
-        self.memory = memory
+    def __init__(self, latency_s: float) -> None:
         self.latency_s = latency_s
         self.calls = 0
 
-    async def respond(self, message: IncomingMessage, *, commit: Commit | None = None) -> Reply:
+    async def respond(self, message: IncomingMessage) -> Exchange:
         for _ in range(MODEL_CALLS_PER_ANSWER):
             self.calls += 1
             await asyncio.sleep(self.latency_s)
         reply = Reply(f"re: {message.text}")
-        chain = ChainRecord(message.text, reply.text, "answered", "sleep", time.time(), 0.0)
+        return Exchange(reply, ChainRecord(message.text, reply.text, "answered", "sleep", time.time(), 0.0))
 
-        def also(db: sqlite3.Connection, chain_id: int) -> None:
-            if commit is not None:
-                commit(db, reply)
 
-        await self.memory.record_exchange(message.conversation, chain, reply_text=reply.text, also=also)
-        return reply
+@contextlib.asynccontextmanager
+async def bench_storage(engine: str, dsn: str | None, pool_size: int) -> AsyncIterator[Storage]:
+    """A fresh, empty database for one run: a temporary SQLite file, or a schema dropped afterwards."""
+    if engine == "sqlite":
+        with tempfile.TemporaryDirectory() as tmp:
+            storage = await open_storage(path=Path(tmp) / "bench.db")
+            try:
+                yield storage
+            finally:
+                await storage.close()
+        return
+    assert dsn is not None
+    schema = f"bench_dispatch_{uuid.uuid4().hex[:8]}"
+    storage = await open_storage(url=await prepare_schema(dsn, schema, fresh=True), pool_size=pool_size)
+    try:
+        yield storage
+    finally:
+        await storage.close()
+        await drop_schema(dsn, schema)
 
 
 async def run(
-    conversations: int, messages: int, latency_s: float, limit: int, *, full_agent: bool
+    engine_name: str,
+    dsn: str | None,
+    conversations: int,
+    messages: int,
+    latency_s: float,
+    limit: int,
+    *,
+    full_agent: bool,
+    pool_size: int = POOL_SIZE,
 ) -> dict[str, float | bool]:
-    with tempfile.TemporaryDirectory() as tmp:
-        store = await Store.open(Path(tmp) / "bench.db")
-        runner = ToolRunner(ToolRegistry.of(*BUILTIN_TOOLS))
+    async with bench_storage(engine_name, dsn, pool_size) as storage:
+        runner = ToolRunner(ToolRegistry.of(*BUILTIN_TOOLS), storage.executions)
         try:
             engine = ScriptedEngine(responder=echo, delay_s=latency_s)
-            agent: Responder
+            model_only = ModelOnly(latency_s)
+            agent: Responder = model_only
             if full_agent:
-                agent = Agent(Memory(store), scripted_model(engine), runner, AgentOptions(concurrency=limit))
-            else:
-                agent = ModelOnly(Memory(store), latency_s)
+                agent = Agent(storage, scripted_model(engine), runner, AgentOptions(concurrency=limit))
             platform = CountingPlatform()
             options = DispatchOptions(concurrency=limit, rate_limit=None)
-            async with Dispatcher(Inbox(store), agent, [platform], options) as dispatcher:
+            async with Dispatcher(storage, agent, [platform], options) as dispatcher:
                 started = time.perf_counter()
                 for m in range(messages):
                     for c in range(conversations):
@@ -93,7 +118,6 @@ async def run(
                 elapsed = time.perf_counter() - started
         finally:
             runner.close()
-            await store.close()
     total = conversations * messages
     in_order = all(
         platform.replies.get(f"c{c}") == [f"re: c{c} m{m}" for m in range(messages)] for c in range(conversations)
@@ -104,29 +128,28 @@ async def run(
         "seconds": elapsed,
         "throughput": total / elapsed,
         "ideal": ideal,
-        "model_calls": (len(engine.requests) if full_agent else agent.calls) / total,
+        "model_calls": (len(engine.requests) if full_agent else model_only.calls) / total,
         "in_order": in_order,
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--conversations", type=int, default=200)
-    parser.add_argument("--messages", type=int, default=5)
-    parser.add_argument("--latency-ms", type=float, default=100.0)
-    parser.add_argument("--limit", type=int, default=64)
-    args = parser.parse_args()
-    print(
-        f"\nDispatcher: {args.conversations} conversations x {args.messages} messages, "
-        f"model {args.latency_ms:g} ms per call, limit {args.limit}"
-    )
+def report(engine: str, dsn: str | None, args: argparse.Namespace) -> None:
     print(
         f"{'responder':<12} {'messages':>9} {'seconds':>8} {'msg/s':>8} {'ideal':>8} {'of ideal':>9} "
         f"{'calls/msg':>10} {'order':>6}"
     )
     for label, full_agent in (("model only", False), ("full agent", True)):
         result = asyncio.run(
-            run(args.conversations, args.messages, args.latency_ms / 1000, args.limit, full_agent=full_agent)
+            run(
+                engine,
+                dsn,
+                args.conversations,
+                args.messages,
+                args.latency_ms / 1000,
+                args.limit,
+                full_agent=full_agent,
+                pool_size=args.pool_size,
+            )
         )
         share = result["throughput"] / result["ideal"]
         print(
@@ -135,6 +158,28 @@ def main() -> None:
             f"{'held' if result['in_order'] else 'BROKEN':>6}"
         )
     print("target: at least 90% of ideal, order held in every conversation")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engine", choices=ENGINES, default="sqlite")
+    parser.add_argument("--conversations", type=int, default=200)
+    parser.add_argument("--messages", type=int, default=5)
+    parser.add_argument("--latency-ms", type=float, default=100.0)
+    parser.add_argument("--limit", type=int, default=64)
+    parser.add_argument("--pool-size", type=int, default=POOL_SIZE, help="PostgreSQL connections")
+    args = parser.parse_args()
+    what = (
+        f"{args.conversations} conversations x {args.messages} messages, model {args.latency_ms:g} ms per call, "
+        f"limit {args.limit}"
+    )
+    if args.engine == "sqlite":
+        print(f"\nDispatcher on SQLite: {what}")
+        report("sqlite", None, args)
+        return
+    with postgres_server() as (dsn, where):
+        print(f"\nDispatcher on PostgreSQL {asyncio.run(server_version(dsn))} ({where}, pool {args.pool_size}): {what}")
+        report("postgres", dsn, args)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from agent.messages import IncomingMessage
+from bot.answering import answer as answer_and_record
 from bot.app import build_app
 from bot.config import Settings
 
@@ -177,9 +178,10 @@ async def run(workdir: Path) -> list[Row]:
         for case in CASES:
             before = stats.processed_tokens if stats else 0
             started = time.perf_counter()
-            reply = await parley.agent.respond(
-                IncomingMessage(platform="console", channel=CHANNEL, user="newcomer", text=case.question, is_dm=True)
+            asked = IncomingMessage(
+                platform="console", channel=CHANNEL, user="newcomer", text=case.question, is_dm=True
             )
+            reply = await answer_and_record(parley.agent, parley.storage, asked)
             seconds = time.perf_counter() - started
             answer = reply.text.strip()
             by_model = any(s.input_tokens for s in reply.steps)

@@ -18,9 +18,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from agent.mcp import McpServers, McpServerSpec
-from agent.store import Store
+from agent.storage import open_storage
 from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner
-from agent.tools.executions import ExecutionLog
 from tests.fakes.mcp_servers import NOTES_ENV, REPO, McpHttpServer, stdio_command
 
 
@@ -64,9 +63,9 @@ async def timed(call: Callable[[], Awaitable[object]], calls: int) -> list[float
 async def bench(calls: int, workdir: Path) -> list[tuple[str, list[float]]]:
     notes = workdir / "notes.txt"
     command, args = stdio_command()
-    store = await Store.open(workdir / "bench.db")
+    storage = await open_storage(path=workdir / "bench.db")
     registry = ToolRegistry.of(*BUILTIN_TOOLS)
-    runner = ToolRunner(registry, ExecutionLog(store))
+    runner = ToolRunner(registry, storage.executions)
     with McpHttpServer(notes) as http:
         specs = [
             spec("notes", command=command, args=tuple(args), env={NOTES_ENV: str(notes)}, cwd=str(REPO)),
@@ -86,7 +85,7 @@ async def bench(calls: int, workdir: Path) -> list[tuple[str, list[float]]]:
                 for name, call in paths.items():
                     samples[name] += await timed(call, calls // 5)
     runner.close()
-    await store.close()
+    await storage.close()
     return list(samples.items())
 
 

@@ -33,10 +33,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 from adapters.slack import SlackAdapter, SlackConfig
 from agent.engines import ScriptedEngine, scripted_model
 from agent.engines.scripted import echo
-from agent.inbox import Inbox
-from agent.memory import Memory
 from agent.runtime import Agent, AgentOptions
-from agent.store import Store
+from agent.storage import open_storage
 from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner
 from benchmarks.dispatch import ModelOnly
 from bot.dispatcher import Dispatcher, DispatchOptions, Responder
@@ -66,22 +64,21 @@ class Result:
 async def start_parley(
     fake: FakeSlack, concurrency: int, stack: AsyncExitStack, workdir: Path, *, full_agent: bool = True
 ) -> str:
-    """The production wiring (as in tests/test_slack.py): real store, agent, dispatcher, adapter and HTTP app.
+    """The production wiring (as in tests/test_slack.py): real storage, agent, dispatcher, adapter and HTTP app.
     Without `full_agent` the responder only records the exchange: what Parley's Slack path costs on its own."""
-    store = await Store.open(workdir / "bench.db")
-    stack.push_async_callback(store.close)
+    storage = await open_storage(path=workdir / "bench.db")
+    stack.push_async_callback(storage.close)
     runner = ToolRunner(ToolRegistry.of(*BUILTIN_TOOLS))
     stack.callback(runner.close)
-    memory = Memory(store)
     engine = ScriptedEngine(responder=echo)
     agent: Responder = (
-        Agent(memory, scripted_model(engine), runner, AgentOptions(concurrency=concurrency))
+        Agent(storage, scripted_model(engine), runner, AgentOptions(concurrency=concurrency))
         if full_agent
-        else ModelOnly(memory, 0.0)
+        else ModelOnly(0.0)
     )
     config = SlackConfig(bot_token=fake.bot_token, signing_secret=SECRET, api_url=fake.api_url)
-    adapter = SlackAdapter(config, memory=memory, registry=runner.registry)
-    dispatcher = Dispatcher(Inbox(store), agent, [adapter], DispatchOptions(rate_limit=None, concurrency=concurrency))
+    adapter = SlackAdapter(config, storage=storage, registry=runner.registry)
+    dispatcher = Dispatcher(storage, agent, [adapter], DispatchOptions(rate_limit=None, concurrency=concurrency))
     adapter.connect(dispatcher.submit, dispatcher.decide)
 
     async def ready() -> dict[str, object]:

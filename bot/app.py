@@ -1,4 +1,4 @@
-"""The composition root: settings in, a running store, memory, model and agent out."""
+"""The composition root: settings in, the storage, model and agent out."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from agent.approvals import ApprovalBroker, ApprovalPolicy, ApprovalStore
+from agent.approvals import ApprovalBroker, ApprovalPolicy
 from agent.engines import ModelConfig, ModelHandle, build_model
 from agent.mcp import McpServers
-from agent.memory import Memory
 from agent.resilience import CircuitBreaker
 from agent.runtime import Agent, AgentOptions, Resilience
-from agent.store import Store
+from agent.storage import Storage
 from agent.tools.runner import ToolRunner
 from bot.config import Settings
+from bot.database import open_db
 from bot.dispatcher import DispatchOptions
 from bot.mcp import server_specs
 from bot.metrics import breaker_collector, mcp_collector, observe_approval, observe_chain
@@ -24,8 +24,7 @@ from bot.tools import build_runner
 @dataclass
 class App:
     settings: Settings
-    store: Store
-    memory: Memory
+    storage: Storage
     agent: Agent
     runner: ToolRunner
     approvals: ApprovalBroker
@@ -121,23 +120,13 @@ def dispatch_options(settings: Settings, *, rate_limited: bool = True) -> Dispat
 
 
 @asynccontextmanager
-async def open_store(settings: Settings) -> AsyncIterator[Store]:
-    store = await Store.open(settings.db.path, busy_timeout_ms=settings.db.busy_timeout_ms)
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-@asynccontextmanager
 async def build_app(settings: Settings, model: ModelHandle | None = None) -> AsyncIterator[App]:
     """Open everything the agent needs; closes the database and stops MCP servers however the block ends.
 
     MCP servers connect before the agent is built, so it starts with the tools of every server that answered."""
-    async with open_store(settings) as store:
-        memory = Memory(store, max_turns=settings.memory.max_turns)
-        approvals = ApprovalBroker(ApprovalStore(store), approval_policy(settings), observe=observe_approval)
-        runner = build_runner(settings, store, gate=approvals)
+    async with open_db(settings) as storage:
+        approvals = ApprovalBroker(storage.approvals, approval_policy(settings), observe=observe_approval)
+        runner = build_runner(settings, storage, gate=approvals)
         try:
             async with McpServers(server_specs(settings), runner.registry) as mcp:
                 mcp_collector().track(mcp)
@@ -145,13 +134,13 @@ async def build_app(settings: Settings, model: ModelHandle | None = None) -> Asy
                 fb_config = fallback_config(settings)
                 fallback = build_model(fb_config) if fb_config else None
                 agent = Agent(
-                    memory,
+                    storage,
                     handle,
                     runner,
                     agent_options(settings),
                     resilience(settings, fallback),
                     observers=[observe_chain],
                 )
-                yield App(settings, store, memory, agent, runner, approvals, mcp)
+                yield App(settings, storage, agent, runner, approvals, mcp)
         finally:
             runner.close()

@@ -7,21 +7,18 @@ commands, so `parley --help` stays instant. asyncio too: it alone is ~60 ms of t
 from __future__ import annotations
 
 import json
-import signal
-from collections.abc import Callable, Coroutine
 from dataclasses import asdict
 from datetime import UTC, datetime
-from functools import wraps
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from bot.command import fail, run_async, settings_or_exit
+from bot.db_cli import db_app
+
 if TYPE_CHECKING:
     from bot.config import Settings
-
-P = ParamSpec("P")
-T = TypeVar("T")
 
 app = typer.Typer(
     name="parley",
@@ -44,82 +41,9 @@ approvals_app = typer.Typer(help="Tool approvals: grants, pending requests, the 
 app.add_typer(approvals_app, name="approvals")
 mcp_app = typer.Typer(help="MCP servers: connect to each and list its tools.", no_args_is_help=True)
 app.add_typer(mcp_app, name="mcp")
+app.add_typer(db_app, name="db")
 
 ChannelOpt = Annotated[str, typer.Option("--channel", "-c", help="Channel (memory key) to use.")]
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print one line to stderr and return the exit to raise: users see a sentence, never a traceback."""
-    typer.echo(f"parley: {message}", err=True)
-    return typer.Exit(code)
-
-
-def settings_or_exit() -> Settings:
-    from bot.config import SettingsError, load_settings, secret_values
-
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        raise fail(str(exc), 2) from None
-    from bot.logs import configure_logging
-
-    configure_logging(settings.log.level, format=settings.log.format, secrets=secret_values(settings))
-    return settings
-
-
-class Terminated(Exception):
-    """SIGTERM arrived and the command shut down cleanly."""
-
-
-async def _until_terminated(command: Coroutine[Any, Any, T]) -> T:
-    """Run the command; SIGTERM (a deploy, `docker stop`) cancels it so every `async with` unwinds: the
-    dispatcher lets running messages finish within its grace period and the database closes."""
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    task = asyncio.ensure_future(command)
-    terminated = False
-
-    def terminate() -> None:
-        nonlocal terminated
-        terminated = True
-        task.cancel()
-
-    loop.add_signal_handler(signal.SIGTERM, terminate)
-    try:
-        return await task
-    except asyncio.CancelledError:
-        if terminated:
-            raise Terminated from None
-        raise
-    finally:
-        loop.remove_signal_handler(signal.SIGTERM)
-
-
-def run_async(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
-    """Run an async command; start-up failures (database, model) end with one clear line."""
-
-    @wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        import asyncio
-
-        from agent.engines.local import EngineUnavailable
-        from agent.ports import PlatformUnavailable
-        from agent.store import StoreError
-        from agent.tools.registry import ToolRegistryError
-
-        try:
-            return asyncio.run(_until_terminated(fn(*args, **kwargs)))
-        except Terminated:
-            raise typer.Exit(143) from None
-        except (StoreError, EngineUnavailable, PlatformUnavailable) as exc:
-            raise fail(str(exc)) from None
-        except ToolRegistryError as exc:
-            raise fail(str(exc), 2) from None
-        except KeyboardInterrupt:
-            raise typer.Exit(130) from None
-
-    return wrapper
 
 
 async def _console(settings: Settings, channel: str, *, scheduled: bool = False) -> None:
@@ -127,7 +51,6 @@ async def _console(settings: Settings, channel: str, *, scheduled: bool = False)
     from contextlib import AsyncExitStack
 
     from adapters.console import ConsoleAdapter
-    from agent.inbox import Inbox
     from bot.app import build_app, dispatch_options
     from bot.config import secret_values
     from bot.dispatcher import Dispatcher
@@ -139,7 +62,7 @@ async def _console(settings: Settings, channel: str, *, scheduled: bool = False)
         options = dispatch_options(settings, rate_limited=False)
         async with (
             AsyncExitStack() as stack,
-            Dispatcher(Inbox(parley.store), parley.agent, [console], options, parley.approvals) as dispatcher,
+            Dispatcher(parley.storage, parley.agent, [console], options, parley.approvals) as dispatcher,
         ):
             if scheduled:
                 await stack.enter_async_context(scheduled_jobs(parley, {console.name: console}))
@@ -175,13 +98,13 @@ async def ask(
 ) -> None:
     """Ask one question and print the answer."""
     from agent.messages import IncomingMessage
+    from bot.answering import answer
     from bot.app import build_app
 
     settings = settings_or_exit()
     async with build_app(settings) as parley:
-        reply = await parley.agent.respond(
-            IncomingMessage(platform="console", channel=channel, user="cli", text=question, is_dm=True)
-        )
+        message = IncomingMessage(platform="console", channel=channel, user="cli", text=question, is_dm=True)
+        reply = await answer(parley.agent, parley.storage, message)
     typer.echo(json.dumps(reply.as_dict(), ensure_ascii=False, indent=2) if as_json else reply.text)
     if reply.status == "error":
         raise typer.Exit(1)
@@ -201,8 +124,7 @@ async def tools(as_json: Annotated[bool, typer.Option("--json", help="Print as J
     """List every tool: whether the model can call it, its policy, its argument schema and its statistics.
     MCP tools also show their server and its state: each configured server is connected to, to list them."""
     from agent.mcp import McpServers
-    from agent.tools.executions import ExecutionLog
-    from bot.app import open_store
+    from bot.database import open_db
     from bot.mcp import server_specs
     from bot.tools import build_registry, unconfigured_reason
 
@@ -210,8 +132,8 @@ async def tools(as_json: Annotated[bool, typer.Option("--json", help="Print as J
     registry = build_registry(settings)
     async with McpServers(server_specs(settings), registry) as servers:
         servers_now = {status.name: status for status in servers.statuses()}
-    async with open_store(settings) as store:
-        stats = await ExecutionLog(store).stats()
+    async with open_db(settings) as storage:
+        stats = await storage.executions.stats()
     rows: list[dict[str, Any]] = []
     for spec in registry:
         s = stats.get(spec.name)
@@ -261,15 +183,21 @@ async def doctor() -> None:
     import asyncio
 
     from agent.engines import build_model
-    from agent.migrations import LATEST_VERSION
-    from bot.app import model_config, open_store
+    from bot.app import model_config
+    from bot.database import open_db
 
     settings = settings_or_exit()
     results: list[tuple[str, bool, str]] = [("settings", True, "valid")]
     try:
-        async with open_store(settings) as store:
-            version = await store.version()
-        results.append(("database", version == LATEST_VERSION, f"{settings.db.path}, schema {version}"))
+        async with open_db(settings) as storage:
+            status = await storage.status()
+        results.append(
+            (
+                "database",
+                status.schema_version == status.latest_version,
+                f"{status.engine} {status.location}, schema {status.schema_version}",
+            )
+        )
     except Exception as exc:
         results.append(("database", False, str(exc)))
     try:
@@ -288,11 +216,10 @@ async def doctor() -> None:
 @run_async
 async def memory_facts(channel: ChannelOpt, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List the facts remembered in a channel."""
-    from agent.memory import Memory
-    from bot.app import open_store
+    from bot.database import open_db
 
-    async with open_store(settings_or_exit()) as store:
-        facts = await Memory(store).facts(channel)
+    async with open_db(settings_or_exit()) as storage:
+        facts = await storage.facts.of_channel(channel)
     if as_json:
         typer.echo(json.dumps([f.__dict__ for f in facts], indent=2))
         return
@@ -308,11 +235,10 @@ async def memory_turns(
     channel: ChannelOpt, limit: Annotated[int, typer.Option(help="How many recent turns.")] = 20
 ) -> None:
     """Show the recent conversation turns of a channel."""
-    from agent.memory import Memory
-    from bot.app import open_store
+    from bot.database import open_db
 
-    async with open_store(settings_or_exit()) as store:
-        turns = await Memory(store).channel_turns(channel, limit)
+    async with open_db(settings_or_exit()) as storage:
+        turns = await storage.turns.of_channel(channel, limit)
     for t in turns:
         typer.echo(f"[{_when(t.created_at)}] {t.role}{' ' + t.user_id if t.user_id else ''}: {t.text}")
     if not turns:
@@ -325,14 +251,13 @@ async def memory_forget(
     channel: ChannelOpt, yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False
 ) -> None:
     """Erase everything a channel remembers: turns, facts, notes and reasoning chains."""
-    from agent.memory import Memory
-    from bot.app import open_store
+    from bot.database import open_db
 
     settings = settings_or_exit()
     if not yes and not typer.confirm(f"Erase all memory of {channel}?"):
         raise typer.Exit(1)
-    async with open_store(settings) as store:
-        counts = await Memory(store).forget(channel)
+    async with open_db(settings) as storage:
+        counts = await storage.forget(channel)
     typer.echo(f"Forgot {channel}: " + ", ".join(f"{n} {table}" for table, n in counts.items()))
 
 
@@ -340,11 +265,10 @@ async def memory_forget(
 @run_async
 async def memory_export(channel: ChannelOpt, out: Annotated[Path, typer.Option("--out", "-o")]) -> None:
     """Write a channel's memory to a JSON file."""
-    from agent.memory import Memory
-    from bot.app import open_store
+    from bot.database import open_db
 
-    async with open_store(settings_or_exit()) as store:
-        data = await Memory(store).export_channel(channel)
+    async with open_db(settings_or_exit()) as storage:
+        data = await storage.export_channel(channel)
     out.write_text(json.dumps(data, ensure_ascii=False, indent=2))
     typer.echo(f"Exported {len(data['facts'])} facts and {len(data['turns'])} turns of {channel} to {out}")
 
@@ -356,13 +280,12 @@ async def memory_import(
     channel: Annotated[str | None, typer.Option("--channel", "-c", help="Target channel.")] = None,
 ) -> None:
     """Load a channel's memory from a JSON export."""
-    from agent.memory import Memory
-    from bot.app import open_store
+    from bot.database import open_db
 
     try:
         data = json.loads(file.read_text())
-        async with open_store(settings_or_exit()) as store:
-            await Memory(store).import_channel(data, channel)
+        async with open_db(settings_or_exit()) as storage:
+            await storage.import_channel(data, channel)
     except (ValueError, KeyError, TypeError) as exc:
         raise fail(f"{file} is not a valid memory export: {exc}") from None
     typer.echo(f"Imported {file} into {channel or data['channel']}")
@@ -392,21 +315,19 @@ async def chains_export(
     """Export reasoning chains (question, answer, every step) as JSON Lines, with secrets redacted."""
     from rich.progress import Progress
 
-    from agent.memory import Memory
     from agent.redact import Redactor
-    from bot.app import open_store
     from bot.config import secret_values
+    from bot.database import open_db
 
     settings = settings_or_exit()
     start = _since(since)
     redactor = Redactor(secret_values(settings))
     count = 0
-    async with open_store(settings) as store:
-        memory = Memory(store)
-        total = await memory.count_chains(start, channel)
+    async with open_db(settings) as storage:
+        total = await storage.chains.count(start, channel)
         with out.open("w") as fh, Progress(transient=True) as progress:
             task = progress.add_task("Exporting chains", total=total)
-            async for chain in memory.chains_since(start, channel=channel):
+            async for chain in storage.chains.since(start, channel=channel):
                 fh.write(json.dumps(redactor.data(chain), ensure_ascii=False) + "\n")
                 count += 1
                 progress.advance(task)
@@ -421,11 +342,10 @@ async def chains_stats(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Counts, mean steps and duration, model calls and tokens, and tool usage of reasoning chains."""
-    from agent.memory import Memory
-    from bot.app import open_store
+    from bot.database import open_db
 
-    async with open_store(settings_or_exit()) as store:
-        stats = await Memory(store).chain_stats(_since(since), channel)
+    async with open_db(settings_or_exit()) as storage:
+        stats = await storage.chains.stats(_since(since), channel)
     if as_json:
         typer.echo(json.dumps(stats.__dict__, indent=2))
         return
@@ -449,11 +369,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print as JSON.")]
 @run_async
 async def approvals_list(as_json: JsonOpt = False) -> None:
     """Allow-always grants (tool and channel) and requests waiting for a decision."""
-    from agent.approvals import ApprovalStore
-    from bot.app import open_store
+    from bot.database import open_db
 
-    async with open_store(settings_or_exit()) as store:
-        approvals = ApprovalStore(store)
+    async with open_db(settings_or_exit()) as storage:
+        approvals = storage.approvals
         grants, pending = await approvals.grants(), await approvals.pending()
     if as_json:
         typer.echo(
@@ -484,11 +403,10 @@ async def approvals_revoke(
     """Remove an allow-always grant: the tool asks for approval in that channel again."""
     import getpass
 
-    from agent.approvals import ApprovalStore
-    from bot.app import open_store
+    from bot.database import open_db
 
-    async with open_store(settings_or_exit()) as store:
-        revoked = await ApprovalStore(store).revoke(tool, channel, actor=f"cli:{getpass.getuser()}")
+    async with open_db(settings_or_exit()) as storage:
+        revoked = await storage.approvals.revoke(tool, channel, actor=f"cli:{getpass.getuser()}")
     if not revoked:
         raise fail(f"no allow-always grant for {tool} in {channel}")
     typer.echo(f"Revoked: {tool} asks for approval in {channel} again.")
@@ -501,11 +419,10 @@ async def approvals_audit(
     as_json: JsonOpt = False,
 ) -> None:
     """Every approval request, decision (refused ones too), grant and revocation, oldest first."""
-    from agent.approvals import ApprovalStore
-    from bot.app import open_store
+    from bot.database import open_db
 
-    async with open_store(settings_or_exit()) as store:
-        entries = await ApprovalStore(store).audit(_since(since))
+    async with open_db(settings_or_exit()) as storage:
+        entries = await storage.approvals.audit(_since(since))
     if as_json:
         typer.echo(json.dumps([e.__dict__ for e in entries], indent=2))
         return
@@ -524,8 +441,7 @@ async def discord_sync(
     from dataclasses import replace
 
     from adapters.discord import DiscordAdapter
-    from agent.memory import Memory
-    from bot.app import open_store
+    from bot.database import open_db
     from bot.service import discord_config
     from bot.tools import build_registry
 
@@ -535,8 +451,8 @@ async def discord_sync(
     config = discord_config(settings)
     if guild is not None:
         config = replace(config, command_guild=guild)
-    async with open_store(settings) as store:
-        adapter = DiscordAdapter(config, memory=Memory(store), registry=build_registry(settings))
+    async with open_db(settings) as storage:
+        adapter = DiscordAdapter(config, storage=storage, registry=build_registry(settings))
         try:
             await adapter.login()
             synced = await adapter.sync_commands()
@@ -552,14 +468,14 @@ async def jobs_list(as_json: Annotated[bool, typer.Option("--json", help="Print 
     from datetime import datetime
     from zoneinfo import ZoneInfo
 
-    from bot.app import open_store
+    from bot.database import open_db
     from bot.jobs import job_table
-    from bot.scheduler import last_runs, next_fire
+    from bot.scheduler import next_fire
 
     settings = settings_or_exit()
     zone = settings.scheduler.timezone
-    async with open_store(settings) as store:
-        last = await last_runs(store)
+    async with open_db(settings) as storage:
+        last = await storage.jobs.last_runs()
     now = datetime.now(ZoneInfo(zone))
     rows = []
     for name, cron, description in job_table(settings):
@@ -609,7 +525,7 @@ async def jobs_run(name: Annotated[str, typer.Argument(help="The job to run (see
         posting_platforms(parley) as posters,
     ):
         jobs = build_jobs(settings, job_deps(parley, posters))
-        scheduler = Scheduler(parley.store, jobs, timezone=settings.scheduler.timezone, observe=observe_job)
+        scheduler = Scheduler(parley.storage.jobs, jobs, timezone=settings.scheduler.timezone, observe=observe_job)
         outcome = await scheduler.run(name)
     if outcome.state != "ok":
         raise fail(f"job {name} failed (error id {outcome.error_id}): {outcome.detail}")

@@ -263,8 +263,36 @@ class DispatchSettings(Section):
 
 
 class DBSettings(Section):
+    url: SecretStr | None = Field(
+        None,
+        description="a PostgreSQL server, e.g. postgresql://parley:secret@db:5432/parley; unset uses the SQLite file",
+    )
     path: Path = Field(Path("data/parley.db"), description="the SQLite file (created with its directory)")
     busy_timeout_ms: int = Field(5000, ge=0, description="how long a write waits for another process's lock")
+    pool_size: int = Field(10, ge=1, le=200, description="PostgreSQL connections this process may open")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: SecretStr | None) -> SecretStr | None:
+        """A URL this code can use, checked before anything connects; the message never repeats the password."""
+        if value is None or not value.get_secret_value().strip():
+            return None
+        from yarl import URL
+
+        text = value.get_secret_value().strip()
+        try:
+            url = URL(text)
+        except ValueError:
+            raise ValueError("is not a URL; use postgresql://user:password@host:5432/database") from None
+        if url.scheme not in ("postgresql", "postgres"):
+            raise ValueError(f"scheme {url.scheme or '(none)'!r} is not postgresql://")
+        if not (url.host or url.query.get("host")) or not url.path.strip("/"):
+            raise ValueError("needs a host and a database: postgresql://user:password@host:5432/database")
+        return SecretStr(text)
+
+    @property
+    def url_value(self) -> str | None:
+        return self.url.get_secret_value() if self.url is not None else None
 
 
 class HTTPSettings(Section):
@@ -499,6 +527,10 @@ def secret_values(settings: Settings) -> list[str]:
     def walk(value: object) -> None:
         if isinstance(value, SecretStr):
             found.append(value.get_secret_value())
+            # A URL's password shows up alone in drivers' messages; it is masked on its own too.
+            password = _url_password(value.get_secret_value())
+            if password:
+                found.append(password)
         elif isinstance(value, dict | list):
             for item in value.values() if isinstance(value, dict) else value:
                 walk(item)
@@ -539,6 +571,22 @@ def load_settings() -> Settings:
         raise SettingsError(f"invalid settings file {path}: {exc}") from None
 
 
+def _url_password(text: str) -> str | None:
+    if "://" not in text or "@" not in text:
+        return None
+    from yarl import URL
+
+    try:
+        return URL(text).password
+    except ValueError:
+        return None
+
+
 def masked(settings: Settings) -> dict[str, Any]:
-    """Effective settings as plain data with every secret masked."""
-    return settings.model_dump(mode="json")
+    """Effective settings as plain data with every secret masked (a database URL keeps all but its password)."""
+    data = settings.model_dump(mode="json")
+    if settings.db.url is not None:
+        from agent.storage import mask_url
+
+        data["db"]["url"] = mask_url(settings.db.url.get_secret_value())
+    return data

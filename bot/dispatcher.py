@@ -11,13 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import sqlite3
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import Protocol
 
 import limits
 import stamina
@@ -26,12 +24,13 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from structlog.contextvars import bound_contextvars
 
 from agent.approvals import ApprovalBroker, Verdict
-from agent.inbox import Inbox, InboxEntry, answer_in, conversation_key
 from agent.messages import APOLOGY, IncomingMessage, Reply, new_error_id
 from agent.parking import Lease, held
 from agent.ports import ChatPlatform, DeliveryError, NotAccepting, ProvidesContext
-from agent.runtime import Commit
-from agent.store import StoreError
+from agent.storage.base import Storage
+from agent.storage.errors import TransientStoreError
+from agent.storage.models import InboxEntry, conversation_key
+from bot.answering import Responder, answer
 from bot.metrics import INBOX_DEPTH, observe_delivery
 from bot.observe import run_context
 
@@ -41,12 +40,6 @@ GAVE_UP = (
     "Sorry, I couldn't answer this message after {attempts} attempts (error id {error_id}). "
     "Please try asking differently."
 )
-
-
-class Responder(Protocol):
-    """What answers a message: the agent, or anything with its `respond`."""
-
-    async def respond(self, message: IncomingMessage, *, commit: Commit | None = None) -> Reply: ...
 
 
 class DispatcherClosed(NotAccepting):
@@ -97,13 +90,14 @@ class Dispatcher:
 
     def __init__(
         self,
-        inbox: Inbox,
+        storage: Storage,
         responder: Responder,
         platforms: Iterable[ChatPlatform],
         options: DispatchOptions = DispatchOptions(),
         approvals: ApprovalBroker | None = None,
     ) -> None:
-        self.inbox = inbox
+        self.storage = storage
+        self.inbox = storage.inbox
         self.responder = responder
         self.platforms = {platform.name: platform for platform in platforms}
         self.options = options
@@ -269,7 +263,7 @@ class Dispatcher:
     async def _handle_with_retries(self, entry: InboxEntry) -> None:
         try:
             async for attempt in stamina.retry_context(
-                on=(sqlite3.Error, StoreError), attempts=3, timeout=30.0, wait_initial=0.5, wait_max=5.0
+                on=TransientStoreError, attempts=3, timeout=30.0, wait_initial=0.5, wait_max=5.0
             ):
                 with attempt:
                     await self._handle(entry)
@@ -324,7 +318,7 @@ class Dispatcher:
 
         message = await self._with_context(entry.message)
         try:
-            return await self.responder.respond(message, commit=lambda db, reply: answer_in(db, entry.id, reply))
+            return await answer(self.responder, self.storage, message, inbox_id=entry.id)
         except Exception as exc:
             error_id = new_error_id()
             with bound_contextvars(error_id=error_id):

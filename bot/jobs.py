@@ -7,7 +7,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -15,13 +14,14 @@ from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
-from agent.memory import Memory
 from agent.messages import IncomingMessage
 from agent.ports import Poster
 from agent.redact import Redactor
 from agent.resilience import CircuitBreaker
 from agent.runtime import Agent
-from agent.store import Store
+from agent.storage.base import Storage
+from agent.storage.models import PrunePolicy
+from bot.answering import answer
 from bot.app import App
 from bot.config import BUILTIN_JOBS, ExportSettings, RetentionSettings, ScheduleSettings, Settings, secret_values
 from bot.metrics import observe_job
@@ -42,70 +42,34 @@ class JobError(Exception):
 
 
 async def prune(
-    run: JobRun, *, memory: Memory, retention: RetentionSettings, fact_max_age_days: int, export_enabled: bool = True
+    run: JobRun, *, storage: Storage, retention: RetentionSettings, fact_max_age_days: int, export_enabled: bool = True
 ) -> str:
     """Delete what is older than its retention. Chains are kept until exported, so an export that has been
     failing loses nothing to the prune."""
     now = run.now.timestamp()
-    facts = await memory.prune_old_facts(fact_max_age_days, now=now)
-
-    def cutoff(days: int) -> float:
-        return now - days * DAY
-
-    def delete(db: sqlite3.Connection) -> dict[str, int]:
-        # Unexported chains stay (when the export runs at all); so does the newest chain, whose id SQLite would
-        # hand out again if it went, below the export's mark.
-        kept_above = _mark(db, EXPORT_JOB) if export_enabled else None
-        counts = {
-            "turns": db.execute("DELETE FROM turns WHERE created_at < ?", (cutoff(retention.turns_days),)).rowcount,
-            "chains": db.execute(
-                "DELETE FROM chains WHERE started_at < ? AND (? IS NULL OR id <= ?) "
-                "AND id < (SELECT MAX(id) FROM chains)",
-                (cutoff(retention.chains_days), kept_above, kept_above),
-            ).rowcount,
-            "tool executions": db.execute(
-                "DELETE FROM tool_executions WHERE started_at < ?", (cutoff(retention.chains_days),)
-            ).rowcount,
-            # Finished rows; and terminal sessions' rows, which no later process delivers.
-            "inbox rows": db.execute(
-                "DELETE FROM inbox WHERE updated_at < ? AND (delivered_at IS NOT NULL OR state = 'failed' "
-                "OR platform = 'console')",
-                (cutoff(retention.inbox_days),),
-            ).rowcount,
-            "job runs": db.execute(
-                "DELETE FROM job_runs WHERE started_at < ? AND state != 'running'", (cutoff(retention.job_runs_days),)
-            ).rowcount,
-        }
-        db.execute(
-            "DELETE FROM conversations WHERE updated_at < ? AND id NOT IN (SELECT conversation_id FROM turns)",
-            (cutoff(retention.turns_days),),
+    counts = await storage.prune(
+        PrunePolicy(
+            now=now,
+            fact_max_age_days=fact_max_age_days,
+            turns_before=now - retention.turns_days * DAY,
+            chains_before=now - retention.chains_days * DAY,
+            inbox_before=now - retention.inbox_days * DAY,
+            job_runs_before=now - retention.job_runs_days * DAY,
+            audit_before=now - retention.audit_days * DAY,
+            keep_unexported_of=EXPORT_JOB if export_enabled else None,
         )
-        audit_before = cutoff(retention.audit_days)
-        # The audit refuses deletes except below the cutoff written here, in this same transaction.
-        db.execute("INSERT INTO audit_retention (before) VALUES (?)", (audit_before,))
-        counts["audit rows"] = db.execute("DELETE FROM approval_audit WHERE at < ?", (audit_before,)).rowcount
-        db.execute("DELETE FROM audit_retention")
-        db.execute("DELETE FROM approvals WHERE state != 'pending' AND created_at < ?", (audit_before,))
-        return counts
-
-    counts = {"facts": facts, **await memory.store.write(delete)}
+    )
     return "pruned " + ", ".join(f"{n} {what}" for what, n in counts.items())
 
 
 # Export --------------------------------------------------------------------------------------------------
 
-
-def _mark(db: sqlite3.Connection, job: str) -> int:
-    row = db.execute("SELECT value FROM job_state WHERE job = ? AND key = 'last_id'", (job,)).fetchone()
-    return int(row[0]) if row else 0
+# The export's high-water mark: the id of the last chain in a committed export file.
+MARK = "last_id"
 
 
-def _set_mark(db: sqlite3.Connection, job: str, value: int) -> None:
-    db.execute(
-        "INSERT INTO job_state (job, key, value) VALUES (?, 'last_id', ?) "
-        "ON CONFLICT (job, key) DO UPDATE SET value = excluded.value",
-        (job, str(value)),
-    )
+async def _mark(storage: Storage) -> int:
+    return int(await storage.jobs.mark(EXPORT_JOB, MARK) or 0)
 
 
 def _export_name(first: int, last: int) -> str:
@@ -136,7 +100,7 @@ class _Part:
         self.last, self.size = chain_id, self.size + len(line)
 
 
-async def export_chains(run: JobRun, *, memory: Memory, settings: ExportSettings, redactor: Redactor) -> str:
+async def export_chains(run: JobRun, *, storage: Storage, settings: ExportSettings, redactor: Redactor) -> str:
     """Write the chains above the high-water mark to JSON Lines, redacted.
 
     Each file is written as `.part`, synced, then the mark moves to its last chain in the database, then it is
@@ -147,7 +111,7 @@ async def export_chains(run: JobRun, *, memory: Memory, settings: ExportSettings
     directory = settings.dir
     directory.mkdir(parents=True, exist_ok=True)
     with _export_lock(directory):
-        return await _export(directory, memory, settings, redactor)
+        return await _export(directory, storage, settings, redactor)
 
 
 @contextmanager
@@ -163,24 +127,23 @@ def _export_lock(directory: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-async def _export(directory: Path, memory: Memory, settings: ExportSettings, redactor: Redactor) -> str:
-    store = memory.store
-    mark = await store.write(lambda db: _mark(db, EXPORT_JOB))
+async def _export(directory: Path, storage: Storage, settings: ExportSettings, redactor: Redactor) -> str:
+    mark = await _mark(storage)
     _recover(directory, mark)
     exported = files = 0
     part: _Part | None = None
     try:
-        async for chain in memory.chains_since(0.0, after_id=mark):
+        async for chain in storage.chains.since(0.0, after_id=mark):
             line = (json.dumps(redactor.data(chain), ensure_ascii=False) + "\n").encode()
             if part is not None and part.size + len(line) > settings.max_file_bytes:
-                await _commit(store, part)
+                await _commit(storage, part)
                 files, part = files + 1, None
             if part is None:
                 part = _Part.open(directory, chain["id"])
             part.write(line, chain["id"])
             exported += 1
         if part is not None:
-            await _commit(store, part)
+            await _commit(storage, part)
             files, part = files + 1, None
     finally:
         if part is not None:  # cut short: the next run deletes the file
@@ -200,7 +163,7 @@ def _recover(directory: Path, mark: int) -> None:
         unfinished.unlink()
 
 
-async def _commit(store: Store, part: _Part) -> None:
+async def _commit(storage: Storage, part: _Part) -> None:
     """Sync the file under its final name's `.part`, move the mark, then give it its final name."""
     final = part.path.parent / _export_name(part.first, part.last)
     staged = final.with_name(final.name + ".part")
@@ -209,7 +172,7 @@ async def _commit(store: Store, part: _Part) -> None:
     part.handle.close()
     part.path.rename(staged)
     _sync_dir(staged.parent)  # the staged name survives a power cut before the mark does
-    await store.write(lambda db: _set_mark(db, EXPORT_JOB, part.last))
+    await storage.jobs.set_mark(EXPORT_JOB, MARK, str(part.last))
     staged.rename(final)
     _sync_dir(final.parent)
 
@@ -236,7 +199,7 @@ def _rotate(directory: Path, keep: int) -> int:
 async def metrics_summary(
     run: JobRun,
     *,
-    store: Store,
+    storage: Storage,
     breakers: Callable[[], Iterable[CircuitBreaker]],
     targets: Iterable[str],
     posters: Mapping[str, Poster],
@@ -244,7 +207,7 @@ async def metrics_summary(
     """Post what happened since the previous summary to every target channel."""
     until = run.now.timestamp()
     since = run.since if run.since is not None else until - FIRST_SUMMARY_S
-    text = render(await summarise(store, since, until, breakers()))
+    text = render(await summarise(storage, since, until, breakers()))
     targets = list(targets)
     for target in targets:
         await _poster(posters, target.partition(":")[0]).post(target, text)
@@ -274,11 +237,13 @@ def report_message(schedule: ScheduleSettings, slot: str) -> IncomingMessage:
     )
 
 
-async def report(run: JobRun, *, schedule: ScheduleSettings, agent: Agent, posters: Mapping[str, Poster]) -> str:
+async def report(
+    run: JobRun, *, schedule: ScheduleSettings, agent: Agent, storage: Storage, posters: Mapping[str, Poster]
+) -> str:
     """Answer the schedule's prompt and post the answer; an answer the agent could not give is not posted."""
     poster = _poster(posters, schedule.platform)
     message = report_message(schedule, run.slot)
-    reply = await agent.respond(message)
+    reply = await answer(agent, storage, message)
     if reply.status != "answered":
         raise JobError(f"the agent could not answer ({reply.status}, error id {reply.error_id}); nothing posted")
     await poster.post(message.conversation.channel, reply.text)
@@ -292,7 +257,7 @@ async def report(run: JobRun, *, schedule: ScheduleSettings, agent: Agent, poste
 class JobDeps:
     """What the jobs need from the running service. `agent` is needed only by `[[schedules]]` reports."""
 
-    memory: Memory
+    storage: Storage
     redactor: Redactor
     posters: Mapping[str, Poster]
     breakers: Callable[[], Iterable[CircuitBreaker]]
@@ -326,15 +291,15 @@ def build_jobs(settings: Settings, deps: JobDeps) -> list[Job]:
     runs: dict[str, JobFn] = {
         PRUNE_JOB: partial(
             prune,
-            memory=deps.memory,
+            storage=deps.storage,
             retention=settings.retention,
             fact_max_age_days=settings.memory.fact_max_age_days,
             export_enabled=settings.export.enabled,
         ),
-        EXPORT_JOB: partial(export_chains, memory=deps.memory, settings=settings.export, redactor=deps.redactor),
+        EXPORT_JOB: partial(export_chains, storage=deps.storage, settings=settings.export, redactor=deps.redactor),
         SUMMARY_JOB: partial(
             metrics_summary,
-            store=deps.memory.store,
+            storage=deps.storage,
             breakers=deps.breakers,
             targets=settings.summary.channels,
             posters=deps.posters,
@@ -342,14 +307,16 @@ def build_jobs(settings: Settings, deps: JobDeps) -> list[Job]:
     }
     for schedule in settings.schedules:
         if deps.agent is not None:
-            runs[schedule.name] = partial(report, schedule=schedule, agent=deps.agent, posters=deps.posters)
+            runs[schedule.name] = partial(
+                report, schedule=schedule, agent=deps.agent, storage=deps.storage, posters=deps.posters
+            )
     return [Job(name, cron, runs[name], description) for name, cron, description in job_table(settings) if name in runs]
 
 
 def job_deps(parley: App, posters: Mapping[str, Poster]) -> JobDeps:
     """The jobs' dependencies, from the running app and the platforms that can post."""
     return JobDeps(
-        memory=parley.memory,
+        storage=parley.storage,
         redactor=Redactor(secret_values(parley.settings)),
         posters=posters,
         breakers=lambda: [breaker for _, breaker in parley.agent.paths],
@@ -365,7 +332,7 @@ async def scheduled_jobs(parley: App, posters: Mapping[str, Poster]) -> AsyncIte
         yield None
         return
     scheduler = Scheduler(
-        parley.store,
+        parley.storage.jobs,
         build_jobs(settings, job_deps(parley, posters)),
         timezone=settings.scheduler.timezone,
         misfire_grace_s=settings.scheduler.misfire_grace_s,

@@ -19,9 +19,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from agent.mcp import McpConnection, McpServers
-from agent.memory import ChainRecord
 from agent.messages import IncomingMessage
 from agent.resilience import CircuitBreaker, State
+from agent.storage.models import ChainRecord
 
 C = TypeVar("C", bound=Collector)
 

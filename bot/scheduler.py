@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from apscheduler.triggers.cron import CronTrigger
 from structlog.contextvars import bound_contextvars
 
 from agent.messages import new_error_id
-from agent.store import Store
+from agent.storage.base import Jobs
 from bot.observe import run_context
 
 log = logging.getLogger("parley.scheduler")
@@ -46,17 +45,6 @@ class Job:
     cron: str
     run: Callable[[JobRun], Awaitable[str]]
     description: str = ""
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    job: str
-    slot: str
-    state: str
-    started_at: float
-    finished_at: float | None
-    detail: str
-    error_id: str | None
 
 
 @dataclass(frozen=True)
@@ -92,7 +80,7 @@ class Scheduler:
 
     def __init__(
         self,
-        store: Store,
+        records: Jobs,
         jobs: Sequence[Job],
         *,
         timezone: str = "UTC",
@@ -100,7 +88,8 @@ class Scheduler:
         clock: Callable[[], datetime] | None = None,
         observe: RunObserver | None = None,
     ) -> None:
-        self.store = store
+        # Where runs are claimed and recorded: a slot is claimed once, whichever process fires it.
+        self.records = records
         self.zone = ZoneInfo(timezone)
         self.jobs = {job.name: job for job in jobs}
         self.triggers = {job.name: CronTrigger.from_crontab(job.cron, timezone=self.zone) for job in jobs}
@@ -123,13 +112,7 @@ class Scheduler:
 
     async def start(self) -> None:
         """Mark runs an earlier process left unfinished, then schedule every job."""
-        interrupted = await self.store.write(
-            lambda db: (
-                db.execute(
-                    "UPDATE job_runs SET state = 'interrupted', finished_at = ? WHERE state = 'running'", (time.time(),)
-                ).rowcount
-            )
-        )
+        interrupted = await self.records.interrupt_running(now=time.time())
         if interrupted:
             log.warning("%d job runs were interrupted by the end of an earlier process", interrupted)
         scheduler = AsyncIOScheduler(timezone=self.zone)
@@ -178,14 +161,7 @@ class Scheduler:
         slot = slot or f"manual:{now.isoformat()}"
         started = now.timestamp()
         since = await self._since(name)
-        claimed = await self.store.write(
-            lambda db: (
-                db.execute(
-                    "INSERT INTO job_runs (job, slot, started_at) VALUES (?, ?, ?) ON CONFLICT (job, slot) DO NOTHING",
-                    (name, slot, started),
-                ).rowcount
-            )
-        )
+        claimed = await self.records.claim(name, slot, started_at=started)
         if not claimed:
             log.info("job %s: slot %s has run already", name, slot)
             self._count(name, "skipped")
@@ -201,7 +177,9 @@ class Scheduler:
             else:
                 log.info("job %s: %s", name, detail)
                 outcome = Outcome("ok", detail)
-        await self.store.write(lambda db: _finish(db, name, slot, outcome))
+        await self.records.finish(
+            name, slot, outcome.state, finished_at=time.time(), detail=outcome.detail, error_id=outcome.error_id
+        )
         self._count(name, outcome.state)
         return outcome
 
@@ -210,30 +188,10 @@ class Scheduler:
             self.observe(name, state)
 
     async def _since(self, name: str) -> float | None:
-        row = await self.store.fetchone(
-            "SELECT MAX(started_at) FROM job_runs WHERE job = ? AND state = 'ok' AND slot NOT LIKE 'manual:%'",
-            (name,),
-        )
-        return float(row[0]) if row and row[0] is not None else None
-
-
-async def last_runs(store: Store) -> dict[str, RunRecord]:
-    """The newest run of each job, for `parley jobs list`."""
-    rows = await store.fetchall(
-        "SELECT job, slot, state, started_at, finished_at, detail, error_id FROM job_runs "
-        "WHERE id IN (SELECT MAX(id) FROM job_runs GROUP BY job)"
-    )
-    return {r["job"]: RunRecord(*r) for r in rows}
+        return await self.records.last_ok(name)
 
 
 def next_fire(cron: str, timezone: str, now: datetime) -> datetime | None:
     """When a cron line fires next after `now`, in `timezone`."""
     fire: datetime | None = CronTrigger.from_crontab(cron, timezone=ZoneInfo(timezone)).get_next_fire_time(None, now)
     return fire
-
-
-def _finish(db: sqlite3.Connection, name: str, slot: str, outcome: Outcome) -> None:
-    db.execute(
-        "UPDATE job_runs SET state = ?, finished_at = ?, detail = ?, error_id = ? WHERE job = ? AND slot = ?",
-        (outcome.state, time.time(), outcome.detail, outcome.error_id, name, slot),
-    )

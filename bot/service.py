@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 
 from adapters.discord import DiscordAdapter, DiscordConfig
 from adapters.slack import SlackAdapter, SlackConfig
-from agent.inbox import Inbox
 from agent.ports import ChatPlatform, Poster, ReportsConnection
 from bot.app import App, build_app, dispatch_options
 from bot.config import Settings, secret_values
@@ -61,13 +60,7 @@ async def readiness(
     checks: dict[str, object] = {}
     try:
         # A write to the main database, not a read: a full disk or a read-only file fails here.
-        await parley.store.write(
-            lambda db: db.execute(
-                "INSERT INTO job_state (job, key, value) VALUES ('readyz', 'checked_at', ?) "
-                "ON CONFLICT (job, key) DO UPDATE SET value = excluded.value",
-                (str(time.time()),),
-            )
-        )
+        await parley.storage.ping(now=time.time())
         checks["database"] = True
     except Exception as exc:
         checks["database"] = {"ok": False, "error": type(exc).__name__}
@@ -100,11 +93,11 @@ async def posting_platforms(parley: App) -> AsyncIterator[dict[str, Poster]]:
     slack = discord_bot = None
     try:
         if settings.slack.bot_token:
-            slack = SlackAdapter(slack_config(settings), memory=parley.memory, registry=parley.runner.registry)
+            slack = SlackAdapter(slack_config(settings), storage=parley.storage, registry=parley.runner.registry)
             posters["slack"] = slack
         if settings.discord.token:
             discord_bot = DiscordAdapter(
-                discord_config(settings), memory=parley.memory, registry=parley.runner.registry
+                discord_config(settings), storage=parley.storage, registry=parley.runner.registry
             )
             posters["discord"] = discord_bot
             await discord_bot.login()
@@ -123,16 +116,14 @@ async def serve_platforms(settings: Settings) -> None:
         platforms: list[ChatPlatform] = []
         slack: SlackAdapter | None = None
         if settings.slack.bot_token:
-            slack = SlackAdapter(slack_config(settings), memory=parley.memory, registry=parley.runner.registry)
+            slack = SlackAdapter(slack_config(settings), storage=parley.storage, registry=parley.runner.registry)
             platforms.append(slack)
         discord_bot: DiscordAdapter | None = None
         if settings.discord.token:
             registry = parley.runner.registry
-            discord_bot = DiscordAdapter(discord_config(settings), memory=parley.memory, registry=registry)
+            discord_bot = DiscordAdapter(discord_config(settings), storage=parley.storage, registry=registry)
             platforms.append(discord_bot)
-        dispatcher = Dispatcher(
-            Inbox(parley.store), parley.agent, platforms, dispatch_options(settings), parley.approvals
-        )
+        dispatcher = Dispatcher(parley.storage, parley.agent, platforms, dispatch_options(settings), parley.approvals)
         socket_mode = slack is not None and settings.slack.app_token is not None
         scheduler: Scheduler | None = None
         http_app = build_http_app(

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from agent.resilience import CircuitBreaker
-from agent.store import Store
+from agent.storage.base import Storage
 
 # Reply statuses (agent/messages.py) that count as a failure to answer.
 FAILED = ("error",)
@@ -59,40 +59,9 @@ def percentile(values: list[float], p: float) -> float | None:
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
-async def summarise(store: Store, since: float, until: float, breakers: Iterable[CircuitBreaker] = ()) -> Summary:
-    """Messages received in [since, until) and what was done for them, from the inbox, chains, tool executions
-    and approvals tables."""
-    window = (since, until)
-    statuses = await store.fetchall(
-        "SELECT COALESCE(json_extract(reply, '$.status'), state), COUNT(*) FROM inbox "
-        "WHERE received_at >= ? AND received_at < ? AND state != 'failed' GROUP BY 1",
-        window,
-    )
-    undelivered = await store.fetchone(
-        "SELECT COUNT(*) FROM inbox WHERE received_at >= ? AND received_at < ? AND state = 'failed'", window
-    )
-    latencies = await store.fetchall(
-        "SELECT delivered_at - received_at FROM inbox WHERE received_at >= ? AND received_at < ? "
-        "AND delivered_at IS NOT NULL",
-        window,
-    )
-    model = await store.fetchone(
-        "SELECT COALESCE(SUM(model_calls), 0), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0) "
-        "FROM chains WHERE started_at >= ? AND started_at < ?",
-        window,
-    )
-    tools = await store.fetchall(
-        "SELECT tool, COUNT(*), SUM(outcome != 'ok') FROM tool_executions "
-        "WHERE started_at >= ? AND started_at < ? GROUP BY tool ORDER BY 2 DESC, 1",
-        window,
-    )
-    approvals = await store.fetchall(
-        "SELECT state, COUNT(*) FROM approvals WHERE created_at >= ? AND created_at < ? GROUP BY state", window
-    )
-    by_status = {str(r[0]): int(r[1]) for r in statuses}
-    lags = [float(r[0]) for r in latencies]
-    assert model is not None and undelivered is not None
-    requested = {str(r[0]): int(r[1]) for r in approvals}
+async def summarise(storage: Storage, since: float, until: float, breakers: Iterable[CircuitBreaker] = ()) -> Summary:
+    """Messages received in [since, until) and what was done for them, with the breakers' state changes."""
+    counts = await storage.stats.window(since, until)
     changes: Counter[str] = Counter()
     for breaker in breakers:
         for t in breaker.metrics.transitions:
@@ -101,16 +70,16 @@ async def summarise(store: Store, since: float, until: float, breakers: Iterable
     return Summary(
         since=since,
         until=until,
-        handled=sum(by_status.values()) + int(undelivered[0]),
-        by_status=by_status,
-        undelivered=int(undelivered[0]),
-        p50_s=percentile(lags, 50),
-        p95_s=percentile(lags, 95),
-        model_calls=int(model[0]),
-        input_tokens=int(model[1]),
-        output_tokens=int(model[2]),
-        tools={str(r[0]): ToolUse(int(r[1]), int(r[2])) for r in tools},
-        approvals={"requested": sum(requested.values()), **requested},
+        handled=sum(counts.by_status.values()) + counts.undelivered,
+        by_status=counts.by_status,
+        undelivered=counts.undelivered,
+        p50_s=percentile(counts.latencies_s, 50),
+        p95_s=percentile(counts.latencies_s, 95),
+        model_calls=counts.model_calls,
+        input_tokens=counts.input_tokens,
+        output_tokens=counts.output_tokens,
+        tools={tool: ToolUse(calls, failed) for tool, (calls, failed) in counts.tools.items()},
+        approvals={"requested": sum(counts.approvals.values()), **counts.approvals},
         breaker_changes=dict(sorted(changes.items())),
     )
 

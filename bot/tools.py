@@ -12,9 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.store import Store
+from agent.storage.base import Storage
 from agent.tools import BUILTIN_TOOLS
-from agent.tools.executions import ExecutionLog
 from agent.tools.files import file_tools
 from agent.tools.hooks import LoggingHook, MetricsHook
 from agent.tools.registry import SPEC_ATTRIBUTE, ToolOverride, ToolRegistry, ToolRegistryError
@@ -96,11 +95,11 @@ def build_registry(settings: Settings) -> ToolRegistry:
 
 
 def build_runner(
-    settings: Settings, store: Store, hooks: Sequence[ToolHook] | None = None, gate: ApprovalGate | None = None
+    settings: Settings, storage: Storage, hooks: Sequence[ToolHook] | None = None, gate: ApprovalGate | None = None
 ) -> ToolRunner:
     return ToolRunner(
         build_registry(settings),
-        ExecutionLog(store),
+        storage.executions,
         hooks=list(hooks) if hooks is not None else [LoggingHook(), metrics_hook()],
         gate=gate or PolicyGate(),
         max_output_chars=settings.agent.max_tool_output_chars,

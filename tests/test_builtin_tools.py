@@ -24,8 +24,8 @@ import stamina
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.store import Store
-from agent.tools.executions import ExecutionLog
+from agent.storage import Storage
+from agent.storage.base import Executions
 from agent.tools.files import file_tools
 from agent.tools.registry import ToolError, ToolRegistry, spec_of
 from agent.tools.runner import ToolResult, ToolRunner
@@ -45,7 +45,7 @@ class Harness:
     """A real runner writing to a real execution log; `run` checks the row each call leaves."""
 
     runner: ToolRunner
-    log: ExecutionLog
+    log: Executions
 
     async def run(self, name: str, **args: Any) -> ToolResult:
         before = len(await self.log.recent(10_000))
@@ -59,9 +59,8 @@ class Harness:
 
 @dataclass
 class HarnessFactory:
-    store: Store
+    storage: Storage
     made: list[ToolRunner] = field(default_factory=list)
-    log: ExecutionLog | None = None
 
     def __call__(self, *tools: Callable[..., Any], timeout_s: float | None = None, **runner: Any) -> Harness:
         """A harness for `tools`, each allowed without approval (approvals are tested elsewhere)."""
@@ -69,15 +68,14 @@ class HarnessFactory:
         for fn in tools:
             spec = replace(spec_of(fn), approval="allow")
             specs.append(replace(spec, timeout_s=timeout_s) if timeout_s is not None else spec)
-        self.log = self.log or ExecutionLog(self.store)
-        made = ToolRunner(ToolRegistry.of(*specs), executions=self.log, **runner)
+        made = ToolRunner(ToolRegistry.of(*specs), executions=self.storage.executions, **runner)
         self.made.append(made)
-        return Harness(made, self.log)
+        return Harness(made, self.storage.executions)
 
 
 @pytest.fixture
-async def harness(store: Store) -> AsyncIterator[HarnessFactory]:
-    factory = HarnessFactory(store)
+async def harness(storage: Storage) -> AsyncIterator[HarnessFactory]:
+    factory = HarnessFactory(storage)
     yield factory
     for made in factory.made:
         made.close()
@@ -118,9 +116,9 @@ def test_default_policies_and_contract_names(tmp_path: Path) -> None:
     assert all(s.description and "\n" not in s.description for s in specs.values())
 
 
-async def test_read_file_needs_approval_by_default(tmp_path: Path, store: Store) -> None:
+async def test_read_file_needs_approval_by_default(tmp_path: Path, storage: Storage) -> None:
     read_file, _ = file_tools(tmp_path)
-    runner = ToolRunner(ToolRegistry.of(read_file), executions=ExecutionLog(store))
+    runner = ToolRunner(ToolRegistry.of(read_file), executions=storage.executions)
     try:
         result = await runner.run("read_file", {"path": "x"})
     finally:

@@ -15,11 +15,39 @@ from pathlib import Path
 
 import pytest
 
+from agent.storage import open_storage
+from tests.conftest import ENGINES
 from tests.fakes.openai_server import FakeOpenAI
 
 pytestmark = pytest.mark.slow
 PARLEY = [sys.executable, "-m", "bot"]
 QUESTIONS = "what is 12*7?\nremember that the standup is at 9:30\nwhen is the standup?\n"
+
+
+@pytest.fixture(params=ENGINES)
+def db_engine(request: pytest.FixtureRequest) -> str:
+    """Tests that take `database` serve on SQLite and on PostgreSQL (`PARLEY_DB__URL`) alike."""
+    return str(request.param)
+
+
+@pytest.fixture
+def database(db_engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, str]:
+    """The environment that picks the engine: nothing for the SQLite file, or a fresh PostgreSQL schema's URL."""
+    return {"PARLEY_DB__URL": request.getfixturevalue("pg_url")} if db_engine == "postgres" else {}
+
+
+def chains_in(tmp_path: Path, database: dict[str, str]) -> int:
+    """How many reasoning chains the process recorded, read through the storage seam of the same database."""
+    import asyncio
+
+    async def count() -> int:
+        storage = await open_storage(url=database.get("PARLEY_DB__URL"), path=tmp_path / "parley.db")
+        try:
+            return await storage.chains.count()
+        finally:
+            await storage.close()
+
+    return asyncio.run(count())
 
 
 @pytest.fixture
@@ -48,8 +76,10 @@ def fake_env(tmp_path: Path, fake: FakeOpenAI) -> dict[str, str]:
     )
 
 
-def test_piped_chat_answers_each_line_and_remembers_across_runs(tmp_path: Path, fake_model: FakeOpenAI) -> None:
-    env = fake_env(tmp_path, fake_model)
+def test_piped_chat_answers_each_line_and_remembers_across_runs(
+    tmp_path: Path, fake_model: FakeOpenAI, database: dict[str, str]
+) -> None:
+    env = {**fake_env(tmp_path, fake_model), **database}
     first = parley(["chat", "--channel", "team"], env, QUESTIONS + "\n")
     assert first.returncode == 0, first.stderr
     lines = first.stdout.splitlines()
@@ -62,6 +92,8 @@ def test_piped_chat_answers_each_line_and_remembers_across_runs(tmp_path: Path, 
     assert second.returncode == 0, second.stderr
     assert "9:30" in second.stdout
     assert "standup: the standup is at 9:30" in fake_model.prompts()[-2]
+    assert chains_in(tmp_path, database) == 4
+    assert (tmp_path / "parley.db").exists() == ("PARLEY_DB__URL" not in database)
 
     other = parley(["chat", "--channel", "ops"], env, "when is the standup?\n")
     assert "9:30" not in other.stdout
@@ -163,9 +195,12 @@ def test_sigterm_lets_the_running_message_finish_and_leaves_the_rest_in_the_inbo
 ) -> None:
     """A deploy stops the process with SIGTERM: the message being answered is answered within the grace
     period, the ones not started stay in the inbox, and the process exits 143 with the database closed."""
+    import asyncio
     import signal
-    import sqlite3
     import time
+
+    from agent.storage import open_storage
+    from agent.storage.models import State
 
     fake_model.latency_s = 0.5  # each answer takes two requests: about a second
     proc = subprocess.Popen(
@@ -188,9 +223,27 @@ def test_sigterm_lets_the_running_message_finish_and_leaves_the_rest_in_the_inbo
     assert proc.returncode == 143, err
     assert out.splitlines() == ["I don't know."]  # the first answer, and only it
     assert "Traceback" not in err
-    with sqlite3.connect(tmp_path / "parley.db") as db:
-        rows = db.execute("SELECT state, delivered_at IS NOT NULL FROM inbox ORDER BY id").fetchall()
-    assert rows == [("answered", 1), ("received", 0), ("received", 0)]
+
+    async def inbox() -> tuple[int, list[tuple[str, State, str | None]], list[tuple[str, State]]]:
+        storage = await open_storage(path=tmp_path / "parley.db")
+        try:
+            rows = (await storage.status()).rows["inbox"]
+            entries = [await storage.inbox.get(i) for i in range(1, rows + 1)]
+            unfinished = await storage.inbox.unfinished(["console"])
+        finally:
+            await storage.close()
+        stored = [(e.message.text, e.state, e.reply.text if e.reply else None) for e in entries if e is not None]
+        return rows, stored, [(e.message.text, e.state) for e in unfinished]
+
+    rows, stored, unfinished = asyncio.run(inbox())
+    assert rows == 3
+    assert stored == [
+        ("hello", State.ANSWERED, "I don't know."),
+        ("how are you?", State.RECEIVED, None),
+        ("bye", State.RECEIVED, None),
+    ]
+    # The answered message was delivered (a restart does not send it again); the other two wait to be answered.
+    assert unfinished == [("how are you?", State.RECEIVED), ("bye", State.RECEIVED)]
 
 
 def free_port() -> int:
@@ -202,7 +255,9 @@ def free_port() -> int:
     return port
 
 
-def test_run_serves_slack_over_http_with_health_and_metrics(tmp_path: Path, fake_model: FakeOpenAI) -> None:
+def test_run_serves_slack_over_http_with_health_and_metrics(
+    tmp_path: Path, fake_model: FakeOpenAI, database: dict[str, str]
+) -> None:
     """`parley run` with Slack settings: a signed mention to /slack/events is answered in its thread."""
     import signal
     import time
@@ -212,7 +267,7 @@ def test_run_serves_slack_over_http_with_health_and_metrics(tmp_path: Path, fake
 
     port = free_port()
     with FakeSlack() as slack:
-        env = fake_env(tmp_path, fake_model)
+        env = {**fake_env(tmp_path, fake_model), **database}
         env.update(
             PARLEY_SLACK__BOT_TOKEN="xoxb-test",
             PARLEY_SLACK__SIGNING_SECRET="run-secret",
@@ -253,6 +308,7 @@ def test_run_serves_slack_over_http_with_health_and_metrics(tmp_path: Path, fake
             _, err = proc.communicate(timeout=30)
         assert proc.returncode == 143, err
         assert "xoxb-test" not in err and "run-secret" not in err
+    assert chains_in(tmp_path, database) == 1
 
 
 def test_run_with_a_refused_slack_token_stops_with_one_line(tmp_path: Path, fake_model: FakeOpenAI) -> None:
@@ -271,7 +327,9 @@ def test_run_with_a_refused_slack_token_stops_with_one_line(tmp_path: Path, fake
     assert proc.stderr.strip() == "parley: Slack refused the bot token (invalid_auth)"
 
 
-def test_run_serves_discord_and_discord_sync_registers_commands(tmp_path: Path, fake_model: FakeOpenAI) -> None:
+def test_run_serves_discord_and_discord_sync_registers_commands(
+    tmp_path: Path, fake_model: FakeOpenAI, database: dict[str, str]
+) -> None:
     """`parley run` with a Discord token: a mention over the fake gateway is answered as a reply."""
     import signal
     import time
@@ -279,7 +337,7 @@ def test_run_serves_discord_and_discord_sync_registers_commands(tmp_path: Path, 
     from tests.fakes.discord import FakeDiscord
 
     with FakeDiscord() as discord:
-        env = fake_env(tmp_path, fake_model)
+        env = {**fake_env(tmp_path, fake_model), **database}
         env.update(
             PARLEY_DISCORD__TOKEN=discord.token,
             PARLEY_DISCORD__API_URL=discord.api_url,
@@ -313,6 +371,7 @@ def test_run_serves_discord_and_discord_sync_registers_commands(tmp_path: Path, 
         assert discord.token not in err
         # The first start synced the global commands (the guild sync above does not count for them).
         assert [s.guild_id for s in discord.command_syncs] == [discord.guild_id, None], err
+    assert chains_in(tmp_path, database) == 1
 
 
 def test_jobs_list_and_run_a_report_and_a_built_in_job(tmp_path: Path, fake_model: FakeOpenAI) -> None:
@@ -349,3 +408,22 @@ def test_a_bad_cron_line_stops_start_up_with_one_line_naming_it(tmp_path: Path) 
     proc = parley(["jobs", "list"], base_env(tmp_path, PARLEY_SCHEDULER__PRUNE_CRON="0 9 * * monday"))
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "PARLEY_SCHEDULER__PRUNE_CRON" in proc.stderr
+
+
+def test_a_database_that_cannot_be_used_stops_start_up_with_one_line(tmp_path: Path, pg_dsn: str) -> None:
+    """A wrong URL or an unknown database is a setting to fix (exit 2); a server that does not answer may come
+    back (exit 1). Either way one line, and never the password."""
+    from yarl import URL
+
+    server = URL(pg_dsn)
+    unknown_db = str(server.with_path("/no_such_parley_db").with_query(server.query))
+    cases = [
+        ("mysql://parley:s3cret@db/parley", 2, "parley: invalid setting PARLEY_DB__URL (db.url): Value error, scheme"),
+        (unknown_db, 2, "parley: PostgreSQL at postgresql://postgres:@/no_such_parley_db?host="),
+        ("postgresql://parley:s3cret@127.0.0.1:1/parley", 1, "parley: cannot reach PostgreSQL at "),
+    ]
+    for url, code, start in cases:
+        proc = parley(["run"], base_env(tmp_path, PARLEY_DB__URL=url), timeout=60)
+        assert proc.returncode == code, proc.stderr
+        assert proc.stderr.startswith(start) and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "s3cret" not in proc.stderr + proc.stdout

@@ -11,14 +11,13 @@ import pytest
 from typer.testing import CliRunner
 
 from agent.engines import ScriptedEngine, scripted_model
-from agent.memory import Memory
 from agent.messages import IncomingMessage
 from agent.runtime import Agent, AgentOptions
-from agent.store import Store
+from agent.storage import open_storage
+from agent.storage.models import Execution
 from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner
-from agent.tools.executions import Execution, ExecutionLog
 from bot.cli import app
-from tests.conftest import final, step
+from tests.conftest import final, reply_to, step
 
 cli = CliRunner()
 
@@ -59,11 +58,10 @@ def test_tools_lists_every_tool_with_schema_policy_and_why_it_is_hidden(monkeypa
 
 def test_tools_shows_statistics_from_the_execution_table(tmp_path: Path) -> None:
     async def record() -> None:
-        store = await Store.open(Path("data/parley.db"))
-        log = ExecutionLog(store)
+        storage = await open_storage(path=Path("data/parley.db"))
         for ms, outcome in ((10.0, "ok"), (30.0, "ok"), (50.0, "timeout")):
-            await log.record(Execution("calculator", {}, outcome, "", ms, time.time()))
-        await store.close()
+            await storage.executions.record(Execution("calculator", {}, outcome, "", ms, time.time()))
+        await storage.close()
 
     asyncio.run(record())
     stats = tools_json()["calculator"]["stats"]
@@ -116,8 +114,8 @@ API_KEY = "my-very-secret-provider-key"
 
 def seed_chains(db: Path) -> None:
     async def run() -> None:
-        store = await Store.open(db)
-        runner = ToolRunner(ToolRegistry.of(*BUILTIN_TOOLS), ExecutionLog(store))
+        storage = await open_storage(path=db)
+        runner = ToolRunner(ToolRegistry.of(*BUILTIN_TOOLS), storage.executions)
         engine = ScriptedEngine(
             [
                 step("calculator", expression="12*7"),
@@ -130,11 +128,11 @@ def seed_chains(db: Path) -> None:
                 final("Hello."),
             ]
         )
-        agent = Agent(Memory(store), scripted_model(engine), runner, AgentOptions(max_iters=3))
+        agent = Agent(storage, scripted_model(engine), runner, AgentOptions(max_iters=3))
         for channel, text in (("team", "what is 12*7?"), ("team", f"store {SLACK_TOKEN} safely"), ("ops", "hi")):
-            await agent.respond(IncomingMessage(platform="console", channel=channel, user="u", text=text))
+            await reply_to(agent, IncomingMessage(platform="console", channel=channel, user="u", text=text))
         runner.close()
-        await store.close()
+        await storage.close()
 
     asyncio.run(run())
 
@@ -173,13 +171,13 @@ def test_chains_stats(tmp_path: Path) -> None:
 
 
 def test_approvals_list_revoke_and_audit() -> None:
-    from agent.approvals import ApprovalRequest, ApprovalStore, PromptLocation
+    from agent.approvals import ApprovalRequest, PromptLocation
 
     async def seed() -> None:
-        store = await Store.open(Path("data/parley.db"))
-        approvals = ApprovalStore(store)
-        await approvals.grant("http_get", "slack:T1/C1", "slack:boss")
+        storage = await open_storage(path=Path("data/parley.db"))
+        approvals = storage.approvals
         now = time.time()
+        await approvals.grant("http_get", "slack:T1/C1", "slack:boss", now=now)
         await approvals.create(
             ApprovalRequest(
                 "req-1",
@@ -196,7 +194,7 @@ def test_approvals_list_revoke_and_audit() -> None:
             )
         )
         await approvals.shown("req-1", PromptLocation("slack", "C1", "1700000000.000100"))
-        await store.close()
+        await storage.close()
 
     asyncio.run(seed())
     listed = cli.invoke(app, ["approvals", "list", "--json"])

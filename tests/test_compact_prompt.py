@@ -10,11 +10,11 @@ from agent.adapter import wants_compact_prompts
 from agent.compact import ANSWER_TASK, trajectory_text
 from agent.engines import ScriptedEngine, scripted_model
 from agent.engines.scripted import request_text
-from agent.memory import Memory
 from agent.messages import IncomingMessage
 from agent.runtime import Agent, AgentOptions
+from agent.storage import Storage
 from agent.tools import ToolRunner
-from tests.conftest import final, step
+from tests.conftest import final, reply_to, step
 
 
 def ask(text: str) -> IncomingMessage:
@@ -31,10 +31,10 @@ def script() -> list[object]:
     return [step("calculator", expression="12*7"), step("finish"), final("12*7 is 84.")]
 
 
-async def test_a_question_for_the_model_gets_a_short_prompt(memory: Memory, runner: ToolRunner) -> None:
+async def test_a_question_for_the_model_gets_a_short_prompt(storage: Storage, runner: ToolRunner) -> None:
     engine = ScriptedEngine([final("The capital of France is Paris.")], compact_prompts=True)
-    agent = Agent(memory, scripted_model(engine, constrained=True), runner, AgentOptions(max_iters=4))
-    reply = await agent.respond(ask("what is the capital of France?"))
+    agent = Agent(storage, scripted_model(engine, constrained=True), runner, AgentOptions(max_iters=4))
+    reply = await reply_to(agent, ask("what is the capital of France?"))
     assert reply.text == "The capital of France is Paris."
     # The step was `finish` by rule; the model was asked once, for the answer.
     [request] = engine.requests
@@ -47,21 +47,21 @@ async def test_a_question_for_the_model_gets_a_short_prompt(memory: Memory, runn
     )
 
 
-async def test_every_call_starts_with_the_same_prefix(memory: Memory, runner: ToolRunner) -> None:
+async def test_every_call_starts_with_the_same_prefix(storage: Storage, runner: ToolRunner) -> None:
     engine = ScriptedEngine([final("Hi!"), final("Paris.")], compact_prompts=True)
-    agent = Agent(memory, scripted_model(engine, constrained=True), runner, AgentOptions(max_iters=4))
-    await agent.respond(ask("hello"))
-    await agent.respond(ask("what is the capital of France?"))
+    agent = Agent(storage, scripted_model(engine, constrained=True), runner, AgentOptions(max_iters=4))
+    await reply_to(agent, ask("hello"))
+    await reply_to(agent, ask("what is the capital of France?"))
     first, second = engine.requests
     # System message and worked examples are identical, so llama.cpp reuses their processed tokens.
     assert first.system == second.system and first.messages[:-1] == second.messages[:-1]
     assert len(first.messages) > 1, "the worked examples come as chat turns"
 
 
-async def test_arithmetic_on_the_local_path_needs_no_model_call(memory: Memory, runner: ToolRunner) -> None:
+async def test_arithmetic_on_the_local_path_needs_no_model_call(storage: Storage, runner: ToolRunner) -> None:
     engine = ScriptedEngine(compact_prompts=True)
-    agent = Agent(memory, scripted_model(engine, constrained=True), runner, AgentOptions(max_iters=4))
-    reply = await agent.respond(ask("what is 12*7?"))
+    agent = Agent(storage, scripted_model(engine, constrained=True), runner, AgentOptions(max_iters=4))
+    reply = await reply_to(agent, ask("what is 12*7?"))
     assert reply.text == "12*7 = 84"
     assert [(s.tool, s.args, s.observation) for s in reply.steps if s.kind == "action"] == [
         ("calculator", {"expression": "12*7"}, "84")
@@ -69,11 +69,11 @@ async def test_arithmetic_on_the_local_path_needs_no_model_call(memory: Memory, 
     assert engine.requests == []
 
 
-async def test_real_providers_get_dspys_messages_byte_for_byte(memory: Memory, runner: ToolRunner) -> None:
+async def test_real_providers_get_dspys_messages_byte_for_byte(storage: Storage, runner: ToolRunner) -> None:
     # Constrained (the schemas are attached) but the engine does not ask for compact prompts.
     engine = ScriptedEngine(script())
-    agent = Agent(memory, scripted_model(engine, constrained=True), runner, AgentOptions(max_iters=4))
-    await agent.respond(ask("what is 12*7?"))
+    agent = Agent(storage, scripted_model(engine, constrained=True), runner, AgentOptions(max_iters=4))
+    await reply_to(agent, ask("what is 12*7?"))
     first = engine.requests[0]
     context = messages(first)[1].split("[[ ## question ## ]]")[0].split("[[ ## context ## ]]\n")[1].strip()
     expected = dspy.JSONAdapter().format(
@@ -82,7 +82,7 @@ async def test_real_providers_get_dspys_messages_byte_for_byte(memory: Memory, r
     assert messages(first) == (expected[0]["content"], expected[1]["content"])
 
 
-async def test_a_step_without_its_thought_is_still_a_step(memory: Memory, runner: ToolRunner) -> None:
+async def test_a_step_without_its_thought_is_still_a_step(storage: Storage, runner: ToolRunner) -> None:
     # The constrained schemas leave the thoughts out; a provider that honours them sends none.
     engine = ScriptedEngine(
         [
@@ -91,14 +91,14 @@ async def test_a_step_without_its_thought_is_still_a_step(memory: Memory, runner
             {"answer": "4"},
         ]
     )
-    agent = Agent(memory, scripted_model(engine, constrained=True), runner, AgentOptions(max_iters=4))
-    reply = await agent.respond(ask("what is 2+2?"))
+    agent = Agent(storage, scripted_model(engine, constrained=True), runner, AgentOptions(max_iters=4))
+    reply = await reply_to(agent, ask("what is 2+2?"))
     assert reply.status == "answered" and reply.text == "4"
     assert [s.tool for s in reply.steps if s.kind == "action"] == ["calculator"]
 
 
-def test_the_step_schema_sent_to_the_local_model_needs_no_thought(memory: Memory, runner: ToolRunner) -> None:
-    agent = Agent(memory, scripted_model(ScriptedEngine(), constrained=True), runner)
+def test_the_step_schema_sent_to_the_local_model_needs_no_thought(storage: Storage, runner: ToolRunner) -> None:
+    agent = Agent(storage, scripted_model(ScriptedEngine(), constrained=True), runner)
     schema = agent.react.react.config["response_format"]["json_schema"]["schema"]
     for variant in schema["anyOf"]:
         assert "next_thought" not in variant["required"]

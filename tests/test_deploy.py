@@ -1,4 +1,5 @@
-"""The deploy files: one replica on one SQLite volume, probes on the HTTP port, only settings that exist.
+"""The deploy files: one replica on one SQLite volume, probes on the HTTP port, only settings that exist; PostgreSQL
+beside it (a compose file, a Secret's URL, a migrate step) without making it the default.
 
 No Docker or cluster needed: the files are parsed and checked against the settings model.
 """
@@ -18,6 +19,7 @@ import pytest
 import yaml
 from apscheduler.triggers.cron import CronTrigger
 from pydantic import BaseModel
+from yarl import URL
 
 from bot.config import CONFIG_ENV, ENV_ALIASES, Settings, load_settings
 
@@ -26,6 +28,9 @@ DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
 DOCKERFILE = DEPLOY / "Dockerfile"
 COMPOSE = DEPLOY / "compose.yaml"
+COMPOSE_PG = DEPLOY / "compose.postgres.yaml"
+DB_SECRET = K8S / "db-secret.example.yaml"
+COPY_JOB = K8S / "db-copy-job.example.yaml"
 UNIT = DEPLOY / "parley.service"
 
 PORT = 8080
@@ -150,6 +155,24 @@ def compose_service() -> dict[str, Any]:
     assert list(services) == ["parley"]
     service: dict[str, Any] = services["parley"]
     return service
+
+
+def compose_pg() -> dict[str, Any]:
+    document: dict[str, Any] = yaml_docs(COMPOSE_PG)[0]
+    return document
+
+
+def interpolate(text: str, **values: str) -> str:
+    """Compose's `${NAME}`, `${NAME:-default}` and `${NAME:?error}` with the given values."""
+    return re.sub(r"\$\{(\w+)(?::?[-?][^}]*)?\}", lambda m: values[m.group(1)], text)
+
+
+def db_url_ref(spec: dict[str, Any]) -> dict[str, Any]:
+    """The secretKeyRef a container's PARLEY_DB__URL comes from."""
+    (item,) = [e for e in spec.get("env", []) if e["name"] == "PARLEY_DB__URL"]
+    assert "value" not in item, "the URL holds the password: from a Secret, never written in a manifest"
+    ref: dict[str, Any] = item["valueFrom"]["secretKeyRef"]
+    return ref
 
 
 def unit() -> configparser.ConfigParser:
@@ -309,15 +332,64 @@ def test_the_whole_production_environment_loads(monkeypatch: pytest.MonkeyPatch,
     assert settings.lm.model != "local"
 
 
+def test_the_database_url_comes_from_an_optional_secret_so_sqlite_stays_the_default() -> None:
+    ref = db_url_ref(container())
+    (secret,) = yaml_docs(DB_SECRET)
+    assert secret["kind"] == "Secret"
+    assert (ref["name"], ref["key"]) == (secret["metadata"]["name"], "url")
+    assert ref["optional"] is True, "without the Secret the pod must still start, on SQLite"
+    assert set(secret["stringData"]) == {"url"}
+    for (kind, _), manifest in k8s_objects().items():
+        assert kind != "Secret"
+        if kind == "ConfigMap":
+            assert "PARLEY_DB__URL" not in manifest["data"]
+    url = secret["stringData"]["url"]
+    assert URL(url).password == "REPLACE-ME"
+    assert Settings(db={"url": url}).db.url_value == url
+
+
+def test_an_init_container_migrates_the_database_before_parley_starts() -> None:
+    (init,) = pod_spec()["initContainers"]
+    app = container()
+    assert init["args"] == ["parley", "db", "migrate"] and "command" not in init
+    assert (init["image"], init["imagePullPolicy"]) == (app["image"], app["imagePullPolicy"])
+    assert init["envFrom"] == app["envFrom"]
+    assert db_url_ref(init) == db_url_ref(app)
+    assert init["volumeMounts"] == app["volumeMounts"]
+    assert init["securityContext"] == app["securityContext"]
+
+
+def test_the_copy_job_example_moves_the_volume_s_sqlite_file_into_the_secret_s_database() -> None:
+    resources = yaml_docs(K8S / "kustomization.yaml")[0]["resources"]
+    assert COPY_JOB.name not in resources and DB_SECRET.name not in resources
+    (job,) = yaml_docs(COPY_JOB)
+    assert job["kind"] == "Job" and job["spec"]["backoffLimit"] == 0, "a failed copy is looked at, not retried"
+    spec = job["spec"]["template"]["spec"]
+    assert spec["restartPolicy"] == "Never"
+    (copy,) = spec["containers"]
+    args = copy["args"]
+    assert args[:3] == ["parley", "db", "copy"]
+    assert args[args.index("--from") + 1] == container_env()["PARLEY_DB__PATH"]
+    assert args[args.index("--to") + 1] == "$(PARLEY_DB__URL)"
+    ref = db_url_ref(copy)
+    assert (ref["name"], ref["key"]) == (db_url_ref(container())["name"], "url") and not ref.get("optional")
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    (data,) = [m for m in copy["volumeMounts"] if m["mountPath"] == "/data"]
+    claim = mounts()["/data"]["persistentVolumeClaim"]["claimName"]
+    assert volumes[data["name"]]["persistentVolumeClaim"]["claimName"] == claim
+    assert spec["securityContext"]["runAsNonRoot"] is True and copy["securityContext"]["readOnlyRootFilesystem"]
+
+
 # ---- every PARLEY_* name in the deploy files is a setting ----
 
 
 def test_every_parley_variable_in_the_deploy_files_is_a_setting() -> None:
-    files = [DOCKERFILE, COMPOSE, UNIT, *sorted(K8S.glob("*.yaml")), *sorted(DEPLOY.glob("*.yml"))]
+    files = [DOCKERFILE, COMPOSE, COMPOSE_PG, UNIT, *sorted(K8S.glob("*.yaml")), *sorted(DEPLOY.glob("*.yml"))]
     names = {name for path in files for name in ENV_NAME.findall(path.read_text())}
     names |= set(container_env()) | set(dockerfile_env()) | set(compose_service()["environment"]) | set(unit_env())
+    names |= set(compose_pg()["services"]["parley"]["environment"])
     names = {name for name in names if name.startswith("PARLEY_")}
-    assert {"PARLEY_DB__PATH", "PARLEY_HTTP__HOST", "PARLEY_HTTP__PORT"} <= names
+    assert {"PARLEY_DB__PATH", "PARLEY_DB__URL", "PARLEY_HTTP__HOST", "PARLEY_HTTP__PORT"} <= names
     unknown = {name for name in names if not is_setting(name)}
     assert unknown <= PENDING_NAMES, f"not settings: {sorted(unknown - PENDING_NAMES)}"
 
@@ -401,6 +473,46 @@ def test_compose_runs_one_service_with_its_data_on_a_named_volume() -> None:
     assert "deploy" not in service or service["deploy"].get("replicas", 1) == 1
     grace = service["stop_grace_period"]
     assert grace.endswith("s") and float(grace[:-1]) > shutdown_grace_s(env)
+
+
+def test_compose_alone_keeps_the_embedded_sqlite_file() -> None:
+    assert "PARLEY_DB__URL" not in compose_service()["environment"]
+    assert "postgres" not in COMPOSE.read_text().lower()
+
+
+def test_the_postgres_compose_file_adds_a_server_on_a_named_volume_with_a_healthcheck() -> None:
+    document = compose_pg()
+    assert document["name"] == yaml_docs(COMPOSE)[0]["name"], "one project: the file extends compose.yaml's parley"
+    services = document["services"]
+    assert set(services) == {"postgres", "parley"}
+    server = services["postgres"]
+    assert server["image"] == "postgres:18"
+    (volume,) = server["volumes"]
+    name, target = volume.split(":")[:2]
+    # From 18 on, the image's volume is /var/lib/postgresql; it refuses to start with data at .../data.
+    assert name in document["volumes"] and target == "/var/lib/postgresql"
+    assert "pg_isready" in " ".join(server["healthcheck"]["test"])
+    assert server["restart"] == "unless-stopped"
+    assert server["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?"), "no default password"
+
+
+def test_parley_uses_the_postgres_service_once_it_is_healthy(monkeypatch: pytest.MonkeyPatch) -> None:
+    services = compose_pg()["services"]
+    parley, server = services["parley"], services["postgres"]["environment"]
+    assert set(parley) == {"environment", "depends_on"}, "only the database changes; the rest is compose.yaml's"
+    assert parley["depends_on"]["postgres"]["condition"] == "service_healthy"
+    url = interpolate(parley["environment"]["PARLEY_DB__URL"], POSTGRES_PASSWORD="s3cret")
+    assert interpolate(server["POSTGRES_PASSWORD"], POSTGRES_PASSWORD="s3cret") == "s3cret"
+    parsed = URL(url)
+    assert (parsed.user, parsed.password, parsed.host, parsed.port) == (
+        server["POSTGRES_USER"],
+        "s3cret",
+        "postgres",
+        5432,
+    )
+    assert parsed.path == f"/{server['POSTGRES_DB']}"
+    monkeypatch.setenv("PARLEY_DB__URL", url)
+    assert load_settings().db.url_value == url
 
 
 # ---- systemd ----

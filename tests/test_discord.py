@@ -13,13 +13,11 @@ import pytest
 from dspy.lm15 import Request
 
 from adapters.discord import DiscordAdapter, DiscordConfig, DiscordUnavailable
-from agent.approvals import ApprovalBroker, ApprovalPolicy, ApprovalStore
+from agent.approvals import ApprovalBroker, ApprovalPolicy
 from agent.engines import ScriptedEngine, scripted_model
 from agent.engines.scripted import echo, request_text
-from agent.inbox import Inbox
-from agent.memory import Memory
 from agent.runtime import Agent, AgentOptions
-from agent.store import Store
+from agent.storage import Storage
 from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner
 from agent.tools.registry import tool
 from bot.dispatcher import Dispatcher, DispatchOptions
@@ -65,7 +63,7 @@ def fake() -> Iterator[FakeDiscord]:
 
 
 def build(
-    store: Store, memory: Memory, fake: FakeDiscord, deployed: list[str], **options: Any
+    storage: Storage, fake: FakeDiscord, deployed: list[str], **options: Any
 ) -> tuple[DiscordAdapter, Dispatcher, ScriptedEngine]:
     @tool(name="deploy", approval="approve")
     def deploy(service: str) -> str:
@@ -74,23 +72,23 @@ def build(
         return f"deployed {service}"
 
     policy = ApprovalPolicy(approvers={"discord": ["7000"]}, approver_roles={"discord": ["9100"]}, expiry_s=5)
-    broker = ApprovalBroker(ApprovalStore(store), policy)
+    broker = ApprovalBroker(storage.approvals, policy)
     runner = ToolRunner(ToolRegistry.of(*BUILTIN_TOOLS, deploy), gate=broker)
     engine = ScriptedEngine(responder=model)
-    agent = Agent(memory, scripted_model(engine), runner, AgentOptions(max_iters=3))
+    agent = Agent(storage, scripted_model(engine), runner, AgentOptions(max_iters=3))
     config = DiscordConfig(
         token=fake.token, api_url=fake.api_url, gateway_url=fake.gateway_url, ready_timeout_s=0.05, **options
     )
-    adapter = DiscordAdapter(config, memory=memory, registry=runner.registry)
-    dispatcher = Dispatcher(Inbox(store), agent, [adapter], DispatchOptions(rate_limit=None), broker)
+    adapter = DiscordAdapter(config, storage=storage, registry=runner.registry)
+    dispatcher = Dispatcher(storage, agent, [adapter], DispatchOptions(rate_limit=None), broker)
     adapter.connect(dispatcher.submit, dispatcher.decide)
     return adapter, dispatcher, engine
 
 
 @pytest.fixture
-async def world(store: Store, memory: Memory, fake: FakeDiscord) -> AsyncIterator[World]:
+async def world(storage: Storage, fake: FakeDiscord) -> AsyncIterator[World]:
     deployed: list[str] = []
-    adapter, dispatcher, engine = build(store, memory, fake, deployed)
+    adapter, dispatcher, engine = build(storage, fake, deployed)
     async with dispatcher:
         await adapter.start()
         yield World(fake, adapter, dispatcher, engine, deployed)
@@ -185,11 +183,9 @@ async def test_approval_buttons_by_approver_non_approver_and_twice(world: World)
     assert any("approved by discord:7000" in (e.json.get("content") or "") for e in world.fake.edits)
 
 
-async def test_a_button_pressed_after_a_restart_is_still_handled(
-    store: Store, memory: Memory, fake: FakeDiscord
-) -> None:
+async def test_a_button_pressed_after_a_restart_is_still_handled(storage: Storage, fake: FakeDiscord) -> None:
     deployed: list[str] = []
-    adapter, dispatcher, _ = build(store, memory, fake, deployed)
+    adapter, dispatcher, _ = build(storage, fake, deployed)
     async with dispatcher:
         await adapter.start()
         fake.message_create("<@2000> deploy web", mentions_bot=True, author_id="6000")
@@ -197,13 +193,13 @@ async def test_a_button_pressed_after_a_restart_is_still_handled(
         await adapter.close()
     custom_id = prompt["components"][0]["components"][0]["custom_id"]
 
-    adapter, dispatcher, _ = build(store, memory, fake, deployed)  # a new process on the same database
+    adapter, dispatcher, _ = build(storage, fake, deployed)  # a new process on the same database
     async with dispatcher:
         await adapter.start()
         fake.interaction_create_component(custom_id, user_id="7000", message_id=prompt["id"])
         await fake.wait_for_followups(1)
         await adapter.close()
-    # The click reached the new process (a dynamic item, no state in memory); the request had expired on restart.
+    # The click reached the new process (a dynamic item, no state in storage); the request had expired on restart.
     assert "already expired" in fake.followups[0].json["content"]
     assert deployed == []
 
@@ -216,21 +212,19 @@ async def test_reconnect_resumes_and_messages_still_flow(world: World) -> None:
     assert reply["content"] == "re: still there?"
 
 
-async def test_a_refused_message_content_intent_is_one_clear_error(store: Store, memory: Memory) -> None:
+async def test_a_refused_message_content_intent_is_one_clear_error(storage: Storage) -> None:
     with FakeDiscord(channel_ids=(CHANNEL,), intents_allowed=False) as strict:
-        adapter, _, _ = build(store, memory, strict, [])
+        adapter, _, _ = build(storage, strict, [])
         with pytest.raises(DiscordUnavailable, match="message content intent"):
             await adapter.start()
         await adapter.close()
 
 
-async def test_commands_are_synced_only_when_they_change(
-    store: Store, memory: Memory, fake: FakeDiscord, tmp_path: Path
-) -> None:
+async def test_commands_are_synced_only_when_they_change(storage: Storage, fake: FakeDiscord, tmp_path: Path) -> None:
     state = tmp_path / "discord-commands.sha256"
 
     async def start_and_stop(**options: Any) -> None:
-        adapter, dispatcher, _ = build(store, memory, fake, [], command_state=state, **options)
+        adapter, dispatcher, _ = build(storage, fake, [], command_state=state, **options)
         async with dispatcher:
             await adapter.start()
             await adapter.close()
@@ -243,11 +237,11 @@ async def test_commands_are_synced_only_when_they_change(
     assert {c["name"] for c in fake.command_syncs[-1].commands} == {"ask", "facts", "forget", "tools", "help"}
 
 
-async def test_a_member_with_an_approver_role_can_approve(store: Store, memory: Memory, fake: FakeDiscord) -> None:
+async def test_a_member_with_an_approver_role_can_approve(storage: Storage, fake: FakeDiscord) -> None:
     fake.member_roles["8000"] = ["9100"]  # an "ops" role listed in [approvals] roles
     fake.member_roles["8001"] = ["9200"]  # some other role
     deployed: list[str] = []
-    adapter, dispatcher, _ = build(store, memory, fake, deployed)
+    adapter, dispatcher, _ = build(storage, fake, deployed)
     async with dispatcher:
         await adapter.start()
         fake.message_create("<@2000> deploy cache", mentions_bot=True, author_id="6000")
@@ -273,11 +267,11 @@ async def test_after_an_invalid_session_it_identifies_again_and_keeps_answering(
 
 
 async def test_a_reply_left_undelivered_goes_out_at_start_before_the_gateway_opens(
-    store: Store, memory: Memory, fake: FakeDiscord
+    storage: Storage, fake: FakeDiscord
 ) -> None:
     from agent.messages import IncomingMessage, Reply
 
-    inbox = Inbox(store)
+    inbox = storage.inbox
     message = IncomingMessage(
         platform="discord",
         workspace=fake.guild_id,
@@ -291,7 +285,7 @@ async def test_a_reply_left_undelivered_goes_out_at_start_before_the_gateway_ope
     entry = await inbox.accept(message)
     assert entry is not None
     await inbox.answer(entry.id, Reply("the answer from before the crash"))
-    adapter, dispatcher, engine = build(store, memory, fake, [])
+    adapter, dispatcher, engine = build(storage, fake, [])
     await adapter.login()  # what `parley run` does before starting the dispatcher
     async with dispatcher:
         await dispatcher.join()

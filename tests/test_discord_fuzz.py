@@ -33,7 +33,6 @@ from adapters.discord import DiscordAdapter, DiscordConfig
 from adapters.discord_edge import DiscordMessage, GuardedParser
 from agent.engines import ScriptedEngine, scripted_model
 from agent.engines.scripted import echo
-from agent.inbox import Inbox
 from bot.app import App, build_app
 from bot.config import Settings
 from bot.dispatcher import Dispatcher, DispatchOptions
@@ -91,9 +90,9 @@ async def world(parley: App, fake: FakeDiscord) -> AsyncIterator[World]:
         ready_timeout_s=0.05,
         reconnect_delay_s=0.2,
     )
-    adapter = DiscordAdapter(config, memory=parley.memory, registry=parley.runner.registry)
+    adapter = DiscordAdapter(config, storage=parley.storage, registry=parley.runner.registry)
     options = DispatchOptions(rate_limit=None)
-    async with Dispatcher(Inbox(parley.store), parley.agent, [adapter], options, parley.approvals) as dispatcher:
+    async with Dispatcher(parley.storage, parley.agent, [adapter], options, parley.approvals) as dispatcher:
         adapter.connect(dispatcher.submit, dispatcher.decide)
         await adapter.start()
         try:
@@ -224,7 +223,7 @@ async def test_text_is_repaired_before_the_agent_sees_it(world: World, caplog: p
     [reply] = world.fake.messages(CHANNEL)
     assert reply["content"] == "re: a nul, a bell, an escape[31m and\nlines"
     # Repaired at the edge, not only by the agent: the inbox keeps what the adapter handed the dispatcher.
-    entry = await Inbox(world.parley.store).get(1)  # the first message of a fresh database
+    entry = await world.parley.storage.inbox.get(1)  # the first message of a fresh database
     assert entry is not None and entry.message.text == "a nul, a bell, an escape[31m and\nlines"
     assert tracebacks(caplog) == []
 

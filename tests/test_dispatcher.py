@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -22,19 +22,24 @@ import stamina
 
 from agent.engines import ScriptedEngine, scripted_model
 from agent.engines.scripted import echo
-from agent.inbox import Inbox, answer_in
-from agent.memory import Memory
-from agent.messages import IncomingMessage, Reply
-from agent.runtime import Agent, AgentOptions, Commit
-from agent.store import Store
+from agent.messages import IncomingMessage
+from agent.runtime import Agent, AgentOptions, Exchange
+from agent.storage import Storage, StoreError, open_storage
+from agent.storage.sqlite.database import Database
 from agent.tools import ToolRunner
 from bot.dispatcher import Dispatcher, DispatcherClosed, DispatchOptions
-from tests.conftest import REPO
+from tests.conftest import ENGINES, REPO
 from tests.fakes.platform import FakePlatformServer, RecordingPlatform
 
 
 def msg(text: str, *, channel: str = "c", user: str = "u", event: str | None = None) -> IncomingMessage:
     return IncomingMessage(platform="test", channel=channel, user=user, text=text, event_id=event or text)
+
+
+@pytest.fixture(params=ENGINES)
+def db_engine(request: pytest.FixtureRequest) -> str:
+    """Every dispatcher test holds on SQLite and on PostgreSQL (tests of SQLite itself say so)."""
+    return str(request.param)
 
 
 @pytest.fixture(autouse=True)
@@ -49,14 +54,14 @@ def echo_engine() -> ScriptedEngine:
     return ScriptedEngine(responder=echo)
 
 
-def make_agent(memory: Memory, engine: ScriptedEngine, runner: ToolRunner, concurrency: int = 8) -> Agent:
+def make_agent(storage: Storage, engine: ScriptedEngine, runner: ToolRunner, concurrency: int = 8) -> Agent:
     options = AgentOptions(max_iters=3, max_message_chars=200, concurrency=concurrency)
-    return Agent(memory, scripted_model(engine), runner, options)
+    return Agent(storage, scripted_model(engine), runner, options)
 
 
 @pytest.fixture
-def echo_agent(memory: Memory, echo_engine: ScriptedEngine, runner: ToolRunner) -> Agent:
-    return make_agent(memory, echo_engine, runner)
+def echo_agent(storage: Storage, echo_engine: ScriptedEngine, runner: ToolRunner) -> Agent:
+    return make_agent(storage, echo_engine, runner)
 
 
 @pytest.fixture
@@ -65,23 +70,18 @@ def platform() -> RecordingPlatform:
 
 
 @pytest.fixture
-async def dispatcher(store: Store, echo_agent: Agent, platform: RecordingPlatform) -> AsyncIterator[Dispatcher]:
-    async with Dispatcher(Inbox(store), echo_agent, [platform], DispatchOptions(rate_limit=None)) as running:
+async def dispatcher(storage: Storage, echo_agent: Agent, platform: RecordingPlatform) -> AsyncIterator[Dispatcher]:
+    async with Dispatcher(storage, echo_agent, [platform], DispatchOptions(rate_limit=None)) as running:
         yield running
 
 
-async def chain_count(store: Store) -> int:
-    row = await store.fetchone("SELECT count(*) FROM chains")
-    return int(row[0]) if row else 0
-
-
-async def states(store: Store) -> list[tuple[str, bool]]:
-    rows = await store.fetchall("SELECT state, delivered_at IS NOT NULL AS delivered FROM inbox ORDER BY id")
-    return [(r["state"], bool(r["delivered"])) for r in rows]
+async def states(storage: Storage) -> list[tuple[str, bool]]:
+    """Each inbox row's state and whether its reply was delivered, in arrival order."""
+    return [(e.state.value, e.delivered_at is not None) for e in await storage.inbox.recent()]
 
 
 async def test_a_redelivered_event_is_answered_once(
-    dispatcher: Dispatcher, platform: RecordingPlatform, echo_engine: ScriptedEngine, store: Store
+    dispatcher: Dispatcher, platform: RecordingPlatform, echo_engine: ScriptedEngine, storage: Storage
 ) -> None:
     first = msg("what is up?", event="Ev1")
     again = IncomingMessage(**{**first.__dict__, "received_at": first.received_at + 3})  # a Slack retry
@@ -90,25 +90,25 @@ async def test_a_redelivered_event_is_answered_once(
     assert sorted(accepted) == [False, False, True]
     assert platform.texts() == ["re: what is up?"]
     assert len(echo_engine.requests) == 2  # one ReAct step and the extract step: the agent ran once
-    assert await chain_count(store) == 1
-    assert await states(store) == [("answered", True)]
+    assert await storage.chains.count() == 1
+    assert await states(storage) == [("answered", True)]
 
 
-async def test_the_same_event_key_on_another_platform_is_a_different_message(store: Store, echo_agent: Agent) -> None:
+async def test_the_same_event_key_on_another_platform_is_a_different_message(
+    storage: Storage, echo_agent: Agent
+) -> None:
     slack, discord = RecordingPlatform("slack"), RecordingPlatform("discord")
-    async with Dispatcher(Inbox(store), echo_agent, [slack, discord], DispatchOptions(rate_limit=None)) as d:
+    async with Dispatcher(storage, echo_agent, [slack, discord], DispatchOptions(rate_limit=None)) as d:
         for name in ("slack", "discord"):
             assert await d.submit(IncomingMessage(platform=name, channel="c", user="u", text="hi", event_id="1"))
         await d.join()
     assert (slack.texts(), discord.texts()) == (["re: hi"], ["re: hi"])
 
 
-async def test_conversations_keep_their_order_under_random_latency(
-    store: Store, memory: Memory, runner: ToolRunner
-) -> None:
+async def test_conversations_keep_their_order_under_random_latency(storage: Storage, runner: ToolRunner) -> None:
     rng = random.Random(7)
     engine = ScriptedEngine(responder=echo, delay_s=lambda: rng.uniform(0.0, 0.02))
-    agent = make_agent(memory, engine, runner, concurrency=8)
+    agent = make_agent(storage, engine, runner, concurrency=8)
     running: dict[str, int] = {}
     overlap = {"max_global": 0, "max_same_conversation": 0}
 
@@ -122,7 +122,7 @@ async def test_conversations_keep_their_order_under_random_latency(
 
     platform = RecordingPlatform(before_deliver=watch)
     options = DispatchOptions(concurrency=8, rate_limit=None)
-    async with Dispatcher(Inbox(store), agent, [platform], options) as dispatcher:
+    async with Dispatcher(storage, agent, [platform], options) as dispatcher:
         submissions = [msg(f"c{c} m{m}", channel=f"c{c}", user=f"u{c}") for m in range(10) for c in range(20)]
         rng.shuffle(submissions)  # conversations interleave; within one, arrival order is m0, m1, ...
         submissions.sort(key=lambda s: int(s.text.split("m")[1]))
@@ -138,10 +138,10 @@ async def test_conversations_keep_their_order_under_random_latency(
 
 
 async def test_each_user_is_rate_limited_with_a_reply_that_says_when_to_retry(
-    store: Store, echo_agent: Agent, platform: RecordingPlatform, echo_engine: ScriptedEngine
+    storage: Storage, echo_agent: Agent, platform: RecordingPlatform, echo_engine: ScriptedEngine
 ) -> None:
     options = DispatchOptions(rate_limit="2/minute")
-    async with Dispatcher(Inbox(store), echo_agent, [platform], options) as dispatcher:
+    async with Dispatcher(storage, echo_agent, [platform], options) as dispatcher:
         for text in ("one", "two", "three"):
             await dispatcher.submit(msg(text, user="alice"))
         await dispatcher.submit(msg("hello", user="bob", channel="other"))
@@ -158,7 +158,7 @@ async def test_each_user_is_rate_limited_with_a_reply_that_says_when_to_retry(
 
 
 async def test_an_oversized_message_gets_a_clear_reply_and_never_reaches_the_model(
-    dispatcher: Dispatcher, platform: RecordingPlatform, echo_engine: ScriptedEngine, store: Store
+    dispatcher: Dispatcher, platform: RecordingPlatform, echo_engine: ScriptedEngine, storage: Storage
 ) -> None:
     await dispatcher.submit(msg("x" * 5000, event="big"))
     await dispatcher.join()
@@ -166,56 +166,56 @@ async def test_an_oversized_message_gets_a_clear_reply_and_never_reaches_the_mod
     assert reply.status == "rejected"
     assert "5,000 characters" in reply.text and "limit is 200" in reply.text
     assert echo_engine.requests == []
-    assert await states(store) == [("answered", True)]
+    assert await states(storage) == [("answered", True)]
 
 
 async def test_graceful_shutdown_finishes_the_running_message_and_leaves_the_rest(
-    store: Store, memory: Memory, runner: ToolRunner
+    storage: Storage, runner: ToolRunner
 ) -> None:
     slow = ScriptedEngine(responder=echo, delay_s=0.1)
     platform = RecordingPlatform()
-    dispatcher = Dispatcher(Inbox(store), make_agent(memory, slow, runner), [platform], DispatchOptions(grace_s=5))
+    dispatcher = Dispatcher(storage, make_agent(storage, slow, runner), [platform], DispatchOptions(grace_s=5))
     await dispatcher.start()
     for i in range(3):
         await dispatcher.submit(msg(f"q{i}"))
     await asyncio.sleep(0.05)  # q0 is with the model
     await dispatcher.stop()
     assert platform.texts() == ["re: q0"]
-    assert await states(store) == [("answered", True), ("received", False), ("received", False)]
+    assert await states(storage) == [("answered", True), ("received", False), ("received", False)]
     with pytest.raises(DispatcherClosed):
         await dispatcher.submit(msg("late"))
 
     fast = ScriptedEngine(responder=echo)
-    async with Dispatcher(Inbox(store), make_agent(memory, fast, runner), [platform], DispatchOptions()) as again:
+    async with Dispatcher(storage, make_agent(storage, fast, runner), [platform], DispatchOptions()) as again:
         await again.join()
     assert platform.texts() == ["re: q0", "re: q1", "re: q2"]
     assert len(fast.requests) == 4  # q1 and q2 only
-    assert await chain_count(store) == 3
+    assert await storage.chains.count() == 3
 
 
 async def test_a_message_cut_off_by_the_grace_period_is_answered_after_restart(
-    store: Store, memory: Memory, runner: ToolRunner
+    storage: Storage, runner: ToolRunner
 ) -> None:
     hung = ScriptedEngine(responder=echo, delay_s=30)
     platform = RecordingPlatform()
-    dispatcher = Dispatcher(Inbox(store), make_agent(memory, hung, runner), [platform], DispatchOptions(grace_s=0.1))
+    dispatcher = Dispatcher(storage, make_agent(storage, hung, runner), [platform], DispatchOptions(grace_s=0.1))
     await dispatcher.start()
     await dispatcher.submit(msg("q"))
     await asyncio.sleep(0.05)
     await dispatcher.stop()
     assert platform.texts() == []
-    assert await states(store) == [("processing", False)]
-    assert await chain_count(store) == 0  # a cancelled answer records nothing
+    assert await states(storage) == [("processing", False)]
+    assert await storage.chains.count() == 0  # a cancelled answer records nothing
 
     fast = ScriptedEngine(responder=echo)
-    async with Dispatcher(Inbox(store), make_agent(memory, fast, runner), [platform], DispatchOptions()) as again:
+    async with Dispatcher(storage, make_agent(storage, fast, runner), [platform], DispatchOptions()) as again:
         await again.join()
     assert platform.texts() == ["re: q"]
-    assert await chain_count(store) == 1
+    assert await storage.chains.count() == 1
 
 
 async def test_a_reply_interrupted_in_delivery_is_delivered_after_restart_without_answering_again(
-    store: Store, memory: Memory, runner: ToolRunner, echo_engine: ScriptedEngine, echo_agent: Agent
+    storage: Storage, runner: ToolRunner, echo_engine: ScriptedEngine, echo_agent: Agent
 ) -> None:
     delivering = asyncio.Event()
 
@@ -224,27 +224,27 @@ async def test_a_reply_interrupted_in_delivery_is_delivered_after_restart_withou
         await asyncio.sleep(30)
 
     stuck = RecordingPlatform(before_deliver=hang)
-    dispatcher = Dispatcher(Inbox(store), echo_agent, [stuck], DispatchOptions(grace_s=0.1))
+    dispatcher = Dispatcher(storage, echo_agent, [stuck], DispatchOptions(grace_s=0.1))
     await dispatcher.start()
     await dispatcher.submit(msg("q"))
     await delivering.wait()
     await dispatcher.stop()
-    assert await states(store) == [("answered", False)]
+    assert await states(storage) == [("answered", False)]
     calls = len(echo_engine.requests)
 
     platform = RecordingPlatform()
-    async with Dispatcher(Inbox(store), echo_agent, [platform], DispatchOptions()) as again:
+    async with Dispatcher(storage, echo_agent, [platform], DispatchOptions()) as again:
         await again.join()
     assert platform.texts() == ["re: q"]
     [(_, _, key)] = platform.delivered
     assert key == next(iter(stuck.attempts))  # the same idempotency key as the interrupted attempt
     assert len(echo_engine.requests) == calls
-    assert await chain_count(store) == 1
-    assert await states(store) == [("answered", True)]
+    assert await storage.chains.count() == 1
+    assert await states(storage) == [("answered", True)]
 
 
 async def test_transient_delivery_failures_are_retried_and_permanent_ones_fail_with_an_error_id(
-    store: Store, echo_agent: Agent, caplog: pytest.LogCaptureFixture
+    storage: Storage, echo_agent: Agent, caplog: pytest.LogCaptureFixture
 ) -> None:
     from agent.ports import DeliveryError
 
@@ -256,73 +256,75 @@ async def test_transient_delivery_failures_are_retried_and_permanent_ones_fail_w
             raise DeliveryError("platform answered 503", transient=message.text == "flaky")
 
     platform = RecordingPlatform(before_deliver=fail_some)
-    async with Dispatcher(Inbox(store), echo_agent, [platform], DispatchOptions(rate_limit=None)) as dispatcher:
+    async with Dispatcher(storage, echo_agent, [platform], DispatchOptions(rate_limit=None)) as dispatcher:
         await dispatcher.submit(msg("flaky", channel="a"))
         await dispatcher.submit(msg("broken", channel="b"))
         await dispatcher.join()
     assert platform.texts() == ["re: flaky"]
     assert platform.attempts.most_common() == [("parley-1", 3), ("parley-2", 1)]
-    row = await store.fetchone("SELECT state, error_id, error FROM inbox WHERE event_key = 'broken'")
-    assert row is not None and row["state"] == "failed" and row["error"] == "delivery failed: DeliveryError"
-    assert row["error_id"] in caplog.text
+    assert await states(storage) == [("answered", True), ("failed", False)]
+    [error_id] = re.findall(r"could not deliver the reply to test message 2 \(error id (\w+)\)", caplog.text)
+    assert error_id
 
 
 async def test_a_crashing_responder_still_gets_the_user_an_apology_with_an_error_id(
-    store: Store, platform: RecordingPlatform, caplog: pytest.LogCaptureFixture
+    storage: Storage, platform: RecordingPlatform, caplog: pytest.LogCaptureFixture
 ) -> None:
     class Broken:
-        async def respond(self, message: IncomingMessage, *, commit: Commit | None = None) -> Reply:
+        async def respond(self, message: IncomingMessage) -> Exchange:
             raise RuntimeError("secret internals")
 
-    async with Dispatcher(Inbox(store), Broken(), [platform], DispatchOptions()) as dispatcher:
+    async with Dispatcher(storage, Broken(), [platform], DispatchOptions()) as dispatcher:
         await dispatcher.submit(msg("q"))
         await dispatcher.join()
     [reply] = [r for _, r, _ in platform.delivered]
     assert reply.status == "error" and reply.error_id and reply.error_id in reply.text
     assert "secret" not in reply.text and "RuntimeError" not in reply.text
     assert reply.error_id in caplog.text
-    row = await store.fetchone("SELECT error_id, error FROM inbox")
-    assert row is not None and tuple(row) == (reply.error_id, "RuntimeError")
-    assert await states(store) == [("answered", True)]
+    [entry] = await storage.inbox.recent()
+    assert entry.reply is not None and entry.reply.error_id == reply.error_id
+    assert await states(storage) == [("answered", True)]
 
 
 async def test_a_message_that_keeps_crashing_the_process_is_given_up_with_an_apology(
-    store: Store, echo_agent: Agent, platform: RecordingPlatform, echo_engine: ScriptedEngine
+    storage: Storage, echo_agent: Agent, platform: RecordingPlatform, echo_engine: ScriptedEngine
 ) -> None:
-    inbox = Inbox(store)
+    inbox = storage.inbox
     entry = await inbox.accept(msg("poison"))
     assert entry is not None
     for _ in range(3):  # three processes died while answering it
         await inbox.start(entry.id)
-    async with Dispatcher(inbox, echo_agent, [platform], DispatchOptions(max_attempts=3)) as dispatcher:
+    async with Dispatcher(storage, echo_agent, [platform], DispatchOptions(max_attempts=3)) as dispatcher:
         await dispatcher.join()
     [reply] = [r for _, r, _ in platform.delivered]
     assert "after 3 attempts" in reply.text and reply.error_id
     assert echo_engine.requests == []
-    assert await states(store) == [("answered", True)]
+    assert await states(storage) == [("answered", True)]
 
 
 async def test_messages_of_a_platform_that_cannot_resume_are_not_replayed(
-    store: Store, echo_agent: Agent, echo_engine: ScriptedEngine
+    storage: Storage, echo_agent: Agent, echo_engine: ScriptedEngine
 ) -> None:
-    await Inbox(store).accept(IncomingMessage(platform="console", channel="c", user="u", text="old", event_id="s1-1"))
+    await storage.inbox.accept(IncomingMessage(platform="console", channel="c", user="u", text="old", event_id="s1-1"))
     console = RecordingPlatform("console", resumable=False)
-    async with Dispatcher(Inbox(store), echo_agent, [console], DispatchOptions()) as dispatcher:
+    async with Dispatcher(storage, echo_agent, [console], DispatchOptions()) as dispatcher:
         await dispatcher.join()
     assert console.delivered == []
     assert echo_engine.requests == []
 
 
 @pytest.mark.slow
-def test_a_killed_process_answers_every_message_exactly_once_after_restart(tmp_path: Path) -> None:
+def test_a_killed_process_answers_every_message_exactly_once_after_restart(
+    db_engine: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     conversations, messages = 6, 10
     total = conversations * messages
-    db = tmp_path / "crash.db"
+    database = request.getfixturevalue("pg_url") if db_engine == "postgres" else str(tmp_path / "crash.db")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
 
     def worker() -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-m", "tests.fakes.crash_worker", str(db), server.url, str(conversations), str(messages)],
+            [sys.executable, "-m", "tests.fakes.crash_worker", database, server.url, str(conversations), str(messages)],
             cwd=REPO,
             env=env,
             stderr=subprocess.PIPE,
@@ -356,38 +358,55 @@ def test_a_killed_process_answers_every_message_exactly_once_after_restart(tmp_p
     # Only replies in flight at the kill were posted again (with the same key), and each message was
     # answered by the agent once: the chain is written in the same transaction as the inbox state.
     assert len(server.posts) - total <= 4
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT count(*) FROM chains").fetchone()[0] == total
-        assert conn.execute("SELECT count(*) FROM inbox WHERE delivered_at IS NULL").fetchone()[0] == 0
+    asyncio.run(answered_once(database, total))
 
 
-async def test_the_inbox_state_lands_with_the_exchange_or_not_at_all(echo_agent: Agent, store: Store) -> None:
-    """If the dispatcher's write fails, the turn and the chain are rolled back with it (one transaction)."""
-    inbox = Inbox(store)
-    entry = await inbox.accept(msg("q"))
+async def answered_once(database: str, total: int) -> None:
+    """Every message has exactly one chain, and no reply is left to deliver."""
+    storage = await open_storage(url=database if database.startswith("postgresql") else None, path=database)
+    try:
+        assert await storage.chains.count() == total
+        assert await storage.inbox.unfinished(["test"]) == []
+    finally:
+        await storage.close()
+
+
+@pytest.mark.parametrize("db_engine", ["sqlite"])
+async def test_the_inbox_state_lands_with_the_exchange_or_not_at_all(
+    echo_agent: Agent, storage: Storage, db: Database
+) -> None:
+    """If the inbox write fails, the turns and the chain are rolled back with it (one transaction)."""
+    entry = await storage.inbox.accept(msg("q"))
     assert entry is not None
+    await db.write(
+        lambda conn: conn.execute(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON inbox BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+    )
+    exchange = await echo_agent.respond(entry.message)
+    with pytest.raises(StoreError, match="refused"):
+        await storage.record_exchange(entry.message.conversation, exchange.chain, exchange.reply, inbox_id=entry.id)
+    assert await storage.chains.count() == 0
+    assert await storage.turns.recent(entry.message.conversation) == []
+    assert await states(storage) == [("received", False)]
 
-    def broken_commit(db: sqlite3.Connection, reply: Reply) -> None:
-        answer_in(db, entry.id, reply)
-        raise RuntimeError("disk full")
-
-    with pytest.raises(RuntimeError):
-        await echo_agent.respond(entry.message, commit=broken_commit)
-    assert await chain_count(store) == 0
-    assert await store.fetchone("SELECT 1 FROM turns") is None
-    assert await states(store) == [("received", False)]
-
-    reply = await echo_agent.respond(entry.message, commit=lambda db, r: answer_in(db, entry.id, r))
-    stored = await inbox.get(entry.id)
+    await db.write(lambda conn: conn.execute("DROP TRIGGER refuse"))
+    reply = await storage.record_exchange(entry.message.conversation, exchange.chain, exchange.reply, inbox_id=entry.id)
+    stored = await storage.inbox.get(entry.id)
     assert stored is not None and stored.reply is not None
     assert (stored.state, stored.reply.text, stored.reply.chain_id) == ("answered", reply.text, reply.chain_id)
-    assert await chain_count(store) == 1
+    assert await storage.chains.count() == 1
 
 
+@pytest.mark.parametrize("db_engine", ["sqlite"])
 async def test_a_database_failure_on_one_message_does_not_stop_the_others(
-    dispatcher: Dispatcher, platform: RecordingPlatform, store: Store, caplog: pytest.LogCaptureFixture
+    dispatcher: Dispatcher,
+    platform: RecordingPlatform,
+    storage: Storage,
+    db: Database,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    await store.write(
+    await db.write(
         lambda db: db.execute(
             "CREATE TRIGGER refuse BEFORE UPDATE ON inbox WHEN new.event_key = 'cursed' "
             "BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
@@ -400,12 +419,12 @@ async def test_a_database_failure_on_one_message_does_not_stop_the_others(
     apology, *rest = platform.texts()
     assert apology.startswith("Sorry, something went wrong") and rest == ["re: fine", "re: also fine"]
     assert "message 1 could not be handled" in caplog.text
-    assert await states(store) == [("received", False), ("answered", True), ("answered", True)]
+    assert await states(storage) == [("received", False), ("answered", True), ("answered", True)]
 
 
 async def test_a_message_from_a_platform_without_an_adapter_is_refused_before_it_is_stored(
-    dispatcher: Dispatcher, store: Store
+    dispatcher: Dispatcher, storage: Storage
 ) -> None:
     with pytest.raises(ValueError, match="no platform 'slack'"):
         await dispatcher.submit(IncomingMessage(platform="slack", channel="c", user="u", text="hi", event_id="E1"))
-    assert await states(store) == []
+    assert await states(storage) == []

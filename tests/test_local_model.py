@@ -10,10 +10,11 @@ from dspy.lm15 import Config, Message, Request
 from agent import compact
 from agent.engines import ModelConfig, build_model
 from agent.engines.local import LocalEngine, gguf_path
-from agent.memory import Memory
 from agent.messages import IncomingMessage
 from agent.runtime import Agent, AgentOptions, Answer
+from agent.storage import Storage
 from agent.tools import ToolRunner
+from tests.conftest import reply_to
 
 pytestmark = pytest.mark.slow
 
@@ -25,9 +26,9 @@ def test_gguf_file_ships_with_the_package() -> None:
     assert "site-packages" in str(path)
 
 
-async def test_local_model_answers_through_constrained_steps(memory: Memory, runner: ToolRunner) -> None:
-    agent = Agent(memory, build_model(ModelConfig(timeout_s=120)), runner, AgentOptions(max_iters=3))
-    reply = await agent.respond(IncomingMessage(platform="console", channel="t", user="u", text="What is 2+2?"))
+async def test_local_model_answers_through_constrained_steps(storage: Storage, runner: ToolRunner) -> None:
+    agent = Agent(storage, build_model(ModelConfig(timeout_s=120)), runner, AgentOptions(max_iters=3))
+    reply = await reply_to(agent, IncomingMessage(platform="console", channel="t", user="u", text="What is 2+2?"))
     assert reply.status in ("answered", "unanswered"), reply.text
     assert reply.text.strip()
     assert reply.steps, "the model took at least one constrained ReAct step"
@@ -86,8 +87,8 @@ def test_a_second_call_processes_only_its_new_tokens() -> None:
     assert engine.stats.last_processed_tokens < engine.stats.last_prompt_tokens / 8
 
 
-async def test_local_model_answers_arithmetic_from_the_calculator(memory: Memory, runner: ToolRunner) -> None:
-    agent = Agent(memory, build_model(ModelConfig(timeout_s=120)), runner, AgentOptions(max_iters=4))
-    reply = await agent.respond(IncomingMessage(platform="console", channel="t", user="u", text="what is 12*7?"))
+async def test_local_model_answers_arithmetic_from_the_calculator(storage: Storage, runner: ToolRunner) -> None:
+    agent = Agent(storage, build_model(ModelConfig(timeout_s=120)), runner, AgentOptions(max_iters=4))
+    reply = await reply_to(agent, IncomingMessage(platform="console", channel="t", user="u", text="what is 12*7?"))
     assert "84" in reply.text, reply.steps
     assert any(s.tool == "calculator" and s.observation == "84" for s in reply.steps)

@@ -6,11 +6,11 @@ import pytest
 
 from agent.engines import ScriptedEngine, scripted_model
 from agent.loop_guard import collapse_repeats, guard_answer, strip_scaffolding
-from agent.memory import Memory
 from agent.messages import IncomingMessage
 from agent.runtime import Agent, AgentOptions
+from agent.storage import Storage
 from agent.tools import ToolRunner
-from tests.conftest import final, step
+from tests.conftest import final, reply_to, step
 
 
 @pytest.mark.parametrize(
@@ -72,7 +72,7 @@ def ask(text: str) -> IncomingMessage:
     return IncomingMessage(platform="console", channel="c", user="u", text=text)
 
 
-async def test_the_agent_answers_the_calculators_result_instead_of_a_loop(memory: Memory, runner: ToolRunner) -> None:
+async def test_the_agent_answers_the_calculators_result_instead_of_a_loop(storage: Storage, runner: ToolRunner) -> None:
     # The run: the calculator returned 84, then the extract step looped until max_tokens.
     engine = ScriptedEngine(
         [
@@ -81,16 +81,16 @@ async def test_the_agent_answers_the_calculators_result_instead_of_a_loop(memory
             final("The answer is: " * 40 + "The answer"),
         ]
     )
-    agent = Agent(memory, scripted_model(engine), runner, AgentOptions(max_iters=4))
-    reply = await agent.respond(ask("what is 12*7?"))
+    agent = Agent(storage, scripted_model(engine), runner, AgentOptions(max_iters=4))
+    reply = await reply_to(agent, ask("what is 12*7?"))
     assert reply.status == "answered"
     assert reply.text == "84"
     assert reply.steps[-1].observation == "84"  # the recorded conclusion is what the person saw
 
 
-async def test_a_loop_without_any_result_gets_the_honest_reply(memory: Memory, runner: ToolRunner) -> None:
+async def test_a_loop_without_any_result_gets_the_honest_reply(storage: Storage, runner: ToolRunner) -> None:
     engine = ScriptedEngine([step("finish"), final("The answer is: " * 40)])
-    agent = Agent(memory, scripted_model(engine), runner, AgentOptions(max_iters=4))
-    reply = await agent.respond(ask("hello, who are you?"))
+    agent = Agent(storage, scripted_model(engine), runner, AgentOptions(max_iters=4))
+    reply = await reply_to(agent, ask("hello, who are you?"))
     assert reply.status == "unanswered"
     assert reply.text.startswith("I couldn't work out an answer")

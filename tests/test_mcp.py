@@ -17,20 +17,18 @@ from typing import Any
 import pytest
 from dspy.lm15 import Request
 
-from agent.approvals import ApprovalBroker, ApprovalPolicy, ApprovalRequest, ApprovalStore
+from agent.approvals import ApprovalBroker, ApprovalPolicy, ApprovalRequest
 from agent.engines import ScriptedEngine, scripted_model
 from agent.engines.scripted import request_text
-from agent.inbox import Inbox
 from agent.mcp import McpServers, McpServerSpec, ServerState
 from agent.mcp.tools import observation
-from agent.memory import Memory
 from agent.messages import IncomingMessage, Reply, Step
 from agent.runtime import Agent, AgentOptions
-from agent.store import Store
+from agent.storage import Storage
 from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner
-from agent.tools.executions import ExecutionLog
 from agent.tools.registry import ToolOverride
 from bot.dispatcher import Dispatcher, DispatchOptions
+from tests.conftest import reply_to
 from tests.fakes.mcp_servers import NOTES_ENV, REPO, McpHttpServer, stdio_command
 from tests.fakes.platform import RecordingPlatform
 
@@ -85,7 +83,7 @@ def plan(*calls: Call) -> Callable[[Request], dict[str, Any]]:
 
 @dataclass
 class World:
-    store: Store
+    storage: Storage
     registry: ToolRegistry
     servers: McpServers
     engine: ScriptedEngine
@@ -130,10 +128,10 @@ def specs(notes: Path, http_server: McpHttpServer) -> list[McpServerSpec]:
 
 
 @pytest.fixture
-async def world(store: Store, memory: Memory, specs: list[McpServerSpec], notes: Path) -> AsyncIterator[World]:
+async def world(storage: Storage, specs: list[McpServerSpec], notes: Path) -> AsyncIterator[World]:
     registry = ToolRegistry.of(*BUILTIN_TOOLS)
-    broker = ApprovalBroker(ApprovalStore(store), ApprovalPolicy(approvers={"slack": ["boss"]}, expiry_s=1.0))
-    runner = ToolRunner(registry, ExecutionLog(store), gate=broker)
+    broker = ApprovalBroker(storage.approvals, ApprovalPolicy(approvers={"slack": ["boss"]}, expiry_s=1.0))
+    runner = ToolRunner(registry, storage.executions, gate=broker)
     people: list[Person] = []
 
     async def person(request: ApprovalRequest) -> None:
@@ -144,10 +142,10 @@ async def world(store: Store, memory: Memory, specs: list[McpServerSpec], notes:
     engine = ScriptedEngine()
     try:
         async with McpServers(specs, registry) as servers:
-            agent = Agent(memory, scripted_model(engine), runner, AgentOptions(max_iters=4))
-            dispatcher = Dispatcher(Inbox(store), agent, [platform], DispatchOptions(rate_limit=None), broker)
+            agent = Agent(storage, scripted_model(engine), runner, AgentOptions(max_iters=4))
+            dispatcher = Dispatcher(storage, agent, [platform], DispatchOptions(rate_limit=None), broker)
             async with dispatcher:
-                yield World(store, registry, servers, engine, agent, platform, dispatcher, notes, people)
+                yield World(storage, registry, servers, engine, agent, platform, dispatcher, notes, people)
     finally:
         runner.close()
 
@@ -194,7 +192,7 @@ async def test_the_agent_calls_read_only_tools_of_both_servers_without_asking_an
     assert steps[0].observation == "3 results for 'standup' from notes"
     assert steps[1].observation == "2 results for 'deploys' from docs"
     assert world.platform.approval_requests == []
-    executions = await ExecutionLog(world.store).recent()
+    executions = await world.storage.executions.recent()
     assert [(e.tool, e.outcome) for e in executions] == [("notes__search", "ok"), ("docs__search", "ok")]
 
 
@@ -236,10 +234,10 @@ async def test_tool_output_claiming_approval_changes_nothing(world: World) -> No
 
 
 async def test_a_hanging_tool_is_cut_at_its_timeout_and_the_user_still_gets_a_reply(
-    store: Store, memory: Memory, notes: Path, http_server: McpHttpServer
+    storage: Storage, notes: Path, http_server: McpHttpServer
 ) -> None:
     registry = ToolRegistry()
-    runner = ToolRunner(registry, ExecutionLog(store))
+    runner = ToolRunner(registry, storage.executions)
     engine = ScriptedEngine(
         responder=plan(
             ("notes__sleep", {"seconds": 30}), ("docs__sleep", {"seconds": 30}), ("notes__search", {"query": "q"})
@@ -247,9 +245,9 @@ async def test_a_hanging_tool_is_cut_at_its_timeout_and_the_user_still_gets_a_re
     )
     specs = [stdio_server(notes, timeout_s=1.0), server("docs", url=http_server.url, timeout_s=1.0)]
     async with McpServers(specs, registry):
-        agent = Agent(memory, scripted_model(engine), runner, AgentOptions(max_iters=4))
+        agent = Agent(storage, scripted_model(engine), runner, AgentOptions(max_iters=4))
         started = asyncio.get_running_loop().time()
-        reply = await agent.respond(IncomingMessage(platform="console", channel="c", user="u", text="wait"))
+        reply = await reply_to(agent, IncomingMessage(platform="console", channel="c", user="u", text="wait"))
         elapsed = asyncio.get_running_loop().time() - started
     runner.close()
     steps = actions(reply)
@@ -318,10 +316,10 @@ async def test_a_stdio_server_that_exits_between_calls_is_restarted_before_the_n
 
 
 async def test_a_call_to_a_server_that_is_down_fails_fast_with_a_clear_observation(
-    store: Store, http_server: McpHttpServer
+    storage: Storage, http_server: McpHttpServer
 ) -> None:
     registry = ToolRegistry()
-    runner = ToolRunner(registry, ExecutionLog(store))
+    runner = ToolRunner(registry, storage.executions)
     async with McpServers([server("docs", url=http_server.url)], registry) as servers:
         http_server.__exit__()
         started = asyncio.get_running_loop().time()

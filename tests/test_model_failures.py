@@ -17,12 +17,12 @@ from collections.abc import Iterator
 import pytest
 
 from agent.engines import ModelConfig, ModelHandle, build_model
-from agent.memory import Memory
 from agent.messages import IncomingMessage, Reply
 from agent.resilience import CircuitBreaker, State
 from agent.runtime import Agent, AgentOptions, Resilience
+from agent.storage import Storage
 from agent.tools import ToolRunner
-from tests.conftest import Clock
+from tests.conftest import Clock, reply_to
 from tests.fakes.openai_server import FakeOpenAI, Fault
 
 TIMEOUT_S = 0.5
@@ -57,7 +57,7 @@ def model(fake: FakeOpenAI, name: str = "main", *, timeout_s: float = TIMEOUT_S,
 
 
 def make_agent(
-    memory: Memory,
+    storage: Storage,
     runner: ToolRunner,
     handle: ModelHandle,
     breaker: CircuitBreaker,
@@ -66,7 +66,7 @@ def make_agent(
     fallback_breaker: CircuitBreaker | None = None,
 ) -> Agent:
     resilience = Resilience(fallback=fallback, breaker=breaker, fallback_breaker=fallback_breaker)
-    return Agent(memory, handle, runner, AgentOptions(max_iters=3), resilience)
+    return Agent(storage, handle, runner, AgentOptions(max_iters=3), resilience)
 
 
 def msg(text: str) -> IncomingMessage:
@@ -96,7 +96,7 @@ FAULTS = [
 
 @pytest.mark.parametrize(("fault", "error_class"), FAULTS)
 async def test_a_failing_model_gets_the_fallback_reply_and_a_breaker_failure(
-    memory: Memory,
+    storage: Storage,
     runner: ToolRunner,
     primary: FakeOpenAI,
     caplog: pytest.LogCaptureFixture,
@@ -104,11 +104,11 @@ async def test_a_failing_model_gets_the_fallback_reply_and_a_breaker_failure(
     error_class: str,
 ) -> None:
     breaker = CircuitBreaker("primary", failure_threshold=5)
-    agent = make_agent(memory, runner, model(primary), breaker)
+    agent = make_agent(storage, runner, model(primary), breaker)
     primary.down = fault
     with caplog.at_level(logging.WARNING):
         started = time.perf_counter()
-        reply = await agent.respond(msg("hello"))
+        reply = await reply_to(agent, msg("hello"))
         elapsed = time.perf_counter() - started
 
     assert_fallback_reply(reply)
@@ -119,7 +119,7 @@ async def test_a_failing_model_gets_the_fallback_reply_and_a_breaker_failure(
     error_id = str(reply.error_id)
     assert any(error_id in r.getMessage() and error_class in r.getMessage() for r in caplog.records)
     assert "sk-test" not in caplog.text
-    chain = [c async for c in memory.chains_since(0)][-1]
+    chain = [c async for c in storage.chains.since(0)][-1]
     assert (chain["status"], chain["error_id"]) == ("fallback", reply.error_id)
 
 
@@ -127,16 +127,16 @@ async def test_a_failing_model_gets_the_fallback_reply_and_a_breaker_failure(
 
 
 async def test_dspy_retries_transient_errors_honouring_retry_after(
-    memory: Memory, runner: ToolRunner, primary: FakeOpenAI
+    storage: Storage, runner: ToolRunner, primary: FakeOpenAI
 ) -> None:
     breaker = CircuitBreaker("primary", failure_threshold=1)
-    agent = make_agent(memory, runner, model(primary, num_retries=2), breaker)
+    agent = make_agent(storage, runner, model(primary, num_retries=2), breaker)
     rate_limited = Fault.rate_limited(retry_after=0.2)
     server_error = Fault.error(500, retry_after=0)
     primary.fail_next = [rate_limited, server_error]
 
     started = time.perf_counter()
-    reply = await agent.respond(msg("hello"))
+    reply = await reply_to(agent, msg("hello"))
     elapsed = time.perf_counter() - started
 
     assert reply.status == "answered" and reply.text == "I don't know."
@@ -152,13 +152,13 @@ async def test_dspy_retries_transient_errors_honouring_retry_after(
 
 
 async def test_without_retry_after_dspy_backs_off_a_second_before_the_first_retry(
-    memory: Memory, runner: ToolRunner, primary: FakeOpenAI
+    storage: Storage, runner: ToolRunner, primary: FakeOpenAI
 ) -> None:
     breaker = CircuitBreaker("primary")
-    agent = make_agent(memory, runner, model(primary, num_retries=1), breaker)
+    agent = make_agent(storage, runner, model(primary, num_retries=1), breaker)
     primary.fail_next = [500]
     started = time.perf_counter()
-    reply = await agent.respond(msg("hello"))
+    reply = await reply_to(agent, msg("hello"))
     assert reply.status == "answered"
     assert time.perf_counter() - started >= 1.0 - EARLY_S  # 2**0 s: every retried outage costs this before the fallback
     assert len(primary.requests) == 1 + HELLO_REQUESTS
@@ -168,25 +168,25 @@ async def test_without_retry_after_dspy_backs_off_a_second_before_the_first_retr
 
 
 async def test_an_outage_opens_the_breaker_and_one_trial_closes_it(
-    memory: Memory, runner: ToolRunner, primary: FakeOpenAI
+    storage: Storage, runner: ToolRunner, primary: FakeOpenAI
 ) -> None:
     clock = Clock()
     breaker = CircuitBreaker("primary", failure_threshold=2, reset_timeout_s=30, clock=clock)
-    agent = make_agent(memory, runner, model(primary), breaker)
+    agent = make_agent(storage, runner, model(primary), breaker)
     primary.down = Fault.dropped()
 
     for _ in range(2):
-        assert_fallback_reply(await agent.respond(msg("what is 6*7?")))
+        assert_fallback_reply(await reply_to(agent, msg("what is 6*7?")))
     assert breaker.state is State.OPEN and len(primary.requests) == 2
 
-    assert_fallback_reply(await agent.respond(msg("what is 6*7?")))
+    assert_fallback_reply(await reply_to(agent, msg("what is 6*7?")))
     assert len(primary.requests) == 2, "no request reaches the provider while the breaker is open"
     assert breaker.metrics.rejections == 1
 
     primary.down = None
     primary.latency_s = 0.1  # the trial is still under way when the second message arrives
     clock.now += 30  # half-open: the next caller is the one trial
-    replies = await asyncio.gather(agent.respond(msg("what is 6*7?")), agent.respond(msg("what is 6*7?")))
+    replies = await asyncio.gather(reply_to(agent, msg("what is 6*7?")), reply_to(agent, msg("what is 6*7?")))
     assert sorted(r.status for r in replies) == ["answered", "fallback"]
     assert [r.text for r in replies if r.status == "answered"] == ["42"]
     assert len(primary.requests) == 2 + SUM_REQUESTS, "exactly one trial answer reached the provider"
@@ -199,7 +199,7 @@ async def test_an_outage_opens_the_breaker_and_one_trial_closes_it(
 
     primary.latency_s = 0
     for _ in range(2):
-        reply = await agent.respond(msg("what is 6*7?"))
+        reply = await reply_to(agent, msg("what is 6*7?"))
         assert (reply.status, reply.text) == ("answered", "42")
     assert len(primary.requests) == 2 + 3 * SUM_REQUESTS
 
@@ -208,25 +208,25 @@ async def test_an_outage_opens_the_breaker_and_one_trial_closes_it(
 
 
 async def test_a_provider_slower_than_the_timeout_opens_the_breaker(
-    memory: Memory, runner: ToolRunner, primary: FakeOpenAI
+    storage: Storage, runner: ToolRunner, primary: FakeOpenAI
 ) -> None:
     timeout_s = 0.2
     breaker = CircuitBreaker("primary", failure_threshold=2, reset_timeout_s=30, clock=Clock())
-    agent = make_agent(memory, runner, model(primary, timeout_s=timeout_s), breaker)
+    agent = make_agent(storage, runner, model(primary, timeout_s=timeout_s), breaker)
 
     primary.latency_s = timeout_s / 4  # slow, but within the timeout: answered
-    reply = await agent.respond(msg("hello"))
+    reply = await reply_to(agent, msg("hello"))
     assert reply.status == "answered" and breaker.metrics.successes == 1
 
     primary.latency_s = timeout_s * 3
     for _ in range(2):
         started = time.perf_counter()
-        assert_fallback_reply(await agent.respond(msg("hello")))
+        assert_fallback_reply(await reply_to(agent, msg("hello")))
         assert timeout_s - EARLY_S <= time.perf_counter() - started < primary.latency_s
     assert breaker.state is State.OPEN and breaker.metrics.failures == 2
     assert len(primary.requests) == HELLO_REQUESTS + 2
 
-    assert_fallback_reply(await agent.respond(msg("hello")))
+    assert_fallback_reply(await reply_to(agent, msg("hello")))
     assert len(primary.requests) == HELLO_REQUESTS + 2, "the open breaker spares the slow provider"
 
 
@@ -234,12 +234,12 @@ async def test_a_provider_slower_than_the_timeout_opens_the_breaker(
 
 
 async def test_when_the_fallback_model_fails_too_the_user_gets_the_fallback_reply(
-    memory: Memory, runner: ToolRunner, primary: FakeOpenAI, secondary: FakeOpenAI
+    storage: Storage, runner: ToolRunner, primary: FakeOpenAI, secondary: FakeOpenAI
 ) -> None:
     breaker = CircuitBreaker("primary", failure_threshold=1, reset_timeout_s=30, clock=Clock())
     fallback_breaker = CircuitBreaker("backup", failure_threshold=1, reset_timeout_s=30, clock=Clock())
     agent = make_agent(
-        memory,
+        storage,
         runner,
         model(primary),
         breaker,
@@ -249,29 +249,29 @@ async def test_when_the_fallback_model_fails_too_the_user_gets_the_fallback_repl
     primary.down = Fault.slow(TIMEOUT_S * 4)
     secondary.down = Fault.not_json()
 
-    assert_fallback_reply(await agent.respond(msg("what is 6*7?")))
+    assert_fallback_reply(await reply_to(agent, msg("what is 6*7?")))
     assert (len(primary.requests), len(secondary.requests)) == (1, 1), "both models were tried"
     assert breaker.metrics.failures == 1 and fallback_breaker.metrics.failures == 1
     # Each was tried while closed, and its failure opened it.
     for each in (breaker, fallback_breaker):
         assert [(t.old, t.new) for t in each.metrics.transitions] == [(State.CLOSED, State.OPEN)]
 
-    assert_fallback_reply(await agent.respond(msg("what is 6*7?")))
+    assert_fallback_reply(await reply_to(agent, msg("what is 6*7?")))
     assert (len(primary.requests), len(secondary.requests)) == (1, 1), "both breakers open: no model is called"
     assert breaker.metrics.rejections == 1 and fallback_breaker.metrics.rejections == 1
 
 
 async def test_a_retry_after_longer_than_the_answer_deadline_is_cut_short_and_counted_as_a_failure(
-    memory: Memory, runner: ToolRunner, primary: FakeOpenAI
+    storage: Storage, runner: ToolRunner, primary: FakeOpenAI
 ) -> None:
     """DSPy would sleep an hour on `Retry-After: 3600`; the answer deadline ends the wait and the user gets
     the fallback within it."""
     breaker = CircuitBreaker("primary", failure_threshold=5)
     handle = model(primary, num_retries=2)
-    agent = Agent(memory, handle, runner, AgentOptions(max_iters=3, answer_timeout_s=0.5), Resilience(breaker=breaker))
+    agent = Agent(storage, handle, runner, AgentOptions(max_iters=3, answer_timeout_s=0.5), Resilience(breaker=breaker))
     primary.fail_next = [Fault.rate_limited(retry_after=3600)]
     started = time.perf_counter()
-    reply = await agent.respond(msg("hello"))
+    reply = await reply_to(agent, msg("hello"))
     assert time.perf_counter() - started < 2
     assert_fallback_reply(reply)
     assert (breaker.metrics.failures, len(primary.requests)) == (1, 1)
@@ -281,43 +281,43 @@ async def test_a_retry_after_longer_than_the_answer_deadline_is_cut_short_and_co
 
 
 async def test_a_request_the_provider_refuses_as_invalid_fails_that_answer_only(
-    memory: Memory, runner: ToolRunner, primary: FakeOpenAI
+    storage: Storage, runner: ToolRunner, primary: FakeOpenAI
 ) -> None:
     """A 400 that names the input is the message's fault: six of them leave the breaker closed (threshold 5),
     each person is told to rephrase, and the next question is answered by the model."""
     breaker = CircuitBreaker("primary", failure_threshold=5)
-    agent = make_agent(memory, runner, model(primary), breaker)
+    agent = make_agent(storage, runner, model(primary), breaker)
     for i in range(6):
         primary.fail_next = [Fault.error(400, "Invalid 'messages[1].content': the text could not be parsed")]
-        reply = await agent.respond(msg(f"some odd text {i}"))
+        reply = await reply_to(agent, msg(f"some odd text {i}"))
         assert reply.status == "rejected" and reply.error_id and "rephrase" in reply.text, reply
         assert not [leak for leak in LEAKS if leak in reply.text]
     assert (breaker.state, breaker.metrics.failures) == (State.CLOSED, 0)
-    reply = await agent.respond(msg("what is 2*21?"))
+    reply = await reply_to(agent, msg("what is 2*21?"))
     assert (reply.status, reply.text) == ("answered", "42")
 
 
 async def test_six_messages_with_half_an_emoji_leave_the_breaker_closed(
-    memory: Memory, runner: ToolRunner, primary: FakeOpenAI
+    storage: Storage, runner: ToolRunner, primary: FakeOpenAI
 ) -> None:
     """Lone surrogates cannot be sent as UTF-8: the agent repairs the text, so the real HTTP client never
     fails on it, the breaker never counts it, and the next person's question is answered by the model."""
     breaker = CircuitBreaker("primary", failure_threshold=5)
-    agent = make_agent(memory, runner, model(primary), breaker)
+    agent = make_agent(storage, runner, model(primary), breaker)
     for i in range(6):
-        reply = await agent.respond(msg(f"look \ud83d {i}"))
+        reply = await reply_to(agent, msg(f"look \ud83d {i}"))
         assert reply.status == "answered", reply
     assert (breaker.state, breaker.metrics.failures) == (State.CLOSED, 0)
     assert all("\ufffd" in prompt for prompt in primary.prompts())
-    reply = await agent.respond(msg("what is 2*21?"))
+    reply = await reply_to(agent, msg("what is 2*21?"))
     assert (reply.status, reply.text) == ("answered", "42")
 
 
 async def test_an_unauthorised_key_still_counts_against_the_provider(
-    memory: Memory, runner: ToolRunner, primary: FakeOpenAI
+    storage: Storage, runner: ToolRunner, primary: FakeOpenAI
 ) -> None:
     breaker = CircuitBreaker("primary", failure_threshold=1)
-    agent = make_agent(memory, runner, model(primary), breaker)
+    agent = make_agent(storage, runner, model(primary), breaker)
     primary.fail_next = [401]
-    assert_fallback_reply(await agent.respond(msg("hello")))
+    assert_fallback_reply(await reply_to(agent, msg("hello")))
     assert breaker.state is State.OPEN

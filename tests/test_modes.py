@@ -10,25 +10,23 @@ from dspy.lm15 import Request
 
 from agent.engines import ScriptedEngine, scripted_model
 from agent.engines.scripted import request_text
-from agent.memory import Memory
 from agent.messages import IncomingMessage
 from agent.modes import normalise
 from agent.runtime import Agent, AgentOptions
-from agent.store import Store
+from agent.storage import Storage
 from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner, tool
-from agent.tools.executions import ExecutionLog
-from tests.conftest import final, step
+from tests.conftest import final, reply_to, step
 
 
 def msg(text: str, channel: str = "team") -> IncomingMessage:
     return IncomingMessage(platform="console", channel=channel, user="alice", text=text)
 
 
-def make_agent(memory: Memory, runner: ToolRunner, engine: ScriptedEngine, **options: object) -> Agent:
-    return Agent(memory, scripted_model(engine), runner, AgentOptions(max_iters=4, **options))  # type: ignore[arg-type]
+def make_agent(storage: Storage, runner: ToolRunner, engine: ScriptedEngine, **options: object) -> Agent:
+    return Agent(storage, scripted_model(engine), runner, AgentOptions(max_iters=4, **options))  # type: ignore[arg-type]
 
 
-async def test_decompose_answers_each_part_and_synthesises(memory: Memory, runner: ToolRunner) -> None:
+async def test_decompose_answers_each_part_and_synthesises(storage: Storage, runner: ToolRunner) -> None:
     engine = ScriptedEngine(
         [
             {"sub_questions": ["what is 12*7?", "what is that plus 1?"]},
@@ -41,13 +39,13 @@ async def test_decompose_answers_each_part_and_synthesises(memory: Memory, runne
             {"reasoning": "12*7 is 84, plus one is 85.", "answer": "85"},
         ]
     )
-    agent = make_agent(memory, runner, engine, mode="decompose")
-    reply = await agent.respond(msg("what is 12*7, plus 1?"))
+    agent = make_agent(storage, runner, engine, mode="decompose")
+    reply = await reply_to(agent, msg("what is 12*7, plus 1?"))
     assert (reply.status, reply.text) == ("answered", "85")
     assert "Found so far:\n1. what is 12*7? -> 84" in request_text(engine.requests[4])  # part 2 saw part 1
     synthesis = request_text(engine.requests[-1])
     assert "1. what is 12*7? -> 84" in synthesis and "2. what is that plus 1? -> 85" in synthesis
-    [chain] = [c async for c in memory.chains_since(0)]
+    [chain] = [c async for c in storage.chains.since(0)]
     assert chain["mode"] == "decompose" and chain["model_calls"] == 8
     parts = [(s["kind"], s["part"]) for s in chain["steps"]]
     assert parts[0] == ("thought", "")  # the plan
@@ -56,10 +54,10 @@ async def test_decompose_answers_each_part_and_synthesises(memory: Memory, runne
     assert [s["observation"] for s in chain["steps"] if s["kind"] == "action"] == ["84", "85"]
 
 
-async def test_decompose_keeps_a_simple_question_whole(memory: Memory, runner: ToolRunner) -> None:
+async def test_decompose_keeps_a_simple_question_whole(storage: Storage, runner: ToolRunner) -> None:
     engine = ScriptedEngine([{"sub_questions": ["what time is it?"]}, step("finish"), final("Noon.")])
-    agent = make_agent(memory, runner, engine, mode="decompose")
-    reply = await agent.respond(msg("what time is it?"))
+    agent = make_agent(storage, runner, engine, mode="decompose")
+    reply = await reply_to(agent, msg("what time is it?"))
     assert reply.text == "Noon." and len(engine.requests) == 3
 
 
@@ -74,29 +72,29 @@ def voter_engine(answers: dict[float, str]) -> ScriptedEngine:
     return ScriptedEngine(responder=respond)
 
 
-async def test_vote_answers_with_the_majority(memory: Memory, runner: ToolRunner) -> None:
+async def test_vote_answers_with_the_majority(storage: Storage, runner: ToolRunner) -> None:
     engine = voter_engine({0.2: "Paris.", 0.6: "paris", 1.0: "Lyon"})
-    agent = make_agent(memory, runner, engine, mode="vote", voters=3, vote_threshold=0.6)
-    reply = await agent.respond(msg("capital of France?"))
+    agent = make_agent(storage, runner, engine, mode="vote", voters=3, vote_threshold=0.6)
+    reply = await reply_to(agent, msg("capital of France?"))
     assert (reply.status, reply.text) == ("answered", "Paris.")
     assert len(engine.requests) == 6  # three voters, two calls each
-    [chain] = [c async for c in memory.chains_since(0)]
+    [chain] = [c async for c in storage.chains.since(0)]
     assert {s["part"] for s in chain["steps"] if s["part"]} == {"voter 1", "voter 2", "voter 3"}
     assert "2/3: paris" in chain["steps"][-1]["thought"]
 
 
-async def test_vote_without_consensus_says_so(memory: Memory, runner: ToolRunner) -> None:
+async def test_vote_without_consensus_says_so(storage: Storage, runner: ToolRunner) -> None:
     engine = voter_engine({0.2: "1", 0.6: "2", 1.0: "3"})
-    agent = make_agent(memory, runner, engine, mode="vote", voters=3, vote_threshold=0.5)
-    reply = await agent.respond(msg("pick a number"))
+    agent = make_agent(storage, runner, engine, mode="vote", voters=3, vote_threshold=0.5)
+    reply = await reply_to(agent, msg("pick a number"))
     assert "couldn't reach a consensus" in reply.text
     assert all(n in reply.text for n in ("1", "2", "3"))
 
 
-async def test_vote_threshold_is_respected(memory: Memory, runner: ToolRunner) -> None:
+async def test_vote_threshold_is_respected(storage: Storage, runner: ToolRunner) -> None:
     engine = voter_engine({0.2: "yes", 0.6: "yes", 1.0: "no"})
-    agent = make_agent(memory, runner, engine, mode="vote", voters=3, vote_threshold=0.75)
-    assert "consensus" in (await agent.respond(msg("ok?"))).text
+    agent = make_agent(storage, runner, engine, mode="vote", voters=3, vote_threshold=0.75)
+    assert "consensus" in (await reply_to(agent, msg("ok?"))).text
 
 
 def test_answers_that_differ_in_case_and_punctuation_are_one_vote() -> None:
@@ -105,7 +103,7 @@ def test_answers_that_differ_in_case_and_punctuation_are_one_vote() -> None:
 
 
 @pytest.fixture
-def gauge_runner(store: Store) -> Iterator[tuple[ToolRunner, list[int]]]:
+def gauge_runner(storage: Storage) -> Iterator[tuple[ToolRunner, list[int]]]:
     running = [0]
     peak = [0]
 
@@ -118,14 +116,14 @@ def gauge_runner(store: Store) -> Iterator[tuple[ToolRunner, list[int]]]:
         running[0] -= 1
         return "ok"
 
-    built = ToolRunner(ToolRegistry.of(*BUILTIN_TOOLS, busy), ExecutionLog(store))
+    built = ToolRunner(ToolRegistry.of(*BUILTIN_TOOLS, busy), storage.executions)
     yield built, peak
     built.close()
 
 
 @pytest.mark.parametrize("limit", [1, 3])
 async def test_the_agent_pool_limits_concurrent_conversations(
-    memory: Memory, gauge_runner: tuple[ToolRunner, list[int]], limit: int
+    storage: Storage, gauge_runner: tuple[ToolRunner, list[int]], limit: int
 ) -> None:
     runner, peak = gauge_runner
 
@@ -135,7 +133,7 @@ async def test_the_agent_pool_limits_concurrent_conversations(
             return final("done")
         return step("finish") if "observation_0" in text else step("busy", name="x")
 
-    agent = make_agent(memory, runner, ScriptedEngine(responder=respond), concurrency=limit)
-    replies = await asyncio.gather(*(agent.respond(msg("work", channel=f"c{i}")) for i in range(6)))
+    agent = make_agent(storage, runner, ScriptedEngine(responder=respond), concurrency=limit)
+    replies = await asyncio.gather(*(reply_to(agent, msg("work", channel=f"c{i}")) for i in range(6)))
     assert all(r.status == "answered" for r in replies)
     assert peak[0] == limit

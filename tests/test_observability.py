@@ -20,10 +20,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from adapters.slack import SlackAdapter, SlackConfig
 from agent.engines import ScriptedEngine, scripted_model
 from agent.engines.scripted import echo
-from agent.inbox import Inbox, conversation_key
-from agent.messages import IncomingMessage, Reply
+from agent.messages import IncomingMessage
 from agent.ports import ChatPlatform
-from agent.runtime import Commit
+from agent.runtime import Exchange
+from agent.storage.models import conversation_key
+from agent.storage.sqlite.storage import SqliteStorage
 from bot.app import App, build_app
 from bot.config import SentrySettings, Settings
 from bot.dispatcher import Dispatcher, DispatchOptions
@@ -102,7 +103,7 @@ async def test_metrics_parse_and_move_when_messages_flow(parley: App, http: tupl
     before = samples(before_text)
     platform = RecordingPlatform()
     async with Dispatcher(
-        Inbox(parley.store), parley.agent, [platform], DispatchOptions(rate_limit=None), parley.approvals
+        parley.storage, parley.agent, [platform], DispatchOptions(rate_limit=None), parley.approvals
     ) as dispatcher:
         for n in range(3):
             await dispatcher.submit(message(f"question {n}", n=n))
@@ -146,7 +147,7 @@ async def test_readyz_reports_database_platforms_and_scheduler(parley: App, http
     with FakeSlack(bot_token=SLACK_TOKEN) as fake:
         adapter = SlackAdapter(
             SlackConfig(SLACK_TOKEN, "secret", api_url=fake.api_url),
-            memory=parley.memory,
+            storage=parley.storage,
             registry=parley.runner.registry,
         )
         try:
@@ -163,12 +164,15 @@ async def test_readyz_reports_database_platforms_and_scheduler(parley: App, http
                 assert checks["platform:slack"]["connected"] is True
 
                 # The file turns read-only (a full disk or a lost volume looks the same): reads still work.
-                await parley.store.write(lambda db: db.execute("PRAGMA query_only = ON"))
+                assert isinstance(parley.storage, SqliteStorage)
+                await parley.storage.db.write(lambda db: db.execute("PRAGMA query_only = ON"))
                 status, body = await get(base + "/readyz")
                 assert status == 503 and json.loads(body)["checks"]["database"]["ok"] is False
-                assert await parley.store.fetchone("SELECT 1") is not None
+                assert json.loads(body)["checks"]["database"]["error"] == "StoreError"
+                db_status = await parley.storage.status()
+                assert db_status.schema_version == db_status.latest_version
 
-                await parley.store.close()  # the database goes away
+                await parley.storage.close()  # the database goes away
                 status, body = await get(base + "/readyz")
                 assert status == 503
                 assert json.loads(body)["ready"] is False
@@ -185,7 +189,7 @@ async def test_readyz_reports_database_platforms_and_scheduler(parley: App, http
 class Exploding:
     """A responder whose failure message carries tokens, as a careless library's might."""
 
-    async def respond(self, message: IncomingMessage, *, commit: Commit | None = None) -> Reply:
+    async def respond(self, message: IncomingMessage) -> Exchange:
         raise RuntimeError(f"upstream said no to {SLACK_TOKEN} with key {OPENAI_KEY}")
 
 
@@ -202,7 +206,7 @@ async def test_sentry_events_reach_the_ingest_server_tagged_and_without_tokens(
     incoming = message("hello")
     async with error_reports(SentrySettings(dsn=sentry.dsn), [SLACK_TOKEN]) as enabled:
         assert enabled
-        async with Dispatcher(Inbox(parley.store), Exploding(), [platform], DispatchOptions(rate_limit=None)) as d:
+        async with Dispatcher(parley.storage, Exploding(), [platform], DispatchOptions(rate_limit=None)) as d:
             await d.submit(incoming)
             await d.join()
     events = await asyncio.to_thread(sentry.wait_for_events, 1)

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from agent.inbox import Inbox
 from bot.dispatcher import Dispatcher, DispatchOptions
 from tests.fakes.slack import event_callback_body
 from tests.slack_world import World, settled
@@ -81,7 +80,7 @@ async def test_a_parked_run_cut_by_a_restart_asks_again_and_the_old_prompt_loses
 
     first = world.dispatcher
     restarted = Dispatcher(
-        Inbox(world.store),
+        world.storage,
         first.responder,
         [world.adapter],
         DispatchOptions(rate_limit=None, concurrency=2),

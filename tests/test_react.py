@@ -15,14 +15,12 @@ from hypothesis import strategies as st
 
 from agent.engines import ScriptedEngine, scripted_model
 from agent.engines.scripted import request_text
-from agent.memory import Memory
 from agent.messages import IncomingMessage
 from agent.react import RobustReAct
 from agent.runtime import Agent, AgentOptions, Answer
-from agent.store import Store
+from agent.storage import Storage
 from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner, tool
-from agent.tools.executions import ExecutionLog
-from tests.conftest import final, step
+from tests.conftest import final, reply_to, step
 
 
 @tool(timeout_s=2)
@@ -33,8 +31,8 @@ async def slow_report(name: str) -> str:
 
 
 @pytest.fixture
-def slow_runner(store: Store) -> Iterator[ToolRunner]:
-    built = ToolRunner(ToolRegistry.of(*BUILTIN_TOOLS, slow_report), ExecutionLog(store))
+def slow_runner(storage: Storage) -> Iterator[ToolRunner]:
+    built = ToolRunner(ToolRegistry.of(*BUILTIN_TOOLS, slow_report), storage.executions)
     yield built
     built.close()
 
@@ -85,7 +83,7 @@ async def test_context_overflow_drops_the_oldest_step_and_goes_on(
         step("finish"),
         final("4"),
     )
-    reply = await agent.respond(msg("add things"))
+    reply = await reply_to(agent, msg("add things"))
     assert reply.status == "answered" and reply.text == "4"
     assert "tool_args_0" in request_text(engine.requests[2])
     retried = request_text(engine.requests[3])
@@ -93,19 +91,19 @@ async def test_context_overflow_drops_the_oldest_step_and_goes_on(
 
 
 async def test_an_invented_tool_reaches_the_runner_and_is_recorded(
-    agent: Agent, engine: ScriptedEngine, store: Store
+    agent: Agent, engine: ScriptedEngine, storage: Storage
 ) -> None:
     engine.add(step("launch_rockets", count=3), step("finish"), final("I can't launch rockets."))
-    reply = await agent.respond(msg("launch the rockets"))
+    reply = await reply_to(agent, msg("launch the rockets"))
     assert reply.status == "answered"
     assert reply.steps[0].outcome == "unknown_tool"
     assert "no tool named 'launch_rockets'" in reply.steps[0].observation
     assert "no tool named" in request_text(engine.requests[1])  # the model was told
-    [execution] = await ExecutionLog(store).recent()
+    [execution] = await storage.executions.recent()
     assert (execution.tool, execution.outcome, execution.args) == ("launch_rockets", "unknown_tool", {"count": 3})
 
 
-async def test_a_hanging_tool_does_not_hold_up_another_conversation(memory: Memory, slow_runner: ToolRunner) -> None:
+async def test_a_hanging_tool_does_not_hold_up_another_conversation(storage: Storage, slow_runner: ToolRunner) -> None:
     def respond(request: Request) -> dict[str, object]:
         text = request_text(request)
         waiting = "slow_report" in text.split("[[ ## question ## ]]")[-1]
@@ -114,11 +112,11 @@ async def test_a_hanging_tool_does_not_hold_up_another_conversation(memory: Memo
         return step("slow_report", name="q3") if waiting else step("finish")
 
     engine = ScriptedEngine(responder=respond)
-    agent = Agent(memory, scripted_model(engine), slow_runner, AgentOptions(max_iters=3))
-    slow = asyncio.create_task(agent.respond(msg("run slow_report please", channel="ops")))
+    agent = Agent(storage, scripted_model(engine), slow_runner, AgentOptions(max_iters=3))
+    slow = asyncio.create_task(reply_to(agent, msg("run slow_report please", channel="ops")))
     await asyncio.sleep(0.05)
     started = time.perf_counter()
-    quick = await agent.respond(msg("hello", channel="team"))
+    quick = await reply_to(agent, msg("hello", channel="team"))
     quick_took = time.perf_counter() - started
     assert not slow.done(), "the slow conversation is still waiting for its tool"
     assert quick.status == "answered" and quick_took < 1.5
@@ -126,28 +124,26 @@ async def test_a_hanging_tool_does_not_hold_up_another_conversation(memory: Memo
     assert slow_reply.steps[0].outcome == "timeout"
 
 
-async def test_cancellation_stops_the_run_and_records_no_answer(
-    memory: Memory, slow_runner: ToolRunner, store: Store
-) -> None:
+async def test_cancellation_stops_the_run_and_records_no_answer(storage: Storage, slow_runner: ToolRunner) -> None:
     engine = ScriptedEngine([step("slow_report", name="q3")])
-    agent = Agent(memory, scripted_model(engine), slow_runner, AgentOptions(max_iters=3))
-    task = asyncio.create_task(agent.respond(msg("slow please")))
+    agent = Agent(storage, scripted_model(engine), slow_runner, AgentOptions(max_iters=3))
+    task = asyncio.create_task(reply_to(agent, msg("slow please")))
     await asyncio.sleep(0.2)
     task.cancel()
     started = time.perf_counter()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert time.perf_counter() - started < 0.5
-    assert await memory.channel_turns("team") == []  # nothing half-answered: the message can be retried
-    assert [e.outcome for e in await ExecutionLog(store).recent()] == ["cancelled"]
+    assert await storage.turns.of_channel("team") == []  # nothing half-answered: the message can be retried
+    assert [e.outcome for e in await storage.executions.recent()] == ["cancelled"]
 
 
 async def test_chain_records_kinds_timings_and_token_usage(
-    agent: Agent, engine: ScriptedEngine, memory: Memory
+    agent: Agent, engine: ScriptedEngine, storage: Storage
 ) -> None:
     engine.add(step("calculator", expression="6*7"), step("finish"), final("42"))
-    reply = await agent.respond(msg("what is 6*7?"))
-    [chain] = [c async for c in memory.chains_since(0)]
+    reply = await reply_to(agent, msg("what is 6*7?"))
+    [chain] = [c async for c in storage.chains.since(0)]
     assert chain["model_calls"] == 3  # one tool call then finish cost N + 2 calls
     assert chain["input_tokens"] > 0 and chain["output_tokens"] > 0
     assert chain["mode"] == "react" and chain["run_id"]
@@ -156,5 +152,5 @@ async def test_chain_records_kinds_timings_and_token_usage(
     action = chain["steps"][0]
     assert action["tool_ms"] is not None and action["model_ms"] is not None and action["input_tokens"] > 0
     assert reply.steps[0].outcome == "ok"
-    executions = await ExecutionLog(memory.store).for_run(chain["run_id"])
+    executions = await storage.executions.for_run(chain["run_id"])
     assert [e.tool for e in executions] == ["calculator"]

@@ -9,12 +9,12 @@ from collections.abc import Iterator
 import pytest
 
 from agent.engines import ModelConfig, build_model
-from agent.memory import Memory
 from agent.messages import IncomingMessage
 from agent.resilience import CircuitBreaker, CircuitOpen, State
 from agent.runtime import Agent, AgentOptions, Resilience
+from agent.storage import Storage
 from agent.tools import ToolRunner
-from tests.conftest import Clock
+from tests.conftest import Clock, reply_to
 from tests.fakes.openai_server import FakeOpenAI
 
 
@@ -149,12 +149,12 @@ def msg(text: str) -> IncomingMessage:
 
 
 async def test_outage_opens_the_breaker_and_the_fallback_model_answers(
-    memory: Memory, runner: ToolRunner, primary: FakeOpenAI, secondary: FakeOpenAI
+    storage: Storage, runner: ToolRunner, primary: FakeOpenAI, secondary: FakeOpenAI
 ) -> None:
     clock = Clock()
     breaker = CircuitBreaker("primary", failure_threshold=2, reset_timeout_s=30, clock=clock)
     agent = Agent(
-        memory,
+        storage,
         remote(primary, "main"),  # type: ignore[arg-type]
         runner,
         AgentOptions(max_iters=3),
@@ -162,30 +162,30 @@ async def test_outage_opens_the_breaker_and_the_fallback_model_answers(
     )
     primary.down = 500
     for _ in range(2):
-        reply = await agent.respond(msg("what is 6*7?"))
+        reply = await reply_to(agent, msg("what is 6*7?"))
         assert (reply.status, reply.text) == ("answered", "42")  # the fallback model answered
     assert breaker.state is State.OPEN and len(primary.requests) == 2
 
     for _ in range(3):
-        assert (await agent.respond(msg("what is 6*7?"))).text == "42"
+        assert (await reply_to(agent, msg("what is 6*7?"))).text == "42"
     assert len(primary.requests) == 2, "the primary is not called while its breaker is open"
-    chains = [c async for c in memory.chains_since(0)]
+    chains = [c async for c in storage.chains.since(0)]
     assert {c["model"] for c in chains} == {"openai/backup"}
 
     primary.down = None
     clock.now += 30  # half-open: the next message is the one trial call
-    reply = await agent.respond(msg("what is 6*7?"))
+    reply = await reply_to(agent, msg("what is 6*7?"))
     assert reply.text == "42" and breaker.state is State.CLOSED
     assert len(primary.requests) == 2 + 3  # calculator step, finish and extract, all on the primary again
-    last = [c async for c in memory.chains_since(0)][-1]
+    last = [c async for c in storage.chains.since(0)][-1]
     assert last["model"] == "openai/main"
 
 
 async def test_when_every_model_fails_the_user_gets_the_fallback_reply(
-    memory: Memory, runner: ToolRunner, primary: FakeOpenAI, secondary: FakeOpenAI
+    storage: Storage, runner: ToolRunner, primary: FakeOpenAI, secondary: FakeOpenAI
 ) -> None:
     agent = Agent(
-        memory,
+        storage,
         remote(primary, "main"),  # type: ignore[arg-type]
         runner,
         AgentOptions(max_iters=3),
@@ -193,7 +193,7 @@ async def test_when_every_model_fails_the_user_gets_the_fallback_reply(
     )
     primary.down = 500
     secondary.down = 429
-    reply = await agent.respond(msg("hello"))
+    reply = await reply_to(agent, msg("hello"))
     assert reply.status == "fallback" and reply.error_id
     assert reply.text == f"The bot is resting. Try later. (error id {reply.error_id})"
     assert "429" not in reply.text and "fake failure" not in reply.text

@@ -15,13 +15,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import Field
 
-from agent.approvals import ApprovalBroker, ApprovalPolicy, ApprovalStore
-from agent.memory import Memory
+from agent.approvals import ApprovalBroker, ApprovalPolicy
 from agent.messages import Conversation
-from agent.store import Store
+from agent.storage import Storage
+from agent.storage.base import Executions
+from agent.storage.models import Execution
 from agent.tools import BUILTIN_TOOLS
 from agent.tools.context import ToolContext, current
-from agent.tools.executions import Execution, ExecutionLog
 from agent.tools.files import file_tools
 from agent.tools.hooks import MetricsHook
 from agent.tools.registry import ToolError, ToolOverride, ToolRegistry, ToolRegistryError, spec_of, tool
@@ -98,19 +98,19 @@ TEST_TOOLS = (add, hang, hang_in_thread, huge, leaky, polite_failure, who_asks, 
 
 
 @pytest.fixture
-async def log(store: Store) -> ExecutionLog:
-    return ExecutionLog(store)
+async def log(storage: Storage) -> Executions:
+    return storage.executions
 
 
 @pytest.fixture
-async def tools(log: ExecutionLog) -> AsyncIterator[ToolRunner]:
+async def tools(log: Executions) -> AsyncIterator[ToolRunner]:
     runner = ToolRunner(ToolRegistry.of(*TEST_TOOLS), log, max_output_chars=1000)
     yield runner
     runner.close()
 
 
-def context(memory: Memory, channel: str = "team") -> ToolContext:
-    return ToolContext(memory, Conversation(channel), "alice", run_id="run-1")
+def context(storage: Storage, channel: str = "team") -> ToolContext:
+    return ToolContext(storage, Conversation(channel), "alice", run_id="run-1")
 
 
 # Registry ----------------------------------------------------------------------------------------------
@@ -185,8 +185,8 @@ def test_settings_overrides_apply_and_unknown_names_are_errors() -> None:
 # Runner ------------------------------------------------------------------------------------------------
 
 
-async def test_a_good_call_runs_and_is_recorded(tools: ToolRunner, log: ExecutionLog, memory: Memory) -> None:
-    result = await tools.run("add", {"a": 2, "b": 40}, context(memory))
+async def test_a_good_call_runs_and_is_recorded(tools: ToolRunner, log: Executions, storage: Storage) -> None:
+    result = await tools.run("add", {"a": 2, "b": 40}, context(storage))
     assert (result.observation, result.outcome) == ("42", "ok")
     [row] = await log.for_run("run-1")
     assert (row.tool, row.args, row.outcome, row.observation) == ("add", {"a": 2, "b": 40}, "ok", "42")
@@ -208,9 +208,9 @@ async def test_a_good_call_runs_and_is_recorded(tools: ToolRunner, log: Executio
     ],
 )
 async def test_bad_calls_become_short_observations_and_records(
-    tools: ToolRunner, log: ExecutionLog, memory: Memory, name: str, args: object, outcome: str, says: str
+    tools: ToolRunner, log: Executions, storage: Storage, name: str, args: object, outcome: str, says: str
 ) -> None:
-    result = await tools.run(name, args, context(memory))
+    result = await tools.run(name, args, context(storage))
     assert result.outcome == outcome
     assert says in result.observation
     assert len(result.observation) < 300 and "Traceback" not in result.observation
@@ -219,7 +219,7 @@ async def test_bad_calls_become_short_observations_and_records(
     assert (row.tool, row.outcome) == (name, outcome)
 
 
-async def test_disabled_tools_are_unknown_to_the_runner(log: ExecutionLog) -> None:
+async def test_disabled_tools_are_unknown_to_the_runner(log: Executions) -> None:
     registry = ToolRegistry.of(add)
     registry.configure({"add": ToolOverride(enabled=False)})
     runner = ToolRunner(registry, log)
@@ -249,7 +249,7 @@ async def _ticks_while(coro: object, interval: float = 0.01) -> tuple[ToolResult
 
 @pytest.mark.parametrize("name", ["hang", "hang_in_thread"])
 async def test_a_hanging_tool_times_out_without_blocking_the_loop(
-    tools: ToolRunner, log: ExecutionLog, name: str
+    tools: ToolRunner, log: Executions, name: str
 ) -> None:
     result, ticks = await _ticks_while(tools.run(name, {}))
     assert result.outcome == "timeout"
@@ -258,7 +258,7 @@ async def test_a_hanging_tool_times_out_without_blocking_the_loop(
     assert [e.outcome for e in await log.recent()] == ["timeout"]
 
 
-async def test_output_is_capped_before_the_model_sees_it(tools: ToolRunner, log: ExecutionLog) -> None:
+async def test_output_is_capped_before_the_model_sees_it(tools: ToolRunner, log: Executions) -> None:
     result = await tools.run("huge", {})
     assert result.outcome == "ok" and result.truncated
     assert len(result.observation) < 1100
@@ -267,13 +267,13 @@ async def test_output_is_capped_before_the_model_sees_it(tools: ToolRunner, log:
     assert row.truncated and len(row.observation) <= 2000
 
 
-async def test_sync_tools_run_on_a_worker_thread_with_the_conversation(tools: ToolRunner, memory: Memory) -> None:
-    result = await tools.run("who_asks", {}, context(memory, "ops"))
+async def test_sync_tools_run_on_a_worker_thread_with_the_conversation(tools: ToolRunner, storage: Storage) -> None:
+    result = await tools.run("who_asks", {}, context(storage, "ops"))
     assert result.observation.startswith("ops on parley-tool")
-    assert (await tools.run("who_asks_async", {}, context(memory, "dev"))).observation == "dev"
+    assert (await tools.run("who_asks_async", {}, context(storage, "dev"))).observation == "dev"
 
 
-async def test_cancellation_stops_the_call_and_is_recorded(tools: ToolRunner, log: ExecutionLog) -> None:
+async def test_cancellation_stops_the_call_and_is_recorded(tools: ToolRunner, log: Executions) -> None:
     task = asyncio.create_task(tools.run("hang", {"seconds": 0.2}))
     await asyncio.sleep(0.05)
     task.cancel()
@@ -305,7 +305,7 @@ class Broken:
         raise RuntimeError("hook bug")
 
 
-async def test_hooks_see_calls_and_a_pre_hook_can_refuse(log: ExecutionLog) -> None:
+async def test_hooks_see_calls_and_a_pre_hook_can_refuse(log: Executions) -> None:
     hook = Recorder(refuse="huge")
     runner = ToolRunner(ToolRegistry.of(add, huge), log, hooks=[hook, Broken()])
     assert (await runner.run("add", {"a": 1})).observation == "2"
@@ -317,7 +317,7 @@ async def test_hooks_see_calls_and_a_pre_hook_can_refuse(log: ExecutionLog) -> N
     runner.close()
 
 
-async def test_metrics_hook_counts_by_tool_and_outcome(log: ExecutionLog) -> None:
+async def test_metrics_hook_counts_by_tool_and_outcome(log: Executions) -> None:
     registry = CollectorRegistry()
     runner = ToolRunner(ToolRegistry.of(add), log, hooks=[MetricsHook(registry)])
     await runner.run("add", {"a": 1})
@@ -333,7 +333,7 @@ async def test_metrics_hook_counts_by_tool_and_outcome(log: ExecutionLog) -> Non
     runner.close()
 
 
-async def test_statistics_per_tool(log: ExecutionLog) -> None:
+async def test_statistics_per_tool(log: Executions) -> None:
     for i in range(1, 21):
         outcome = "error" if i % 5 == 0 else "ok"
         await log.record(Execution("calc", {}, outcome, "", float(i), time.time()))
@@ -360,22 +360,22 @@ CHECKED_CALLS = {
 
 @pytest.mark.parametrize(("name", "args", "reason"), CHECKED_CALLS.values(), ids=CHECKED_CALLS.keys())
 async def test_a_call_the_tool_would_refuse_is_refused_without_an_approval_request(
-    store: Store, memory: Memory, tmp_path: Path, name: str, args: dict[str, str], reason: str
+    storage: Storage, tmp_path: Path, name: str, args: dict[str, str], reason: str
 ) -> None:
     database = tmp_path / "notes.db"
     with sqlite3.connect(database) as db:
         db.execute("CREATE TABLE notes (body TEXT)")
     (tmp_path / "shared").mkdir()
     tools = (http_get_tool(["example.com"]), *file_tools(tmp_path / "shared"), sql_tool(database))
-    broker = ApprovalBroker(ApprovalStore(store), ApprovalPolicy())
+    broker = ApprovalBroker(storage.approvals, ApprovalPolicy())
     platform = RecordingPlatform("slack")
     broker.ports["slack"] = platform
     runner = ToolRunner(ToolRegistry.of(*tools), gate=broker)
-    context = ToolContext(memory, Conversation("slack:T/C"), "U1", "run-1", "slack")
+    context = ToolContext(storage, Conversation("slack:T/C"), "U1", "run-1", "slack")
     try:
         result = await runner.run(name, args, context)
     finally:
         runner.close()
     assert result.outcome == "error" and result.observation.startswith("Error: "), result
     assert reason in result.observation
-    assert platform.approval_requests == [] and await broker.store.pending() == []
+    assert platform.approval_requests == [] and await storage.approvals.pending() == []

@@ -23,10 +23,8 @@ from adapters.slack import SlackAdapter, SlackConfig
 from adapters.slack_edge import BadRequest, Verifier
 from agent.engines import ScriptedEngine, scripted_model
 from agent.engines.scripted import echo
-from agent.inbox import Inbox
-from agent.memory import Memory
 from agent.runtime import Agent, AgentOptions
-from agent.store import Store
+from agent.storage import Storage
 from agent.tools import ToolRunner
 from bot.dispatcher import Dispatcher, DispatchOptions
 from tests.fakes.slack import FakeSlack, event_callback_body, slash_command_body
@@ -95,7 +93,7 @@ async def test_unsigned_stale_and_garbled_requests_get_401_and_one_log_line(
     refusals = [r for r in caplog.records if "refused a request" in r.getMessage()]
     assert len(refusals) == 1, "one line per sender per minute, however many requests"
     assert errors_in(caplog) == []
-    assert world.fake.posted() == [] and await Inbox(world.store).unfinished(["slack"]) == []
+    assert world.fake.posted() == [] and await world.storage.inbox.unfinished(["slack"]) == []
 
 
 # Signed, but not what Slack sends ------------------------------------------------------------------------------
@@ -161,7 +159,7 @@ async def test_odd_interactions_are_acknowledged_not_crashed_on(
 
 
 async def test_an_event_without_ids_is_taken_once(world: World) -> None:
-    """Neither an event id nor a ts: the inbox keys it by where, who and what (agent.inbox.event_key), so the
+    """Neither an event id nor a ts: the inbox keys it by where, who and what (agent.storage.models.event_key), so the
     message is answered and a resend of it is dropped."""
     event = {"type": "app_mention", "user": "U1", "text": "<@UBOT> no ids here", "channel": "C1"}
     raw = json.dumps({"type": "event_callback", "team_id": "T1", "event": event}).encode()
@@ -336,14 +334,14 @@ async def test_a_soak_of_mutated_requests_leaves_the_bot_answering_and_ready(
 
 
 async def test_socket_mode_payloads_pass_the_same_edge(
-    store: Store, memory: Memory, fake: FakeSlack, runner: ToolRunner, caplog: pytest.LogCaptureFixture
+    storage: Storage, fake: FakeSlack, runner: ToolRunner, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Over the websocket there is no signature, but the shape and text checks are the same: a bad payload is
     acknowledged (so Slack does not resend it) and dropped, and the next one is answered."""
-    agent = Agent(memory, scripted_model(ScriptedEngine(responder=echo)), runner, AgentOptions(max_iters=3))
+    agent = Agent(storage, scripted_model(ScriptedEngine(responder=echo)), runner, AgentOptions(max_iters=3))
     config = SlackConfig(bot_token="xoxb-test", signing_secret="", app_token="xapp-test", api_url=fake.api_url)
-    adapter = SlackAdapter(config, memory=memory, registry=runner.registry)
-    async with Dispatcher(Inbox(store), agent, [adapter], DispatchOptions(rate_limit=None)) as dispatcher:
+    adapter = SlackAdapter(config, storage=storage, registry=runner.registry)
+    async with Dispatcher(storage, agent, [adapter], DispatchOptions(rate_limit=None)) as dispatcher:
         adapter.connect(dispatcher.submit, dispatcher.decide)
         await adapter.start_socket_mode()
         await fake.wait_for_connections(1)

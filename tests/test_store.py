@@ -1,19 +1,23 @@
-"""Store: migrations from empty and from every earlier version, clear start-up errors, transactions."""
+"""The SQLite database: migrations from empty and from every earlier version, clear start-up errors, transactions."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from agent.approvals import ApprovalStore, PromptLocation
-from agent.memory import Memory, channel_terms
+from agent.approvals import PromptLocation
 from agent.messages import Conversation
-from agent.migrations import LATEST_VERSION, MIGRATIONS
-from agent.store import Store, StoreError
+from agent.storage import Storage
+from agent.storage.errors import StoreError, TransientStoreError
+from agent.storage.sqlite.database import Database
+from agent.storage.sqlite.migrations import LATEST_VERSION, MIGRATIONS
+from agent.storage.sqlite.storage import SqliteStorage
+from agent.storage.terms import channel_terms
 
 # Rows written at each schema version, to prove later migrations keep them.
 SEED = {
@@ -46,13 +50,13 @@ def tables(path: Path) -> set[str]:
 
 
 async def test_migrates_empty_database_to_latest(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "new.db")
+    db = await Database.open(tmp_path / "new.db")
     try:
-        assert await store.version() == LATEST_VERSION == len(MIGRATIONS)
-        row = await store.fetchone("PRAGMA journal_mode")
+        assert await db.version() == LATEST_VERSION == len(MIGRATIONS)
+        row = await db.fetchone("PRAGMA journal_mode")
         assert row is not None and row[0] == "wal"
     finally:
-        await store.close()
+        await db.close()
     assert {
         "conversations",
         "facts",
@@ -69,7 +73,7 @@ async def test_migrates_empty_database_to_latest(tmp_path: Path) -> None:
 @pytest.mark.parametrize("start", range(1, LATEST_VERSION))
 async def test_migrates_from_each_earlier_version_keeping_rows(tmp_path: Path, start: int) -> None:
     path = tmp_path / "old.db"
-    old = await Store.open(path, migrate_to=start)
+    old = await Database.open(path, migrate_to=start)
     assert await old.version() == start
 
     def seed(db: sqlite3.Connection) -> None:
@@ -80,24 +84,24 @@ async def test_migrates_from_each_earlier_version_keeping_rows(tmp_path: Path, s
     await old.write(seed)
     await old.close()
 
-    store = await Store.open(path)
+    storage = await SqliteStorage.open(path)
     try:
-        assert await store.version() == LATEST_VERSION
+        assert await storage.db.version() == LATEST_VERSION
         for version in range(1, start + 1):
             table = SEED[version][0].split()[2]
-            row = await store.fetchone(f"SELECT count(*) FROM {table}")
+            row = await storage.db.fetchone(f"SELECT count(*) FROM {table}")
             assert row is not None and row[0] == 1, table
         if start >= 2:  # a fact written before the later steps is still found by full-text search
-            assert [f.key for f in await Memory(store).relevant_facts("c", "standup")] == ["standup"]
+            assert [f.key for f in await storage.facts.relevant("c", "standup")] == ["standup"]
     finally:
-        await store.close()
+        await storage.close()
 
 
 async def test_an_approval_request_from_before_prompt_locations_gets_one_and_its_prompt_is_tracked(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "old.db"
-    old = await Store.open(path, migrate_to=8)
+    old = await Database.open(path, migrate_to=8)
     await old.write(
         lambda db: db.execute(
             "INSERT INTO approvals (id, tool, args, args_hash, level, platform, channel, requester, created_at, "
@@ -107,20 +111,20 @@ async def test_an_approval_request_from_before_prompt_locations_gets_one_and_its
     )
     await old.close()
 
-    store = await Store.open(path)
+    storage = await SqliteStorage.open(path)
     try:
-        approvals = ApprovalStore(store)
+        approvals = storage.approvals
         request = await approvals.get("r1")
         assert request is not None and request.prompt is None and request.args == {"service": "api"}
         await approvals.shown("r1", PromptLocation("slack", "C", "1700000000.000100"))
         assert await approvals.open_prompts() == []  # still pending: its prompt is meant to have buttons
-        [expired] = await approvals.expire_pending("restart")
+        [expired] = await approvals.expire_pending("restart", now=time.time())
         assert expired.prompt == PromptLocation("slack", "C", "1700000000.000100")
         assert [r.id for r in await approvals.open_prompts()] == ["r1"]
-        await approvals.prompt_closed("r1")
+        await approvals.prompt_closed("r1", now=time.time())
         assert await approvals.open_prompts() == []
     finally:
-        await store.close()
+        await storage.close()
 
 
 async def test_refuses_a_database_newer_than_the_code(tmp_path: Path) -> None:
@@ -128,80 +132,109 @@ async def test_refuses_a_database_newer_than_the_code(tmp_path: Path) -> None:
     with sqlite3.connect(path) as conn:
         conn.execute(f"PRAGMA user_version = {LATEST_VERSION + 1}")
     with pytest.raises(StoreError, match="newer than this code"):
-        await Store.open(path)
+        await Database.open(path)
 
 
 async def test_corrupted_file_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "corrupt.db"
     path.write_bytes(b"this is not a database at all" * 200)
     with pytest.raises(StoreError, match="not a valid SQLite database"):
-        await Store.open(path)
+        await Database.open(path)
 
 
 async def test_locked_database_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "locked.db"
-    await (await Store.open(path)).close()
+    await (await Database.open(path)).close()
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("PRAGMA journal_mode = DELETE")
     holder.execute("BEGIN EXCLUSIVE")
     try:
         with pytest.raises(StoreError, match="locked"):
-            await Store.open(path, busy_timeout_ms=50)
+            await Database.open(path, busy_timeout_ms=50)
     finally:
         holder.execute("ROLLBACK")
         holder.close()
 
 
-async def test_transaction_rolls_back_on_error(store: Store) -> None:
-    memory = Memory(store)
-
-    def fail(db: sqlite3.Connection) -> None:
-        db.execute("INSERT INTO conversations (channel, thread, created_at, updated_at) VALUES ('x', '', 1, 1)")
+async def test_transaction_rolls_back_on_error(storage: Storage, db: Database) -> None:
+    def fail(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO conversations (channel, thread, created_at, updated_at) VALUES ('x', '', 1, 1)")
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError):
-        await store.write(fail)
-    assert await memory.recent_turns(Conversation("x")) == []
-    row = await store.fetchone("SELECT count(*) FROM conversations")
+        await db.write(fail)
+    assert await storage.turns.recent(Conversation("x")) == []
+    row = await db.fetchone("SELECT count(*) FROM conversations")
     assert row is not None and row[0] == 0
-    await memory.add_turn(Conversation("x"), "user", "still writable")
-    assert [t.text for t in await memory.recent_turns(Conversation("x"))] == ["still writable"]
+    await storage.turns.add(Conversation("x"), "user", "still writable")
+    assert [t.text for t in await storage.turns.recent(Conversation("x"))] == ["still writable"]
 
 
-async def test_a_write_that_fails_is_undone_alone_and_the_writer_keeps_going(store: Store) -> None:
+async def test_a_write_that_fails_is_undone_alone_and_the_writer_keeps_going(db: Database) -> None:
     class Abort(BaseException):
         pass
 
     def insert(channel: str) -> Callable[[sqlite3.Connection], None]:
-        def work(db: sqlite3.Connection) -> None:
+        def work(conn: sqlite3.Connection) -> None:
             sql = "INSERT INTO conversations (channel, thread, created_at, updated_at) VALUES (?, '', 1, 1)"
-            db.execute(sql, (channel,))
+            conn.execute(sql, (channel,))
             if channel == "bad":
                 raise Abort
 
         return work
 
-    results = await asyncio.gather(*(store.write(insert(c)) for c in ("a", "bad", "b")), return_exceptions=True)
+    results = await asyncio.gather(*(db.write(insert(c)) for c in ("a", "bad", "b")), return_exceptions=True)
     assert [type(r).__name__ for r in results] == ["NoneType", "Abort", "NoneType"]
-    rows = await store.fetchall("SELECT channel FROM conversations ORDER BY channel")
+    rows = await db.fetchall("SELECT channel FROM conversations ORDER BY channel")
     assert [r[0] for r in rows] == ["a", "b"]
-    await store.write(insert("c"))  # the writer was not left stuck
+    await db.write(insert("c"))  # the writer was not left stuck
 
 
-async def test_a_full_disk_fails_every_write_of_the_batch_with_the_real_error(store: Store) -> None:
-    await store.write(lambda db: db.execute("PRAGMA max_page_count = 1"))  # nothing more fits
+async def test_a_full_disk_fails_every_write_of_the_batch_with_the_real_error(db: Database) -> None:
+    await db.write(lambda conn: conn.execute("PRAGMA max_page_count = 1"))  # nothing more fits
 
-    def grow(db: sqlite3.Connection) -> None:
-        db.execute("INSERT INTO working_memory VALUES ('c', '', ?, ?, 1)", (str(id(db)), "x" * 100_000))
+    def grow(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO working_memory VALUES ('c', '', ?, ?, 1)", (str(id(conn)), "x" * 100_000))
 
-    results = await asyncio.gather(store.write(grow), store.write(grow), return_exceptions=True)
-    assert all(isinstance(r, sqlite3.OperationalError) and "full" in str(r) for r in results), results
-    await store.write(lambda db: db.execute("PRAGMA max_page_count = 1000000"))
-    await store.write(grow)
+    results = await asyncio.gather(db.write(grow), db.write(grow), return_exceptions=True)
+    # The seam's error (not a retryable one: a full disk does not pass by waiting), caused by SQLite's own.
+    assert all(
+        type(r) is StoreError and "full" in str(r) and isinstance(r.__cause__, sqlite3.OperationalError)
+        for r in results
+    ), results
+    await db.write(lambda conn: conn.execute("PRAGMA max_page_count = 1000000"))
+    await db.write(grow)
+
+
+async def test_a_locked_write_is_a_transient_error_and_the_writer_recovers(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "busy.db", busy_timeout_ms=50)
+    holder = sqlite3.connect(tmp_path / "busy.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(TransientStoreError, match="locked") as raised:
+            await db.write(lambda conn: conn.execute("DELETE FROM conversations"))
+        assert isinstance(raised.value.__cause__, sqlite3.OperationalError)
+        holder.execute("ROLLBACK")
+        await db.write(lambda conn: conn.execute("DELETE FROM conversations"))
+    finally:
+        holder.close()
+        await db.close()
 
 
 async def test_writing_after_close_is_a_clear_error(tmp_path: Path) -> None:
-    closed = await Store.open(tmp_path / "closed.db")
+    closed = await Database.open(tmp_path / "closed.db")
     await closed.close()
     with pytest.raises(StoreError, match="is closed"):
         await closed.write(lambda db: None)
+
+
+async def test_status_of_an_older_file_counts_the_tables_it_has(tmp_path: Path) -> None:
+    """`parley db status` opens without migrating: a file from before the chains table still reports."""
+    old = await Database.open(tmp_path / "old.db", migrate_to=3)
+    storage = SqliteStorage(old)
+    try:
+        status = await storage.status()
+    finally:
+        await storage.close()
+    assert (status.schema_version, status.latest_version) == (3, LATEST_VERSION)
+    assert set(status.rows) == {"conversations", "turns", "facts", "working_memory"}

@@ -6,8 +6,8 @@ import pytest
 
 from agent.constraints import step_schema
 from agent.engines import ScriptedEngine, scripted_model
-from agent.memory import Memory
 from agent.runtime import Agent
+from agent.storage import Storage
 from agent.tools import ToolError, ToolRunner
 from agent.tools.builtins import current_time
 from agent.tools.calculator import CalculatorError, evaluate, format_number
@@ -46,8 +46,8 @@ async def test_current_time_zones() -> None:
         await current_time("Mars/Olympus")
 
 
-def test_step_schema_pins_each_tool_name_and_its_arguments(memory: Memory, runner: ToolRunner) -> None:
-    agent = Agent(memory, scripted_model(ScriptedEngine(), constrained=True), runner)
+def test_step_schema_pins_each_tool_name_and_its_arguments(storage: Storage, runner: ToolRunner) -> None:
+    agent = Agent(storage, scripted_model(ScriptedEngine(), constrained=True), runner)
     schema = agent.react.react.config["response_format"]["json_schema"]["schema"]
     variants = {v["properties"]["next_tool_name"]["const"]: v for v in schema["anyOf"]}
     assert set(variants) == {"calculator", "current_time", "remember_fact", "recall_facts", "finish"}

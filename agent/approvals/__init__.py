@@ -1,8 +1,15 @@
-"""Tool approvals: policy, requests bound to exact calls, decisions by compare-and-set, an append-only audit."""
+"""Tool approvals: policy, requests bound to exact calls, decisions by compare-and-set, an append-only audit.
 
-from agent.approvals.broker import ApprovalBroker, ApprovalPort
+The broker is imported on first use: it pulls in the tool runner (and DSPy with it), which the storage seam
+and the `parley db` commands, reading only the models, should not pay for.
+"""
+
+from typing import TYPE_CHECKING, Any
+
 from agent.approvals.models import ApprovalPolicy, ApprovalRequest, ApprovalState, PromptLocation, Verdict, args_hash
-from agent.approvals.store import ApprovalStore, AuditEntry, Grant
+
+if TYPE_CHECKING:
+    from agent.approvals.broker import ApprovalBroker, ApprovalPort
 
 __all__ = [
     "ApprovalBroker",
@@ -10,10 +17,15 @@ __all__ = [
     "ApprovalPort",
     "ApprovalRequest",
     "ApprovalState",
-    "ApprovalStore",
-    "AuditEntry",
-    "Grant",
     "PromptLocation",
     "Verdict",
     "args_hash",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("ApprovalBroker", "ApprovalPort"):
+        from agent.approvals import broker
+
+        return getattr(broker, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

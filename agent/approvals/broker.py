@@ -14,7 +14,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from agent.approvals.models import (
     ApprovalPolicy,
@@ -24,11 +24,13 @@ from agent.approvals.models import (
     Verdict,
     args_hash,
 )
-from agent.approvals.store import ApprovalStore
 from agent.parking import parked
 from agent.resilience import deadline_left, deadline_paused
 from agent.tools.registry import ToolSpec
 from agent.tools.runner import RunStopped, ToolCall, ToolRefused, cannot_ask, denied_by_policy
+
+if TYPE_CHECKING:  # the storage seam imports the approval models, so only the type checker imports it here
+    from agent.storage.base import Approvals
 
 log = logging.getLogger("parley.approvals")
 MIN_SHOWN_HASH = 32
@@ -70,7 +72,7 @@ def _refusal(request: ApprovalRequest) -> str:
 class ApprovalBroker:
     def __init__(
         self,
-        store: ApprovalStore,
+        store: Approvals,
         policy: ApprovalPolicy,
         *,
         clock: Callable[[], float] = time.time,
@@ -198,10 +200,12 @@ class ApprovalBroker:
             log.warning("approval request %s: the prompt could not be updated: %s", request.id, type(exc).__name__)
             return
         if request.prompt is not None:
-            await self.store.prompt_closed(request.id)
+            await self.store.prompt_closed(request.id, now=self.clock())
 
     async def _expire(self, request: ApprovalRequest, reason: str) -> ApprovalRequest:
-        settled = await self.store.settle(request, ApprovalState.EXPIRED, actor="parley", reason=reason)
+        settled = await self.store.settle(
+            request, ApprovalState.EXPIRED, actor="parley", now=self.clock(), reason=reason
+        )
         if settled is None:  # a decision landed at the last moment: it stands
             settled = await self.store.get(request.id)
         assert settled is not None
@@ -228,7 +232,7 @@ class ApprovalBroker:
             return Verdict(False, why_not)
         assert request is not None
         state = ApprovalState.APPROVED if approve else ApprovalState.DENIED
-        settled = await self.store.settle(request, state, actor=actor)
+        settled = await self.store.settle(request, state, actor=actor, now=self.clock())
         if settled is None:
             current = await self.store.get(request_id)
             return Verdict(False, _already(current), current.state if current else None)
@@ -236,7 +240,7 @@ class ApprovalBroker:
         if waiting is not None and not waiting.done():
             waiting.set_result(settled)
         if always and approve:
-            await self.store.grant(request.tool, request.channel, actor, request)
+            await self.store.grant(request.tool, request.channel, actor, now=self.clock(), request=request)
         return Verdict(True, f"{state.value} by {actor}", state)
 
     async def _why_not(
@@ -270,7 +274,7 @@ class ApprovalBroker:
         """On start-up, once the ports are registered: requests of an earlier process can get no answer (their
         messages will ask again), so they expire, and their prompts lose their buttons like any other prompt
         still open for a settled request. Returns the requests it expired."""
-        expired = await self.store.expire_pending(reason)
+        expired = await self.store.expire_pending(reason, now=self.clock())
         if expired:
             log.warning("expired %d approval requests left pending by an earlier process", len(expired))
         await self.close_open_prompts()

@@ -48,7 +48,7 @@ async def remember_fact(key: str, value: str) -> str:
     if len(key) + len(value) > MAX_FACT_CHARS:
         raise ToolError(f"a fact is limited to {MAX_FACT_CHARS} characters")
     ctx = current()
-    await ctx.memory.add_fact(ctx.conversation.channel, key, value)
+    await ctx.storage.facts.add(ctx.conversation.channel, key, value)
     return f"Remembered {key}: {value}"
 
 
@@ -56,7 +56,7 @@ async def remember_fact(key: str, value: str) -> str:
 async def recall_facts(query: str) -> str:
     """Look up facts remembered in this channel that match the words of the query."""
     ctx = current()
-    facts = await ctx.memory.relevant_facts(ctx.conversation.channel, query, 5, touch=True)
+    facts = await ctx.storage.facts.relevant(ctx.conversation.channel, query, 5, touch=True)
     if not facts:
         return "No remembered facts match."
     return "\n".join(f"{f.key}: {f.value}" for f in facts)

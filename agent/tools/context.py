@@ -6,14 +6,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from agent.memory import Memory
 from agent.messages import Conversation
+
+if TYPE_CHECKING:  # the storage seam imports approval models, whose package imports the tools
+    from agent.storage.base import Storage
 
 
 @dataclass(frozen=True)
 class ToolContext:
-    memory: Memory
+    storage: Storage
     conversation: Conversation
     user: str
     # Ties tool executions to the reasoning chain of the same message.

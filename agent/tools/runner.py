@@ -17,13 +17,16 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import ValidationError
 
+from agent.storage.models import Execution
 from agent.tools.context import ToolContext, tool_context
-from agent.tools.executions import Execution, ExecutionLog
 from agent.tools.registry import ToolError, ToolRegistry, ToolSpec
+
+if TYPE_CHECKING:  # the storage seam imports approval models, whose package imports this module
+    from agent.storage.base import Executions
 
 log = logging.getLogger("parley.tools")
 
@@ -111,7 +114,7 @@ class PolicyGate:
 @dataclass
 class ToolRunner:
     registry: ToolRegistry
-    executions: ExecutionLog | None = None
+    executions: Executions | None = None
     hooks: Sequence[ToolHook] = ()
     gate: ApprovalGate = field(default_factory=PolicyGate)
     max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS

@@ -1,7 +1,8 @@
-"""A Parley process for the crash test: the real store, agent and dispatcher, answering a fixed set of
+"""A Parley process for the crash test: the real storage, agent and dispatcher, answering a fixed set of
 messages and posting replies to a FakePlatformServer. The test kills it with SIGKILL and runs it again.
 
-Usage: python -m tests.fakes.crash_worker DB_PATH PLATFORM_URL CONVERSATIONS MESSAGES
+Usage: python -m tests.fakes.crash_worker DATABASE PLATFORM_URL CONVERSATIONS MESSAGES
+(DATABASE: a SQLite file path, or a postgresql:// URL)
 """
 
 from __future__ import annotations
@@ -9,29 +10,27 @@ from __future__ import annotations
 import asyncio
 import random
 import sys
-from pathlib import Path
 
 from agent.engines import ScriptedEngine, scripted_model
 from agent.engines.scripted import echo
-from agent.inbox import Inbox
-from agent.memory import Memory
 from agent.messages import IncomingMessage
 from agent.runtime import Agent, AgentOptions
-from agent.store import Store
+from agent.storage import open_storage
 from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner
 from bot.dispatcher import Dispatcher, DispatchOptions
 from tests.fakes.platform import HTTPPlatform
 
 
-async def main(db_path: Path, platform_url: str, conversations: int, messages: int) -> None:
-    store = await Store.open(db_path)
+async def main(database: str, platform_url: str, conversations: int, messages: int) -> None:
+    postgres = database.startswith("postgresql://")
+    storage = await open_storage(url=database if postgres else None, path=database)
     runner = ToolRunner(ToolRegistry.of(*BUILTIN_TOOLS))
     try:
         engine = ScriptedEngine(responder=echo, delay_s=lambda: random.uniform(0.01, 0.05))
-        agent = Agent(Memory(store), scripted_model(engine), runner, AgentOptions(concurrency=4))
+        agent = Agent(storage, scripted_model(engine), runner, AgentOptions(concurrency=4))
         platform = HTTPPlatform(platform_url)
         options = DispatchOptions(concurrency=4, rate_limit=None)
-        async with Dispatcher(Inbox(store), agent, [platform], options) as dispatcher:
+        async with Dispatcher(storage, agent, [platform], options) as dispatcher:
             for m in range(messages):
                 for c in range(conversations):
                     await dispatcher.submit(
@@ -42,8 +41,8 @@ async def main(db_path: Path, platform_url: str, conversations: int, messages: i
             await dispatcher.join()
     finally:
         runner.close()
-        await store.close()
+        await storage.close()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))

@@ -1,4 +1,4 @@
-"""The SQLite store: connections, pragmas, migrations and transactions.
+"""The SQLite database under the storage seam: connections, pragmas, migrations and transactions.
 
 Writes go through one plain `sqlite3` connection owned by one dedicated thread: `await store.write(work)` runs
 `work(conn)` there inside a `BEGIN IMMEDIATE` transaction, so a write costs one hop between the event loop and
@@ -22,18 +22,19 @@ from typing import Any, Generic, TypeVar
 
 import aiosqlite
 
-from agent.migrations import LATEST_VERSION, MIGRATIONS
+from agent.storage.errors import StoreError, TransientStoreError
+from agent.storage.rows import count
+from agent.storage.sqlite.migrations import LATEST_VERSION, MIGRATIONS
 
 Params = Iterable[Any] | dict[str, Any]
 T = TypeVar("T")
 
 
-class StoreError(Exception):
-    """The database cannot be used: corrupted, locked, or newer than this code. The message says which."""
+class Database:
+    """Owns the connections to one SQLite file. Open with `await Database.open(path)`, close on shutdown.
 
-
-class Store:
-    """Owns the connections to one SQLite file. Open with `await Store.open(path)`, close on shutdown."""
+    Only the SQLite repositories use it; an `sqlite3` error leaves it as a `StoreError` (`TransientStoreError`
+    for a lock, a busy file or an I/O failure), so nothing above the seam sees `sqlite3`."""
 
     def __init__(
         self, path: Path, writer: sqlite3.Connection, writer_thread: ThreadPoolExecutor, reader: aiosqlite.Connection
@@ -50,7 +51,7 @@ class Store:
     @classmethod
     async def open(
         cls, path: Path | str, *, busy_timeout_ms: int = 5000, migrate_to: int | None = LATEST_VERSION
-    ) -> Store:
+    ) -> Database:
         """Open (creating if needed) and migrate. `migrate_to=None` leaves the schema as it is."""
         path = Path(path)
         if str(path) != ":memory:":
@@ -101,7 +102,10 @@ class Store:
             self._draining = True
         if start:
             self._writer_thread.submit(self._drain, loop)
-        return await write.done
+        try:
+            return await write.done
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
 
     def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         """On the writer thread: commit everything queued, a batch per transaction, until the queue is empty.
@@ -129,12 +133,18 @@ class Store:
                 loop.call_soon_threadsafe(_settle, failed)
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
-        async with self._reader.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+        try:
+            async with self._reader.execute(sql, params) as cursor:
+                return list(await cursor.fetchall())
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
 
     async def fetchone(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
-        async with self._reader.execute(sql, params) as cursor:
-            return await cursor.fetchone()
+        try:
+            async with self._reader.execute(sql, params) as cursor:
+                return await cursor.fetchone()
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
 
     async def version(self) -> int:
         row = await self.fetchone("PRAGMA user_version")
@@ -225,6 +235,22 @@ def apply_migrations(conn: sqlite3.Connection, target: int = LATEST_VERSION) -> 
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+
+TRANSIENT = ("locked", "busy", "disk i/o")
+
+
+def marks(columns: str | tuple[str, ...]) -> str:
+    """The `?` placeholders for a list of columns."""
+    return ", ".join("?" * count(columns))
+
+
+def translate(exc: sqlite3.Error) -> StoreError:
+    """An `sqlite3` error as the seam's: a lock, a busy file or an I/O failure may pass on a retry."""
+    text = str(exc)
+    if any(word in text.lower() for word in TRANSIENT):
+        return TransientStoreError(f"SQLite: {text}")
+    return StoreError(f"SQLite: {text}")
 
 
 def _explain(path: Path, exc: Exception) -> StoreError:

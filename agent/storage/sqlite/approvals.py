@@ -1,4 +1,4 @@
-"""Approval requests, decisions, grants and the audit in SQLite; the only place that speaks SQL about them.
+"""Approval requests, decisions, grants and the audit on SQLite.
 
 A decision is a compare-and-set: the update applies only to a pending request that has not expired, so of
 two decisions at once exactly one wins. The audit table is append-only (triggers refuse updates/deletes).
@@ -8,171 +8,98 @@ left with buttons (its update failed, or its process died) is found by `open_pro
 
 from __future__ import annotations
 
-import json
 import sqlite3
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Any
 
 from agent.approvals.models import ApprovalRequest, ApprovalState, PromptLocation
-from agent.store import Store
-
-# What a new request is written with; COLUMNS is what a request is read back with.
-NEW_COLUMNS = (
-    "id, tool, args, args_hash, level, platform, channel, thread, requester, created_at, expires_at, run_id, "
-    "state, decided_by, reason"
+from agent.storage.models import AuditEntry, Grant
+from agent.storage.rows import (
+    AUDIT_COLUMNS,
+    GRANT_COLUMNS,
+    NEW_REQUEST_COLUMNS,
+    REQUEST_COLUMNS,
+    audit_values,
+    request_from,
+    request_values,
 )
-COLUMNS = f"{NEW_COLUMNS}, prompt_platform, prompt_channel, prompt_message"
+from agent.storage.sqlite.database import Database, marks
+
+AUDIT_INSERT = f"INSERT INTO approval_audit ({AUDIT_COLUMNS}) VALUES ({marks(AUDIT_COLUMNS)})"
 
 
-@dataclass(frozen=True)
-class AuditEntry:
-    at: float
-    request_id: str
-    action: str
-    actor: str
-    tool: str
-    channel: str
-    args_hash: str
-    outcome: str
-    detail: str
+def _audit(db: sqlite3.Connection, action: str, outcome: str, **about: Any) -> None:
+    """One audit row, inside the caller's transaction (`about`: see `rows.audit_values`)."""
+    db.execute(AUDIT_INSERT, audit_values(action, outcome, **about))
 
 
-@dataclass(frozen=True)
-class Grant:
-    """An "allow always" for a tool in a channel."""
-
-    tool: str
-    channel: str
-    granted_by: str
-    granted_at: float
-
-
-def _request(row: sqlite3.Row) -> ApprovalRequest:
-    values = dict(row)
-    values["args"] = json.loads(values["args"])
-    values["state"] = ApprovalState(values["state"])
-    shown = (values.pop("prompt_platform"), values.pop("prompt_channel"), values.pop("prompt_message"))
-    values["prompt"] = PromptLocation(*shown) if shown[2] is not None else None
-    return ApprovalRequest(**values)
-
-
-def _audit(
-    db: sqlite3.Connection,
-    action: str,
-    outcome: str,
-    *,
-    request: ApprovalRequest | None = None,
-    request_id: str = "",
-    actor: str = "",
-    detail: str = "",
-    tool: str = "",
-    channel: str = "",
-) -> None:
-    db.execute(
-        "INSERT INTO approval_audit (at, request_id, action, actor, tool, channel, args_hash, outcome, detail) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            time.time(),
-            request.id if request else request_id,
-            action,
-            actor,
-            request.tool if request else tool,
-            request.channel if request else channel,
-            request.args_hash if request else "",
-            outcome,
-            detail,
-        ),
-    )
-
-
-class ApprovalStore:
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
-        self.store = store
-        self.clock = clock
+class SqliteApprovals:
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     async def create(self, request: ApprovalRequest) -> None:
         """Store a new pending request and audit it, in one transaction."""
 
         def write(db: sqlite3.Connection) -> None:
             db.execute(
-                f"INSERT INTO approvals ({NEW_COLUMNS}) VALUES ({', '.join('?' * 15)})",
-                (
-                    request.id,
-                    request.tool,
-                    json.dumps(request.args, default=str),
-                    request.args_hash,
-                    request.level,
-                    request.platform,
-                    request.channel,
-                    request.thread,
-                    request.requester,
-                    request.created_at,
-                    request.expires_at,
-                    request.run_id,
-                    request.state.value,
-                    None,
-                    "",
-                ),
+                f"INSERT INTO approvals ({NEW_REQUEST_COLUMNS}) VALUES ({marks(NEW_REQUEST_COLUMNS)})",
+                request_values(request),
             )
             _audit(db, "requested", "pending", request=request, actor=f"{request.platform}:{request.requester}")
 
-        await self.store.write(write)
+        await self.db.write(write)
 
     async def shown(self, request_id: str, prompt: PromptLocation) -> None:
         """Record where the request's prompt was posted (whatever its state by now: a decision can land first)."""
-        await self.store.write(
+        await self.db.write(
             lambda db: db.execute(
                 "UPDATE approvals SET prompt_platform = ?, prompt_channel = ?, prompt_message = ? WHERE id = ?",
                 (prompt.platform, prompt.channel, prompt.message, request_id),
             )
         )
 
-    async def prompt_closed(self, request_id: str) -> None:
+    async def prompt_closed(self, request_id: str, *, now: float) -> None:
         """The prompt now shows the request's outcome and has no buttons left."""
-        now = self.clock()
-        await self.store.write(
+        await self.db.write(
             lambda db: db.execute("UPDATE approvals SET prompt_closed_at = ? WHERE id = ?", (now, request_id))
         )
 
     async def open_prompts(self) -> list[ApprovalRequest]:
         """Settled requests whose prompt still shows buttons: its update failed, or its process died first."""
-        rows = await self.store.fetchall(
-            f"SELECT {COLUMNS} FROM approvals WHERE prompt_message IS NOT NULL AND prompt_closed_at IS NULL "
+        rows = await self.db.fetchall(
+            f"SELECT {REQUEST_COLUMNS} FROM approvals WHERE prompt_message IS NOT NULL AND prompt_closed_at IS NULL "
             "AND state != 'pending' ORDER BY created_at"
         )
-        return [_request(r) for r in rows]
+        return [request_from(r) for r in rows]
 
     async def get(self, request_id: str) -> ApprovalRequest | None:
-        row = await self.store.fetchone(f"SELECT {COLUMNS} FROM approvals WHERE id = ?", (request_id,))
-        return _request(row) if row else None
+        row = await self.db.fetchone(f"SELECT {REQUEST_COLUMNS} FROM approvals WHERE id = ?", (request_id,))
+        return request_from(row) if row else None
 
     async def settle(
-        self, request: ApprovalRequest, state: ApprovalState, *, actor: str, reason: str = ""
+        self, request: ApprovalRequest, state: ApprovalState, *, actor: str, now: float, reason: str = ""
     ) -> ApprovalRequest | None:
         """Compare-and-set: move a pending, unexpired request to `state`. None when it was no longer pending
         (another decision won, or it expired); the attempt is audited either way."""
-        now = self.clock()
         # Expiry is decided by the deadline, whatever the clock says when it is written down.
         expiring = state is ApprovalState.EXPIRED
 
         def write(db: sqlite3.Connection) -> ApprovalRequest | None:
             row = db.execute(
                 "UPDATE approvals SET state = ?, decided_by = ?, decided_at = ?, reason = ? "
-                f"WHERE id = ? AND state = 'pending' AND (? OR expires_at > ?) RETURNING {COLUMNS}",
+                f"WHERE id = ? AND state = 'pending' AND (? OR expires_at > ?) RETURNING {REQUEST_COLUMNS}",
                 (state.value, actor, now, reason, request.id, expiring, now),
             ).fetchone()
-            settled = _request(row) if row else None
+            settled = request_from(row) if row else None
             outcome = state.value if settled else "refused"
             detail = reason if settled else "already decided or expired"
             _audit(db, state.value, outcome, request=request, actor=actor, detail=detail)
             return settled
 
-        return await self.store.write(write)
+        return await self.db.write(write)
 
     async def refuse(self, request_id: str, *, actor: str, reason: str, request: ApprovalRequest | None) -> None:
         """Audit a decision that was not allowed to count (unknown id, wrong person, wrong arguments)."""
-        await self.store.write(
+        await self.db.write(
             lambda db: _audit(
                 db, "decision_refused", "refused", request=request, request_id=request_id, actor=actor, detail=reason
             )
@@ -180,37 +107,38 @@ class ApprovalStore:
 
     async def note(self, action: str, outcome: str, *, request: ApprovalRequest | None = None, **fields: str) -> None:
         """Audit an event that is not a request or a decision: a policy denial, a grant used, a revocation."""
-        await self.store.write(lambda db: _audit(db, action, outcome, request=request, **fields))
+        await self.db.write(lambda db: _audit(db, action, outcome, request=request, **fields))
 
-    async def expire_pending(self, reason: str) -> list[ApprovalRequest]:
+    async def expire_pending(self, reason: str, *, now: float) -> list[ApprovalRequest]:
         """Mark every pending request expired (on start-up, a previous process's requests can get no answer);
         return them as expired."""
-        now = self.clock()
 
         def write(db: sqlite3.Connection) -> list[ApprovalRequest]:
             rows = db.execute(
                 "UPDATE approvals SET state = 'expired', decided_at = ?, reason = ? WHERE state = 'pending' "
-                f"RETURNING {COLUMNS}",
+                f"RETURNING {REQUEST_COLUMNS}",
                 (now, reason),
             ).fetchall()
-            expired = [_request(row) for row in rows]
+            expired = [request_from(row) for row in rows]
             for request in expired:
                 _audit(db, "expired", "expired", request=request, actor="parley", detail=reason)
             return expired
 
-        return await self.store.write(write)
+        return await self.db.write(write)
 
-    async def grant(self, tool: str, channel: str, granted_by: str, request: ApprovalRequest | None = None) -> None:
+    async def grant(
+        self, tool: str, channel: str, granted_by: str, *, now: float, request: ApprovalRequest | None = None
+    ) -> None:
         def write(db: sqlite3.Connection) -> None:
             db.execute(
-                "INSERT INTO approval_grants (tool, channel, granted_by, granted_at) VALUES (?, ?, ?, ?) "
+                f"INSERT INTO approval_grants ({GRANT_COLUMNS}) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (tool, channel) DO UPDATE SET granted_by = excluded.granted_by, "
                 "granted_at = excluded.granted_at",
-                (tool, channel, granted_by, self.clock()),
+                (tool, channel, granted_by, now),
             )
             _audit(db, "granted_always", "granted", request=request, actor=granted_by, tool=tool, channel=channel)
 
-        await self.store.write(write)
+        await self.db.write(write)
 
     async def revoke(self, tool: str, channel: str, actor: str) -> bool:
         def write(db: sqlite3.Connection) -> bool:
@@ -218,29 +146,28 @@ class ApprovalStore:
             _audit(db, "revoked", "revoked" if gone else "not_found", actor=actor, tool=tool, channel=channel)
             return bool(gone)
 
-        return await self.store.write(write)
+        return await self.db.write(write)
 
     async def granted(self, tool: str, channel: str) -> Grant | None:
-        row = await self.store.fetchone(
-            "SELECT tool, channel, granted_by, granted_at FROM approval_grants WHERE tool = ? AND channel = ?",
+        row = await self.db.fetchone(
+            f"SELECT {GRANT_COLUMNS} FROM approval_grants WHERE tool = ? AND channel = ?",
             (tool, channel),
         )
         return Grant(*row) if row else None
 
     async def grants(self) -> list[Grant]:
-        rows = await self.store.fetchall(
-            "SELECT tool, channel, granted_by, granted_at FROM approval_grants ORDER BY channel, tool"
-        )
+        rows = await self.db.fetchall(f"SELECT {GRANT_COLUMNS} FROM approval_grants ORDER BY channel, tool")
         return [Grant(*r) for r in rows]
 
     async def pending(self) -> list[ApprovalRequest]:
-        rows = await self.store.fetchall(f"SELECT {COLUMNS} FROM approvals WHERE state = 'pending' ORDER BY created_at")
-        return [_request(r) for r in rows]
+        rows = await self.db.fetchall(
+            f"SELECT {REQUEST_COLUMNS} FROM approvals WHERE state = 'pending' ORDER BY created_at"
+        )
+        return [request_from(r) for r in rows]
 
     async def audit(self, since: float = 0.0) -> list[AuditEntry]:
-        rows = await self.store.fetchall(
-            "SELECT at, request_id, action, actor, tool, channel, args_hash, outcome, detail FROM approval_audit "
-            "WHERE at >= ? ORDER BY id",
+        rows = await self.db.fetchall(
+            f"SELECT {AUDIT_COLUMNS} FROM approval_audit WHERE at >= ? ORDER BY id",
             (since,),
         )
         return [AuditEntry(*r) for r in rows]

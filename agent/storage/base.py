@@ -1,0 +1,303 @@
+"""The storage seam: one protocol per aggregate and the `Storage` facade that holds them.
+
+Every engine implements all of these with the same behaviour; `tests/test_storage_contract.py` runs one
+suite against each. Methods take and return the values of `agent.storage.models` (and the message and
+approval models they carry); no connection, cursor or row type crosses this boundary. Time-sensitive writes
+take `now` from the caller, so a caller's clock (a test's, the broker's) decides, not the database's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, Protocol
+
+from agent.approvals.models import ApprovalRequest, ApprovalState, PromptLocation
+from agent.messages import Conversation, IncomingMessage, Reply, Step
+from agent.storage.models import (
+    AuditEntry,
+    ChainRecord,
+    ChainStats,
+    Execution,
+    Fact,
+    Grant,
+    InboxEntry,
+    PrunePolicy,
+    RunRecord,
+    StorageStatus,
+    ToolStats,
+    Turn,
+    WindowCounts,
+)
+
+
+class Turns(Protocol):
+    """Conversation turns, kept to the newest `max_turns` of each channel."""
+
+    async def add(
+        self, conv: Conversation, role: str, text: str, *, user_id: str = "", chain_id: int | None = None
+    ) -> None: ...
+
+    async def recent(self, conv: Conversation, limit: int = 10) -> list[Turn]:
+        """The last `limit` turns of the conversation (its thread, or the channel's top level), oldest first."""
+        ...
+
+    async def of_channel(self, channel: str, limit: int = 100) -> list[Turn]:
+        """The last `limit` turns of the whole channel, every thread included, oldest first."""
+        ...
+
+
+class Notes(Protocol):
+    """Working memory: small key/value notes per conversation."""
+
+    async def set(self, conv: Conversation, key: str, value: str) -> None: ...
+
+    async def of(self, conv: Conversation) -> dict[str, str]: ...
+
+
+class Facts(Protocol):
+    """Facts per channel, found by full-text relevance."""
+
+    async def add(self, channel: str, key: str, value: str, *, confidence: float = 1.0) -> None:
+        """Upsert: a known key gets the new value and confidence, and counts as one more access."""
+        ...
+
+    async def get(self, channel: str, key: str) -> Fact | None:
+        """One fact by key; reading it touches its last access and access count."""
+        ...
+
+    async def of_channel(self, channel: str) -> list[Fact]:
+        """Every fact of the channel, by key."""
+        ...
+
+    async def relevant(self, channel: str, query: str, k: int = 5, *, touch: bool = False) -> list[Fact]:
+        """The top-k facts of the channel for `query` (a key match weighs more than a value match)."""
+        ...
+
+    async def prune(self, max_age_days: float, *, now: float) -> int:
+        """Delete facts untouched for `max_age_days`, except those accessed more than 10 times."""
+        ...
+
+
+class Chains(Protocol):
+    """Reasoning chains and their steps (written by `Storage.record_exchange`)."""
+
+    async def steps(self, chain_id: int) -> list[Step]: ...
+
+    async def count(self, started_at: float = 0.0, channel: str | None = None) -> int: ...
+
+    def since(
+        self, started_at: float, *, channel: str | None = None, batch: int = 500, after_id: int = 0
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every chain started at or after `started_at` (of one channel, or all) with an id above `after_id`,
+        oldest first, each a JSON-ready dict with its steps."""
+        ...
+
+    async def stats(self, started_at: float = 0.0, channel: str | None = None) -> ChainStats: ...
+
+
+class Inbox(Protocol):
+    """The durable inbox: every incoming message, its state and its reply. Each method is one transaction."""
+
+    async def accept(self, message: IncomingMessage) -> InboxEntry | None:
+        """Store a new message; None when this platform event is already in the inbox (a redelivery)."""
+        ...
+
+    async def start(self, entry_id: int) -> None:
+        """Mark the message as being answered and count the attempt."""
+        ...
+
+    async def answer(self, entry_id: int, reply: Reply, *, error: str | None = None) -> None:
+        """Store the reply and mark the message answered (`error` says what went wrong for an apology)."""
+        ...
+
+    async def fail(self, entry_id: int, error_id: str, error: str) -> None:
+        """The reply could not be delivered: given up for good."""
+        ...
+
+    async def delivered(self, entry_id: int) -> None:
+        """The platform took the reply: a restart must not send it again."""
+        ...
+
+    async def unfinished(self, platforms: Iterable[str]) -> list[InboxEntry]:
+        """Messages of these platforms still to answer or whose reply is still to deliver, in arrival order."""
+        ...
+
+    async def get(self, entry_id: int) -> InboxEntry | None: ...
+
+    async def recent(self, limit: int = 100) -> list[InboxEntry]:
+        """The newest `limit` messages, whatever their state, oldest first."""
+        ...
+
+
+class Executions(Protocol):
+    """Every tool call the runner makes, for audit and per-tool statistics."""
+
+    async def record(self, execution: Execution) -> None: ...
+
+    async def for_run(self, run_id: str) -> list[Execution]: ...
+
+    async def recent(self, limit: int = 50) -> list[Execution]:
+        """The newest `limit` executions, oldest first."""
+        ...
+
+    async def stats(self) -> dict[str, ToolStats]:
+        """Calls, successes, failures, mean and nearest-rank p95 duration per tool, over the whole table."""
+        ...
+
+
+class Approvals(Protocol):
+    """Approval requests, decisions (compare-and-set), "allow always" grants, and the append-only audit."""
+
+    async def create(self, request: ApprovalRequest) -> None:
+        """Store a new pending request and audit it, in one transaction."""
+        ...
+
+    async def shown(self, request_id: str, prompt: PromptLocation) -> None:
+        """Record where the request's prompt was posted (whatever its state by now)."""
+        ...
+
+    async def prompt_closed(self, request_id: str, *, now: float) -> None:
+        """The prompt now shows the request's outcome and has no buttons left."""
+        ...
+
+    async def open_prompts(self) -> list[ApprovalRequest]:
+        """Settled requests whose prompt still shows buttons."""
+        ...
+
+    async def get(self, request_id: str) -> ApprovalRequest | None: ...
+
+    async def settle(
+        self, request: ApprovalRequest, state: ApprovalState, *, actor: str, now: float, reason: str = ""
+    ) -> ApprovalRequest | None:
+        """Compare-and-set: move a pending request, unexpired at `now` (expiry aside), to `state`. None when it
+        was no longer pending; the attempt is audited either way."""
+        ...
+
+    async def refuse(self, request_id: str, *, actor: str, reason: str, request: ApprovalRequest | None) -> None:
+        """Audit a decision that was not allowed to count."""
+        ...
+
+    async def note(self, action: str, outcome: str, *, request: ApprovalRequest | None = None, **fields: str) -> None:
+        """Audit an event that is not a request or a decision (`fields`: request_id, actor, detail, tool, channel)."""
+        ...
+
+    async def expire_pending(self, reason: str, *, now: float) -> list[ApprovalRequest]:
+        """Mark every pending request expired; return them as expired."""
+        ...
+
+    async def grant(
+        self, tool: str, channel: str, granted_by: str, *, now: float, request: ApprovalRequest | None = None
+    ) -> None: ...
+
+    async def revoke(self, tool: str, channel: str, actor: str) -> bool: ...
+
+    async def granted(self, tool: str, channel: str) -> Grant | None: ...
+
+    async def grants(self) -> list[Grant]: ...
+
+    async def pending(self) -> list[ApprovalRequest]: ...
+
+    async def audit(self, since: float = 0.0) -> list[AuditEntry]:
+        """Audit rows at or after `since`, in the order they were written."""
+        ...
+
+
+class Jobs(Protocol):
+    """Scheduled job runs (one per job and slot) and each job's own marks."""
+
+    async def interrupt_running(self, *, now: float) -> int:
+        """Mark runs left `running` by an earlier process as interrupted; returns how many."""
+        ...
+
+    async def claim(self, job: str, slot: str, *, started_at: float) -> bool:
+        """Start the run of `job` for `slot`; False when that slot has run (or is running) already."""
+        ...
+
+    async def finish(
+        self, job: str, slot: str, state: str, *, finished_at: float, detail: str = "", error_id: str | None = None
+    ) -> None: ...
+
+    async def last_ok(self, job: str) -> float | None:
+        """The start of the newest successful scheduled (not manual) run of `job`."""
+        ...
+
+    async def last_runs(self) -> dict[str, RunRecord]:
+        """The newest run of each job."""
+        ...
+
+    async def runs(self, job: str) -> list[RunRecord]:
+        """Every recorded run of `job`, oldest first."""
+        ...
+
+    async def mark(self, job: str, key: str) -> str | None: ...
+
+    async def set_mark(self, job: str, key: str, value: str) -> None: ...
+
+
+class Stats(Protocol):
+    """Read-only aggregates across tables."""
+
+    async def window(self, since: float, until: float) -> WindowCounts:
+        """Messages received in [since, until) and what was done for them."""
+        ...
+
+
+class Storage(Protocol):
+    """Every repository of one database, and the operations that span several in one transaction."""
+
+    engine: str
+    turns: Turns
+    notes: Notes
+    facts: Facts
+    chains: Chains
+    inbox: Inbox
+    executions: Executions
+    approvals: Approvals
+    jobs: Jobs
+    stats: Stats
+
+    @property
+    def location(self) -> str:
+        """Where the data is, fit for a log line: a file path, or a URL with its password masked."""
+        ...
+
+    async def record_exchange(
+        self,
+        conv: Conversation,
+        chain: ChainRecord | None,
+        reply: Reply,
+        *,
+        inbox_id: int | None = None,
+        error: str | None = None,
+    ) -> Reply:
+        """Store an answered message in one transaction: the chain and its steps, the user's and the assistant's
+        turns, and the inbox row's reply and `answered` state. With no chain (a message the agent refused
+        outright) only the inbox row is written. Returns the reply with its chain id."""
+        ...
+
+    async def prune(self, policy: PrunePolicy) -> dict[str, int]:
+        """Delete what is older than its cutoff, in one transaction; returns rows deleted per kind."""
+        ...
+
+    async def forget(self, channel: str) -> dict[str, int]:
+        """Delete everything remembered about a channel: turns, facts, notes, chains and tool executions."""
+        ...
+
+    async def export_channel(self, channel: str) -> dict[str, Any]:
+        """A channel's memory as JSON-ready data, for backup or moving it elsewhere."""
+        ...
+
+    async def import_channel(self, data: dict[str, Any], channel: str | None = None) -> None:
+        """Load an export into `channel` (default: the exported one) in one transaction; facts upsert, turns
+        append. Raises ValueError for an export of another version."""
+        ...
+
+    async def ping(self, *, now: float) -> None:
+        """A write round trip (for `/readyz`): raises StoreError when the database cannot take writes."""
+        ...
+
+    async def status(self) -> StorageStatus: ...
+
+    async def close(self) -> None:
+        """Close every connection; closing twice is harmless."""
+        ...

@@ -1,0 +1,227 @@
+"""Models to rows and rows to models, for both engines: a column is added here once, not once per engine.
+
+The engines differ in placeholders (`?` or `$1`), connections and dialect; what a row of each table holds, in
+which order, and how JSON columns are encoded is the same, so it lives here. A `Row` is what a driver hands
+back (`sqlite3.Row`, an asyncpg record): readable by position and by column name.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from typing import Any, Protocol
+
+from agent.approvals.models import ApprovalRequest, ApprovalState, PromptLocation
+from agent.messages import Conversation, IncomingMessage, Reply, Step
+from agent.storage.models import STORED_OBSERVATION_CHARS, ChainRecord, Execution, InboxEntry, State
+
+
+class Row(Protocol):
+    def __getitem__(self, key: int | str, /) -> Any: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def __len__(self) -> int: ...
+
+    def keys(self) -> Any: ...
+
+
+STEP_COLUMNS = (
+    "thought",
+    "tool",
+    "args",
+    "observation",
+    "kind",
+    "outcome",
+    "part",
+    "model_ms",
+    "tool_ms",
+    "input_tokens",
+    "output_tokens",
+)
+CHAIN_COLUMNS = (
+    "channel, thread, user_id, question, answer, status, model, error_id, started_at, duration_ms, run_id, mode, "
+    "model_calls, input_tokens, output_tokens"
+)
+FACT_COLUMNS = "key, value, confidence, access_count, created_at, updated_at, last_access"
+INBOX_COLUMNS = "id, message, state, attempts, reply, delivered_at"
+EXECUTION_COLUMNS = (
+    "tool, args, outcome, observation, duration_ms, started_at, run_id, channel, thread, user_id, truncated"
+)
+# What a new request is written with; REQUEST_COLUMNS is what a request is read back with.
+NEW_REQUEST_COLUMNS = (
+    "id, tool, args, args_hash, level, platform, channel, thread, requester, created_at, expires_at, run_id, "
+    "state, decided_by, reason"
+)
+REQUEST_COLUMNS = f"{NEW_REQUEST_COLUMNS}, prompt_platform, prompt_channel, prompt_message"
+GRANT_COLUMNS = "tool, channel, granted_by, granted_at"
+AUDIT_COLUMNS = "at, request_id, action, actor, tool, channel, args_hash, outcome, detail"
+RUN_COLUMNS = "job, slot, state, started_at, finished_at, detail, error_id"
+
+
+def count(columns: str | tuple[str, ...]) -> int:
+    """How many columns a list names (for the engine's placeholders)."""
+    return len(columns) if isinstance(columns, tuple) else len(columns.split(","))
+
+
+# Chains --------------------------------------------------------------------------------------------------------
+
+
+def chain_values(conv: Conversation, chain: ChainRecord) -> tuple[object, ...]:
+    """A chain in the order of CHAIN_COLUMNS."""
+    c = chain
+    return (
+        conv.channel,
+        conv.thread,
+        c.user_id,
+        c.question,
+        c.answer,
+        c.status,
+        c.model,
+        c.error_id,
+        c.started_at,
+        c.duration_ms,
+        c.run_id,
+        c.mode,
+        c.model_calls,
+        c.input_tokens,
+        c.output_tokens,
+    )
+
+
+def step_values(chain_id: int, index: int, step: Step) -> tuple[object, ...]:
+    """A step as (chain_id, idx, *STEP_COLUMNS), its arguments as JSON."""
+    row = asdict(step)
+    row["args"] = json.dumps(step.args, default=str, ensure_ascii=False)
+    return (chain_id, index, *(row[c] for c in STEP_COLUMNS))
+
+
+def step_from(row: Row) -> Step:
+    values = dict(zip(STEP_COLUMNS, row, strict=True))
+    return Step(**{**values, "args": json.loads(values["args"])})
+
+
+# Inbox ---------------------------------------------------------------------------------------------------------
+
+
+def message_json(message: IncomingMessage) -> str:
+    return json.dumps(asdict(message))
+
+
+def reply_json(reply: Reply) -> str:
+    """What the inbox keeps of a reply: enough to deliver it again after a restart."""
+    return json.dumps(
+        {"text": reply.text, "status": reply.status, "error_id": reply.error_id, "chain_id": reply.chain_id}
+    )
+
+
+def inbox_entry(row: Row) -> InboxEntry:
+    """An inbox row read with INBOX_COLUMNS."""
+    reply = Reply(**json.loads(row["reply"])) if row["reply"] else None
+    return InboxEntry(
+        id=int(row["id"]),
+        message=IncomingMessage(**json.loads(row["message"])),
+        state=State(row["state"]),
+        attempts=int(row["attempts"]),
+        reply=reply,
+        delivered_at=row["delivered_at"],
+    )
+
+
+# Tool executions -----------------------------------------------------------------------------------------------
+
+
+def execution_values(e: Execution) -> tuple[object, ...]:
+    """An execution in the order of EXECUTION_COLUMNS; the observation cut to what the table keeps."""
+    return (
+        e.tool,
+        json.dumps(e.args, default=str, ensure_ascii=False),
+        e.outcome,
+        e.observation[:STORED_OBSERVATION_CHARS],
+        e.duration_ms,
+        e.started_at,
+        e.run_id,
+        e.channel,
+        e.thread,
+        e.user_id,
+        int(e.truncated),
+    )
+
+
+def execution_from(row: Row) -> Execution:
+    """An execution read with EXECUTION_COLUMNS."""
+    return Execution(
+        tool=str(row[0]),
+        args=json.loads(str(row[1])),
+        outcome=str(row[2]),
+        observation=str(row[3]),
+        duration_ms=float(row[4]),
+        started_at=float(row[5]),
+        run_id=str(row[6]),
+        channel=str(row[7]),
+        thread=str(row[8]),
+        user_id=str(row[9]),
+        truncated=bool(row[10]),
+    )
+
+
+# Approvals -----------------------------------------------------------------------------------------------------
+
+
+def request_values(request: ApprovalRequest) -> tuple[object, ...]:
+    """A new request in the order of NEW_REQUEST_COLUMNS."""
+    r = request
+    return (
+        r.id,
+        r.tool,
+        json.dumps(r.args, default=str),
+        r.args_hash,
+        r.level,
+        r.platform,
+        r.channel,
+        r.thread,
+        r.requester,
+        r.created_at,
+        r.expires_at,
+        r.run_id,
+        r.state.value,
+        None,
+        "",
+    )
+
+
+def request_from(row: Row) -> ApprovalRequest:
+    """A request read with REQUEST_COLUMNS."""
+    values = dict(zip(REQUEST_COLUMNS.split(", "), row, strict=True))
+    values["args"] = json.loads(values["args"])
+    values["state"] = ApprovalState(values["state"])
+    shown = (values.pop("prompt_platform"), values.pop("prompt_channel"), values.pop("prompt_message"))
+    values["prompt"] = PromptLocation(*shown) if shown[2] is not None else None
+    return ApprovalRequest(**values)
+
+
+def audit_values(
+    action: str,
+    outcome: str,
+    *,
+    request: ApprovalRequest | None = None,
+    request_id: str = "",
+    actor: str = "",
+    detail: str = "",
+    tool: str = "",
+    channel: str = "",
+) -> tuple[object, ...]:
+    """An audit row in the order of AUDIT_COLUMNS, about `request` or else the ids given."""
+    return (
+        time.time(),
+        request.id if request else request_id,
+        action,
+        actor,
+        request.tool if request else tool,
+        request.channel if request else channel,
+        request.args_hash if request else "",
+        outcome,
+        detail,
+    )

@@ -1,0 +1,27 @@
+"""Answer a message and record it: the agent reasons, the storage seam writes the exchange in one transaction.
+
+The dispatcher, `parley ask` and scheduled reports all answer through `answer`, so an answer is recorded the
+same way wherever it was asked.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from agent.messages import IncomingMessage, Reply
+from agent.runtime import Exchange
+from agent.storage.base import Storage
+
+
+class Responder(Protocol):
+    """What answers a message: the agent, or anything with its `respond`."""
+
+    async def respond(self, message: IncomingMessage) -> Exchange: ...
+
+
+async def answer(
+    responder: Responder, storage: Storage, message: IncomingMessage, *, inbox_id: int | None = None
+) -> Reply:
+    """The reply to `message`, recorded with its chain, turns and (given `inbox_id`) the inbox row's answer."""
+    exchange = await responder.respond(message)
+    return await storage.record_exchange(message.conversation, exchange.chain, exchange.reply, inbox_id=inbox_id)
