@@ -46,12 +46,14 @@ test: lint
 	$(BIN)/pytest
 
 # Memory and dispatch run on both engines; PostgreSQL is an embedded server unless PARLEY_BENCH_PG_DSN is set.
+# Replicas: 1, 2 and 3 `parley run` processes on one PostgreSQL database.
 bench: $(VENV)/.test-installed
 	$(BIN)/python -m benchmarks.memory --engine sqlite
 	$(BIN)/python -m benchmarks.memory --engine postgres
 	$(BIN)/python -m benchmarks.agent
 	$(BIN)/python -m benchmarks.dispatch --engine sqlite
 	$(BIN)/python -m benchmarks.dispatch --engine postgres
+	$(BIN)/python -m benchmarks.replicas
 	$(BIN)/python -m benchmarks.slack
 	$(BIN)/python -m benchmarks.mcp
 	$(BIN)/python -m benchmarks.embedded

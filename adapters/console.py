@@ -1,19 +1,26 @@
 """The console adapter: chat in a terminal, or answer piped stdin one line at a time.
 
 Like every adapter it hands messages to the dispatcher (`submit`) and gets replies back through `deliver`.
+Files given with `--attach` go with every message of the session; files a reply posts are written to a
+directory, each under a name of its own, and their paths printed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import getpass
+import mimetypes
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterable, Sequence
+from functools import partial
+from pathlib import Path
 from typing import TextIO
 
 from agent.approvals import ApprovalRequest, PromptLocation
+from agent.attachments.models import Attachment, AttachmentRefused
 from agent.messages import IncomingMessage, Reply
 from agent.ports import Decide, Submit
 
@@ -40,8 +47,12 @@ class ConsoleAdapter:
         auto_approve: bool = False,
         stdin: TextIO | None = None,
         stdout: TextIO | None = None,
+        attach: Sequence[Path] = (),
+        files_dir: Path = Path("data/files"),
     ) -> None:
         self.channel = channel
+        self.attach = tuple(Path(p) for p in attach)
+        self.files_dir = files_dir
         self.auto_approve = auto_approve
         self.user = user or _login_name()
         self.stdin = stdin or sys.stdin
@@ -66,6 +77,13 @@ class ConsoleAdapter:
             event_id=f"{self._session}-{self._count}",
             is_dm=True,
             mentioned=True,
+            attachments=local_attachments(self.attach),
+        )
+
+    async def attachments(self, message: IncomingMessage) -> tuple[Attachment, ...]:
+        """The files given with --attach, read from their paths: only those paths, whatever the message says."""
+        return local_attachments(
+            p for p in self.attach if p.absolute().as_uri() in {a.url for a in message.attachments}
         )
 
     async def run(self, submit: Submit, decide: Decide | None = None) -> None:
@@ -115,6 +133,8 @@ class ConsoleAdapter:
 
     async def deliver(self, message: IncomingMessage, reply: Reply, key: str) -> None:
         self._write(f"parley> {reply.text}\n" if self.interactive else f"{reply.text}\n")
+        for path in await asyncio.to_thread(write_files, reply, self.files_dir):
+            self._write(f"(file written to {path})\n")
         waiting = self._waiting.pop(message.event_id, None)
         if waiting is not None and not waiting.done():
             waiting.set_result(None)
@@ -164,3 +184,50 @@ def _login_name() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "console"
+
+
+def local_attachments(paths: Iterable[Path]) -> tuple[Attachment, ...]:
+    """Files on this machine (`--attach PATH`) as attachments, each bound to a read of that path."""
+    found = []
+    for path in paths:
+        media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        size = path.stat().st_size if path.is_file() else None
+        attachment = Attachment(path.name, media_type, size, path.absolute().as_uri())
+        found.append(attachment.bound(partial(_read_local, path)))
+    return tuple(found)
+
+
+async def _read_local(path: Path, max_bytes: int) -> bytes:
+    def read() -> bytes:
+        try:
+            with path.open("rb") as file:
+                data = file.read(max_bytes + 1)
+        except OSError as exc:
+            raise AttachmentRefused(f"it could not be opened ({exc.strerror or type(exc).__name__})") from None
+        if len(data) > max_bytes:
+            raise AttachmentRefused(f"it is larger than the {max_bytes:,}-byte limit")
+        return data
+
+    return await asyncio.to_thread(read)
+
+
+def write_files(reply: Reply, directory: Path) -> list[Path]:
+    """Write the reply's files into `directory` (made if missing), never over an existing file; their paths."""
+    if not reply.files:
+        return []
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for out in reply.files:
+        name = Path(out.name).name or "file"  # a name, never a path
+        stem, suffix = Path(name).stem, Path(name).suffix
+        target, n = directory / name, 1
+        while True:
+            try:
+                with target.open("xb") as file:
+                    file.write(out.content)
+                break
+            except FileExistsError:
+                n += 1
+                target = directory / f"{stem}-{n}{suffix}"
+        written.append(target)
+    return written

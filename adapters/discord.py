@@ -9,6 +9,11 @@ Bad input from the gateway cannot deafen the bot: events and commands are checke
 (adapters/discord_edge.py), and if discord.py's connection task ends anyway, `_connect` opens a new connection;
 readiness reports the connection as down until it is back.
 
+Several replicas on one database: with `leadership`, only the elected replica holds the gateway
+(adapters/discord_leader.py); the others deliver replies, posts and approval prompts over REST and report
+ready as followers. With `shard_count` the client is discord.py's `AutoShardedClient` running this replica's
+`shard_ids`, and there is no election.
+
 Base URL overrides (tests, proxies) are scoped: discord.py keeps its REST base and gateway URL as class
 attributes, so they are replaced once by proxies that read a context variable, set by the adapter in the
 context it is built in. Another discord.py client elsewhere in the process still reaches Discord.
@@ -25,33 +30,44 @@ import json
 import logging
 import re
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import discord
 import yarl
 from discord import app_commands
 from pydantic import ValidationError
 
 from adapters.approval_text import arguments_filename, fit, full_arguments
-from adapters.discord_edge import DiscordMessage, ParleyTree, SlashAsk, guard_parsers
+from adapters.discord_edge import DiscordAttachment, DiscordMessage, ParleyTree, RepliedTo, SlashAsk, guard_parsers
+from adapters.discord_leader import GATEWAY, Seat, close_gateway
 from adapters.discord_prompt import prompt_text, settled_text
 from adapters.edge import QuietLog, describe, problems
+from adapters.files import download, same_origin
 from adapters.text import split_message
 from agent.approvals import ApprovalRequest, PromptLocation
+from agent.attachments.models import Attachment
 from agent.messages import IncomingMessage, Reply
 from agent.ports import Decide, DeliveryError, PlatformUnavailable, Submit
 from agent.storage.base import Storage
+from agent.storage.leadership import Leadership
 from agent.tools.registry import ToolRegistry
 
 log = logging.getLogger("parley.discord")
 
 DISCORD_LIMIT = 2000
+# Where Discord serves attachments (signed URLs: no token is sent).
+CDN_HOSTS = frozenset({"cdn.discordapp.com", "media.discordapp.net"})
 DEFAULT_API = "https://discord.com/api/v10"
 DEFAULT_GATEWAY = "wss://gateway.discord.gg/"
 INTERACTION = "discord-interaction:"
 # custom_id: parley:<action>:<request id>:<first 40 hex digits of the arguments' hash> (at most 100 characters)
 APPROVAL_ID = r"parley:(?P<action>approve|deny|always):(?P<request>[\w-]+):(?P<hash>[0-9a-f]{32,64})"
+# The typing indicator stops after this even when no reply comes through this process: with several replicas
+# another one may answer, and the indicator would otherwise come back every few seconds for good.
+TYPING_MAX_S = 120.0
 
 _api_base: contextvars.ContextVar[str] = contextvars.ContextVar("parley_discord_api", default=DEFAULT_API)
 _gateway: contextvars.ContextVar[str] = contextvars.ContextVar("parley_discord_gateway", default=DEFAULT_GATEWAY)
@@ -109,18 +125,22 @@ class DiscordConfig:
     # this delay, doubled with each failure in a row up to `reconnect_max_s`.
     reconnect_delay_s: float = 1.0
     reconnect_max_s: float = 60.0
+    # Sharding: this process runs `shard_ids` (all of them when None) of `shard_count` shards.
+    shard_count: int | None = None
+    shard_ids: tuple[int, ...] | None = None
 
 
 class ParleyClient(discord.Client):
     """The discord.py client, knowing its adapter (dynamic items reach it through `interaction.client`)."""
 
-    def __init__(self, adapter: DiscordAdapter) -> None:
+    def __init__(self, adapter: DiscordAdapter, **options: Any) -> None:
         intents = discord.Intents.default()
         intents.message_content = True
         super().__init__(
             intents=intents,
             allowed_mentions=discord.AllowedMentions.none(),
             guild_ready_timeout=adapter.config.ready_timeout_s,
+            **options,
         )
         self.adapter = adapter
         guard_parsers(self._connection.parsers, adapter.quiet)
@@ -143,6 +163,11 @@ class ParleyClient(discord.Client):
 
     async def on_message(self, message: discord.Message) -> None:
         await self.adapter.receive(message)
+
+
+class ParleyShardedClient(ParleyClient, discord.AutoShardedClient):
+    """The same client on some of the bot's shards: discord.py opens one session per shard and reconnects each
+    by itself."""
 
 
 class ApprovalButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], template=APPROVAL_ID):
@@ -191,7 +216,14 @@ class DiscordAdapter:
     name = "discord"
     resumable = True
 
-    def __init__(self, config: DiscordConfig, *, storage: Storage, registry: ToolRegistry) -> None:
+    def __init__(
+        self,
+        config: DiscordConfig,
+        *,
+        storage: Storage,
+        registry: ToolRegistry,
+        leadership: Leadership | None = None,
+    ) -> None:
         _install_url_proxies()
         _api_base.set(config.api_url.rstrip("/"))
         _gateway.set(config.gateway_url)
@@ -203,15 +235,30 @@ class DiscordAdapter:
         self.ready = asyncio.Event()
         # Bad input from the gateway is warned about once a minute per kind, whatever its rate.
         self.quiet = QuietLog(log)
-        self.client = ParleyClient(self)
+        # Each sharded replica owns its shards; an unsharded one holds the gateway only while it leads.
+        self.leadership = leadership if config.shard_count is None else None
+        self.seat = Seat()
+        self.client = (
+            ParleyClient(self)
+            if config.shard_count is None
+            else ParleyShardedClient(
+                self,
+                shard_count=config.shard_count,
+                shard_ids=list(config.shard_ids) if config.shard_ids is not None else None,
+            )
+        )
         self.tree = ParleyTree(self.client, warn=self.quiet)
         self._register_commands()
         self._typing: dict[str, asyncio.Task[None]] = {}
+        # Downloads of shared files: opened with the first one, in the running loop.
+        self._files: aiohttp.ClientSession | None = None
         self._runner: asyncio.Task[None] | None = None
         self._logged_in = False
         self._gateway_up = False  # from READY or RESUMED until a disconnect
         self._failures = 0  # connection tasks ended by an error, in a row
         self._stopping = asyncio.Event()
+        self._started = False  # start() has returned: a gateway that fails for good from now on is logged
+        self._holding = False  # in a term as the gateway's elected holder
 
     def connect(self, submit: Submit, decide: Decide) -> None:
         self.submit, self.decide = submit, decide
@@ -230,29 +277,70 @@ class DiscordAdapter:
         self._logged_in = True
 
     async def start(self) -> None:
-        """Log in if needed and connect the gateway (a refused privileged intent is one clear line)."""
+        """Log in if needed and connect the gateway (a refused privileged intent is one clear line). With
+        leadership, the gateway is held whenever this replica leads; a follower returns at once."""
         await self.login()
-        self._runner = asyncio.create_task(self._connect())
-        ready = asyncio.create_task(self.ready.wait())
-        done, _ = await asyncio.wait({self._runner, ready}, return_when=asyncio.FIRST_COMPLETED)
-        if self._runner in done:
-            ready.cancel()
-            self._runner.result()
+        if self.leadership is None:
+            self._runner = asyncio.create_task(self._connect())
+            await self._until(self.ready)
+        else:
+            self._runner = asyncio.create_task(self.leadership.hold(GATEWAY, self._term, self.seat.changed))
+            await self._until(self.ready, self.seat.following)
+        self._started = True
         if self.config.command_state is not None:
             synced = await self.sync_commands(force=False)
             if synced:
                 log.warning("synced Discord slash commands: %s", ", ".join(synced))
 
+    async def _until(self, *events: asyncio.Event) -> None:
+        """Wait for one of the events, or for the connection task to end (raising what it raised)."""
+        assert self._runner is not None
+        waits = [asyncio.create_task(event.wait()) for event in events]
+        try:
+            done, _ = await asyncio.wait({self._runner, *waits}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        if self._runner in done:
+            self._runner.result()
+
+    async def _term(self) -> None:
+        """A term as the gateway's holder: connected until closed. Cancelled when leadership is lost, it closes
+        the socket before the election can pass on, so two replicas never hold the gateway together."""
+        self._holding = True
+        try:
+            await self._connect()
+        finally:
+            self._holding = self._gateway_up = False
+            await close_gateway(self.client)
+
     async def is_connected(self) -> bool:
         """The gateway session is up: False from a lost connection until READY or RESUMED, whether discord.py
-        is reconnecting by itself or `_connect` is opening a new connection after its task ended."""
+        is reconnecting by itself or `_connect` is opening a new connection after its task ended. A follower is
+        connected when it is logged in: REST is all it needs. Sharded, every shard's socket must be open."""
         running = self._runner is not None and not self._runner.done()
-        return running and self._gateway_up and not self.client.is_closed()
+        if not running or self.client.is_closed():
+            return False
+        if self.seat.follows:
+            return self._logged_in
+        if isinstance(self.client, discord.AutoShardedClient):
+            shards = self.client.shards.values()
+            return self.ready.is_set() and bool(shards) and not any(shard.is_closed() for shard in shards)
+        return self._gateway_up
+
+    def gateway_status(self) -> dict[str, object]:
+        """Which part of the gateway this replica holds, for `/readyz` (nothing when it is alone with it)."""
+        if isinstance(self.client, discord.AutoShardedClient):
+            count = self.config.shard_count
+            shards = list(self.config.shard_ids) if self.config.shard_ids is not None else list(range(count or 0))
+            return {"gateway": "shards", "shards": shards, "shard_count": count}
+        return self.seat.status() if self.leadership is not None else {}
 
     def gateway_changed(self, *, up: bool) -> None:
         """The client's connection events: readiness follows them, and a session that came up ends a run of
-        failures (the next one waits the shortest delay again)."""
-        self._gateway_up = up
+        failures (the next one waits the shortest delay again). discord.py announces READY up to
+        `ready_timeout_s` late, so an announcement after a lost term is ignored."""
+        self._gateway_up = up and (self.leadership is None or self._holding)
         if up:
             self._failures = 0
 
@@ -284,7 +372,7 @@ class DiscordAdapter:
 
     def _gave_up(self, reason: str) -> None:
         self._gateway_up = False
-        if not self.ready.is_set():
+        if not self.ready.is_set() and not self._started:
             raise DiscordUnavailable(reason) from None
         log.error("the Discord gateway is closed until Parley restarts: %s", reason)
 
@@ -330,7 +418,13 @@ class DiscordAdapter:
         self._stopping.set()
         for task in self._typing.values():
             task.cancel()
+        if self.leadership is not None and self._runner is not None:
+            # A follower campaigns until cancelled; a leader's term closes its socket and steps down.
+            self._runner.cancel()
+            await asyncio.gather(self._runner, return_exceptions=True)
         await self.client.close()
+        if self._files is not None:
+            await self._files.close()
         if self._runner is not None:
             await asyncio.gather(self._runner, return_exceptions=True)
 
@@ -368,15 +462,47 @@ class DiscordAdapter:
             event_id=str(seen.id),
             mentioned=mentioned,
             is_dm=is_dm,
+            attachments=attachments_of(seen.attachments, "message") + self._replied_files(message),
         )
         if self.submit is not None and await self.submit(incoming):
             self._typing[incoming.message_id] = asyncio.create_task(self._type(message.channel))
 
+    def _replied_files(self, message: discord.Message) -> tuple[Attachment, ...]:
+        """The files of the message this one replies to, when the gateway sent it along."""
+        resolved = message.reference.resolved if message.reference is not None else None
+        if not isinstance(resolved, discord.Message):
+            return ()
+        try:
+            return attachments_of(RepliedTo.model_validate(resolved).attachments, "thread")
+        except ValidationError as exc:
+            self.quiet.warning("reference", "ignored the files of a replied-to message (%s)", problems(exc))
+            return ()
+
+    async def attachments(self, message: IncomingMessage) -> tuple[Attachment, ...]:
+        """The message's files and those of the message it replies to, each bound to a download from Discord's
+        CDN (its URLs are signed; no token is sent)."""
+        return tuple(a.bound(partial(self._fetch, a.url)) for a in message.attachments)
+
+    async def _fetch(self, url: str, max_bytes: int) -> bytes:
+        if self._files is None or self._files.closed:
+            self._files = aiohttp.ClientSession()
+        return await download(self._files, url, max_bytes, platform="Discord", allowed=self._on_cdn)
+
+    def _on_cdn(self, url: yarl.URL) -> bool:
+        """Discord's CDN over HTTPS, or the configured API's own origin when it is not Discord's (a test
+        server, a proxy that serves the files too)."""
+        if url.scheme == "https" and url.host in CDN_HOSTS:
+            return True
+        api = yarl.URL(self.config.api_url)
+        return api.host not in ("discord.com", "discordapp.com") and same_origin(url, api)
+
     async def _type(self, channel: Any) -> None:
         """The typing indicator, renewed until the reply lands (the task is cancelled then)."""
         try:
-            async with channel.typing():
+            async with asyncio.timeout(TYPING_MAX_S), channel.typing():
                 await asyncio.Event().wait()
+        except TimeoutError:
+            return
         except discord.HTTPException as exc:
             log.info("typing indicator failed: %s", exc)
 
@@ -453,6 +579,8 @@ class DiscordAdapter:
                 webhook = discord.Webhook.partial(int(app_id), token, client=self.client)
                 for chunk in chunks:
                     await webhook.send(chunk, allowed_mentions=none)
+                if reply.files:
+                    await webhook.send(files=_files(reply), allowed_mentions=none)
                 return
             channel = await self._channel(int(message.channel))
             reference = discord.MessageReference(
@@ -462,6 +590,9 @@ class DiscordAdapter:
                 # A nonce Discord enforces makes a repeated post (after a crash) return the first one.
                 nonce = f"{key}-{i}"[-25:]
                 await channel.send(chunk, reference=reference if i == 0 else None, allowed_mentions=none, nonce=nonce)
+            if reply.files:
+                # The reply's files in one message after its text, under a nonce of their own.
+                await channel.send(files=_files(reply), allowed_mentions=none, nonce=f"{key}-files"[-25:])
         except discord.Forbidden as exc:
             raise DeliveryError(f"Discord refused the reply ({exc.status})", transient=False) from None
         except discord.NotFound as exc:
@@ -513,3 +644,21 @@ class DiscordAdapter:
 
     async def _channel(self, channel_id: int) -> Any:
         return self.client.get_channel(channel_id) or await self.client.fetch_channel(channel_id)
+
+
+def attachments_of(files: list[DiscordAttachment], origin: str) -> tuple[Attachment, ...]:
+    """discord.py's attachments (validated) as the agent's, not yet bound."""
+    return tuple(
+        Attachment(
+            name=f.filename,
+            media_type=f.content_type or "application/octet-stream",
+            size=f.size,
+            url=f.url,
+            origin=origin,
+        )
+        for f in files
+    )
+
+
+def _files(reply: Reply) -> list[discord.File]:
+    return [discord.File(io.BytesIO(f.content), filename=f.name) for f in reply.files]

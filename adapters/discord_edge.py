@@ -102,6 +102,26 @@ class DiscordChannel(_Read):
     guild_id: Snowflake | None = None
 
 
+class DiscordAttachment(_Read):
+    """A file on a message (discord.py's `Attachment`): its CDN URL is signed, so it is fetched without a token."""
+
+    id: Snowflake
+    filename: CleanStr
+    size: Annotated[StrictInt, Field(ge=0)]
+    url: StrictStr
+    content_type: StrictStr | None = None
+
+
+# Discord allows 10 files on a message.
+MAX_ATTACHMENTS = 10
+
+
+class RepliedTo(_Read):
+    """The message a message replies to (`message.reference.resolved`): only its files are used."""
+
+    attachments: list[DiscordAttachment] = Field(default_factory=list, max_length=MAX_ATTACHMENTS)
+
+
 class DiscordMessage(_Read):
     """The fields of a discord.py `Message` that become an `IncomingMessage`."""
 
@@ -111,6 +131,7 @@ class DiscordMessage(_Read):
     author: DiscordUser
     content: CleanStr
     mentions: list[DiscordUser]
+    attachments: list[DiscordAttachment] = Field(default_factory=list, max_length=MAX_ATTACHMENTS)
 
     @property
     def guild_id(self) -> int | None:

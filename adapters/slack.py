@@ -5,6 +5,9 @@ listener before it answers, `process_before_response=True`), so a crash never lo
 is dropped by the inbox. Replies are posted in the thread of the message (a DM is answered in the DM),
 converted to mrkdwn and split to Slack's size. While Parley works, the question carries a reaction.
 Approval requests are Block Kit messages with Approve / Deny / Always buttons.
+
+Files shared with a question (and earlier in its thread) become attachments downloaded from Slack's file host
+with the bot token (files:read); files a reply carries are uploaded into its thread (files:write).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import re
 import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -40,14 +44,17 @@ from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 from structlog.contextvars import bound_contextvars
+from yarl import URL
 
 from adapters.approval_text import arguments_filename, full_arguments, show_call, shown_name
 from adapters.edge import QuietLog, problems
+from adapters.files import download
 from adapters.slack_edge import (
     ActionBody,
     BadRequest,
     Ignored,
     MessageEvent,
+    SlackFile,
     SlashCommand,
     Verifier,
     canonical,
@@ -57,6 +64,7 @@ from adapters.slack_edge import (
 from adapters.slack_prompt import FILE_ABOVE, MAX_LISTED_ARGUMENTS, NO_FILE, literal, prompt_blocks, section
 from adapters.text import split_message, to_mrkdwn
 from agent.approvals import ApprovalRequest, ApprovalState, PromptLocation
+from agent.attachments.models import Attachment, AttachmentRefused
 from agent.messages import APOLOGY, IncomingMessage, Reply, new_error_id
 from agent.ports import Decide, DeliveryError, NotAccepting, PlatformUnavailable, Submit
 from agent.storage.base import Storage
@@ -76,6 +84,11 @@ OUTCOME_EMOJI = {
 PROMPT_GONE = frozenset({"message_not_found", "channel_not_found", "is_archived"})
 # How many of a thread's earlier messages by other people the agent is shown.
 THREAD_CONTEXT_MESSAGES = 10
+# A thread's messages, read once for its text and once for its files, are kept this long (and this many threads).
+THREAD_CACHE_S = 30.0
+THREAD_CACHE_SIZE = 64
+# Files Slack lists but no longer serves: deleted (`tombstone`), or beyond a free workspace's history.
+GONE_MODES = frozenset({"tombstone", "hidden_by_limit"})
 # Slack errors a retry cannot fix: the reply is given up (and logged) instead of retried.
 PERMANENT_ERRORS = frozenset(
     {
@@ -165,6 +178,8 @@ class SlackAdapter:
         # Message (channel, ts) -> its pending or shown progress reaction.
         self._progress: dict[tuple[str, str], asyncio.Task[bool]] = {}
         self._bot_user = ""
+        # (channel, thread, message ts) -> (when read, the thread's messages): conversations.replies once per answer.
+        self._threads: dict[tuple[str, str, str], tuple[float, list[dict[str, Any]]]] = {}
         self._register()
 
     def connect(self, submit: Submit, decide: Decide) -> None:
@@ -282,7 +297,7 @@ class SlackAdapter:
             return
         if seen.subtype == "message_changed" and self.config.answer_edits and is_dm and seen.message:
             seen = seen.message.model_copy(update={"channel": seen.channel})
-        elif seen.subtype:
+        elif seen.subtype and seen.subtype != "file_share":
             return  # edits (unless opted in), deletions, joins, other bots' posts
         if seen.bot_id or not seen.user:
             return
@@ -303,6 +318,7 @@ class SlackAdapter:
             event_id=str(body.get("event_id") or seen.ts),
             mentioned=not is_dm,
             is_dm=is_dm,
+            attachments=attachments_of(seen.files, "message"),
         )
         if await self._require_submit()(message):
             self._progress[(message.channel, seen.ts)] = asyncio.create_task(self._show_progress(message))
@@ -409,18 +425,75 @@ class SlackAdapter:
                 )
             )
 
-    async def thread_context(self, message: IncomingMessage) -> str:
-        """For a mention inside an existing thread: what other people said there before it (Parley's own
-        exchanges in the thread are in memory already)."""
+    async def _earlier(self, message: IncomingMessage) -> list[dict[str, Any]]:
+        """The thread's messages by other people before this one (none outside a thread), oldest first; read
+        once for both the thread's text and its files."""
         if not message.thread or message.thread == message.message_id:
-            return ""
+            return []
+        key = (message.channel, message.thread, message.message_id)
+        now = time.monotonic()
+        for stale in [k for k, (at, _) in self._threads.items() if now - at > THREAD_CACHE_S]:
+            del self._threads[stale]
+        cached = self._threads.get(key)
+        if cached is not None:
+            return cached[1]
         history = await self.client.conversations_replies(
             channel=message.channel, ts=message.thread, limit=THREAD_CONTEXT_MESSAGES * 2
         )
-        lines = []
-        for item in history.get("messages") or []:
-            if item.get("ts") == message.message_id or item.get("bot_id") or item.get("user") == self._bot_user:
+        earlier = [
+            item
+            for item in history.get("messages") or []
+            if isinstance(item, dict)
+            and item.get("ts") != message.message_id
+            and not item.get("bot_id")
+            and item.get("user") != self._bot_user
+        ]
+        while len(self._threads) >= THREAD_CACHE_SIZE:
+            del self._threads[next(iter(self._threads))]
+        self._threads[key] = (now, earlier)
+        return earlier
+
+    async def attachments(self, message: IncomingMessage) -> tuple[Attachment, ...]:
+        """The message's files, then those of the thread's earlier messages, newest first; each downloads from
+        Slack's file host with the bot token. A thread that cannot be read leaves only the message's own."""
+        found = [a for a in message.attachments if a.origin == "message"]
+        try:
+            earlier = await self._earlier(message)
+        except SlackClientError as exc:
+            log.info("no thread files for %s: %s", message.message_id, exc)
+            earlier = []
+        for item in reversed(earlier):
+            try:
+                seen = MessageEvent.model_validate(item)
+            except ValidationError:
                 continue
+            found += attachments_of(seen.files, "thread")
+        unique = {a.url or f"{a.name}#{i}": a for i, a in enumerate(found)}
+        return tuple(a.bound(partial(self._fetch, a.url)) for a in unique.values())
+
+    async def _fetch(self, url: str, max_bytes: int) -> bytes:
+        if not url:
+            raise AttachmentRefused("Slack did not share its contents with Parley")
+        return await download(
+            self._session,
+            url,
+            max_bytes,
+            platform="Slack",
+            allowed=self._on_file_host,
+            headers={"Authorization": f"Bearer {self.config.bot_token}"},
+        )
+
+    def _on_file_host(self, url: URL) -> bool:
+        """Slack's file host for the configured API: `files.slack.com` for `slack.com`, or the API host itself
+        (a test server, a proxy), on the same scheme and port. The bot token goes nowhere else."""
+        api = URL(self.config.api_url)
+        return (url.scheme, url.port) == (api.scheme, api.port) and url.host in (api.host, f"files.{api.host}")
+
+    async def thread_context(self, message: IncomingMessage) -> str:
+        """For a mention inside an existing thread: what other people said there before it (Parley's own
+        exchanges in the thread are in memory already)."""
+        lines = []
+        for item in await self._earlier(message):
             text = re.sub(r"<@[A-Z0-9]+>", "", str(item.get("text", ""))).strip()
             if text:
                 lines.append(f"<{item.get('user', 'someone')}>: {text[:500]}")
@@ -430,8 +503,32 @@ class SlackAdapter:
 
     # Replies out ---------------------------------------------------------------------------------------
 
+    async def already_delivered(self, message: IncomingMessage, reply: Reply, key: str) -> bool:
+        """Whether the reply's last chunk is in the conversation, found by the key `deliver` puts in each chunk's
+        metadata: a process that died between posting and recording leaves it there. A reply through a
+        slash command's response URL cannot be looked up: it counts as not delivered."""
+        if message.reply_url:
+            return False
+        last = f"{key}:{len(split_message(to_mrkdwn(reply.text)) or ['']) - 1}"
+        if message.thread:
+            found = await self.client.conversations_replies(
+                channel=message.channel, ts=message.thread, include_all_metadata=True, limit=200
+            )
+        else:
+            found = await self.client.conversations_history(
+                channel=message.channel, oldest=message.message_id or "0", include_all_metadata=True, limit=200
+            )
+        for item in found.get("messages") or []:
+            metadata = item.get("metadata") if isinstance(item, dict) else None
+            payload = metadata.get("event_payload") if isinstance(metadata, dict) else None
+            if isinstance(payload, dict) and payload.get("key") == last:
+                return True
+        return False
+
     async def deliver(self, message: IncomingMessage, reply: Reply, key: str) -> None:
         chunks = split_message(to_mrkdwn(reply.text)) or ["(no answer)"]
+        # Files first: once the text is there, so are they, which is what `already_delivered` relies on.
+        await self._post_files(message, reply)
         try:
             if message.reply_url:
                 webhook = AsyncWebhookClient(message.reply_url)
@@ -462,6 +559,30 @@ class SlackAdapter:
                 self._spawn(self._react(message, add=False))
                 if self.config.assistant_status and message.thread:
                     self._spawn(self._status(message, ""))
+
+    async def _post_files(self, message: IncomingMessage, reply: Reply) -> None:
+        """The reply's files, uploaded into its thread (files:write). A transient failure is retried with the
+        reply; a refusal (no files:write, say) is said in the thread instead, and the text follows."""
+        for out in reply.files:
+            try:
+                await self.client.files_upload_v2(
+                    channel=message.channel,
+                    thread_ts=message.thread or None,
+                    content=out.content,
+                    filename=out.name,
+                    title=out.name,
+                )
+            except SlackApiError as exc:
+                error = str(exc.response.get("error", "unknown"))
+                if error in ("ratelimited", "internal_error", "fatal_error", "service_unavailable"):
+                    raise DeliveryError(f"Slack did not take {out.name}: {error}") from None
+                log.warning("Slack refused the file %s of a reply: %s", out.name, error)
+                note = f"I couldn't attach {out.name}: Slack refused it ({error})."
+                await self._quietly(
+                    self.client.chat_postMessage(channel=message.channel, thread_ts=message.thread or None, text=note)
+                )
+            except SlackClientError as exc:
+                raise DeliveryError(f"Slack could not be reached: {type(exc).__name__}") from None
 
     async def post(self, channel: str, text: str) -> None:
         """Post to a channel (its memory key, `slack:T/C`, or a channel id): for scheduled reports."""
@@ -584,6 +705,21 @@ class _CheckedSocketMode(AsyncSocketModeHandler):
         request = AsyncBoltRequest(mode="socket_mode", body=body, headers=build_headers(req))
         response = await self.app.async_dispatch(request)
         await send_async_response(client, req, response, started)
+
+
+def attachments_of(files: Sequence[SlackFile], origin: str) -> tuple[Attachment, ...]:
+    """Slack's file objects as attachments, not yet bound: a file without a private URL (not shared in full,
+    deleted) keeps an empty one, and its fetcher says so."""
+    return tuple(
+        Attachment(
+            name=f.name or f.title or f.id or "file",
+            media_type=f.mimetype or "application/octet-stream",
+            size=f.size,
+            url="" if f.mode in GONE_MODES else (f.url_private_download or f.url_private or ""),
+            origin=origin,
+        )
+        for f in files
+    )
 
 
 def _button(text: str, action_id: str, value: str, style: str | None) -> dict[str, Any]:

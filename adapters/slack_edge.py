@@ -186,6 +186,26 @@ def _web_url(value: str) -> str:
 ResponseUrlField = Annotated[str, AfterValidator(_web_url)]
 
 
+# Slack puts at most 10 files on a message; more is not Slack's.
+MAX_FILES = 10
+
+
+class SlackFile(_Shape):
+    """A file object on a message (`files[]`): what the adapter turns into an Attachment. `url_private` needs the
+    bot token (files:read); a file Slack did not share in full (`file_access: check_file_info`, a `tombstone`)
+    has none, and is named in the reply as not readable."""
+
+    id: str = ""
+    name: str | None = None
+    title: str | None = None
+    mimetype: str | None = None
+    size: int | None = Field(None, ge=0)
+    mode: str | None = None
+    url_private: str | None = None
+    url_private_download: str | None = None
+    file_access: str | None = None
+
+
 class MessageEvent(_Shape):
     """An `app_mention` or `message` event, as the adapter turns it into an IncomingMessage."""
 
@@ -200,6 +220,7 @@ class MessageEvent(_Shape):
     channel_type: str | None = None
     team: str | None = None
     message: MessageEvent | None = None
+    files: list[SlackFile] = Field(default_factory=list, max_length=MAX_FILES)
 
 
 class SlashCommand(_Shape):
@@ -319,6 +340,7 @@ __all__ = (
     "BadRequest",
     "Ignored",
     "MessageEvent",
+    "SlackFile",
     "SlashCommand",
     "Verifier",
     "canonical",

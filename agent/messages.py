@@ -7,6 +7,8 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 
+from agent.attachments.models import Attachment, OutFile
+
 # C0 and C1 control characters but tab and newline, and lone (unpaired) UTF-16 surrogates: text holding them
 # cannot be encoded as UTF-8 (the model client, SQLite) or shows as garbage, so the edge replaces them.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -52,6 +54,8 @@ class IncomingMessage:
     reply_url: str = ""
     # What the platform adds to memory: the earlier messages of the thread by other people, say.
     context: str = ""
+    # Files shared with the message (and, once the platform added them, with earlier messages of its thread).
+    attachments: tuple[Attachment, ...] = ()
 
     @property
     def conversation(self) -> Conversation:
@@ -93,6 +97,8 @@ class Reply:
     # answered | unanswered (the agent ran out of steps) | rejected (bad input) | limited (rate limit)
     # | fallback (no model could answer) | error
     status: str = "answered"
+    # Files posted with the reply (a query result too long for chat), kept with it until delivered.
+    files: tuple[OutFile, ...] = ()
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -100,6 +106,7 @@ class Reply:
             "status": self.status,
             "chain_id": self.chain_id,
             "error_id": self.error_id,
+            "files": [{"name": f.name, "media_type": f.media_type, "size": len(f.content)} for f in self.files],
             "trajectory": [asdict(s) for s in self.steps],
         }
 

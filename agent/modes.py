@@ -13,6 +13,7 @@ import asyncio
 import logging
 import re
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,10 +36,14 @@ class Outcome:
     usage: ModelUsage
 
 
+# Inputs besides the context and the question that every ReAct run of one answer gets (the shared images).
+Inputs = Mapping[str, Any]
+
+
 class Mode(Protocol):
     name: str
 
-    async def answer(self, context: str, question: str) -> Outcome: ...
+    async def answer(self, context: str, question: str, inputs: Inputs | None = None) -> Outcome: ...
 
 
 async def _predict(module: dspy.Module, **inputs: Any) -> tuple[dspy.Prediction, ModelUsage]:
@@ -49,8 +54,10 @@ async def _predict(module: dspy.Module, **inputs: Any) -> tuple[dspy.Prediction,
     return prediction, recorder.take()
 
 
-async def _react(react: RobustReAct, context: str, question: str, part: str = "") -> Outcome:
-    prediction = await react.acall(context=context, question=question, part=part)
+async def _react(
+    react: RobustReAct, context: str, question: str, part: str = "", inputs: Inputs | None = None
+) -> Outcome:
+    prediction = await react.acall(context=context, question=question, part=part, **(inputs or {}))
     return Outcome(str(prediction.answer).strip(), prediction.steps, prediction.usage)
 
 
@@ -60,8 +67,8 @@ class ReactMode:
     def __init__(self, react: RobustReAct) -> None:
         self.react = react
 
-    async def answer(self, context: str, question: str) -> Outcome:
-        return await _react(self.react, context, question)
+    async def answer(self, context: str, question: str, inputs: Inputs | None = None) -> Outcome:
+        return await _react(self.react, context, question, inputs=inputs)
 
 
 class Decompose(dspy.Signature):  # type: ignore[misc]
@@ -90,11 +97,11 @@ class DecomposeMode:
         self.split = dspy.Predict(Decompose)
         self.synthesise = dspy.Predict(Synthesise)
 
-    async def answer(self, context: str, question: str) -> Outcome:
+    async def answer(self, context: str, question: str, inputs: Inputs | None = None) -> Outcome:
         split, usage = await _predict(self.split, context=context, question=question)
         parts = [str(q).strip() for q in (split.sub_questions or []) if str(q).strip()][: self.max_parts]
         if len(parts) <= 1:
-            outcome = await _react(self.react, context, question)
+            outcome = await _react(self.react, context, question, inputs=inputs)
             return Outcome(outcome.answer, outcome.steps, usage + outcome.usage)
         plan = Step(
             "Split the question into sub-questions.",
@@ -111,7 +118,7 @@ class DecomposeMode:
         for i, part in enumerate(parts, 1):
             # Later parts see what earlier ones found: "then multiply that by 3" needs the first answer.
             known = context + ("\n\nFound so far:\n" + "\n".join(findings) if findings else "")
-            outcome = await _react(self.react, known, part, part=f"{i}. {part}")
+            outcome = await _react(self.react, known, part, part=f"{i}. {part}", inputs=inputs)
             findings.append(f"{i}. {part} -> {outcome.answer or '(no answer found)'}")
             steps.extend(outcome.steps)
             usage += outcome.usage
@@ -147,15 +154,15 @@ class VoteMode:
         self.threshold = threshold
         self.temperature = temperature
 
-    async def _voter(self, lm: dspy.LM, i: int, context: str, question: str) -> Outcome:
+    async def _voter(self, lm: dspy.LM, i: int, context: str, question: str, inputs: Inputs | None) -> Outcome:
         # Different sampling per voter: the configured temperature first, then warmer ones.
         with dspy.context(lm=lm.copy(temperature=min(self.temperature + 0.4 * i, 1.5), rollout_id=i)):
-            return await _react(self.react, context, question, part=f"voter {i + 1}")
+            return await _react(self.react, context, question, part=f"voter {i + 1}", inputs=inputs)
 
-    async def answer(self, context: str, question: str) -> Outcome:
+    async def answer(self, context: str, question: str, inputs: Inputs | None = None) -> Outcome:
         lm = dspy.settings.lm  # the model of this request: the primary, or the fallback
         results = await asyncio.gather(
-            *(self._voter(lm, i, context, question) for i in range(self.voters)), return_exceptions=True
+            *(self._voter(lm, i, context, question, inputs) for i in range(self.voters)), return_exceptions=True
         )
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, Exception):

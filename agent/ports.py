@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from agent.approvals import ApprovalRequest, PromptLocation, Verdict
+from agent.attachments.models import Attachment
 from agent.messages import IncomingMessage, Reply
 
 # Hands a message to the dispatcher; returns once it is stored (False for a redelivery). The adapter
@@ -68,12 +69,46 @@ class ReportsConnection(Protocol):
 
 
 @runtime_checkable
+class SharesGateway(Protocol):
+    """A platform whose event connection one replica holds for all the replicas, or splits with them by shard
+    (Discord's gateway): readiness says which part this replica holds, e.g. `{"gateway": "follower", "leader":
+    "host-b:7"}`."""
+
+    def gateway_status(self) -> dict[str, object]: ...
+
+
+@runtime_checkable
+class ChecksDelivery(Protocol):
+    """A platform that can tell whether a reply was posted already: a process that died (or lost its claim)
+    between posting a reply and recording it leaves a stored reply the next one would post twice. Optional:
+    the dispatcher asks only platforms that have it, and only before delivering a stored reply again."""
+
+    async def already_delivered(self, message: IncomingMessage, reply: Reply, key: str) -> bool:
+        """True when the reply posted under `key` is there in full; False when not, or when unsure."""
+        ...
+
+
+@runtime_checkable
 class ProvidesContext(Protocol):
     """A platform that can tell the agent what was said around a message that Parley did not see (the earlier
     messages of a thread, by other people). Optional: the dispatcher asks only platforms that have it."""
 
     async def thread_context(self, message: IncomingMessage) -> str:
         """Text to put before the conversation's memory, or "" (also when it cannot be fetched)."""
+        ...
+
+
+@runtime_checkable
+class SharesFiles(Protocol):
+    """A platform whose messages carry files. Its adapter builds each `Attachment` as a description; here it
+    binds each to a fetcher that uses the platform's auth and downloads only from the platform's own file hosts.
+
+    The dispatcher asks before a message is answered, also for a message an earlier process stored: fetchers
+    are never stored, so this is where they come from. `deliver` posts the reply's files (`Reply.files`)."""
+
+    async def attachments(self, message: IncomingMessage) -> tuple[Attachment, ...]:
+        """The message's own files, then those of earlier messages around it (a thread's, the message it
+        replies to), newest first, each bound. Raises only for what no file of the message can survive."""
         ...
 
 

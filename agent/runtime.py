@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import dspy
 from structlog.contextvars import bound_contextvars
 
 from agent.adapter import CachedJSONAdapter
+from agent.attachments.models import AttachmentRecord, Limits, Outbox
+from agent.attachments.reader import Readings, read_attachments
 from agent.chains import ModelUsage
 from agent.constraints import constrain, constrain_output
 from agent.engines import ModelHandle
@@ -48,6 +51,18 @@ class Answer(dspy.Signature):  # type: ignore[misc]
     answer: str = dspy.OutputField(desc="the reply to post in the chat")
 
 
+class AnswerSeeing(Answer):
+    """You are Parley, a helpful assistant in a team chat. Answer the question briefly and correctly.
+    Use the context: it holds facts remembered in this channel and the recent conversation, and the files
+    shared with the question; the images among them are given to you as images."""
+
+    images: list[dspy.Image] = dspy.InputField(desc="the images shared with the question, in the order listed")
+
+
+# The question of a message that shares files and says nothing.
+ONLY_FILES = "Please look at the shared files and tell me what they contain."
+
+
 @dataclass(frozen=True)
 class Resilience:
     """What the agent falls back on: a second model, each model's breaker, and the text of last resort."""
@@ -74,6 +89,8 @@ class AgentOptions:
     # The whole answer's deadline per model, retries and their backoff included: DSPy sleeps as long as a
     # provider's Retry-After asks, uncapped, and the per-call timeout only bounds the wait for each byte.
     answer_timeout_s: float = 120.0
+    # What people share: files per message, bytes per file, characters for the model, files a reply posts.
+    attachments: Limits = field(default_factory=Limits)
 
 
 def fact_from_statement(statement: str) -> tuple[str, str]:
@@ -152,6 +169,8 @@ class Agent:
             self.paths.append((fallback, self.resilience.fallback_breaker or CircuitBreaker(fallback.name)))
         self.react: RobustReAct
         self.mode: Mode
+        # The same mode over a ReAct whose signature also takes images: built for the first message with one.
+        self._seeing: Mode | None = None
         self._tools_revision = -1
         self._sync_tools()
         self._slots = asyncio.Semaphore(options.concurrency)
@@ -165,21 +184,30 @@ class Agent:
             return
         self._tools_revision = registry.revision
         self.react = RobustReAct(Answer, registry.enabled(), self.runner, max_iters=self.options.max_iters)
-        self.mode = self._mode(self.options)
+        self.mode = self._mode(self.options, self.react)
+        self._seeing = None
         if self.model.constrained:
             constrain(self.react)
             if isinstance(self.mode, DecomposeMode):
                 constrain_output(self.mode.split)
                 constrain_output(self.mode.synthesise)
 
-    def _mode(self, options: AgentOptions) -> Mode:
+    def _mode(self, options: AgentOptions, react: RobustReAct) -> Mode:
         if options.mode == "decompose":
-            return DecomposeMode(self.react, options.max_subquestions)
+            return DecomposeMode(react, options.max_subquestions)
         if options.mode == "vote":
-            return VoteMode(self.react, options.voters, options.vote_threshold, options.temperature)
+            return VoteMode(react, options.voters, options.vote_threshold, options.temperature)
         if options.mode != "react":
             raise ValueError(f"unknown agent mode {options.mode!r}; use react, decompose or vote")
-        return ReactMode(self.react)
+        return ReactMode(react)
+
+    def _seeing_mode(self) -> Mode:
+        """The mode for a model shown images (never constrained: the embedded model takes none)."""
+        if self._seeing is None:
+            registry = self.runner.registry
+            react = RobustReAct(AnswerSeeing, registry.enabled(), self.runner, max_iters=self.options.max_iters)
+            self._seeing = self._mode(self.options, react)
+        return self._seeing
 
     @property
     def tool_names(self) -> list[str]:
@@ -196,12 +224,16 @@ class Agent:
         self._sync_tools()
         # Adapters clean text at their edge; a message built elsewhere (a test, a job) gets the same guarantee.
         text = clean_text(message.text).strip()
+        if not text and message.attachments:
+            text = ONLY_FILES
         rejection = self._reject(text)
         if rejection is not None:
             return Exchange(rejection)
         started = time.time()
         run_id = uuid.uuid4().hex
-        remember = REMEMBER.match(text)
+        # A message that shares files is always reasoned about: the files are what it is about.
+        remember = None if message.attachments else REMEMBER.match(text)
+        outbox = Outbox(self.options.attachments.max_out_bytes)
         chain = ChainRecord(
             question=text,
             answer="",
@@ -213,12 +245,15 @@ class Agent:
             run_id=run_id,
             mode="rule" if remember else self.mode.name,
         )
+        readings = Readings()
         try:
             async with held(Lease(self._slots)):
                 if remember:
                     outcome, answered_by = await self._remember(message, remember.group("fact")), "rule"
+                    vision = False
                 else:
-                    outcome, answered_by = await self._reason(message, text, run_id)
+                    readings = await read_attachments(message.attachments, self.options.attachments)
+                    outcome, answered_by, vision = await self._reason(message, text, run_id, readings, outbox)
         except RunStopped as stopped:
             chain = replace(chain, status="limited", duration_ms=(time.time() - started) * 1000)
             return self._done(message, chain, Reply(stopped.reply, status="limited"))
@@ -253,6 +288,11 @@ class Agent:
                 "I couldn't work out an answer to that within my step limit. "
                 "Try asking more simply, or split the question into smaller ones."
             )
+        # Every file not used, or used in part, is named: an answer must not pretend to have read it.
+        notes = readings.notes(vision)
+        if notes:
+            answer = f"{answer}\n\n" + "\n".join(notes)
+        files = outbox.files if status == "answered" else ()
         chain = replace(
             chain,
             answer=answer,
@@ -263,8 +303,9 @@ class Agent:
             model_calls=outcome.usage.calls,
             input_tokens=outcome.usage.input_tokens,
             output_tokens=outcome.usage.output_tokens,
+            attachments=readings.records(vision) + tuple(_posted(f.name, f.media_type, f.content) for f in files),
         )
-        return self._done(message, chain, Reply(answer, steps=outcome.steps, status=status))
+        return self._done(message, chain, Reply(answer, steps=outcome.steps, status=status, files=files))
 
     def _reject(self, text: str) -> Reply | None:
         """A reply for a message the agent will not take, or None."""
@@ -296,23 +337,33 @@ class Agent:
         answer = f"Got it, I'll remember that {value}."
         return Outcome(answer, (step, Step("", "", {}, answer, kind="conclusion")), ModelUsage())
 
-    async def _reason(self, message: IncomingMessage, text: str, run_id: str) -> tuple[Outcome, str]:
-        """Try each model of the fallback chain under its breaker; returns the outcome and who answered."""
+    async def _reason(
+        self, message: IncomingMessage, text: str, run_id: str, readings: Readings, outbox: Outbox
+    ) -> tuple[Outcome, str, bool]:
+        """Try each model of the fallback chain under its breaker; returns the outcome, who answered and
+        whether it was shown the images (what the reply says about them depends on it)."""
         conv = message.conversation
-        context = await context_text(self.storage, conv, text, turns=self.options.context_turns, k=self.options.facts_k)
-        if message.context:
-            context = f"{message.context}\n\n{context}"
+        memory = await context_text(self.storage, conv, text, turns=self.options.context_turns, k=self.options.facts_k)
         error_id = new_error_id()
         refused_input = False
-        with tool_context(ToolContext(self.storage, conv, message.user, run_id, message.platform)):
+        tools = ToolContext(self.storage, conv, message.user, run_id, message.platform, files=outbox)
+        with tool_context(tools):
             for handle, breaker in self.paths:
+                # What a model is given of the files depends on it: images are shown to one that takes them.
+                images = readings.images(handle.vision)
+                parts = (message.context, readings.context(handle.vision), memory)
+                context = "\n\n".join(part for part in parts if part)
+                mode, inputs = self.mode, None
+                if images:
+                    mode = self._seeing_mode()
+                    inputs = {"images": [dspy.Image(data) for data, _ in images]}
                 try:
                     async with (
                         breaker.guard(neutral=not_the_providers),
                         answer_deadline(self.options.answer_timeout_s),
                     ):
                         with dspy.context(lm=handle.lm, adapter=CachedJSONAdapter()):
-                            return await self.mode.answer(context, text), handle.name
+                            return await mode.answer(context, text, inputs), handle.name, handle.vision
                 except CircuitOpen as exc:
                     log.info("skipping %s: %s", handle.name, exc)
                 except RunStopped:
@@ -325,3 +376,9 @@ class Agent:
         with bound_contextvars(error_id=error_id):
             log.error("no model could answer (error id %s); sending the fallback reply", error_id)
         raise NoModelAnswered(error_id)
+
+
+def _posted(name: str, media_type: str, content: bytes) -> AttachmentRecord:
+    """The chain's record of a file posted with the reply."""
+    digest = hashlib.sha256(content).hexdigest()
+    return AttachmentRecord(name, media_type, len(content), digest, "posted", direction="out")

@@ -11,6 +11,7 @@ from typing import Protocol
 from agent.messages import IncomingMessage, Reply
 from agent.runtime import Exchange
 from agent.storage.base import Storage
+from agent.storage.models import Claim
 
 
 class Responder(Protocol):
@@ -20,8 +21,16 @@ class Responder(Protocol):
 
 
 async def answer(
-    responder: Responder, storage: Storage, message: IncomingMessage, *, inbox_id: int | None = None
+    responder: Responder,
+    storage: Storage,
+    message: IncomingMessage,
+    *,
+    inbox_id: int | None = None,
+    claim: Claim | None = None,
 ) -> Reply:
-    """The reply to `message`, recorded with its chain, turns and (given `inbox_id`) the inbox row's answer."""
+    """The reply to `message`, recorded with its chain, turns and (given `inbox_id`) the inbox row's answer,
+    under the replica's `claim` of the conversation when it has one."""
     exchange = await responder.respond(message)
-    return await storage.record_exchange(message.conversation, exchange.chain, exchange.reply, inbox_id=inbox_id)
+    return await storage.record_exchange(
+        message.conversation, exchange.chain, exchange.reply, inbox_id=inbox_id, claim=claim
+    )

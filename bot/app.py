@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agent.approvals import ApprovalBroker, ApprovalPolicy
 from agent.engines import ModelConfig, ModelHandle, build_model
@@ -12,10 +12,11 @@ from agent.mcp import McpServers
 from agent.resilience import CircuitBreaker
 from agent.runtime import Agent, AgentOptions, Resilience
 from agent.storage import Storage
+from agent.storage.models import Replica
 from agent.tools.runner import ToolRunner
 from bot.config import Settings
 from bot.database import open_db
-from bot.dispatcher import DispatchOptions
+from bot.dispatcher import DispatchOptions, new_replica
 from bot.mcp import server_specs
 from bot.metrics import breaker_collector, mcp_collector, observe_approval, observe_chain
 from bot.tools import build_runner
@@ -29,6 +30,8 @@ class App:
     runner: ToolRunner
     approvals: ApprovalBroker
     mcp: McpServers
+    # This process among the replicas sharing the database: the dispatcher and the scheduler record it.
+    replica: Replica = field(default_factory=new_replica)
 
 
 def model_config(settings: Settings) -> ModelConfig:
@@ -40,6 +43,7 @@ def model_config(settings: Settings) -> ModelConfig:
         timeout_s=lm.timeout_s,
         max_tokens=lm.max_tokens,
         temperature=lm.temperature,
+        vision=lm.vision,
     )
 
 
@@ -92,6 +96,7 @@ def agent_options(settings: Settings) -> AgentOptions:
         vote_threshold=settings.agent.vote_threshold,
         temperature=settings.lm.temperature,
         answer_timeout_s=settings.agent.answer_timeout_s,
+        attachments=settings.attachments.limits(),
     )
 
 
@@ -116,6 +121,8 @@ def dispatch_options(settings: Settings, *, rate_limited: bool = True) -> Dispat
         grace_s=d.shutdown_grace_s,
         max_attempts=d.max_attempts,
         delivery_attempts=d.delivery_attempts,
+        claim_ttl_s=d.claim_ttl_s,
+        poll_s=d.poll_s,
     )
 
 

@@ -44,9 +44,22 @@ app.add_typer(mcp_app, name="mcp")
 app.add_typer(db_app, name="db")
 
 ChannelOpt = Annotated[str, typer.Option("--channel", "-c", help="Channel (memory key) to use.")]
+AttachOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--attach",
+        "-a",
+        help="A file to share with the question (repeat for more); see [attachments] for the limits.",
+        exists=True,
+        dir_okay=False,
+        readable=True,
+    ),
+]
 
 
-async def _console(settings: Settings, channel: str, *, scheduled: bool = False) -> None:
+async def _console(
+    settings: Settings, channel: str, *, scheduled: bool = False, attach: list[Path] | None = None
+) -> None:
     """Chat in the terminal; `scheduled` also runs the jobs (`parley run`), their posts printed here."""
     from contextlib import AsyncExitStack
 
@@ -58,11 +71,18 @@ async def _console(settings: Settings, channel: str, *, scheduled: bool = False)
     from bot.observe import error_reports
 
     async with error_reports(settings.sentry, secret_values(settings)), build_app(settings) as parley:
-        console = ConsoleAdapter(channel=channel, auto_approve=settings.approvals.console_auto_approve)
+        console = ConsoleAdapter(
+            channel=channel,
+            auto_approve=settings.approvals.console_auto_approve,
+            attach=attach or (),
+            files_dir=settings.attachments.files_dir,
+        )
         options = dispatch_options(settings, rate_limited=False)
         async with (
             AsyncExitStack() as stack,
-            Dispatcher(parley.storage, parley.agent, [console], options, parley.approvals) as dispatcher,
+            Dispatcher(
+                parley.storage, parley.agent, [console], options, parley.approvals, parley.replica
+            ) as dispatcher,
         ):
             if scheduled:
                 await stack.enter_async_context(scheduled_jobs(parley, {console.name: console}))
@@ -84,9 +104,10 @@ async def run() -> None:
 
 @app.command()
 @run_async
-async def chat(channel: ChannelOpt = "general") -> None:
-    """Chat in the terminal. With piped stdin, prints one answer per input line."""
-    await _console(settings_or_exit(), channel)
+async def chat(channel: ChannelOpt = "general", attach: AttachOpt = None) -> None:
+    """Chat in the terminal. With piped stdin, prints one answer per input line. Files given with --attach go
+    with every message of the session."""
+    await _console(settings_or_exit(), channel, attach=attach)
 
 
 @app.command()
@@ -95,17 +116,37 @@ async def ask(
     question: Annotated[str, typer.Argument(help="The question to ask.")],
     channel: ChannelOpt = "general",
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer and its trajectory as JSON.")] = False,
+    attach: AttachOpt = None,
 ) -> None:
-    """Ask one question and print the answer."""
+    """Ask one question and print the answer; files the answer posts are written to [attachments] files_dir."""
+    from adapters.console import local_attachments, write_files
     from agent.messages import IncomingMessage
     from bot.answering import answer
     from bot.app import build_app
 
     settings = settings_or_exit()
     async with build_app(settings) as parley:
-        message = IncomingMessage(platform="console", channel=channel, user="cli", text=question, is_dm=True)
+        message = IncomingMessage(
+            platform="console",
+            channel=channel,
+            user="cli",
+            text=question,
+            is_dm=True,
+            attachments=local_attachments(attach or ()),
+        )
         reply = await answer(parley.agent, parley.storage, message)
-    typer.echo(json.dumps(reply.as_dict(), ensure_ascii=False, indent=2) if as_json else reply.text)
+    written = write_files(reply, settings.attachments.files_dir)
+    if as_json:
+        data = reply.as_dict()
+        data["files"] = [
+            {"name": f.name, "media_type": f.media_type, "size": len(f.content), "path": str(path)}
+            for f, path in zip(reply.files, written, strict=True)
+        ]
+        typer.echo(json.dumps(data, ensure_ascii=False, indent=2))
+    else:
+        typer.echo(reply.text)
+        for path in written:
+            typer.echo(f"(file written to {path})")
     if reply.status == "error":
         raise typer.Exit(1)
 

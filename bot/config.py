@@ -20,16 +20,20 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from agent.attachments.models import Limits
 
 ENV_PREFIX = "PARLEY_"
 CONFIG_ENV = "PARLEY_CONFIG"
@@ -64,6 +68,9 @@ class LMSettings(Section):
     timeout_s: float = Field(60.0, gt=0, description="the wait for each response of one model call")
     max_tokens: int = Field(1024, gt=0, description="most tokens the model writes per call")
     temperature: float = Field(0.2, ge=0, le=2, description="sampling temperature")
+    vision: bool | None = Field(
+        None, description="the model takes images (shared pictures are shown to it); unset: as litellm knows the model"
+    )
 
 
 class FallbackSettings(Section):
@@ -246,6 +253,16 @@ class DispatchSettings(Section):
     shutdown_grace_s: float = Field(10.0, ge=0, description="how long running messages may finish on shutdown")
     max_attempts: int = Field(3, ge=1, description="interrupted attempts at a message before it is given up")
     delivery_attempts: int = Field(5, ge=1, description="tries to post a reply when the platform fails")
+    claim_ttl_s: float = Field(
+        10.0,
+        ge=1,
+        le=600,
+        description="replicas on PostgreSQL: how long a replica's claim on a conversation outlives its last "
+        "heartbeat, so how soon another replica takes over the conversations of one that died",
+    )
+    poll_s: float = Field(
+        1.0, gt=0, le=60, description="how often a replica looks for conversations that no replica answers"
+    )
 
     @field_validator("rate_limit")
     @classmethod
@@ -260,6 +277,26 @@ class DispatchSettings(Section):
         except ValueError:
             raise ValueError(f"{value!r} is not a rate such as 10/minute or 100/hour") from None
         return value.strip()
+
+
+class AttachmentSettings(Section):
+    """`[attachments]`: how much of what people share reaches the model, and the files a reply posts."""
+
+    max_files: int = Field(
+        Limits.max_files, ge=0, le=50, description="files read per message (own first, then its thread's)"
+    )
+    max_bytes: int = Field(Limits.max_bytes, ge=1, description="a larger file is not downloaded (named in the reply)")
+    max_chars: int = Field(
+        Limits.max_chars, ge=100, description="characters of all files' text given to the model; the rest is cut"
+    )
+    timeout_s: float = Field(Limits.timeout_s, gt=0, description="seconds one download, and one conversion, may take")
+    max_out_bytes: int = Field(
+        Limits.max_out_bytes, ge=1000, description="bytes of files one reply may post (kept with it until delivered)"
+    )
+    files_dir: Path = Field(Path("data/files"), description="where the console writes the files a reply posts")
+
+    def limits(self) -> Limits:
+        return Limits(self.max_files, self.max_bytes, self.max_chars, self.timeout_s, self.max_out_bytes)
 
 
 class DBSettings(Section):
@@ -338,6 +375,44 @@ class DiscordSettings(Section):
     gateway_url: str = Field("wss://gateway.discord.gg/", description="Discord's gateway websocket")
     prefix: str = Field("!", max_length=5, description="prefix commands (!ask ...); empty turns them off")
     command_guild: int | None = Field(None, description="sync slash commands to this guild only (development)")
+    # Unsharded, the replicas elect one to hold the gateway; sharded, each runs the shards it is given.
+    shard_count: int | None = Field(
+        None, ge=1, description="the bot's number of shards; set, this replica runs shard_ids of them (default all)"
+    )
+    # NoDecode: the environment gives `0,1`, not JSON; `_split_shard_ids` reads it.
+    shard_ids: Annotated[list[int] | None, NoDecode] = Field(
+        None, description="the shards this replica runs, e.g. 0,1 (each replica its own); needs shard_count"
+    )
+
+    @field_validator("shard_ids", mode="before")
+    @classmethod
+    def _split_shard_ids(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        text = value.strip().removeprefix("[").removesuffix("]").strip()
+        if not text:
+            return None
+        parts = [part.strip() for part in text.split(",")]
+        if not all(part.isdigit() for part in parts):
+            raise ValueError(f"{value!r} is not a list of shard ids such as 0,1")
+        return [int(part) for part in parts]
+
+    @field_validator("shard_ids")
+    @classmethod
+    def _shard_ids(cls, value: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        if value is None:
+            return None
+        count = info.data.get("shard_count")
+        if count is None:
+            raise ValueError("needs PARLEY_DISCORD__SHARD_COUNT, the bot's number of shards")
+        if not value:
+            raise ValueError("lists no shard: give this replica's, e.g. 0,1")
+        outside = [i for i in value if not 0 <= i < count]
+        if outside:
+            raise ValueError(f"shard {outside[0]} does not exist: shard_count {count} has ids 0 to {count - 1}")
+        if len(set(value)) < len(value):
+            raise ValueError("lists a shard twice")
+        return value
 
 
 class SentrySettings(Section):
@@ -410,6 +485,12 @@ class ExportSettings(Section):
     cron: Cron = Field("15 * * * *", description="when new chains are exported")
     max_file_bytes: int = Field(10_000_000, ge=1000, description="a file this big is closed and a new one begun")
     keep_files: int = Field(30, ge=1, description="older export files are deleted")
+    grace_s: float = Field(
+        60.0,
+        ge=0,
+        description="chains whose answer ended this recently wait for the next run: with several replicas a "
+        "chain can commit after a later one, and the export's mark must not pass it",
+    )
 
 
 class SummarySettings(Section):
@@ -459,6 +540,7 @@ class Settings(BaseSettings):
     summary: SummarySettings = SummarySettings()
     schedules: list[ScheduleSettings] = Field(default_factory=list)
     mcp: McpSettings = McpSettings()
+    attachments: AttachmentSettings = AttachmentSettings()
 
     @field_validator("schedules")
     @classmethod

@@ -11,6 +11,7 @@ server could not be reached, which a deploy pipeline may retry, or the database 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -77,10 +78,17 @@ async def status(as_json: Annotated[bool, typer.Option("--json", help="Print as 
     _require_sqlite_file(settings, settings.db.path)
     async with open_db(settings, migrate=False) as storage:
         found = await storage.status()
+        # Live replicas by heartbeat (PostgreSQL; a SQLite file has at most the one process that holds it).
+        now = time.time()
+        live = []
+        if found.schema_version == found.latest_version:  # an older schema has no replicas table yet
+            live = await storage.replicas.live(now=now, ttl_s=settings.dispatch.claim_ttl_s)
     if as_json:
-        typer.echo(json.dumps(asdict(found), indent=2))
+        typer.echo(json.dumps({**asdict(found), "replicas": [asdict(r) for r in live]}, indent=2))
         return
     _describe(found)
+    for replica in live:
+        typer.echo(f"replica   {replica.id} (pid {replica.pid}, heartbeat {now - replica.heartbeat_at:.1f} s ago)")
     _counts_table(found.rows, "rows per table")
 
 

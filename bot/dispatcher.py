@@ -3,15 +3,25 @@
 It stores the message in the inbox before the adapter acknowledges the platform (a redelivery is dropped),
 answers the messages of one conversation one at a time in arrival order while different conversations run
 side by side under one global limit, applies the per-user rate limit, delivers the reply through the
-message's platform with retries, and on start re-answers or re-delivers whatever an earlier process left.
+message's platform with retries, and picks up whatever a process that is gone left unfinished.
+
+Several replicas can share one PostgreSQL database: a replica answers a conversation only while it holds the
+conversation's claim (agent/storage `Claims`), renewed by its heartbeat; each write it makes for the
+conversation carries the claim, so once the claim has passed to another replica (this one stalled or died)
+those writes fail with ClaimLost and the new holder goes on from the inbox. On SQLite the one process holds
+every claim.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import os
+import socket
 import time
+import uuid
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -19,19 +29,17 @@ from types import TracebackType
 
 import limits
 import stamina
-from limits.aio.storage import MemoryStorage
-from limits.aio.strategies import MovingWindowRateLimiter
 from structlog.contextvars import bound_contextvars
 
 from agent.approvals import ApprovalBroker, Verdict
 from agent.messages import APOLOGY, IncomingMessage, Reply, new_error_id
 from agent.parking import Lease, held
-from agent.ports import ChatPlatform, DeliveryError, NotAccepting, ProvidesContext
-from agent.storage.base import Storage
-from agent.storage.errors import TransientStoreError
-from agent.storage.models import InboxEntry, conversation_key
+from agent.ports import ChatPlatform, ChecksDelivery, DeliveryError, NotAccepting, ProvidesContext, SharesFiles
+from agent.storage.base import Limits, Storage
+from agent.storage.errors import ClaimLost, StoreError, TransientStoreError
+from agent.storage.models import Claim, InboxEntry, Replica, conversation_key
 from bot.answering import Responder, answer
-from bot.metrics import INBOX_DEPTH, observe_delivery
+from bot.metrics import INBOX_DEPTH, observe_claim, observe_delivery
 from bot.observe import run_context
 
 log = logging.getLogger("parley.dispatcher")
@@ -56,6 +64,11 @@ class DispatchOptions:
     max_attempts: int = 3
     delivery_attempts: int = 5
     delivery_timeout_s: float = 60.0
+    # A replica's claim on a conversation lasts this long unless its heartbeat renews it (every third of it):
+    # how soon another replica takes over the conversations of one that died.
+    claim_ttl_s: float = 10.0
+    # How often to look for conversations nobody answers (another replica died, or its claim lapsed).
+    poll_s: float = 1.0
 
 
 def _retry_delivery(exc: Exception) -> bool | float:
@@ -66,11 +79,12 @@ def _retry_delivery(exc: Exception) -> bool | float:
 
 
 class RateLimit:
-    """Per-user quota over a moving window, counted per platform and user."""
+    """Per-user quota over fixed windows, counted in the storage, so every replica counts the same messages."""
 
-    def __init__(self, rule: str) -> None:
+    def __init__(self, rule: str, counters: Limits) -> None:
         self.item = limits.parse(rule)
-        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+        self.window_s = float(self.item.get_expiry())
+        self.counters = counters
 
     @property
     def description(self) -> str:
@@ -78,11 +92,19 @@ class RateLimit:
         return f"{self.item.amount} messages per {per}"
 
     async def wait_s(self, message: IncomingMessage) -> int | None:
-        """None when the message is within the quota (and counts it), else seconds until a slot frees up."""
-        if await self.limiter.hit(self.item, message.platform, message.user):
+        """None when the message is within the quota (and counts it), else seconds until the window ends."""
+        now = time.time()
+        hits = await self.counters.hit(f"{message.platform}:{message.user}", window_s=self.window_s, now=now)
+        if hits <= self.item.amount:
             return None
-        stats = await self.limiter.get_window_stats(self.item, message.platform, message.user)
-        return max(1, math.ceil(stats.reset_time - time.time()))
+        return max(1, math.ceil(now - now % self.window_s + self.window_s - now))
+
+
+def new_replica() -> Replica:
+    """This process among the replicas: its id is the host, the pid, and a random part (a pid is reused across
+    restarts, and a container's host name too)."""
+    host, pid = socket.gethostname(), os.getpid()
+    return Replica(f"{host}-{pid}-{uuid.uuid4().hex[:6]}", host, pid, time.time())
 
 
 class Dispatcher:
@@ -95,6 +117,7 @@ class Dispatcher:
         platforms: Iterable[ChatPlatform],
         options: DispatchOptions = DispatchOptions(),
         approvals: ApprovalBroker | None = None,
+        replica: Replica | None = None,
     ) -> None:
         self.storage = storage
         self.inbox = storage.inbox
@@ -102,23 +125,42 @@ class Dispatcher:
         self.platforms = {platform.name: platform for platform in platforms}
         self.options = options
         self.approvals = approvals
+        self.replica = replica or new_replica()
         if approvals is not None:
-            # Approval requests are shown where the conversation is.
+            # Approval requests are shown where the conversation is, and belong to this replica.
             approvals.ports.update(self.platforms)
-        self.rate_limit = RateLimit(options.rate_limit) if options.rate_limit else None
+            approvals.owner = self.replica.id
+        self.rate_limit = RateLimit(options.rate_limit, storage.limits) if options.rate_limit else None
+        # Each conversation this replica answers: its messages still to answer here, its claim, and its task.
         self._queues: dict[str, deque[InboxEntry]] = {}
-        self._ready: asyncio.Queue[str] = asyncio.Queue()
+        self._claims: dict[str, Claim] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         # One slot per message being answered; a message waiting for a person's approval gives its slot back
-        # (agent/parking.py), so pending approvals cannot stall other conversations.
+        # (agent/parking.py), so pending approvals cannot stall other conversations. The lease is the current
+        # message's hold on a slot (not held: waiting for one, or parked).
         self._slots = asyncio.Semaphore(options.concurrency)
-        self._feeder: asyncio.Task[None] | None = None
-        # Each conversation's current turn and its hold on a slot (not held: waiting for one, or parked).
-        self._turns: dict[asyncio.Task[None], Lease] = {}
+        self._leases: dict[str, Lease] = {}
+        # Messages of platforms that cannot resume (the console) are answered only by the process that took
+        # them in: a later session must not reply to an earlier one.
+        self._local: set[int] = set()
+        self._failed: set[int] = set()
+        self._poke = asyncio.Event()
+        self._background: list[asyncio.Task[None]] = []
+        self._watching: contextlib.AsyncExitStack | None = None
         self._accepting = False
         self._stopping = False
         self._pending = 0
         self._idle = asyncio.Event()
         self._idle.set()
+
+    @property
+    def held(self) -> list[str]:
+        """The conversations this replica holds claims on now."""
+        return list(self._claims)
+
+    @property
+    def _resumable(self) -> list[str]:
+        return [name for name, platform in self.platforms.items() if platform.resumable]
 
     async def __aenter__(self) -> Dispatcher:
         await self.start()
@@ -130,21 +172,23 @@ class Dispatcher:
         await self.stop()
 
     async def start(self) -> None:
-        """Queue what an earlier process left unfinished, in arrival order, then start taking messages.
+        """Join the replicas, pick up what a process that is gone left unfinished, then start taking messages.
 
-        Approval requests left pending are expired first: their messages are answered again and ask again.
-        """
+        Approval requests that gone processes left pending are expired first: their messages are answered again
+        and ask again. A live replica's requests still wait for their decisions."""
+        now = time.time()
+        await self.storage.replicas.beat(self.replica, now=now)
         if self.approvals is not None:
-            await self.approvals.expire_pending("restart")
-        resumable = [name for name, platform in self.platforms.items() if platform.resumable]
-        left = await self.inbox.unfinished(resumable)
-        for entry in left:
-            if entry.reply is None and entry.attempts >= self.options.max_attempts:
-                entry = await self._give_up(entry)
-            self._enqueue(entry)
-        if left:
-            log.warning("recovering %d unfinished messages from the inbox", len(left))
-        self._feeder = asyncio.create_task(self._feed(), name="dispatch-feeder")
+            live = await self.storage.replicas.live(now=now, ttl_s=self.options.claim_ttl_s)
+            await self.approvals.expire_pending("restart", keep_owners=[r.id for r in live])
+            self._watching = contextlib.AsyncExitStack()
+            await self._watching.enter_async_context(self.storage.approvals.watch(self.approvals.settled_elsewhere))
+        self._stopping = False
+        await self._look_for_work()
+        self._background = [
+            asyncio.create_task(self._heartbeat(), name="dispatch-heartbeat"),
+            asyncio.create_task(self._claimer(), name="dispatch-claimer"),
+        ]
         self._accepting = True
 
     async def submit(self, message: IncomingMessage) -> bool:
@@ -155,12 +199,15 @@ class Dispatcher:
         """
         if not self._accepting:
             raise DispatcherClosed("not taking messages")
-        if message.platform not in self.platforms:
+        platform = self.platforms.get(message.platform)
+        if platform is None:
             raise ValueError(f"no platform {message.platform!r} to reply through; known: {', '.join(self.platforms)}")
         entry = await self.inbox.accept(message)
         if entry is None:
             log.info("dropped a redelivery of %s event %s", message.platform, message.event_id or message.message_id)
             return False
+        if not platform.resumable:
+            self._local.add(entry.id)
         if self._accepting:
             self._enqueue(entry)
         return True
@@ -176,7 +223,7 @@ class Dispatcher:
         always: bool = False,
         roles: Sequence[str] = (),
     ) -> Verdict:
-        """A person's approval decision, from the adapter that showed the request."""
+        """A person's approval decision, from the adapter that showed the request (on whichever replica)."""
         if self.approvals is None:
             return Verdict(False, "approvals are not handled here")
         return await self.approvals.decide(
@@ -184,90 +231,190 @@ class Dispatcher:
         )
 
     async def join(self) -> None:
-        """Wait until every queued message is answered and delivered."""
+        """Wait until every message queued here is answered and delivered."""
         await self._idle.wait()
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop taking messages; give running ones `grace_s` to finish; leave the rest in the inbox.
 
-        Turns without a slot (waiting for one, or parked on an approval that a person may take minutes to
-        decide) are stopped at once: their messages stay in the inbox and are answered again after a restart.
-        """
+        Conversations without a slot (waiting for one, or parked on an approval that a person may take minutes
+        to decide) are stopped at once: their messages stay in the inbox and are answered again later, here
+        after a restart or by another replica. Leaving frees this replica's claims at once."""
         self._accepting = False
         self._stopping = True
         grace = self.options.grace_s if grace_s is None else grace_s
-        if self._feeder is not None:
-            self._feeder.cancel()
-        running = [turn for turn, lease in self._turns.items() if lease.held]
-        for turn, lease in self._turns.items():
-            if not lease.held:
-                turn.cancel()
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background = []
+        running = []
+        for key, task in self._tasks.items():
+            lease = self._leases.get(key)
+            if lease is not None and lease.held:
+                running.append(task)
+            else:
+                task.cancel()
         if running:
             _, late = await asyncio.wait(running, timeout=grace)
             if late:
                 log.warning("%d messages still running after %.1f s; they stay in the inbox", len(late), grace)
-            for turn in late:
-                turn.cancel()
-        await asyncio.gather(*self._turns, *([self._feeder] if self._feeder else []), return_exceptions=True)
-        self._feeder = None
+            for task in late:
+                task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        if self._watching is not None:
+            await self._watching.aclose()
+            self._watching = None
+        with contextlib.suppress(StoreError):
+            await self.storage.replicas.leave(self.replica.id)
         # What is still queued stays in the inbox for the next start, not in this process.
         INBOX_DEPTH.dec(self._pending)
+        self._pending = 0
+        self._idle.set()
+
+    # Which conversations this replica answers -------------------------------------------------------------
 
     def _enqueue(self, entry: InboxEntry) -> None:
         key = conversation_key(entry.message)
-        queue = self._queues.get(key)
         self._pending += 1
         INBOX_DEPTH.inc()
         self._idle.clear()
-        if queue is None:
-            self._queues[key] = deque([entry])
-            self._ready.put_nowait(key)
-        else:
-            queue.append(entry)
+        self._queues.setdefault(key, deque()).append(entry)
+        if key not in self._tasks:
+            self._tasks[key] = asyncio.create_task(self._conversation(key), name=f"dispatch:{key}")
 
-    async def _feed(self) -> None:
-        """Start a turn for each conversation that has work; turns take a slot before they answer."""
+    def _dequeued(self, count: int = 1) -> None:
+        self._pending -= count
+        INBOX_DEPTH.dec(count)
+
+    async def _look_for_work(self) -> None:
+        """Start on conversations with unfinished messages that nobody answers: left by a process that is gone,
+        or taken in by another replica that let its claim go."""
+        now = time.time()
+        for key in await self.storage.claims.waiting(self._resumable, now=now):
+            if key in self._tasks:
+                continue
+            entries = [e for e in await self.inbox.unfinished_of(key) if self._ours(e)]
+            if entries:
+                log.warning("picking up %d unfinished messages of %s", len(entries), key)
+            for entry in entries:
+                self._enqueue(entry)
+
+    def _ours(self, entry: InboxEntry) -> bool:
+        """A message this process should answer: of a platform it serves (that resumes, or taken in here), and
+        not one it already failed to handle (left in the inbox for the next start, not retried in a loop)."""
+        platform = self.platforms.get(entry.message.platform)
+        if platform is None or entry.id in self._failed:
+            return False
+        return platform.resumable or entry.id in self._local
+
+    async def _claimer(self) -> None:
+        """Look for orphaned conversations every `poll_s` (or when poked)."""
         while True:
-            key = await self._ready.get()
-            lease = Lease(self._slots)
-            turn = asyncio.create_task(self._turn(key, lease), name=f"dispatch:{key}")
-            self._turns[turn] = lease
-            turn.add_done_callback(self._turns.pop)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poke.wait(), self.options.poll_s)
+            self._poke.clear()
+            try:
+                await self._look_for_work()
+            except StoreError as exc:
+                log.warning("could not look for unanswered conversations: %s", exc)
 
-    async def _turn(self, key: str, lease: Lease) -> None:
-        """Answer the conversation's oldest message in a slot, then put the conversation back if it has more.
-        Until then its later messages wait: one conversation is answered in order, parked or not."""
+    async def _heartbeat(self) -> None:
+        """Keep this replica live and its claims held; stop the conversations whose claims were lost."""
+        while True:
+            await asyncio.sleep(self.options.claim_ttl_s / 3)
+            now = time.time()
+            try:
+                await self.storage.replicas.beat(self.replica, now=now)
+                kept = await self.storage.claims.renew(self.replica.id, ttl_s=self.options.claim_ttl_s, now=now)
+            except StoreError as exc:
+                log.warning("heartbeat failed: %s", exc)
+                continue
+            for key in set(self._claims) - kept:
+                log.warning("lost the claim of %s; another replica answers it now", key)
+                observe_claim("lost")
+                task = self._tasks.get(key)
+                if task is not None:
+                    task.cancel()
+
+    async def _conversation(self, key: str) -> None:
+        """Answer one conversation's messages in order while holding its claim, then let the claim go.
+
+        Before letting go, the inbox is read again: a message another replica took in meanwhile is answered
+        here, in order, not left for the next poll."""
+        claim: Claim | None = None
         queue = self._queues[key]
-        entry = queue.popleft()
+        done: set[int] = set()
         try:
-            async with held(lease):
-                await self._handle_or_apologise(entry)
+            claim = await self.storage.claims.take(
+                key, self.replica.id, ttl_s=self.options.claim_ttl_s, now=time.time()
+            )
+            if claim is None:  # another replica answers this conversation; what we queued is in its inbox
+                observe_claim("busy")
+                return
+            observe_claim("taken")
+            self._claims[key] = claim
+            while not self._stopping:  # stopping: the message in hand is finished, the rest wait in the inbox
+                if not queue:
+                    found = [e for e in await self.inbox.unfinished_of(key) if self._ours(e)]
+                    queued = {e.id for e in queue}
+                    for entry in found:
+                        if entry.id not in done and entry.id not in queued:
+                            self._enqueue_more(key, entry)
+                    if not queue:
+                        return
+                entry = queue.popleft()
+                try:
+                    if entry.id in done:  # queued twice: taken in here while also read from the inbox
+                        continue
+                    done.add(entry.id)
+                    lease = self._leases[key] = Lease(self._slots)
+                    async with held(lease):
+                        await self._handle_or_apologise(entry, claim)
+                finally:
+                    self._dequeued()
+                    self._local.discard(entry.id)
+        except ClaimLost as lost:
+            log.warning("stopped answering %s: %s", key, lost)
+        except StoreError as exc:
+            log.error("could not answer %s now: %s; its messages stay in the inbox", key, exc)
         finally:
-            if queue:
-                self._ready.put_nowait(key)
-            else:
-                del self._queues[key]
-            self._pending -= 1
-            INBOX_DEPTH.dec()
-            if self._pending == 0:
+            if self._claims.pop(key, None) is not None and claim is not None:
+                with contextlib.suppress(StoreError):
+                    await asyncio.shield(self.storage.claims.release(claim))
+            left = self._queues.pop(key, deque())
+            self._tasks.pop(key, None)
+            self._leases.pop(key, None)
+            if left:  # taken in while this task was finishing: the claimer starts on it again
+                self._dequeued(len(left))
+                self._poke.set()
+            if not self._tasks:
                 self._idle.set()
 
-    async def _handle_or_apologise(self, entry: InboxEntry) -> None:
+    def _enqueue_more(self, key: str, entry: InboxEntry) -> None:
+        """A message found in the inbox for the conversation this task answers."""
+        self._pending += 1
+        INBOX_DEPTH.inc()
+        self._queues[key].append(entry)
+
+    async def _handle_or_apologise(self, entry: InboxEntry, claim: Claim) -> None:
         """Handle the message, retrying while the database fails; if it keeps failing, tell the user and move
         on (the row stays in the inbox, so the next start answers it), so the conversation is not stuck.
 
         Every log line and error report of the message carries its platform and conversation."""
         with run_context(platform=entry.message.platform, conversation=conversation_key(entry.message)):
-            await self._handle_with_retries(entry)
+            await self._handle_with_retries(entry, claim)
 
-    async def _handle_with_retries(self, entry: InboxEntry) -> None:
+    async def _handle_with_retries(self, entry: InboxEntry, claim: Claim) -> None:
         try:
             async for attempt in stamina.retry_context(
                 on=TransientStoreError, attempts=3, timeout=30.0, wait_initial=0.5, wait_max=5.0
             ):
                 with attempt:
-                    await self._handle(entry)
+                    await self._handle(entry, claim)
+        except ClaimLost:
+            raise  # another replica answers the conversation now; it owes the user the reply
         except Exception as exc:
+            self._failed.add(entry.id)
             error_id = new_error_id()
             with bound_contextvars(error_id=error_id):
                 log.error("message %d could not be handled (error id %s): %s", entry.id, error_id, exc)
@@ -280,9 +427,14 @@ class Dispatcher:
             except Exception as failed:
                 log.error("the apology for message %d was not delivered either: %s", entry.id, type(failed).__name__)
 
-    async def _handle(self, entry: InboxEntry) -> None:
-        reply = entry.reply if entry.reply is not None else await self._answer(entry)
+    async def _handle(self, entry: InboxEntry, claim: Claim) -> None:
         platform = self.platforms[entry.message.platform]
+        if entry.reply is not None and await self._posted_before(platform, entry, entry.reply):
+            await self.inbox.delivered(entry.id, claim=claim)
+            return
+        if entry.reply is None and entry.attempts >= self.options.max_attempts:
+            entry = await self._give_up(entry, claim)
+        reply = entry.reply if entry.reply is not None else await self._answer(entry, claim)
         try:
             await self._deliver(platform, entry, reply)
         except Exception as exc:
@@ -295,15 +447,15 @@ class Dispatcher:
                     error_id,
                     exc if isinstance(exc, DeliveryError) else type(exc).__name__,
                 )
-            await self.inbox.fail(entry.id, error_id, f"delivery failed: {type(exc).__name__}")
+            await self.inbox.fail(entry.id, error_id, f"delivery failed: {type(exc).__name__}", claim=claim)
             observe_delivery(entry.message, "undelivered")
             return
-        await self.inbox.delivered(entry.id)
+        await self.inbox.delivered(entry.id, claim=claim)
         observe_delivery(entry.message, reply.status)
 
-    async def _answer(self, entry: InboxEntry) -> Reply:
+    async def _answer(self, entry: InboxEntry, claim: Claim) -> Reply:
         """The reply to a message, stored in the inbox (with the exchange, when the agent answered)."""
-        await self.inbox.start(entry.id)
+        await self.inbox.start(entry.id, claim=claim)
         # A message answered before (cut short by a crash) already counted against its sender.
         if self.rate_limit is not None and entry.attempts == 0:
             wait_s = await self.rate_limit.wait_s(entry.message)
@@ -313,23 +465,45 @@ class Dispatcher:
                     f"{self.rate_limit.description}). Please try again in {wait_s} s.",
                     status="limited",
                 )
-                await self.inbox.answer(entry.id, reply)
+                await self.inbox.answer(entry.id, reply, claim=claim)
                 return reply
 
         message = await self._with_context(entry.message)
         try:
-            return await answer(self.responder, self.storage, message, inbox_id=entry.id)
+            return await answer(self.responder, self.storage, message, inbox_id=entry.id, claim=claim)
+        except ClaimLost:
+            raise
         except Exception as exc:
             error_id = new_error_id()
             with bound_contextvars(error_id=error_id):
                 log.exception("answering message %d failed (error id %s): %s", entry.id, error_id, type(exc).__name__)
             reply = Reply(APOLOGY.format(error_id=error_id), status="error", error_id=error_id)
-            await self.inbox.answer(entry.id, reply, error=type(exc).__name__)
+            await self.inbox.answer(entry.id, reply, error=type(exc).__name__, claim=claim)
             return reply
 
+    async def _posted_before(self, platform: ChatPlatform, entry: InboxEntry, reply: Reply) -> bool:
+        """Whether a stored reply is on the platform already (posted by a process that died before recording
+        it): then it is only recorded, not posted twice."""
+        if not isinstance(platform, ChecksDelivery):
+            return False
+        try:
+            posted = await platform.already_delivered(entry.message, reply, entry.delivery_key)
+        except Exception as exc:  # unsure: deliver (a duplicate is better than a lost reply)
+            log.warning("could not check whether message %d was answered already: %s", entry.id, type(exc).__name__)
+            return False
+        if posted:
+            log.info("the reply to message %d was posted before; recorded as delivered", entry.id)
+        return posted
+
     async def _with_context(self, message: IncomingMessage) -> IncomingMessage:
-        """The message with what its platform knows around it (a thread's earlier messages), if it knows any."""
+        """The message with what its platform knows around it (a thread's earlier messages, the files it may
+        read, bound to their fetchers), if it knows any."""
         platform = self.platforms[message.platform]
+        if isinstance(platform, SharesFiles):
+            try:
+                message = replace(message, attachments=await platform.attachments(message))
+            except Exception as exc:  # the agent names every file it could not fetch in its reply
+                log.warning("no files for %s message %s: %s", message.platform, message.message_id, exc)
         if not isinstance(platform, ProvidesContext):
             return message
         try:
@@ -339,7 +513,7 @@ class Dispatcher:
             return message
         return replace(message, context=context) if context else message
 
-    async def _give_up(self, entry: InboxEntry) -> InboxEntry:
+    async def _give_up(self, entry: InboxEntry, claim: Claim) -> InboxEntry:
         """A message that was being answered each time the process died: stop trying, apologise once."""
         error_id = new_error_id()
         with bound_contextvars(error_id=error_id):
@@ -350,7 +524,9 @@ class Dispatcher:
                 error_id,
             )
         reply = Reply(GAVE_UP.format(attempts=entry.attempts, error_id=error_id), status="error", error_id=error_id)
-        await self.inbox.answer(entry.id, reply, error=f"gave up after {entry.attempts} interrupted attempts")
+        await self.inbox.answer(
+            entry.id, reply, error=f"gave up after {entry.attempts} interrupted attempts", claim=claim
+        )
         return InboxEntry(entry.id, entry.message, entry.state, entry.attempts, reply)
 
     async def _deliver(self, platform: ChatPlatform, entry: InboxEntry, reply: Reply) -> None:

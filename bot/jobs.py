@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -132,8 +133,11 @@ async def _export(directory: Path, storage: Storage, settings: ExportSettings, r
     _recover(directory, mark)
     exported = files = 0
     part: _Part | None = None
+    # Only chains that ended a grace time ago: ids are handed out as answers end, so every chain below the
+    # mark has committed by then, whichever replica recorded it.
+    settled = time.time() - settings.grace_s
     try:
-        async for chain in storage.chains.since(0.0, after_id=mark):
+        async for chain in storage.chains.since(0.0, after_id=mark, ended_before=settled):
             line = (json.dumps(redactor.data(chain), ensure_ascii=False) + "\n").encode()
             if part is not None and part.size + len(line) > settings.max_file_bytes:
                 await _commit(storage, part)
@@ -324,6 +328,11 @@ def job_deps(parley: App, posters: Mapping[str, Poster]) -> JobDeps:
     )
 
 
+async def live_replicas(storage: Storage, ttl_s: float) -> list[str]:
+    """The ids of the replicas whose heartbeat is fresh."""
+    return [r.id for r in await storage.replicas.live(now=time.time(), ttl_s=ttl_s)]
+
+
 @asynccontextmanager
 async def scheduled_jobs(parley: App, posters: Mapping[str, Poster]) -> AsyncIterator[Scheduler | None]:
     """The scheduler with every job of the settings, when this process runs it (`scheduler.enabled`)."""
@@ -337,6 +346,8 @@ async def scheduled_jobs(parley: App, posters: Mapping[str, Poster]) -> AsyncIte
         timezone=settings.scheduler.timezone,
         misfire_grace_s=settings.scheduler.misfire_grace_s,
         observe=observe_job,
+        owner=parley.replica.id,
+        live_owners=partial(live_replicas, parley.storage, settings.dispatch.claim_ttl_s),
     )
     async with scheduler:
         yield scheduler

@@ -46,6 +46,12 @@ APPROVALS = Counter(
     ["outcome"],
 )
 INBOX_DEPTH = Gauge("parley_inbox_depth", "Messages waiting for an answer or being answered in this process.")
+CLAIMS = Counter(
+    "parley_conversation_claims",
+    "Conversation claims by outcome: taken (this replica answers it), busy (another replica does), lost (taken "
+    "over after this replica's claim lapsed).",
+    ["outcome"],
+)
 JOB_RUNS = Counter(
     "parley_job_runs", "Scheduled job runs by job and outcome (ok, failed, skipped).", ["job", "outcome"]
 )
@@ -55,6 +61,10 @@ def observe_delivery(message: IncomingMessage, status: str) -> None:
     """A reply reached the platform (or could not: status `undelivered`)."""
     MESSAGES.labels(message.platform, status).inc()
     MESSAGE_SECONDS.labels(message.platform).observe(max(time.time() - message.received_at, 0.0))
+
+
+def observe_claim(outcome: str) -> None:
+    CLAIMS.labels(outcome).inc()
 
 
 def observe_chain(message: IncomingMessage, chain: ChainRecord) -> None:

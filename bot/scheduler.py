@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -87,9 +87,15 @@ class Scheduler:
         misfire_grace_s: int = 300,
         clock: Callable[[], datetime] | None = None,
         observe: RunObserver | None = None,
+        owner: str = "",
+        live_owners: Callable[[], Awaitable[Collection[str]]] | None = None,
     ) -> None:
         # Where runs are claimed and recorded: a slot is claimed once, whichever process fires it.
         self.records = records
+        # This replica, recorded with its runs; and who else is live: at start, only the runs of replicas that
+        # are gone are marked interrupted, not those another replica is running now.
+        self.owner = owner
+        self.live_owners = live_owners
         self.zone = ZoneInfo(timezone)
         self.jobs = {job.name: job for job in jobs}
         self.triggers = {job.name: CronTrigger.from_crontab(job.cron, timezone=self.zone) for job in jobs}
@@ -111,8 +117,9 @@ class Scheduler:
         await self.stop()
 
     async def start(self) -> None:
-        """Mark runs an earlier process left unfinished, then schedule every job."""
-        interrupted = await self.records.interrupt_running(now=time.time())
+        """Mark runs a process that is gone left unfinished, then schedule every job."""
+        live = await self.live_owners() if self.live_owners is not None else ()
+        interrupted = await self.records.interrupt_running(now=time.time(), keep_owners=live)
         if interrupted:
             log.warning("%d job runs were interrupted by the end of an earlier process", interrupted)
         scheduler = AsyncIOScheduler(timezone=self.zone)
@@ -161,7 +168,7 @@ class Scheduler:
         slot = slot or f"manual:{now.isoformat()}"
         started = now.timestamp()
         since = await self._since(name)
-        claimed = await self.records.claim(name, slot, started_at=started)
+        claimed = await self.records.claim(name, slot, started_at=started, owner=self.owner)
         if not claimed:
             log.info("job %s: slot %s has run already", name, slot)
             self._count(name, "skipped")

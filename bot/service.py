@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 from adapters.discord import DiscordAdapter, DiscordConfig
 from adapters.slack import SlackAdapter, SlackConfig
-from agent.ports import ChatPlatform, Poster, ReportsConnection
+from agent.ports import ChatPlatform, Poster, ReportsConnection, SharesGateway
 from bot.app import App, build_app, dispatch_options
 from bot.config import Settings, secret_values
 from bot.dispatcher import Dispatcher
@@ -48,11 +48,16 @@ def discord_config(settings: Settings) -> DiscordConfig:
         prefix=d.prefix or None,
         command_guild=d.command_guild,
         command_state=settings.db.path.parent / "discord-commands.sha256",
+        shard_count=d.shard_count,
+        shard_ids=tuple(d.shard_ids) if d.shard_ids is not None else None,
     )
 
 
 async def readiness(
-    parley: App, platforms: Sequence[ChatPlatform] = (), scheduler: Scheduler | None = None
+    parley: App,
+    platforms: Sequence[ChatPlatform] = (),
+    scheduler: Scheduler | None = None,
+    dispatcher: Dispatcher | None = None,
 ) -> dict[str, object]:
     """What /readyz reports: the database takes writes, each platform is connected, the scheduler runs (when
     this process has one), each model's breaker is not open, and each MCP server's state. An MCP server that is
@@ -64,13 +69,20 @@ async def readiness(
         checks["database"] = True
     except Exception as exc:
         checks["database"] = {"ok": False, "error": type(exc).__name__}
+    # Which replica answered, and how many conversations it holds: with several behind one address, the way to
+    # tell them apart.
+    held = dispatcher.held if dispatcher is not None else []
+    checks["replica"] = {"ok": True, "id": parley.replica.id, "conversations": len(held)}
     for platform in platforms:
         if isinstance(platform, ReportsConnection):
             try:
                 connected = await platform.is_connected()
             except Exception:
                 connected = False
-            checks[f"platform:{platform.name}"] = {"ok": connected, "connected": connected}
+            state: dict[str, object] = {"ok": connected, "connected": connected}
+            if isinstance(platform, SharesGateway):
+                state.update(platform.gateway_status())  # a follower is ready: it only does not hold the gateway
+            checks[f"platform:{platform.name}"] = state
     if parley.settings.scheduler.enabled:
         running = scheduler is not None and scheduler.running
         checks["scheduler"] = {"ok": running, "running": running}
@@ -121,13 +133,20 @@ async def serve_platforms(settings: Settings) -> None:
         discord_bot: DiscordAdapter | None = None
         if settings.discord.token:
             registry = parley.runner.registry
-            discord_bot = DiscordAdapter(discord_config(settings), storage=parley.storage, registry=registry)
+            elected = parley.storage.leadership
+            discord_bot = DiscordAdapter(
+                discord_config(settings), storage=parley.storage, registry=registry, leadership=elected
+            )
             platforms.append(discord_bot)
-        dispatcher = Dispatcher(parley.storage, parley.agent, platforms, dispatch_options(settings), parley.approvals)
+        dispatcher = Dispatcher(
+            parley.storage, parley.agent, platforms, dispatch_options(settings), parley.approvals, parley.replica
+        )
+        # One name for this replica wherever it shows: its claims, and who leads in /readyz and pg_stat_activity.
+        parley.storage.leadership.identity = dispatcher.replica.id
         socket_mode = slack is not None and settings.slack.app_token is not None
         scheduler: Scheduler | None = None
         http_app = build_http_app(
-            slack=None if socket_mode else slack, readiness=lambda: readiness(parley, platforms, scheduler)
+            slack=None if socket_mode else slack, readiness=lambda: readiness(parley, platforms, scheduler, dispatcher)
         )
         if discord_bot is not None:
             # Replies left undelivered by an earlier process go out when the dispatcher starts: log in first.

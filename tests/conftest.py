@@ -3,7 +3,9 @@ asks for both engines), scripted agents."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -115,3 +117,13 @@ class Clock:
 async def reply_to(agent: Agent, message: IncomingMessage) -> Reply:
     """Answer and record the exchange, as the dispatcher does, so a later question sees the earlier one."""
     return await answer(agent, agent.storage, message)
+
+
+async def until(check: Callable[[], object], what: str, timeout_s: float = 10.0) -> float:
+    """Poll until `check()` is true; returns the seconds it took."""
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout_s:
+            pytest.fail(f"{what}: not within {timeout_s} s")
+        await asyncio.sleep(0.01)
+    return time.monotonic() - start

@@ -503,3 +503,18 @@ async def test_the_console_without_a_terminal_denies_unless_auto_approve_is_set(
         await console.run(d.submit, d.decide)
     assert deployed == (["api"] if auto_approve else [])
     assert len(out.getvalue().splitlines()) == 1  # still one answer per input line
+
+
+@pytest.mark.parametrize("db_engine", ["postgres"])
+async def test_a_starting_replica_expires_only_the_requests_of_gone_replicas(storage: Storage) -> None:
+    now = time.time()
+
+    def request(name: str) -> ApprovalRequest:
+        return ApprovalRequest(name, "deploy", {}, "h", "approve", "slack", "c", "", "u", now, now + 60)
+
+    await storage.approvals.create(request("waits"), owner="live-replica")
+    await storage.approvals.create(request("orphan"), owner="gone-replica")
+    broker = ApprovalBroker(storage.approvals, POLICY)
+    expired = await broker.expire_pending("restart", keep_owners=["live-replica"])
+    assert [r.id for r in expired] == ["orphan"]
+    assert [r.id for r in await storage.approvals.pending()] == ["waits"]

@@ -379,6 +379,7 @@ def test_jobs_list_and_run_a_report_and_a_built_in_job(tmp_path: Path, fake_mode
     env = fake_env(tmp_path, fake_model)
     env["PARLEY_SCHEDULES"] = json.dumps([{**schedule, "prompt": "when is the standup?"}])
     env["PARLEY_EXPORT__DIR"] = str(tmp_path / "exports")
+    env["PARLEY_EXPORT__GRACE_S"] = "0"  # export the chains just made, not only those a minute old
     assert parley(["chat", "--channel", "team"], env, "remember that the standup is at 9:30\n").returncode == 0
 
     listed = parley(["jobs", "list", "--json"], env)

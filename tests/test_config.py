@@ -162,3 +162,41 @@ def test_an_unparseable_rate_limit_stops_start_up_naming_the_field(monkeypatch: 
     monkeypatch.setenv("PARLEY_DISPATCH__RATE_LIMIT", "ten a minute")
     with pytest.raises(SettingsError, match=r"PARLEY_DISPATCH__RATE_LIMIT .*is not a rate such as 10/minute"):
         load_settings()
+
+
+def test_discord_shards_come_from_env_as_a_comma_list_or_from_toml(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from bot.config import load_settings
+
+    monkeypatch.setenv("PARLEY_DISCORD__SHARD_COUNT", "4")
+    monkeypatch.setenv("PARLEY_DISCORD__SHARD_IDS", "2, 3")
+    assert (load_settings().discord.shard_count, load_settings().discord.shard_ids) == (4, [2, 3])
+    monkeypatch.delenv("PARLEY_DISCORD__SHARD_IDS")
+    (tmp_path / "parley.toml").write_text("[discord]\nshard_ids = [0]\n")
+    assert load_settings().discord.shard_ids == [0]
+    (tmp_path / "parley.toml").unlink()
+    assert load_settings().discord.shard_ids is None  # every shard in this process
+
+
+@pytest.mark.parametrize(
+    ("count", "ids", "problem"),
+    [
+        ("2", "0,2", r"PARLEY_DISCORD__SHARD_IDS .*shard 2 does not exist: shard_count 2 has ids 0 to 1"),
+        ("2", "1,1", r"PARLEY_DISCORD__SHARD_IDS .*lists a shard twice"),
+        ("2", "one", r"PARLEY_DISCORD__SHARD_IDS .*'one' is not a list of shard ids such as 0,1"),
+        (None, "0", r"PARLEY_DISCORD__SHARD_IDS .*needs PARLEY_DISCORD__SHARD_COUNT"),
+        ("0", None, r"PARLEY_DISCORD__SHARD_COUNT .*greater than or equal to 1"),
+    ],
+)
+def test_inconsistent_discord_shards_stop_start_up_naming_the_field(
+    monkeypatch: pytest.MonkeyPatch, count: str | None, ids: str | None, problem: str
+) -> None:
+    from bot.config import SettingsError, load_settings
+
+    for name, value in (("PARLEY_DISCORD__SHARD_COUNT", count), ("PARLEY_DISCORD__SHARD_IDS", ids)):
+        if value is not None:
+            monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=problem) as error:
+        load_settings()
+    assert "\n" not in str(error.value)

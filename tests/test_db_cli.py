@@ -9,6 +9,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -18,6 +19,7 @@ from typer.testing import CliRunner, Result
 from yarl import URL
 
 from agent.approvals.models import ApprovalRequest, ApprovalState, args_hash
+from agent.attachments import Attachment
 from agent.engines import ScriptedEngine, scripted_model
 from agent.messages import IncomingMessage
 from agent.runtime import Agent, AgentOptions
@@ -62,7 +64,13 @@ async def use_the_bot(path: Path) -> None:
     runner = ToolRunner(ToolRegistry.of(*BUILTIN_TOOLS), storage.executions)
     try:
         agent = Agent(storage, scripted_model(engine), runner, AgentOptions(max_iters=4))
-        asked = [message("note down the standup time", "Ev1"), message("what is 12*7?", "Ev2", thread="1700.1")]
+
+        async def agenda(max_bytes: int) -> bytes:
+            return b"standup at 9:30"
+
+        shared = Attachment("agenda.txt", "text/plain", 15).bound(agenda)  # so chain_attachments has a row
+        first = replace(message("note down the standup time", "Ev1"), attachments=(shared,))
+        asked = [first, message("what is 12*7?", "Ev2", thread="1700.1")]
         for incoming in asked:
             entry = await storage.inbox.accept(incoming)
             assert entry is not None

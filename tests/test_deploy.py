@@ -1,5 +1,6 @@
 """The deploy files: one replica on one SQLite volume, probes on the HTTP port, only settings that exist; PostgreSQL
-beside it (a compose file, a Secret's URL, a migrate step) without making it the default.
+beside it (a compose file, a Secret's URL, a migrate step) without making it the default; and three replicas on
+PostgreSQL (a compose file with a proxy in front, a Kubernetes overlay that rolls them one at a time).
 
 No Docker or cluster needed: the files are parsed and checked against the settings model.
 """
@@ -11,7 +12,10 @@ import json
 import os
 import re
 import shlex
+import shutil
+import subprocess
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -32,6 +36,11 @@ COMPOSE_PG = DEPLOY / "compose.postgres.yaml"
 DB_SECRET = K8S / "db-secret.example.yaml"
 COPY_JOB = K8S / "db-copy-job.example.yaml"
 UNIT = DEPLOY / "parley.service"
+COMPOSE_REPLICAS = DEPLOY / "compose.replicas.yaml"
+HAPROXY = DEPLOY / "haproxy.cfg"
+K8S_REPLICAS = DEPLOY / "k8s-replicas"
+REPLICAS_PATCH = K8S_REPLICAS / "replicas-patch.yaml"
+REPLICAS = 3
 
 PORT = 8080
 # Names the deploy files may use before (or without) a settings field of that name: PARLEY_CONFIG names the
@@ -173,6 +182,120 @@ def db_url_ref(spec: dict[str, Any]) -> dict[str, Any]:
     assert "value" not in item, "the URL holds the password: from a Secret, never written in a manifest"
     ref: dict[str, Any] = item["valueFrom"]["secretKeyRef"]
     return ref
+
+
+@dataclass(frozen=True)
+class Replaced:
+    """A value Compose's `!reset` or `!override` tag puts in place of what the earlier files set."""
+
+    value: Any
+
+
+class ComposeLoader(yaml.SafeLoader):
+    """yaml.safe_load plus Compose's merge tags (Compose 2.24+), which plain YAML loaders refuse."""
+
+
+def _replaced(loader: yaml.SafeLoader, node: yaml.Node) -> Replaced:
+    if isinstance(node, yaml.SequenceNode):
+        return Replaced(loader.construct_sequence(node, deep=True))
+    if isinstance(node, yaml.MappingNode):
+        return Replaced(loader.construct_mapping(node, deep=True))
+    return Replaced(loader.construct_scalar(node))
+
+
+ComposeLoader.add_constructor("!reset", _replaced)
+ComposeLoader.add_constructor("!override", _replaced)
+
+
+def compose_doc(path: Path) -> dict[str, Any]:
+    document: dict[str, Any] = yaml.load(path.read_text(), Loader=ComposeLoader)
+    return document
+
+
+def compose_merge(base: Any, override: Any) -> Any:
+    """How `docker compose -f a -f b` combines two files: mappings key by key, sequences appended (ports, volumes),
+    anything else (and a `!reset`/`!override`) replaced."""
+    if isinstance(override, Replaced):
+        return override.value
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = compose_merge(base[key], value) if key in base else compose_merge(None, value)
+        return merged
+    if isinstance(base, list) and isinstance(override, list):
+        return base + override
+    return override
+
+
+def replicas_project() -> dict[str, Any]:
+    """The services of compose.yaml + compose.postgres.yaml + compose.replicas.yaml, as Compose merges them."""
+    merged: dict[str, Any] = {}
+    for path in (COMPOSE, COMPOSE_PG, COMPOSE_REPLICAS):
+        merged = compose_merge(merged, compose_doc(path))
+    services: dict[str, Any] = merged["services"]
+    return services
+
+
+def published(service: dict[str, Any]) -> dict[int, int]:
+    """A compose service's published ports: host port -> container port."""
+    ports = {}
+    for entry in service.get("ports", []):
+        host, _, target = str(entry).rpartition(":")
+        ports[int(host.rpartition(":")[2])] = int(target)
+    return ports
+
+
+def haproxy_sections() -> dict[str, list[list[str]]]:
+    """HAProxy's configuration: each section's header line -> its lines as words, comments dropped."""
+    sections: dict[str, list[list[str]]] = {}
+    current = ""
+    for raw in HAPROXY.read_text().splitlines():
+        line = raw.partition("#")[0].strip()
+        if not line:
+            continue
+        if raw[0].isspace():
+            sections[current].append(line.split())
+        else:
+            current = line
+            sections[current] = []
+    return sections
+
+
+def haproxy_values(section: list[list[str]], *keyword: str) -> list[list[str]]:
+    """The words after `keyword` on each line of `section` that starts with it."""
+    return [words[len(keyword) :] for words in section if tuple(words[: len(keyword)]) == keyword]
+
+
+def strategic_merge(base: Any, patch: Any) -> Any:
+    """Kubernetes' strategic merge patch, as far as the patch here uses it: mappings key by key (null deletes the
+    key), lists of named items (containers, env, volumes) item by item by name, any other value replaced."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        merged = dict(base)
+        for key, value in patch.items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = strategic_merge(base[key], value) if key in base else value
+        return merged
+    named = isinstance(base, list) and isinstance(patch, list)
+    if named and all(isinstance(item, dict) and "name" in item for item in [*base, *patch]):
+        items = list(base)
+        where = {item["name"]: i for i, item in enumerate(base)}
+        for item in patch:
+            if item["name"] in where:
+                items[where[item["name"]]] = strategic_merge(base[where[item["name"]]], item)
+            else:
+                items.append(item)
+        return items
+    return patch
+
+
+def replicas_deployment() -> dict[str, Any]:
+    """The base Deployment with the overlay's patch applied."""
+    (patch,) = yaml_docs(REPLICAS_PATCH)
+    assert (patch["kind"], patch["metadata"]["name"]) == ("Deployment", deployment()["metadata"]["name"])
+    merged: dict[str, Any] = strategic_merge(deployment(), patch)
+    return merged
 
 
 def unit() -> configparser.ConfigParser:
@@ -384,10 +507,13 @@ def test_the_copy_job_example_moves_the_volume_s_sqlite_file_into_the_secret_s_d
 
 
 def test_every_parley_variable_in_the_deploy_files_is_a_setting() -> None:
-    files = [DOCKERFILE, COMPOSE, COMPOSE_PG, UNIT, *sorted(K8S.glob("*.yaml")), *sorted(DEPLOY.glob("*.yml"))]
+    files = [DOCKERFILE, COMPOSE, COMPOSE_PG, COMPOSE_REPLICAS, HAPROXY, UNIT, *sorted(K8S.glob("*.yaml"))]
+    files += [*sorted(K8S_REPLICAS.glob("*.yaml")), *sorted(DEPLOY.glob("*.yml"))]
     names = {name for path in files for name in ENV_NAME.findall(path.read_text())}
     names |= set(container_env()) | set(dockerfile_env()) | set(compose_service()["environment"]) | set(unit_env())
-    names |= set(compose_pg()["services"]["parley"]["environment"])
+    names |= set(compose_pg()["services"]["parley"]["environment"]) | set(replicas_project()["parley"]["environment"])
+    (patched,) = replicas_deployment()["spec"]["template"]["spec"]["containers"]
+    names |= {item["name"] for item in patched["env"]}
     names = {name for name in names if name.startswith("PARLEY_")}
     assert {"PARLEY_DB__PATH", "PARLEY_DB__URL", "PARLEY_HTTP__HOST", "PARLEY_HTTP__PORT"} <= names
     unknown = {name for name in names if not is_setting(name)}
@@ -513,6 +639,93 @@ def test_parley_uses_the_postgres_service_once_it_is_healthy(monkeypatch: pytest
     assert parsed.path == f"/{server['POSTGRES_DB']}"
     monkeypatch.setenv("PARLEY_DB__URL", url)
     assert load_settings().db.url_value == url
+
+
+# ---- several replicas on PostgreSQL ----
+
+
+def test_the_replicas_compose_file_runs_three_parley_replicas_on_the_postgres_service() -> None:
+    assert compose_doc(COMPOSE_REPLICAS)["name"] == yaml_docs(COMPOSE)[0]["name"], "extends the same project"
+    services = replicas_project()
+    assert set(services) == {"parley", "postgres", "proxy"}
+    parley = services["parley"]
+    assert parley["deploy"]["replicas"] == REPLICAS
+    assert not parley.get("ports"), "three containers cannot publish one host port: the proxy does"
+    # Every replica is this one service definition: the same URL, to the postgres service, once it is healthy.
+    url = URL(interpolate(parley["environment"]["PARLEY_DB__URL"], POSTGRES_PASSWORD="s3cret"))
+    assert url.scheme == "postgresql" and url.host in services and "image" in services[url.host]
+    assert services[url.host]["image"].startswith("postgres:")
+    assert parley["depends_on"][url.host]["condition"] == "service_healthy"
+    assert "PARLEY_DB__URL" not in compose_doc(COMPOSE_REPLICAS)["services"]["parley"].get("environment", {})
+    # Each slot runs once whichever replica fires it, so the scheduler stays on in all three.
+    assert str(parley["environment"]["PARLEY_SCHEDULER__ENABLED"]).lower() == "true"
+    assert [service for service in services if published(services[service])] == ["proxy"]
+
+
+def test_the_proxy_round_robins_over_three_replicas_on_parley_s_port_checked_on_healthz() -> None:
+    services = replicas_project()
+    proxy, parley = services["proxy"], services["parley"]
+    assert proxy["image"].startswith("haproxy:")
+    (mount,) = proxy["volumes"]
+    source, target, mode = mount.split(":")
+    assert (COMPOSE_REPLICAS.parent / source).resolve() == HAPROXY
+    assert (target, mode) == ("/usr/local/etc/haproxy/haproxy.cfg", "ro")
+
+    sections = haproxy_sections()
+    (frontend,) = [lines for header, lines in sections.items() if header.startswith("frontend ")]
+    ((bind,),) = haproxy_values(frontend, "bind")
+    assert published(proxy) == {PORT: int(bind.rpartition(":")[2])}, "the one public port is the frontend's"
+    ((backend_name,),) = haproxy_values(frontend, "default_backend")
+    backend = sections[f"backend {backend_name}"]
+    assert haproxy_values(backend, "balance") == [["roundrobin"]]
+    assert ["meth", "GET", "uri", "/healthz"] in haproxy_values(backend, "http-check", "send")
+    assert haproxy_values(backend, "http-check", "expect") == [["status", "200"]]
+    ((_prefix, count, address, *options),) = haproxy_values(backend, "server-template")
+    host, _, port = address.rpartition(":")
+    # Three slots, filled from the addresses of the compose service, on the port each replica listens on.
+    assert int(count) == parley["deploy"]["replicas"] == REPLICAS
+    assert host == "parley" and int(port) == int(parley["environment"]["PARLEY_HTTP__PORT"]) == PORT
+    ((*defaults,),) = haproxy_values(backend, "default-server")
+    assert "check" in defaults + options
+    resolvers = defaults[defaults.index("resolvers") + 1]
+    assert f"resolvers {resolvers}" in sections, "names are looked up again as containers restart"
+
+
+def test_the_replicas_overlay_rolls_three_pods_on_the_secret_s_database() -> None:
+    (kustomization,) = yaml_docs(K8S_REPLICAS / "kustomization.yaml")
+    assert [(K8S_REPLICAS / r).resolve() for r in kustomization["resources"]] == [K8S, K8S_REPLICAS / "pdb.yaml"]
+    assert kustomization["patches"] == [{"path": REPLICAS_PATCH.name}]
+    spec = replicas_deployment()["spec"]
+    assert spec["replicas"] == REPLICAS
+    assert spec["strategy"]["type"] == "RollingUpdate"
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0, "a rollout never drops below three"
+    pod = spec["template"]["spec"]
+    (app,), (init,) = pod["containers"], pod["initContainers"]
+    (secret,) = yaml_docs(DB_SECRET)
+    for each in (app, init):
+        ref = db_url_ref(each)
+        assert (ref["name"], ref["key"]) == (secret["metadata"]["name"], "url")
+        assert ref["optional"] is False, "without the Secret, each pod would answer alone on a SQLite file of its own"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (data,) = [m["name"] for m in app["volumeMounts"] if m["mountPath"] == "/data"]
+    assert set(volumes[data]) == {"name", "emptyDir"}, "a ReadWriteOnce claim attaches to one node only"
+    env = {item["name"]: item.get("value") for item in app["env"]}
+    assert env["PARLEY_EXPORT__ENABLED"] == "false", "export files would go with the pod's emptyDir"
+    assert Settings(export={"enabled": env["PARLEY_EXPORT__ENABLED"]}).export.enabled is False
+    (budget,) = yaml_docs(K8S_REPLICAS / "pdb.yaml")
+    assert budget["kind"] == "PodDisruptionBudget" and budget["spec"]["maxUnavailable"] == 1
+    labels = spec["template"]["metadata"]["labels"]
+    assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl renders the overlay")
+def test_kubectl_renders_the_overlay_as_the_patch_reads() -> None:
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(K8S_REPLICAS)], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    objects = {(doc["kind"], doc["metadata"]["name"]): doc for doc in yaml.safe_load_all(rendered) if doc}
+    assert set(objects) == set(k8s_objects()) | {("PodDisruptionBudget", "parley")}
+    assert objects["Deployment", "parley"]["spec"] == replicas_deployment()["spec"]
 
 
 # ---- systemd ----

@@ -152,7 +152,8 @@ async def test_each_user_is_rate_limited_with_a_reply_that_says_when_to_retry(
     assert limited.status == "limited"
     assert "at most 2 messages per minute" in limited.text
     seconds = int(limited.text.rsplit("try again in ", 1)[1].split(" s", 1)[0])
-    assert 50 <= seconds <= 60
+    # Windows are whole minutes, counted in the storage (shared by replicas): the wait ends at the next one.
+    assert 1 <= seconds <= 60 and abs((time.time() + seconds + 1) % 60 - 1) < 2
     assert by_text["hello"].text == "re: hello"  # another user has their own quota
     assert len(echo_engine.requests) == 6  # the limited message never reached the model
 

@@ -280,7 +280,7 @@ async def test_without_the_export_old_chains_go_but_the_newest_stays(storage: St
 async def add_chains(storage: Storage, count: int, secret: str = "") -> None:
     for i in range(count):
         question = f"question {i} {secret}".strip()
-        await storage.record_exchange(Conversation("c"), chain(time.time(), question), Reply("answer"))
+        await storage.record_exchange(Conversation("c"), chain(time.time() - 1, question), Reply("answer"))
 
 
 def exported_ids(directory: Path) -> list[int]:
@@ -294,7 +294,7 @@ async def test_export_writes_each_chain_once_across_runs_and_restarts(
     tmp_path: Path, storage: Storage, reopen: Reopen
 ) -> None:
     secret = "xoxb-1234567890-abcdefghij"
-    settings = ExportSettings(dir=tmp_path / "exports", max_file_bytes=1000, keep_files=100)
+    settings = ExportSettings(dir=tmp_path / "exports", max_file_bytes=1000, keep_files=100, grace_s=0)
     redactor = Redactor([secret])
     await add_chains(storage, 5, secret)
     first = await export_chains(run_at(NOW), storage=storage, settings=settings, redactor=redactor)
@@ -323,7 +323,7 @@ async def test_export_writes_each_chain_once_across_runs_and_restarts(
 async def test_export_after_a_crash_keeps_a_committed_file_and_redoes_an_uncommitted_one(
     tmp_path: Path, storage: Storage
 ) -> None:
-    settings = ExportSettings(dir=tmp_path / "exports")
+    settings = ExportSettings(dir=tmp_path / "exports", grace_s=0)
     settings.dir.mkdir()
     await add_chains(storage, 4)
     # Crash 1: chains 1-2 written and the mark moved to 2, but the file not yet renamed.
@@ -337,7 +337,7 @@ async def test_export_after_a_crash_keeps_a_committed_file_and_redoes_an_uncommi
 
 
 async def test_a_second_export_at_the_same_time_does_nothing(tmp_path: Path, storage: Storage) -> None:
-    settings = ExportSettings(dir=tmp_path / "exports")
+    settings = ExportSettings(dir=tmp_path / "exports", grace_s=0)
     await add_chains(storage, 2)
     settings.dir.mkdir()
     with _export_lock(settings.dir):
@@ -348,8 +348,26 @@ async def test_a_second_export_at_the_same_time_does_nothing(tmp_path: Path, sto
     assert exported_ids(settings.dir) == [1, 2]
 
 
+async def test_export_leaves_chains_that_ended_within_the_grace_time_for_the_next_run(
+    tmp_path: Path, storage: Storage
+) -> None:
+    """With several replicas, a chain can commit after one with a higher id: the export waits until every chain
+    below its mark has surely committed, so the mark never passes one."""
+    await storage.record_exchange(Conversation("c"), chain(time.time() - 120, "old"), Reply("a"))
+    await storage.record_exchange(Conversation("c"), chain(time.time(), "just now"), Reply("a"))
+    settings = ExportSettings(dir=tmp_path / "exports", grace_s=60)
+    assert (await export_chains(run_at(NOW), storage=storage, settings=settings, redactor=Redactor())).startswith(
+        "exported 1 chains"
+    )
+    assert exported_ids(settings.dir) == [1]
+    await export_chains(
+        run_at(NOW), storage=storage, settings=settings.model_copy(update={"grace_s": 0}), redactor=Redactor()
+    )
+    assert exported_ids(settings.dir) == [1, 2]
+
+
 async def test_export_keeps_only_the_newest_files(tmp_path: Path, storage: Storage) -> None:
-    settings = ExportSettings(dir=tmp_path / "exports", max_file_bytes=1000, keep_files=2)
+    settings = ExportSettings(dir=tmp_path / "exports", max_file_bytes=1000, keep_files=2, grace_s=0)
     for _ in range(4):
         await add_chains(storage, 1)
         await export_chains(run_at(NOW), storage=storage, settings=settings, redactor=Redactor())
@@ -532,3 +550,17 @@ async def test_stopping_cancels_a_run_in_progress_and_the_next_start_marks_it_in
     async with Scheduler(storage.jobs, jobs, clock=lambda: NOW) as again:
         assert (await storage.jobs.last_runs())["slow"].state == "interrupted"
         assert (await again.run("slow", slot=NOW.replace(second=0).isoformat())).state == "skipped"
+
+
+@pytest.mark.parametrize("db_engine", ["postgres"])
+async def test_a_starting_replica_marks_only_the_runs_of_gone_replicas_interrupted(storage: Storage) -> None:
+    """Several replicas share the job table: one starting must not mark another's run in progress."""
+    assert await storage.jobs.claim("report", "s1", started_at=1.0, owner="live-replica")
+    assert await storage.jobs.claim("prune", "s1", started_at=1.0, owner="gone-replica")
+
+    async def live() -> list[str]:
+        return ["live-replica", "me"]
+
+    async with Scheduler(storage.jobs, [], clock=lambda: NOW, owner="me", live_owners=live):
+        runs = await storage.jobs.last_runs()
+    assert (runs["report"].state, runs["prune"].state) == ("running", "interrupted")

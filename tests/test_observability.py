@@ -162,6 +162,7 @@ async def test_readyz_reports_database_platforms_and_scheduler(parley: App, http
                 checks = json.loads(body)["checks"]
                 assert checks["database"] is True and checks["scheduler"]["running"] is True
                 assert checks["platform:slack"]["connected"] is True
+                assert checks["replica"] == {"ok": True, "id": parley.replica.id, "conversations": 0}
 
                 # The file turns read-only (a full disk or a lost volume looks the same): reads still work.
                 assert isinstance(parley.storage, SqliteStorage)
@@ -254,9 +255,9 @@ def test_json_logs_carry_the_message_context_and_no_secrets(
     with run_context(platform="slack", conversation="slack|slack:T/C|"):
         logging.getLogger("slack_bolt.App").warning("request signed with %s failed; token %s", secret, SLACK_TOKEN)
         structlog.get_logger("parley.test").info("answered", took_ms=12)
-    logging.getLogger("apscheduler.scheduler").info("outside any message")
+    logging.getLogger("a.library").info("outside any message")
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
-    assert [line["logger"] for line in lines] == ["slack_bolt.App", "parley.test", "apscheduler.scheduler"]
+    assert [line["logger"] for line in lines] == ["slack_bolt.App", "parley.test", "a.library"]
     assert lines[0]["platform"] == lines[1]["platform"] == "slack"
     assert lines[1]["conversation"] == "slack|slack:T/C|" and lines[1]["took_ms"] == 12
     assert "platform" not in lines[2]

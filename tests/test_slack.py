@@ -4,6 +4,7 @@ scripted model."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from adapters.slack import SlackAdapter, SlackConfig
 from agent.engines import ScriptedEngine, scripted_model
 from agent.engines.scripted import request_text
+from agent.messages import IncomingMessage, Reply
 from agent.runtime import Agent, AgentOptions
 from agent.storage import Storage
 from agent.tools import ToolRunner
@@ -316,6 +318,8 @@ METHOD_SCOPES = {
     "reactions_remove": "reactions:write",
     "auth_test": None,
     "conversations_replies": "channels:history",
+    # A stored reply's delivery key, looked up before posting it again (top-level replies, in DMs).
+    "conversations_history": "channels:history",
     "files_upload_v2": "files:write",
     # Opt-in (PARLEY_SLACK__ASSISTANT_STATUS): the workspace adds assistant:write to use it.
     "assistant_threads_setStatus": None,
@@ -336,7 +340,34 @@ def test_the_app_manifest_grants_what_the_adapter_uses() -> None:
     assert used <= set(METHOD_SCOPES), f"add the scope of {used - set(METHOD_SCOPES)} to the manifest and here"
     assert {scope for method, scope in METHOD_SCOPES.items() if method in used and scope} <= scopes
     assert {"app_mentions:read", "im:history", "commands"} <= scopes
+    # Shared files are downloaded from their private URL with the bot token, which needs files:read.
+    assert "url_private" not in source or "files:read" in scopes
     settings = manifest["settings"]
     assert set(settings["event_subscriptions"]["bot_events"]) == {"app_mention", "message.im"}
     assert settings["interactivity"]["is_enabled"] is True
     assert [c["command"] for c in manifest["features"]["slash_commands"]] == [SlackConfig("x", "y").command]
+
+
+@pytest.mark.parametrize("thread", ["1702.1", ""])
+async def test_a_reply_posted_by_a_process_that_died_before_recording_it_is_not_posted_again(
+    world: World, thread: str
+) -> None:
+    """The reply is stored and was posted (its chunks carry their delivery key), but the process died before
+    marking it delivered: whoever picks the message up finds the post in the thread (or the channel) and only
+    records it."""
+    message = IncomingMessage(
+        platform="slack", channel="C1", user="U1", text="hi", thread=thread, message_id="1702.1", event_id="EvDied"
+    )
+    entry = await world.storage.inbox.accept(message)
+    assert entry is not None
+    reply = Reply("answered before the crash")
+    await world.storage.inbox.answer(entry.id, reply)
+    await world.adapter.deliver(message, reply, entry.delivery_key)  # then the process died
+
+    for _ in range(100):  # the dispatcher looks for unfinished messages every second
+        stored = await world.storage.inbox.get(entry.id)
+        if stored is not None and stored.delivered_at is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert stored is not None and stored.delivered_at is not None
+    assert [p["text"] for p in world.fake.posted()] == ["answered before the crash"]

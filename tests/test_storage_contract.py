@@ -12,6 +12,7 @@ from dataclasses import replace
 import pytest
 
 from agent.approvals import ApprovalRequest, ApprovalState, PromptLocation
+from agent.attachments import Attachment, AttachmentRecord, OutFile
 from agent.messages import Conversation, IncomingMessage, Reply, Step
 from agent.storage import Storage, StoreError
 from agent.storage.models import (
@@ -184,6 +185,32 @@ async def test_an_exchange_records_the_chain_its_steps_the_turns_and_the_inbox_a
         120,
     )
     assert exported["steps"][0]["args"] == {"expression": "6*7", "nested": {"a": [1, "é"]}}
+
+
+async def test_a_chain_keeps_its_files_without_their_content_and_the_inbox_keeps_a_replys_files(
+    storage: Storage,
+) -> None:
+    shared = Attachment("notes.txt", "text/plain", 12, "https://files.example/F1", origin="thread")
+    entry = await storage.inbox.accept(replace(message("E1"), attachments=(shared,)))
+    assert entry is not None
+    files = (
+        AttachmentRecord("notes.txt", "text/plain", 12, "ab" * 32, "used"),
+        AttachmentRecord("deck.key", "application/x-keynote", None, "", "skipped", "unsupported type"),
+        AttachmentRecord("rows.csv", "text/csv", 3_000_000_000, "cd" * 32, "posted", direction="out"),
+    )
+    out = OutFile("rows.csv", b"a,b\n1,\xff\n")
+    reply = await storage.record_exchange(
+        Conversation("c"), replace(chain("q"), attachments=files), Reply("a", files=(out,)), inbox_id=entry.id
+    )
+    assert reply.chain_id is not None and reply.files == (out,)
+    assert await storage.chains.attachments(reply.chain_id) == list(files)
+    [exported] = [c async for c in storage.chains.since(0.0)]
+    assert [a["name"] for a in exported["attachments"]] == ["notes.txt", "deck.key", "rows.csv"]
+    [left] = await storage.inbox.unfinished(["slack"])
+    assert left.message.attachments == (shared,) and left.message.attachments[0].fetch is None
+    assert left.reply is not None and left.reply.files == (out,)
+    await storage.forget("c")
+    assert await storage.chains.attachments(reply.chain_id) == []
 
 
 async def test_a_refused_message_records_only_its_inbox_answer(storage: Storage) -> None:

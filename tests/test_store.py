@@ -41,6 +41,15 @@ SEED = {
     ),
     7: ("INSERT INTO approval_audit (at, action, outcome) VALUES (1, 'requested', 'pending')",),
     8: ("INSERT INTO job_runs (job, slot, started_at) VALUES ('prune', '2024-01-01T03:00', 1)",),
+    9: (
+        "INSERT INTO approvals (id, tool, args, args_hash, level, platform, channel, requester, created_at, "
+        "expires_at, prompt_platform, prompt_channel, prompt_message) VALUES ('r9', 'deploy', '{}', 'h', 'approve', "
+        "'slack', 'slack:T/C', 'U1', 1, 2, 'slack', 'C', '1.1')",
+    ),
+    10: (
+        "INSERT INTO chain_attachments (chain_id, idx, name, media_type, size, sha256, outcome) "
+        "VALUES (1, 0, 'notes.txt', 'text/plain', 12, 'ab', 'used')",
+    ),
 }
 
 

@@ -13,7 +13,7 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from agent.approvals.models import (
@@ -85,6 +85,10 @@ class ApprovalBroker:
         self.observe = observe
         # Platform name -> where its requests are shown; the dispatcher fills it in.
         self.ports: dict[str, ApprovalPort] = {}
+        # This replica's id, stored with its requests so a restart of another replica leaves them alone; the
+        # dispatcher sets it.
+        self.owner = ""
+        self._rereads: set[asyncio.Task[None]] = set()
         self._waiting: dict[str, asyncio.Future[ApprovalRequest]] = {}
         # (platform, user) -> how many of their answers wait for a decision in this process.
         self._waiting_by: Counter[tuple[str, str]] = Counter()
@@ -147,7 +151,7 @@ class ApprovalBroker:
         If the wait is cancelled (shutdown, the answer given up), the request is expired and the prompt
         updated, so a late click cannot approve a call that will never run.
         """
-        await self.store.create(request)
+        await self.store.create(request, owner=self.owner)
         self._count("requested")
         waiting: asyncio.Future[ApprovalRequest] = asyncio.get_running_loop().create_future()
         self._waiting[request.id] = waiting
@@ -270,11 +274,31 @@ class ApprovalBroker:
             why_not = "only an approver can allow a tool always"
         return why_not
 
-    async def expire_pending(self, reason: str = "restart") -> list[ApprovalRequest]:
-        """On start-up, once the ports are registered: requests of an earlier process can get no answer (their
-        messages will ask again), so they expire, and their prompts lose their buttons like any other prompt
-        still open for a settled request. Returns the requests it expired."""
-        expired = await self.store.expire_pending(reason, now=self.clock())
+    def settled_elsewhere(self, request_id: str) -> None:
+        """A notice that a request was settled, maybe by another replica (a click can reach any of them): the
+        run waiting for it here re-reads it. "" means notices may have been missed: every waiting run re-reads."""
+        for waiting_id in [request_id] if request_id else list(self._waiting):
+            if waiting_id in self._waiting:
+                task = asyncio.get_running_loop().create_task(self._reread(waiting_id))
+                self._rereads.add(task)
+                task.add_done_callback(self._rereads.discard)
+
+    async def _reread(self, request_id: str) -> None:
+        try:
+            request = await self.store.get(request_id)
+        except Exception as exc:  # the next notice, or the request's expiry, settles the wait
+            log.warning("approval request %s could not be re-read: %s", request_id, type(exc).__name__)
+            return
+        waiting = self._waiting.get(request_id)
+        if request is not None and request.state is not ApprovalState.PENDING and waiting and not waiting.done():
+            waiting.set_result(request)
+
+    async def expire_pending(self, reason: str = "restart", keep_owners: Collection[str] = ()) -> list[ApprovalRequest]:
+        """On start-up, once the ports are registered: requests of a process that is gone can get no answer
+        (their messages will ask again), so they expire, and their prompts lose their buttons like any other
+        prompt still open for a settled request; live replicas' requests (`keep_owners`) still wait. Returns the
+        requests it expired."""
+        expired = await self.store.expire_pending(reason, now=self.clock(), keep_owners=keep_owners)
         if expired:
             log.warning("expired %d approval requests left pending by an earlier process", len(expired))
         await self.close_open_prompts()

@@ -24,6 +24,8 @@ class ModelConfig:
     max_tokens: int = 1024
     temperature: float = 0.2
     num_retries: int = 2
+    # Whether the model takes images; None asks litellm's model table (unknown models: no).
+    vision: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class ModelHandle:
     name: str
     # Small local models need every step constrained by a JSON schema to produce valid steps.
     constrained: bool = False
+    # Takes images: shared pictures are shown to it (as `dspy.Image`) instead of described.
+    vision: bool = False
 
 
 def configure_dspy() -> None:
@@ -68,14 +72,26 @@ def build_model(config: ModelConfig) -> ModelHandle:
         cache=False,
         num_retries=config.num_retries,
     )
-    return ModelHandle(lm=lm, name=config.model)
+    return ModelHandle(lm=lm, name=config.model, vision=takes_images(config))
+
+
+def takes_images(config: ModelConfig) -> bool:
+    """The setting when given, else what litellm's bundled model table says (a model it does not know: no)."""
+    if config.vision is not None:
+        return config.vision
+    import litellm
+
+    try:
+        return bool(litellm.supports_vision(model=config.model))
+    except Exception:
+        return False
 
 
 def scripted_model(engine: ScriptedEngine, *, constrained: bool = False) -> ModelHandle:
-    """A model that answers from a script, for tests and demos."""
+    """A model that answers from a script, for tests and demos; it takes images when its engine says so."""
     configure_dspy()
     lm = dspy.LM("scripted", engine=engine, async_engine=AsyncScriptedEngine(engine), cache=False, num_retries=0)
-    return ModelHandle(lm=lm, name="scripted", constrained=constrained)
+    return ModelHandle(lm=lm, name="scripted", constrained=constrained, vision=engine.vision)
 
 
 __all__ = ["LOCAL_MODEL", "ModelConfig", "ModelHandle", "ScriptedEngine", "build_model", "scripted_model"]

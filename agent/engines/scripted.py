@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from dspy.lm15 import Message, Request, Response, ServerError, Usage
+from dspy.lm15 import ImagePart, InvalidRequestError, Message, Request, Response, ServerError, Usage
 
 Scripted = str | dict[str, Any] | Exception | Callable[[Request], "str | dict[str, Any]"]
 
@@ -18,6 +18,11 @@ def request_text(request: Request) -> str:
     system = request.system if isinstance(request.system, str) else "".join(p.text for p in request.system or ())
     body = "\n".join("".join(getattr(p, "text", "") or "" for p in m.parts) for m in request.messages)
     return f"{system}\n{body}"
+
+
+def request_images(request: Request) -> list[ImagePart]:
+    """The images the model was shown, in order."""
+    return [p for m in request.messages for p in m.parts if isinstance(p, ImagePart)]
 
 
 def echo(request: Request) -> dict[str, Any]:
@@ -43,8 +48,11 @@ class ScriptedEngine:
         *,
         delay_s: float | Callable[[], float] = 0.0,
         compact_prompts: bool = False,
+        vision: bool = False,
     ) -> None:
         self.script = list(script)
+        # Takes images. A text-only one refuses a request with an image, as a provider would.
+        self.vision = vision
         # Stand in for the embedded engine: the adapter sends the compact prompts of `agent.compact`.
         self.compact_prompts = compact_prompts
         self.responder = responder
@@ -66,6 +74,8 @@ class ScriptedEngine:
     def answer(self, request: Request) -> Response:
         """The next scripted response, without the delay."""
         self.requests.append(request)
+        if not self.vision and request_images(request):
+            raise InvalidRequestError("this model does not take images", provider="scripted")
         if self.script:
             entry = self.script.pop(0)
         elif self.responder is not None:

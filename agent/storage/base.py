@@ -8,20 +8,25 @@ take `now` from the caller, so a caller's clock (a test's, the broker's) decides
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from agent.approvals.models import ApprovalRequest, ApprovalState, PromptLocation
+from agent.attachments.models import AttachmentRecord
 from agent.messages import Conversation, IncomingMessage, Reply, Step
+from agent.storage.leadership import Leadership
 from agent.storage.models import (
     AuditEntry,
     ChainRecord,
     ChainStats,
+    Claim,
     Execution,
     Fact,
     Grant,
     InboxEntry,
     PrunePolicy,
+    Replica,
     RunRecord,
     StorageStatus,
     ToolStats,
@@ -83,13 +88,24 @@ class Chains(Protocol):
 
     async def steps(self, chain_id: int) -> list[Step]: ...
 
+    async def attachments(self, chain_id: int) -> list[AttachmentRecord]:
+        """The files of a chain (shared with its question, posted with its reply), in the order recorded."""
+        ...
+
     async def count(self, started_at: float = 0.0, channel: str | None = None) -> int: ...
 
     def since(
-        self, started_at: float, *, channel: str | None = None, batch: int = 500, after_id: int = 0
+        self,
+        started_at: float,
+        *,
+        channel: str | None = None,
+        batch: int = 500,
+        after_id: int = 0,
+        ended_before: float | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Every chain started at or after `started_at` (of one channel, or all) with an id above `after_id`,
-        oldest first, each a JSON-ready dict with its steps."""
+        and (given `ended_before`) whose answer ended before then, oldest first, each a JSON-ready dict with its
+        steps."""
         ...
 
     async def stats(self, started_at: float = 0.0, channel: str | None = None) -> ChainStats: ...
@@ -102,20 +118,29 @@ class Inbox(Protocol):
         """Store a new message; None when this platform event is already in the inbox (a redelivery)."""
         ...
 
-    async def start(self, entry_id: int) -> None:
-        """Mark the message as being answered and count the attempt."""
+    async def start(self, entry_id: int, *, claim: Claim | None = None) -> None:
+        """Mark the message as being answered and count the attempt.
+
+        Each write of an answering replica carries its `claim` of the conversation; a claim no longer held
+        raises ClaimLost and writes nothing (here and in `answer`, `fail`, `delivered`, `record_exchange`)."""
         ...
 
-    async def answer(self, entry_id: int, reply: Reply, *, error: str | None = None) -> None:
+    async def answer(
+        self, entry_id: int, reply: Reply, *, error: str | None = None, claim: Claim | None = None
+    ) -> None:
         """Store the reply and mark the message answered (`error` says what went wrong for an apology)."""
         ...
 
-    async def fail(self, entry_id: int, error_id: str, error: str) -> None:
+    async def fail(self, entry_id: int, error_id: str, error: str, *, claim: Claim | None = None) -> None:
         """The reply could not be delivered: given up for good."""
         ...
 
-    async def delivered(self, entry_id: int) -> None:
+    async def delivered(self, entry_id: int, *, claim: Claim | None = None) -> None:
         """The platform took the reply: a restart must not send it again."""
+        ...
+
+    async def unfinished_of(self, conversation: str) -> list[InboxEntry]:
+        """One conversation's messages (by `conversation_key`) still to answer or deliver, in arrival order."""
         ...
 
     async def unfinished(self, platforms: Iterable[str]) -> list[InboxEntry]:
@@ -148,8 +173,9 @@ class Executions(Protocol):
 class Approvals(Protocol):
     """Approval requests, decisions (compare-and-set), "allow always" grants, and the append-only audit."""
 
-    async def create(self, request: ApprovalRequest) -> None:
-        """Store a new pending request and audit it, in one transaction."""
+    async def create(self, request: ApprovalRequest, *, owner: str = "") -> None:
+        """Store a new pending request and audit it, in one transaction. `owner` is the replica whose run waits
+        for it (kept where several replicas share the database)."""
         ...
 
     async def shown(self, request_id: str, prompt: PromptLocation) -> None:
@@ -181,8 +207,16 @@ class Approvals(Protocol):
         """Audit an event that is not a request or a decision (`fields`: request_id, actor, detail, tool, channel)."""
         ...
 
-    async def expire_pending(self, reason: str, *, now: float) -> list[ApprovalRequest]:
-        """Mark every pending request expired; return them as expired."""
+    async def expire_pending(
+        self, reason: str, *, now: float, keep_owners: Collection[str] = ()
+    ) -> list[ApprovalRequest]:
+        """Mark every pending request expired, except those of the replicas in `keep_owners` (live ones, whose
+        runs still wait); return them as expired."""
+        ...
+
+    def watch(self, settled: Callable[[str], None]) -> AbstractAsyncContextManager[None]:
+        """While the block runs, call `settled(request_id)` when any replica settles a request, and
+        `settled("")` after a gap in which a notice may have been missed (re-read every waiting request)."""
         ...
 
     async def grant(
@@ -205,11 +239,11 @@ class Approvals(Protocol):
 class Jobs(Protocol):
     """Scheduled job runs (one per job and slot) and each job's own marks."""
 
-    async def interrupt_running(self, *, now: float) -> int:
-        """Mark runs left `running` by an earlier process as interrupted; returns how many."""
+    async def interrupt_running(self, *, now: float, keep_owners: Collection[str] = ()) -> int:
+        """Mark runs left `running` by a process that is gone (not in `keep_owners`) as interrupted."""
         ...
 
-    async def claim(self, job: str, slot: str, *, started_at: float) -> bool:
+    async def claim(self, job: str, slot: str, *, started_at: float, owner: str = "") -> bool:
         """Start the run of `job` for `slot`; False when that slot has run (or is running) already."""
         ...
 
@@ -234,6 +268,52 @@ class Jobs(Protocol):
     async def set_mark(self, job: str, key: str, value: str) -> None: ...
 
 
+class Replicas(Protocol):
+    """The processes sharing the database, by heartbeat."""
+
+    async def beat(self, replica: Replica, *, now: float) -> None:
+        """Register the replica or refresh its heartbeat."""
+        ...
+
+    async def live(self, *, now: float, ttl_s: float) -> list[Replica]:
+        """Replicas whose heartbeat is younger than `ttl_s`, oldest first."""
+        ...
+
+    async def leave(self, replica_id: str) -> None:
+        """A replica shutting down cleanly: what it held is free at once."""
+        ...
+
+
+class Claims(Protocol):
+    """Which replica answers which conversation (see `Claim`)."""
+
+    async def take(self, conversation: str, owner: str, *, ttl_s: float, now: float) -> Claim | None:
+        """The conversation's claim for `owner`: a new one (next epoch) when it is free or expired, the same one
+        extended when `owner` holds it; None while another owner's claim is valid."""
+        ...
+
+    async def renew(self, owner: str, *, ttl_s: float, now: float) -> set[str]:
+        """Extend every claim `owner` still holds; returns their conversations (the others were lost)."""
+        ...
+
+    async def release(self, claim: Claim) -> None:
+        """Give the conversation up (if this claim still holds it)."""
+        ...
+
+    async def waiting(self, platforms: Iterable[str], *, now: float, limit: int = 100) -> list[str]:
+        """Conversations with unfinished messages of these platforms that no valid claim holds, oldest first."""
+        ...
+
+
+class Limits(Protocol):
+    """Counters shared by every replica, for rate limits."""
+
+    async def hit(self, key: str, *, window_s: float, now: float) -> int:
+        """Count one hit of `key` in its fixed window (aligned to multiples of `window_s`); returns the hits in
+        that window so far, this one included."""
+        ...
+
+
 class Stats(Protocol):
     """Read-only aggregates across tables."""
 
@@ -255,6 +335,10 @@ class Storage(Protocol):
     approvals: Approvals
     jobs: Jobs
     stats: Stats
+    replicas: Replicas
+    claims: Claims
+    limits: Limits
+    leadership: Leadership
 
     @property
     def location(self) -> str:
@@ -269,10 +353,12 @@ class Storage(Protocol):
         *,
         inbox_id: int | None = None,
         error: str | None = None,
+        claim: Claim | None = None,
     ) -> Reply:
         """Store an answered message in one transaction: the chain and its steps, the user's and the assistant's
         turns, and the inbox row's reply and `answered` state. With no chain (a message the agent refused
-        outright) only the inbox row is written. Returns the reply with its chain id."""
+        outright) only the inbox row is written. Returns the reply with its chain id. Under a `claim` no longer
+        held, raises ClaimLost and writes nothing."""
         ...
 
     async def prune(self, policy: PrunePolicy) -> dict[str, int]:

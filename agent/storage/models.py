@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from agent.attachments.models import AttachmentRecord
 from agent.messages import IncomingMessage, Reply, Step
 
 # Memory exports carry this version; an import refuses any other.
@@ -62,6 +63,8 @@ class ChainRecord:
     model_calls: int = 0
     input_tokens: int | None = None
     output_tokens: int | None = None
+    # The files shared with the question and posted with the reply: names, types, sizes and hashes only.
+    attachments: tuple[AttachmentRecord, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,31 @@ class RunRecord:
     error_id: str | None
 
 
+# Replicas ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One `parley run` process on the database: live while its heartbeat is fresh."""
+
+    id: str
+    host: str = ""
+    pid: int = 0
+    started_at: float = 0.0
+    heartbeat_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A replica's hold on a conversation: it alone answers the conversation's messages until `expires_at`.
+    `epoch` grows with each new claim of the conversation and fences writes made under an older one."""
+
+    conversation: str
+    owner: str
+    epoch: int
+    expires_at: float
+
+
 # Whole store -----------------------------------------------------------------------------------------------
 
 
@@ -255,6 +283,7 @@ TABLES = (
     "working_memory",
     "chains",
     "chain_steps",
+    "chain_attachments",
     "tool_executions",
     "inbox",
     "approvals",

@@ -7,6 +7,7 @@ back (`sqlite3.Row`, an asyncpg record): readable by position and by column name
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from dataclasses import asdict
 from typing import Any, Protocol
 
 from agent.approvals.models import ApprovalRequest, ApprovalState, PromptLocation
+from agent.attachments.models import Attachment, AttachmentRecord, OutFile
 from agent.messages import Conversation, IncomingMessage, Reply, Step
 from agent.storage.models import STORED_OBSERVATION_CHARS, ChainRecord, Execution, InboxEntry, State
 
@@ -41,6 +43,8 @@ STEP_COLUMNS = (
     "input_tokens",
     "output_tokens",
 )
+# What a chain keeps of each file shared with its question or posted with its reply (never the content).
+ATTACHMENT_COLUMNS = ("direction", "name", "media_type", "size", "sha256", "outcome", "detail")
 CHAIN_COLUMNS = (
     "channel, thread, user_id, question, answer, status, model, error_id, started_at, duration_ms, run_id, mode, "
     "model_calls, input_tokens, output_tokens"
@@ -103,26 +107,64 @@ def step_from(row: Row) -> Step:
     return Step(**{**values, "args": json.loads(values["args"])})
 
 
+def attachment_values(chain_id: int, index: int, record: AttachmentRecord) -> tuple[object, ...]:
+    """A file of a chain as (chain_id, idx, *ATTACHMENT_COLUMNS)."""
+    return (chain_id, index, *(getattr(record, c) for c in ATTACHMENT_COLUMNS))
+
+
+def attachment_from(row: Row) -> AttachmentRecord:
+    values = dict(zip(ATTACHMENT_COLUMNS, row, strict=True))
+    return AttachmentRecord(**{**values, "size": None if values["size"] is None else int(values["size"])})
+
+
 # Inbox ---------------------------------------------------------------------------------------------------------
 
 
 def message_json(message: IncomingMessage) -> str:
-    return json.dumps(asdict(message))
+    """The message as the inbox keeps it: its attachments as descriptions, without their fetchers (the platform
+    binds them again before the message is answered)."""
+    data = {name: getattr(message, name) for name in IncomingMessage.__dataclass_fields__}
+    data["attachments"] = [a.as_dict() for a in message.attachments]
+    return json.dumps(data)
+
+
+def message_from(text: str) -> IncomingMessage:
+    data = json.loads(text)
+    data["attachments"] = tuple(Attachment.from_dict(a) for a in data.get("attachments") or ())
+    return IncomingMessage(**data)
 
 
 def reply_json(reply: Reply) -> str:
-    """What the inbox keeps of a reply: enough to deliver it again after a restart."""
-    return json.dumps(
-        {"text": reply.text, "status": reply.status, "error_id": reply.error_id, "chain_id": reply.chain_id}
+    """What the inbox keeps of a reply: enough to deliver it again after a restart, its files included (they are
+    bounded by the reply's byte limit, `Limits.max_out_bytes`, and go when the inbox row is pruned)."""
+    data: dict[str, object] = {
+        "text": reply.text,
+        "status": reply.status,
+        "error_id": reply.error_id,
+        "chain_id": reply.chain_id,
+    }
+    if reply.files:
+        data["files"] = [
+            {"name": f.name, "media_type": f.media_type, "content": base64.b64encode(f.content).decode()}
+            for f in reply.files
+        ]
+    return json.dumps(data)
+
+
+def reply_from(text: str) -> Reply:
+    data = json.loads(text)
+    files = tuple(
+        OutFile(f["name"], base64.b64decode(f["content"]), f["media_type"]) for f in data.pop("files", None) or ()
     )
+    return Reply(**data, files=files)
 
 
 def inbox_entry(row: Row) -> InboxEntry:
     """An inbox row read with INBOX_COLUMNS."""
-    reply = Reply(**json.loads(row["reply"])) if row["reply"] else None
+    reply = reply_from(row["reply"]) if row["reply"] else None
     return InboxEntry(
         id=int(row["id"]),
-        message=IncomingMessage(**json.loads(row["message"])),
+        message=message_from(row["message"]),
         state=State(row["state"]),
         attempts=int(row["attempts"]),
         reply=reply,

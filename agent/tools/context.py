@@ -8,6 +8,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from agent.attachments.models import Outbox
 from agent.messages import Conversation
 
 if TYPE_CHECKING:  # the storage seam imports approval models, whose package imports the tools
@@ -23,6 +24,8 @@ class ToolContext:
     run_id: str = ""
     # Where the message came from: approval prompts go back there.
     platform: str = "console"
+    # The files the reply will post: a tool whose result is too long for chat posts it here (`post_file`).
+    files: Outbox | None = None
 
 
 _current: ContextVar[ToolContext | None] = ContextVar("parley_tool_context", default=None)

@@ -5,10 +5,15 @@ Read-only is enforced three times, because each layer alone has holes: the file 
 authorizer allows only reading actions, so ATTACH, VACUUM, writable pragmas, DDL and DML fail when the
 statement is prepared, before anything runs. A progress handler stops queries that run too long, so a
 cartesian join cannot hold a worker thread forever.
+
+A result longer than the rows shown to the model is also posted with the reply as a CSV file (the reply's
+`post_file`, bounded by its byte limit): the model summarises, the person gets every row.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import sqlite3
 import time
@@ -16,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
+from agent.attachments.models import Outbox
+from agent.tools.context import current_or_none
 from agent.tools.registry import ToolError, tool
 
 DEFAULT_MAX_ROWS = 50
@@ -115,8 +122,58 @@ def _run(conn: sqlite3.Connection, query: str, max_rows: int, max_seconds: float
     if not rows:
         lines.append("(no rows)")
     elif len(rows) > max_rows:
-        lines.append(_more_rows(cursor))
+        context = current_or_none()
+        outbox = context.files if context is not None else None
+        if outbox is None:
+            lines.append(_more_rows(cursor))
+        else:
+            lines.append(_post_csv(cursor, rows, outbox))
     return "\n".join(lines)
+
+
+def _post_csv(cursor: sqlite3.Cursor, shown: list[tuple[object, ...]], outbox: Outbox) -> str:
+    """Every row (up to COUNT_CAP, and as many as fit the reply's file limit) as a CSV file of the reply; the
+    line the model reads says how many rows there are and where they went."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([str(col[0]) for col in cursor.description])
+    written = 0
+    total = len(shown)
+    for row in shown:
+        writer.writerow([_csv_cell(v) for v in row])
+        written += 1
+    complete = True
+    try:
+        for row in itertools.islice(cursor, COUNT_CAP - total):
+            total += 1
+            if complete and out.tell() < outbox.max_bytes:
+                writer.writerow([_csv_cell(v) for v in row])
+                written += 1
+            else:
+                complete = False
+    except sqlite3.Error:
+        complete = False
+    data = out.getvalue().encode()
+    if len(data) > outbox.max_bytes:  # the last row passed the limit: the file ends before it
+        data = data[: data.rfind(b"\n", 0, outbox.max_bytes) + 1]
+        written = data.count(b"\n") - 1
+        complete = False
+    shown_rows = len(shown) - 1
+    name = outbox.post_file("query-result.csv", data)
+    at_least = "at least " if total >= COUNT_CAP else ""
+    if name is None:
+        return f"({at_least}{total - shown_rows:,} more rows not shown; too large to post as a file)"
+    posted = f"all {total:,} rows" if complete else f"the first {written:,} of {at_least}{total:,} rows"
+    more = f"{at_least}{total - shown_rows:,} more rows not shown here"
+    return f"({more}; {posted} are posted with your answer as {name})"
+
+
+def _csv_cell(value: object) -> object:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return f"<blob {len(value)} bytes>"
+    return value
 
 
 def _more_rows(cursor: sqlite3.Cursor) -> str:

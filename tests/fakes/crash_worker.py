@@ -29,7 +29,8 @@ async def main(database: str, platform_url: str, conversations: int, messages: i
         engine = ScriptedEngine(responder=echo, delay_s=lambda: random.uniform(0.01, 0.05))
         agent = Agent(storage, scripted_model(engine), runner, AgentOptions(concurrency=4))
         platform = HTTPPlatform(platform_url)
-        options = DispatchOptions(concurrency=4, rate_limit=None)
+        # A short claim: on PostgreSQL the killed process's claims lapse in 2 s and this one takes them over.
+        options = DispatchOptions(concurrency=4, rate_limit=None, claim_ttl_s=2.0, poll_s=0.2)
         async with Dispatcher(storage, agent, [platform], options) as dispatcher:
             for m in range(messages):
                 for c in range(conversations):
@@ -38,7 +39,11 @@ async def main(database: str, platform_url: str, conversations: int, messages: i
                             platform="test", channel=f"c{c}", user=f"u{c}", text=f"c{c} m{m}", event_id=f"c{c}-m{m}"
                         )
                     )
-            await dispatcher.join()
+            # Until nothing is left: a conversation the killed process held is answered once its claim lapses.
+            for _ in range(600):
+                if not await storage.inbox.unfinished(["test"]):
+                    break
+                await asyncio.sleep(0.1)
     finally:
         runner.close()
         await storage.close()

@@ -65,6 +65,12 @@ without pushing it (an interaction is still registered, so its callbacks work): 
 The `send_*`/builder calls block the calling thread briefly (they only write to sockets); the `wait_for*` helpers
 are coroutines that poll, so the client (running on the test's loop) keeps running while a test waits.
 
+Files people share: `add_attachment(filename, content, content_type)` stores a file and returns Discord's attachment
+object for a message's `attachments`. Its URL is signed as Discord's CDN signs them (`ex`, `is`, `hm`: an HMAC of the
+path and expiry); `GET /attachments/<id>/<filename>` serves it only when the signature holds and has not expired
+(404 "This content is no longer available." otherwise, as the CDN answers). `redirect_to=URL` answers 302 there
+instead. `downloads` records each download as (attachment id, whether the signature held).
+
 Records (appended on the server thread under a lock; properties return snapshots): `requests`, `messages(ch)`,
 `edits`, `typing_in(ch)`, `reactions`, `interaction_callbacks`, `followups`, `original_edits`, `command_syncs`,
 `identifies`, `resumes`, `identify_payloads`, `heartbeats`, `received` (other client frames), `sent` (dispatches),
@@ -76,6 +82,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import re
 import threading
@@ -340,6 +348,10 @@ class FakeDiscord(BackgroundServer):
         self._messages: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
         self._by_id: dict[str, dict[str, Any]] = {}  # every message we know of (the bot's and pushed ones)
         self._nonces: dict[tuple[str, str], dict[str, Any]] = {}
+        # attachment id -> (content, content type, redirect URL or None); the CDN's signing key.
+        self._cdn: dict[str, tuple[bytes, str, str | None]] = {}
+        self._cdn_key = uuid.uuid4().bytes
+        self.downloads: list[tuple[str, bool]] = []
         self._edits: list[Edit] = []
         self._typing: defaultdict[str, int] = defaultdict(int)
         self._reactions: list[tuple[str, str, str, str]] = []  # (method, channel, message, emoji)
@@ -414,8 +426,56 @@ class FakeDiscord(BackgroundServer):
         app.router.add_get("/gateway", self._gateway)
         app.router.add_get("/resume", self._gateway)
         app.router.add_route("*", r"/api/v{version:\d+}/{tail:.*}", self._rest)
+        app.router.add_get("/attachments/{attachment_id}/{filename}", self._cdn_download)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         return app
+
+    def _cdn_signature(self, path: str, expires: str) -> str:
+        return hmac.new(self._cdn_key, f"{path}?{expires}".encode(), hashlib.sha256).hexdigest()
+
+    def add_attachment(
+        self,
+        filename: str,
+        content: bytes,
+        content_type: str | None = "text/plain",
+        *,
+        redirect_to: str | None = None,
+        size: int | None = None,
+        expires_in: int = 86_400,
+    ) -> dict[str, Any]:
+        """Store a shared file; Discord's attachment object (with a signed URL) for a message's `attachments`."""
+        with self._lock:
+            attachment_id = self._snowflake()
+            self._cdn[attachment_id] = (content, content_type or "application/octet-stream", redirect_to)
+        path = f"/attachments/{attachment_id}/{filename}"
+        expires = format(int(time.time()) + expires_in, "x")
+        query = f"ex={expires}&is={format(int(time.time()), 'x')}&hm={self._cdn_signature(path, expires)}&"
+        url = f"{self.url}{path}?{query}"
+        found: dict[str, Any] = {
+            "id": attachment_id,
+            "filename": filename,
+            "size": len(content) if size is None else size,
+            "url": url,
+            "proxy_url": url,
+        }
+        if content_type is not None:
+            found["content_type"] = content_type
+        return found
+
+    async def _cdn_download(self, request: web.Request) -> web.StreamResponse:
+        attachment_id = request.match_info["attachment_id"]
+        expires = request.query.get("ex", "")
+        signed = hmac.compare_digest(request.query.get("hm", ""), self._cdn_signature(request.path, expires))
+        fresh = bool(re.fullmatch(r"[0-9a-f]{1,12}", expires)) and int(expires, 16) > time.time()
+        with self._lock:
+            self.downloads.append((attachment_id, signed and fresh))
+            stored = self._cdn.get(attachment_id)
+        if stored is None or not (signed and fresh):
+            return web.Response(status=404, text="This content is no longer available.")
+        content, content_type, redirect_to = stored
+        if redirect_to is not None:
+            raise web.HTTPFound(redirect_to)
+        return web.Response(body=content, content_type=content_type)
 
     async def _before_stop(self) -> None:
         with self._lock:

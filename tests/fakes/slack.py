@@ -34,6 +34,12 @@ Files (what `files_upload_v2` does): `files.getUploadURLExternal` hands out `{ur
 POSTs the bytes there, and `files.completeUploadExternal` shares the uploaded files into `channel_id` (and
 `thread_ts`) as a message with `files`; `shared_files()` lists them with their content.
 
+Files people share: `add_file(name, content, mimetype)` stores a file and returns Slack's file object for an
+event's `files` (`url_private` and `url_private_download` point here). `GET /files-pri/<id>/<name>` serves it
+only with `Authorization: Bearer <bot token>` (403 otherwise: real Slack redirects to its login page, which a
+client must not follow either); `redirect_to=URL` answers 302 to that URL instead. `downloads` records each
+download as (file id, whether the token was right).
+
 Socket Mode: `apps.connections.open` hands out `ws://127.0.0.1:<port>/link/?ticket=...`; a client that connects
 gets `{"type": "hello", ...}` first. `send_events_api`, `send_slash_command` and `send_interactive` push
 envelopes (to the newest connection) and return the envelope id; the client's acks land in `acks`.
@@ -415,6 +421,9 @@ class FakeSlack(BackgroundServer):
         # file id -> {"filename", "length", "content" (bytes once uploaded)}; shared files in order.
         self._uploads: dict[str, dict[str, Any]] = {}
         self._shared: list[dict[str, Any]] = []
+        # file id -> (content, mimetype, redirect URL or None): files people shared, served at /files-pri/.
+        self._files: dict[str, tuple[bytes, str, str | None]] = {}
+        self.downloads: list[tuple[str, bool]] = []
         self._clock = FIRST_TS
         self._event_seq = 0
         self._tickets: set[str] = set()
@@ -447,6 +456,7 @@ class FakeSlack(BackgroundServer):
         app.router.add_get("/link/", self._socket)
         app.router.add_post("/response/{name}", self._response)
         app.router.add_post("/upload/{file_id}", self._upload)
+        app.router.add_get("/files-pri/{file_id}/{name}", self._download)
         return app
 
     async def _before_stop(self) -> None:
@@ -491,6 +501,37 @@ class FakeSlack(BackgroundServer):
                 message.setdefault("ts", self._next_ts())
                 message["thread_ts"] = thread_ts
                 self._messages[channel].append(message)
+
+    def add_file(
+        self,
+        name: str,
+        content: bytes,
+        mimetype: str = "text/plain",
+        *,
+        redirect_to: str | None = None,
+        size: int | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """Store a shared file; Slack's file object for an event's `files` (`size` may lie, as a test wants)."""
+        file_id = f"F{uuid.uuid4().hex[:10].upper()}"
+        with self._lock:
+            self._files[file_id] = (content, mimetype, redirect_to)
+        url = f"{self.url}/files-pri/{file_id}/{name}"
+        return {
+            "id": file_id,
+            "created": int(time.time()),
+            "name": name,
+            "title": name,
+            "mimetype": mimetype,
+            "filetype": name.rpartition(".")[2],
+            "user": "U1",
+            "size": len(content) if size is None else size,
+            "mode": "hosted",
+            "is_external": False,
+            "url_private": url,
+            "url_private_download": f"{url}?download=1",
+            **fields,
+        }
 
     def add_user(self, user_id: str, name: str | None = None, **fields: Any) -> None:
         """Make `users.info` answer for `user_id` with these fields (unknown users get a generated profile)."""
@@ -719,6 +760,21 @@ class FakeSlack(BackgroundServer):
             upload["content"] = data
         return web.Response(text=f"OK - {len(data)}", content_type="text/plain")
 
+    async def _download(self, request: web.Request) -> web.StreamResponse:
+        file_id = request.match_info["file_id"]
+        authorized = request.headers.get("Authorization", "") == f"Bearer {self.bot_token}"
+        with self._lock:
+            self.downloads.append((file_id, authorized))
+            stored = self._files.get(file_id)
+        if stored is None:
+            return web.Response(status=404, text="file_not_found")
+        content, mimetype, redirect_to = stored
+        if redirect_to is not None:
+            raise web.HTTPFound(redirect_to)
+        if not authorized:
+            return web.Response(status=403, text="<html>sign in to Slack</html>", content_type="text/html")
+        return web.Response(body=content, content_type=mimetype)
+
     # -- Web API -----------------------------------------------------------------------------------------------
 
     async def _api(self, request: web.Request) -> web.StreamResponse:
@@ -779,6 +835,7 @@ class FakeSlack(BackgroundServer):
             "reactions.remove": self._reactions_remove,
             "assistant.threads.setStatus": self._set_status,
             "conversations.replies": self._replies,
+            "conversations.history": self._history,
             "users.info": self._users_info,
             "apps.connections.open": self._connections_open,
             "files.getUploadURLExternal": self._upload_url,
@@ -802,9 +859,12 @@ class FakeSlack(BackgroundServer):
         ]
         return sorted(found, key=lambda m: _ts_key(m["ts"]))
 
-    def _view(self, channel: str, message: dict[str, Any]) -> dict[str, Any]:
-        """A copy of a stored message as Slack returns it, with its reactions."""
+    def _view(self, channel: str, message: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A copy of a stored message as Slack returns it, with its reactions; its metadata only when the
+        request asked for it (`include_all_metadata`), as Slack does."""
         view = json.loads(json.dumps(message))
+        if str((params or {}).get("include_all_metadata", "")).lower() not in ("true", "1"):
+            view.pop("metadata", None)
         reactions = self._reactions.get((channel, message["ts"]))
         if reactions:
             view["reactions"] = json.loads(json.dumps(reactions))
@@ -860,6 +920,9 @@ class FakeSlack(BackgroundServer):
         }
         if params.get("thread_ts"):
             message["thread_ts"] = str(params["thread_ts"])
+        metadata = params.get("metadata")
+        if metadata:  # form-encoded clients send it as a JSON string
+            message["metadata"] = json.loads(metadata) if isinstance(metadata, str) else metadata
         self._messages[channel].append(message)
         return {"ok": True, "channel": channel, "ts": ts, "message": dict(message)}
 
@@ -945,7 +1008,7 @@ class FakeSlack(BackgroundServer):
             return {"ok": False, "error": "channel_not_found"}
         if not ts:
             return {"ok": False, "error": "invalid_arguments"}
-        found = [self._view(channel, m) for m in self._thread_messages(channel, str(ts))]
+        found = [self._view(channel, m, params) for m in self._thread_messages(channel, str(ts))]
         if not found:
             return {"ok": False, "error": "thread_not_found"}
         start = int(params.get("cursor") or 0)
@@ -958,6 +1021,21 @@ class FakeSlack(BackgroundServer):
             "has_more": more,
             "response_metadata": {"next_cursor": str(start + limit) if more else ""},
         }
+
+    def _history(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Top-level messages of a channel, newest first, at or after `oldest` (the `limit` newest)."""
+        channel = params.get("channel")
+        if not channel:
+            return {"ok": False, "error": "channel_not_found"}
+        oldest = _ts_key(str(params.get("oldest") or "0"))
+        found = [
+            self._view(channel, m, params)
+            for m in self._messages.get(channel, [])
+            if "thread_ts" not in m or m.get("thread_ts") == m.get("ts")
+            if _ts_key(m["ts"]) >= oldest
+        ]
+        found.sort(key=lambda m: _ts_key(m["ts"]), reverse=True)
+        return {"ok": True, "messages": found[: int(params.get("limit") or 100)], "has_more": False}
 
     def _user_record(self, user_id: str, name: str | None = None) -> dict[str, Any]:
         is_bot = user_id == self.user_id

@@ -8,21 +8,27 @@ deletes. Where a request's prompt was posted is kept with it, and whether that p
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from agent.approvals.models import ApprovalRequest, ApprovalState, PromptLocation
 from agent.storage.models import AuditEntry, Grant
 from agent.storage.postgres.database import Conn, Database, affected, marks
+from agent.storage.postgres.notices import listening
 from agent.storage.rows import (
     AUDIT_COLUMNS,
     GRANT_COLUMNS,
     NEW_REQUEST_COLUMNS,
     REQUEST_COLUMNS,
     audit_values,
+    count,
     request_from,
     request_values,
 )
 
+# The channel on which a settled request's id is announced to every replica.
+SETTLED = "parley_approval_settled"
 AUDIT_INSERT = f"INSERT INTO approval_audit ({AUDIT_COLUMNS}) VALUES ({marks(AUDIT_COLUMNS)})"
 
 
@@ -35,12 +41,14 @@ class PostgresApprovals:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def create(self, request: ApprovalRequest) -> None:
+    async def create(self, request: ApprovalRequest, *, owner: str = "") -> None:
         """Store a new pending request and audit it, in one transaction."""
         async with self.db.transaction() as conn:
             await conn.execute(
-                f"INSERT INTO approvals ({NEW_REQUEST_COLUMNS}) VALUES ({marks(NEW_REQUEST_COLUMNS)})",
+                f"INSERT INTO approvals ({NEW_REQUEST_COLUMNS}, owner) "
+                f"VALUES ({marks(NEW_REQUEST_COLUMNS)}, ${count(NEW_REQUEST_COLUMNS) + 1})",
                 *request_values(request),
+                owner,
             )
             await _audit(conn, "requested", "pending", request=request, actor=f"{request.platform}:{request.requester}")
 
@@ -92,7 +100,12 @@ class PostgresApprovals:
             outcome = state.value if settled else "refused"
             detail = reason if settled else "already decided or expired"
             await _audit(conn, state.value, outcome, request=request, actor=actor, detail=detail)
+            if settled is not None:  # sent at commit: the replica whose run waits re-reads the request
+                await conn.execute("SELECT pg_notify($1, $2)", SETTLED, request.id)
         return settled
+
+    def watch(self, settled: Callable[[str], None]) -> AbstractAsyncContextManager[None]:
+        return listening(self.db.url, self.db.location, SETTLED, settled)
 
     async def refuse(self, request_id: str, *, actor: str, reason: str, request: ApprovalRequest | None) -> None:
         """Audit a decision that was not allowed to count (unknown id, wrong person, wrong arguments)."""
@@ -106,16 +119,20 @@ class PostgresApprovals:
         async with self.db.transaction() as conn:
             await _audit(conn, action, outcome, request=request, **fields)
 
-    async def expire_pending(self, reason: str, *, now: float) -> list[ApprovalRequest]:
-        """Mark every pending request expired (on start-up, a previous process's requests can get no answer);
-        return them as expired."""
+    async def expire_pending(
+        self, reason: str, *, now: float, keep_owners: Collection[str] = ()
+    ) -> list[ApprovalRequest]:
+        """Mark pending requests expired, except those of live replicas (`keep_owners`), whose runs still wait
+        for them; return them as expired."""
         async with self.db.transaction() as conn:
             # In the order they were made, as SQLite returns them (UPDATE ... RETURNING has no order of its own).
             rows = await conn.fetch(
                 "WITH expired AS (UPDATE approvals SET state = 'expired', decided_at = $1, reason = $2 "
-                f"WHERE state = 'pending' RETURNING {REQUEST_COLUMNS}) SELECT * FROM expired ORDER BY created_at",
+                f"WHERE state = 'pending' AND NOT owner = ANY($3::text[]) RETURNING {REQUEST_COLUMNS}) "
+                "SELECT * FROM expired ORDER BY created_at",
                 now,
                 reason,
+                list(keep_owners),
             )
             expired = [request_from(row) for row in rows]
             for request in expired:

@@ -65,6 +65,8 @@ class Database:
 
     def __init__(self, pool: Any, url: str) -> None:
         self._pool = pool
+        # For the few dedicated connections beside the pool (LISTEN, leadership locks).
+        self.url = url
         self._password = _password(url)
         self.location = masked(url)
 

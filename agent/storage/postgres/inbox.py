@@ -13,8 +13,9 @@ import time
 from collections.abc import Iterable
 
 from agent.messages import IncomingMessage, Reply
-from agent.storage.models import InboxEntry, State, conversation_key, event_key
+from agent.storage.models import Claim, InboxEntry, State, conversation_key, event_key
 from agent.storage.postgres.database import Conn, Database
+from agent.storage.postgres.replicas import fence
 from agent.storage.rows import INBOX_COLUMNS, inbox_entry, message_json, reply_json
 
 
@@ -51,24 +52,29 @@ class PostgresInbox:
         )
         return InboxEntry(int(entry_id), message, State.RECEIVED) if entry_id is not None else None
 
-    async def start(self, entry_id: int) -> None:
+    async def start(self, entry_id: int, *, claim: Claim | None = None) -> None:
         """Mark the message as being answered and count the attempt."""
-        await self.db.execute(
+        await self._fenced(
+            claim,
             "UPDATE inbox SET state = 'processing', attempts = attempts + 1, updated_at = $1 WHERE id = $2",
             time.time(),
             entry_id,
         )
 
-    async def answer(self, entry_id: int, reply: Reply, *, error: str | None = None) -> None:
+    async def answer(
+        self, entry_id: int, reply: Reply, *, error: str | None = None, claim: Claim | None = None
+    ) -> None:
         """Store the reply and mark the message answered; `error` says what went wrong when the reply is an
         apology (the reply's error id is stored with it). Either way the reply is delivered, after a restart too.
         """
         async with self.db.transaction() as conn:
+            await fence(conn, claim)
             await answer_in(conn, entry_id, reply, error)
 
-    async def fail(self, entry_id: int, error_id: str, error: str) -> None:
+    async def fail(self, entry_id: int, error_id: str, error: str, *, claim: Claim | None = None) -> None:
         """The reply could not be delivered: give up on it for good, a restart will not try it again."""
-        await self.db.execute(
+        await self._fenced(
+            claim,
             "UPDATE inbox SET state = 'failed', error_id = $1, error = $2, updated_at = $3 WHERE id = $4",
             error_id,
             error,
@@ -76,11 +82,28 @@ class PostgresInbox:
             entry_id,
         )
 
-    async def delivered(self, entry_id: int) -> None:
+    async def delivered(self, entry_id: int, *, claim: Claim | None = None) -> None:
         """The platform took the reply: a restart must not send it again."""
-        await self.db.execute(
-            "UPDATE inbox SET delivered_at = $1, updated_at = $1 WHERE id = $2", time.time(), entry_id
+        await self._fenced(
+            claim, "UPDATE inbox SET delivered_at = $1, updated_at = $1 WHERE id = $2", time.time(), entry_id
         )
+
+    async def _fenced(self, claim: Claim | None, sql: str, *args: object) -> None:
+        """One statement, in a transaction with the claim's fence when there is a claim."""
+        if claim is None:
+            await self.db.execute(sql, *args)
+            return
+        async with self.db.transaction() as conn:
+            await fence(conn, claim)
+            await conn.execute(sql, *args)
+
+    async def unfinished_of(self, conversation: str) -> list[InboxEntry]:
+        rows = await self.db.fetch(
+            f"SELECT {INBOX_COLUMNS} FROM inbox "
+            "WHERE conversation = $1 AND delivered_at IS NULL AND state <> 'failed' ORDER BY id",
+            conversation,
+        )
+        return [inbox_entry(row) for row in rows]
 
     async def unfinished(self, platforms: Iterable[str]) -> list[InboxEntry]:
         """Messages of these platforms still to answer or whose reply is still to deliver, in arrival order."""

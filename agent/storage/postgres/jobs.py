@@ -5,6 +5,8 @@ A run slot is unique per job, so with several replicas each slot's run is claime
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from agent.storage.models import RunRecord, WindowCounts
 from agent.storage.postgres.database import Database
 from agent.storage.rows import RUN_COLUMNS
@@ -14,18 +16,23 @@ class PostgresJobs:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def interrupt_running(self, *, now: float) -> int:
+    async def interrupt_running(self, *, now: float, keep_owners: Collection[str] = ()) -> int:
+        """Runs of replicas that are gone; a live replica's run goes on."""
         return await self.db.execute(
-            "UPDATE job_runs SET state = 'interrupted', finished_at = $1 WHERE state = 'running'", now
+            "UPDATE job_runs SET state = 'interrupted', finished_at = $1 "
+            "WHERE state = 'running' AND NOT owner = ANY($2::text[])",
+            now,
+            list(keep_owners),
         )
 
-    async def claim(self, job: str, slot: str, *, started_at: float) -> bool:
+    async def claim(self, job: str, slot: str, *, started_at: float, owner: str = "") -> bool:
         claimed = await self.db.fetchval(
-            "INSERT INTO job_runs (job, slot, started_at) VALUES ($1, $2, $3) "
+            "INSERT INTO job_runs (job, slot, started_at, owner) VALUES ($1, $2, $3, $4) "
             "ON CONFLICT (job, slot) DO NOTHING RETURNING id",
             job,
             slot,
             started_at,
+            owner,
         )
         return claimed is not None
 

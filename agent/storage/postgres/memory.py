@@ -12,10 +12,21 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any
 
+from agent.attachments.models import AttachmentRecord
 from agent.messages import Conversation, Step
 from agent.storage.models import KEEP_ACCESSED_MORE_THAN, ChainRecord, ChainStats, Fact, Turn
 from agent.storage.postgres.database import Conn, Database, affected, marks
-from agent.storage.rows import CHAIN_COLUMNS, FACT_COLUMNS, STEP_COLUMNS, chain_values, step_from, step_values
+from agent.storage.rows import (
+    ATTACHMENT_COLUMNS,
+    CHAIN_COLUMNS,
+    FACT_COLUMNS,
+    STEP_COLUMNS,
+    attachment_from,
+    attachment_values,
+    chain_values,
+    step_from,
+    step_values,
+)
 from agent.storage.terms import channel_terms, query_terms, scope_token
 
 TURN_SELECT = (
@@ -89,6 +100,12 @@ async def insert_chain(conn: Conn, conv: Conversation, chain: ChainRecord) -> in
             f"INSERT INTO chain_steps (chain_id, idx, {', '.join(STEP_COLUMNS)}) "
             f"VALUES ($1, $2, {marks(STEP_COLUMNS, 3)})",
             [step_values(chain_id, i, s) for i, s in enumerate(chain.steps)],
+        )
+    if chain.attachments:
+        await conn.executemany(
+            f"INSERT INTO chain_attachments (chain_id, idx, {', '.join(ATTACHMENT_COLUMNS)}) "
+            f"VALUES ($1, $2, {marks(ATTACHMENT_COLUMNS, 3)})",
+            [attachment_values(chain_id, i, a) for i, a in enumerate(chain.attachments)],
         )
     return int(chain_id)
 
@@ -236,6 +253,13 @@ class PostgresChains:
         )
         return [step_from(r) for r in rows]
 
+    async def attachments(self, chain_id: int) -> list[AttachmentRecord]:
+        rows = await self.db.fetch(
+            f"SELECT {', '.join(ATTACHMENT_COLUMNS)} FROM chain_attachments WHERE chain_id = $1 ORDER BY idx",
+            chain_id,
+        )
+        return [attachment_from(r) for r in rows]
+
     async def count(self, started_at: float = 0.0, channel: str | None = None) -> int:
         found = await self.db.fetchval(
             "SELECT COUNT(*) FROM chains WHERE started_at >= $1 AND ($2::text IS NULL OR channel = $2)",
@@ -245,21 +269,30 @@ class PostgresChains:
         return int(found or 0)
 
     async def since(
-        self, started_at: float, *, channel: str | None = None, batch: int = 500, after_id: int = 0
+        self,
+        started_at: float,
+        *,
+        channel: str | None = None,
+        batch: int = 500,
+        after_id: int = 0,
+        ended_before: float | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         last_id = after_id
         while True:
             rows = await self.db.fetch(
                 f"SELECT id, {CHAIN_COLUMNS} FROM chains "
-                "WHERE started_at >= $1 AND ($2::text IS NULL OR channel = $2) AND id > $3 ORDER BY id LIMIT $4",
+                "WHERE started_at >= $1 AND ($2::text IS NULL OR channel = $2) AND id > $3 "
+                "AND ($5::float8 IS NULL OR started_at + duration_ms / 1000.0 < $5) ORDER BY id LIMIT $4",
                 started_at,
                 channel,
                 last_id,
                 batch,
+                ended_before,
             )
             for row in rows:
                 chain = dict(row)
                 chain["steps"] = [asdict(s) for s in await self.steps(row["id"])]
+                chain["attachments"] = [asdict(a) for a in await self.attachments(row["id"])]
                 yield chain
             if len(rows) < batch:
                 return

@@ -8,14 +8,29 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from agent.messages import Conversation, Reply
-from agent.storage.base import Approvals, Chains, Executions, Facts, Inbox, Jobs, Notes, Stats, Turns
-from agent.storage.models import EXPORT_VERSION, TABLES, ChainRecord, Fact, PrunePolicy, StorageStatus
+from agent.storage.base import (
+    Approvals,
+    Chains,
+    Claims,
+    Executions,
+    Facts,
+    Inbox,
+    Jobs,
+    Limits,
+    Notes,
+    Replicas,
+    Stats,
+    Turns,
+)
+from agent.storage.leadership import Leadership
+from agent.storage.models import EXPORT_VERSION, TABLES, ChainRecord, Claim, Fact, PrunePolicy, StorageStatus
 from agent.storage.postgres import bulk
 from agent.storage.postgres.approvals import PostgresApprovals
 from agent.storage.postgres.database import Database, affected
 from agent.storage.postgres.executions import PostgresExecutions
 from agent.storage.postgres.inbox import PostgresInbox, answer_in
 from agent.storage.postgres.jobs import PostgresJobs, PostgresStats
+from agent.storage.postgres.leadership import PostgresLeadership
 from agent.storage.postgres.memory import (
     PostgresChains,
     PostgresFacts,
@@ -26,6 +41,7 @@ from agent.storage.postgres.memory import (
     prune_facts,
     upsert_fact,
 )
+from agent.storage.postgres.replicas import PostgresClaims, PostgresLimits, PostgresReplicas, fence, prune_counts
 from agent.storage.postgres.schema import LATEST_VERSION
 
 DAY = 86400.0
@@ -44,6 +60,10 @@ class PostgresStorage:
         self.facts: Facts = PostgresFacts(db)
         self.chains: Chains = PostgresChains(db)
         self.inbox: Inbox = PostgresInbox(db)
+        self.replicas: Replicas = PostgresReplicas(db)
+        self.claims: Claims = PostgresClaims(db)
+        self.limits: Limits = PostgresLimits(db)
+        self.leadership: Leadership = PostgresLeadership(db)
         self.executions: Executions = PostgresExecutions(db)
         self.approvals: Approvals = PostgresApprovals(db)
         self.jobs: Jobs = PostgresJobs(db)
@@ -68,10 +88,12 @@ class PostgresStorage:
         *,
         inbox_id: int | None = None,
         error: str | None = None,
+        claim: Claim | None = None,
     ) -> Reply:
         now = time.time()
         recorded = reply
         async with self.db.transaction() as conn:
+            await fence(conn, claim)
             if chain is not None:
                 chain_id = await insert_chain(conn, conv, chain)
                 await insert_turn(conn, conv, "user", chain.question, chain.user_id, chain_id, now, self.max_turns)
@@ -126,6 +148,9 @@ class PostgresStorage:
             counts["audit rows"] = await delete("DELETE FROM approval_audit WHERE at < $1", p.audit_before)
             await conn.execute("DELETE FROM audit_retention")
             await conn.execute("DELETE FROM approvals WHERE state <> 'pending' AND created_at < $1", p.audit_before)
+            # Rate-limit windows end within the hour; replicas gone for a day will not come back under that id.
+            await prune_counts(conn, p.now - DAY)
+            await conn.execute("DELETE FROM replicas WHERE heartbeat_at < $1", p.now - DAY)
         return counts
 
     async def forget(self, channel: str) -> dict[str, int]:

@@ -9,6 +9,8 @@ left with buttons (its update failed, or its process died) is found by `open_pro
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import AsyncIterator, Callable, Collection
+from contextlib import asynccontextmanager
 from typing import Any
 
 from agent.approvals.models import ApprovalRequest, ApprovalState, PromptLocation
@@ -36,7 +38,7 @@ class SqliteApprovals:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def create(self, request: ApprovalRequest) -> None:
+    async def create(self, request: ApprovalRequest, *, owner: str = "") -> None:
         """Store a new pending request and audit it, in one transaction."""
 
         def write(db: sqlite3.Connection) -> None:
@@ -109,9 +111,12 @@ class SqliteApprovals:
         """Audit an event that is not a request or a decision: a policy denial, a grant used, a revocation."""
         await self.db.write(lambda db: _audit(db, action, outcome, request=request, **fields))
 
-    async def expire_pending(self, reason: str, *, now: float) -> list[ApprovalRequest]:
+    async def expire_pending(
+        self, reason: str, *, now: float, keep_owners: Collection[str] = ()
+    ) -> list[ApprovalRequest]:
         """Mark every pending request expired (on start-up, a previous process's requests can get no answer);
-        return them as expired."""
+        return them as expired. One process holds the file, so every pending request is an earlier process's:
+        there is no owner to keep."""
 
         def write(db: sqlite3.Connection) -> list[ApprovalRequest]:
             rows = db.execute(
@@ -125,6 +130,11 @@ class SqliteApprovals:
             return expired
 
         return await self.db.write(write)
+
+    @asynccontextmanager
+    async def watch(self, settled: Callable[[str], None]) -> AsyncIterator[None]:
+        """Decisions reach the waiting run in this same process (the broker's future): nothing to watch."""
+        yield
 
     async def grant(
         self, tool: str, channel: str, granted_by: str, *, now: float, request: ApprovalRequest | None = None

@@ -13,9 +13,10 @@ import time
 from collections.abc import Iterable
 
 from agent.messages import IncomingMessage, Reply
-from agent.storage.models import InboxEntry, State, conversation_key, event_key
+from agent.storage.models import Claim, InboxEntry, State, conversation_key, event_key
 from agent.storage.rows import INBOX_COLUMNS, inbox_entry, message_json, reply_json
 from agent.storage.sqlite.database import Database
+from agent.storage.sqlite.replicas import SqliteClaims
 
 
 def answer_in(db: sqlite3.Connection, entry_id: int, reply: Reply, error: str | None = None) -> None:
@@ -27,10 +28,11 @@ def answer_in(db: sqlite3.Connection, entry_id: int, reply: Reply, error: str | 
 
 
 class SqliteInbox:
-    """The inbox table. Every method is one short transaction."""
+    """The inbox table. Every method is one short transaction; writes under a claim are fenced by it."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, claims: SqliteClaims) -> None:
         self.db = db
+        self.claims = claims
 
     async def accept(self, message: IncomingMessage) -> InboxEntry | None:
         """Store a new message; None when this platform event is already in the inbox (a redelivery)."""
@@ -52,8 +54,9 @@ class SqliteInbox:
         )
         return InboxEntry(int(row[0]), message, State.RECEIVED) if row else None
 
-    async def start(self, entry_id: int) -> None:
+    async def start(self, entry_id: int, *, claim: Claim | None = None) -> None:
         """Mark the message as being answered and count the attempt."""
+        self.claims.fence(claim)
         now = time.time()
         await self.db.write(
             lambda db: db.execute(
@@ -62,14 +65,18 @@ class SqliteInbox:
             )
         )
 
-    async def answer(self, entry_id: int, reply: Reply, *, error: str | None = None) -> None:
+    async def answer(
+        self, entry_id: int, reply: Reply, *, error: str | None = None, claim: Claim | None = None
+    ) -> None:
         """Store the reply and mark the message answered; `error` says what went wrong when the reply is an
         apology (the reply's error id is stored with it). Either way the reply is delivered, after a restart too.
         """
+        self.claims.fence(claim)
         await self.db.write(lambda db: answer_in(db, entry_id, reply, error))
 
-    async def fail(self, entry_id: int, error_id: str, error: str) -> None:
+    async def fail(self, entry_id: int, error_id: str, error: str, *, claim: Claim | None = None) -> None:
         """The reply could not be delivered: give up on it for good, a restart will not try it again."""
+        self.claims.fence(claim)
         params = (error_id, error, time.time(), entry_id)
         await self.db.write(
             lambda db: db.execute(
@@ -77,8 +84,9 @@ class SqliteInbox:
             )
         )
 
-    async def delivered(self, entry_id: int) -> None:
+    async def delivered(self, entry_id: int, *, claim: Claim | None = None) -> None:
         """The platform took the reply: a restart must not send it again."""
+        self.claims.fence(claim)
         now = time.time()
         await self.db.write(
             lambda db: db.execute(
@@ -96,6 +104,14 @@ class SqliteInbox:
             f"WHERE delivered_at IS NULL AND state != 'failed' AND platform IN ({', '.join('?' * len(names))}) "
             "ORDER BY id",
             names,
+        )
+        return [inbox_entry(row) for row in rows]
+
+    async def unfinished_of(self, conversation: str) -> list[InboxEntry]:
+        rows = await self.db.fetchall(
+            f"SELECT {INBOX_COLUMNS} FROM inbox "
+            "WHERE conversation = ? AND delivered_at IS NULL AND state != 'failed' ORDER BY id",
+            (conversation,),
         )
         return [inbox_entry(row) for row in rows]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from agent.storage.models import RunRecord, WindowCounts
 from agent.storage.rows import RUN_COLUMNS
 from agent.storage.sqlite.database import Database
@@ -11,7 +13,8 @@ class SqliteJobs:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def interrupt_running(self, *, now: float) -> int:
+    async def interrupt_running(self, *, now: float, keep_owners: Collection[str] = ()) -> int:
+        """Every run left `running` is an earlier process's: one process holds the file."""
         return await self.db.write(
             lambda db: (
                 db.execute(
@@ -20,7 +23,7 @@ class SqliteJobs:
             )
         )
 
-    async def claim(self, job: str, slot: str, *, started_at: float) -> bool:
+    async def claim(self, job: str, slot: str, *, started_at: float, owner: str = "") -> bool:
         claimed = await self.db.write(
             lambda db: (
                 db.execute(

@@ -12,9 +12,20 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any
 
+from agent.attachments.models import AttachmentRecord
 from agent.messages import Conversation, Step
 from agent.storage.models import KEEP_ACCESSED_MORE_THAN, ChainRecord, ChainStats, Fact, Turn
-from agent.storage.rows import CHAIN_COLUMNS, FACT_COLUMNS, STEP_COLUMNS, chain_values, step_from, step_values
+from agent.storage.rows import (
+    ATTACHMENT_COLUMNS,
+    CHAIN_COLUMNS,
+    FACT_COLUMNS,
+    STEP_COLUMNS,
+    attachment_from,
+    attachment_values,
+    chain_values,
+    step_from,
+    step_values,
+)
 from agent.storage.sqlite.database import Database, marks
 from agent.storage.terms import channel_terms, query_terms, scope_token
 
@@ -66,6 +77,11 @@ def insert_chain(db: sqlite3.Connection, conv: Conversation, chain: ChainRecord)
         f"INSERT INTO chain_steps (chain_id, idx, {', '.join(STEP_COLUMNS)}) "
         f"VALUES ({', '.join('?' * (len(STEP_COLUMNS) + 2))})",
         [step_values(chain_id, i, s) for i, s in enumerate(chain.steps)],
+    )
+    db.executemany(
+        f"INSERT INTO chain_attachments (chain_id, idx, {', '.join(ATTACHMENT_COLUMNS)}) "
+        f"VALUES ({', '.join('?' * (len(ATTACHMENT_COLUMNS) + 2))})",
+        [attachment_values(chain_id, i, a) for i, a in enumerate(chain.attachments)],
     )
     return chain_id
 
@@ -216,6 +232,13 @@ class SqliteChains:
         )
         return [step_from(r) for r in rows]
 
+    async def attachments(self, chain_id: int) -> list[AttachmentRecord]:
+        rows = await self.db.fetchall(
+            f"SELECT {', '.join(ATTACHMENT_COLUMNS)} FROM chain_attachments WHERE chain_id = ? ORDER BY idx",
+            (chain_id,),
+        )
+        return [attachment_from(r) for r in rows]
+
     async def count(self, started_at: float = 0.0, channel: str | None = None) -> int:
         row = await self.db.fetchone(
             "SELECT COUNT(*) FROM chains WHERE started_at >= ? AND (? IS NULL OR channel = ?)",
@@ -224,18 +247,26 @@ class SqliteChains:
         return int(row[0]) if row else 0
 
     async def since(
-        self, started_at: float, *, channel: str | None = None, batch: int = 500, after_id: int = 0
+        self,
+        started_at: float,
+        *,
+        channel: str | None = None,
+        batch: int = 500,
+        after_id: int = 0,
+        ended_before: float | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         last_id = after_id
         while True:
             rows = await self.db.fetchall(
                 f"SELECT id, {CHAIN_COLUMNS} FROM chains "
-                "WHERE started_at >= ? AND (? IS NULL OR channel = ?) AND id > ? ORDER BY id LIMIT ?",
-                (started_at, channel, channel, last_id, batch),
+                "WHERE started_at >= ? AND (? IS NULL OR channel = ?) AND id > ? "
+                "AND (? IS NULL OR started_at + duration_ms / 1000.0 < ?) ORDER BY id LIMIT ?",
+                (started_at, channel, channel, last_id, ended_before, ended_before, batch),
             )
             for row in rows:
                 chain = dict(row)
                 chain["steps"] = [asdict(s) for s in await self.steps(row["id"])]
+                chain["attachments"] = [asdict(a) for a in await self.attachments(row["id"])]
                 yield chain
             if len(rows) < batch:
                 return

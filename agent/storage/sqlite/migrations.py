@@ -252,6 +252,22 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX approvals_open_prompts ON approvals (created_at)
     WHERE prompt_message IS NOT NULL AND prompt_closed_at IS NULL;
     """,
+    # 10: the files of each chain: shared with its question (`in`) or posted with its reply (`out`), by name,
+    # media type, size and SHA-256, with what became of each (used, cut, skipped and why). Never the content.
+    """
+    CREATE TABLE chain_attachments (
+        chain_id INTEGER NOT NULL REFERENCES chains(id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        direction TEXT NOT NULL DEFAULT 'in' CHECK (direction IN ('in', 'out')),
+        name TEXT NOT NULL,
+        media_type TEXT NOT NULL DEFAULT '',
+        size INTEGER,
+        sha256 TEXT NOT NULL DEFAULT '',
+        outcome TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (chain_id, idx)
+    );
+    """,
 )
 
 LATEST_VERSION = len(MIGRATIONS)

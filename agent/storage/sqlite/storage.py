@@ -9,11 +9,26 @@ from pathlib import Path
 from typing import Any
 
 from agent.messages import Conversation, Reply
-from agent.storage.base import Approvals, Chains, Executions, Facts, Inbox, Jobs, Notes, Stats, Turns
+from agent.storage.base import (
+    Approvals,
+    Chains,
+    Claims,
+    Executions,
+    Facts,
+    Inbox,
+    Jobs,
+    Limits,
+    Notes,
+    Replicas,
+    Stats,
+    Turns,
+)
+from agent.storage.leadership import Leadership
 from agent.storage.models import (
     EXPORT_VERSION,
     TABLES,
     ChainRecord,
+    Claim,
     Fact,
     PrunePolicy,
     StorageStatus,
@@ -23,6 +38,7 @@ from agent.storage.sqlite.database import Database
 from agent.storage.sqlite.executions import SqliteExecutions
 from agent.storage.sqlite.inbox import SqliteInbox, answer_in
 from agent.storage.sqlite.jobs import SqliteJobs, SqliteStats
+from agent.storage.sqlite.leadership import SoleLeadership
 from agent.storage.sqlite.memory import (
     SqliteChains,
     SqliteFacts,
@@ -34,6 +50,7 @@ from agent.storage.sqlite.memory import (
     upsert_fact,
 )
 from agent.storage.sqlite.migrations import LATEST_VERSION
+from agent.storage.sqlite.replicas import SqliteClaims, SqliteLimits, SqliteReplicas
 
 DAY = 86400.0
 
@@ -48,7 +65,12 @@ class SqliteStorage:
         self.notes: Notes = SqliteNotes(db)
         self.facts: Facts = SqliteFacts(db)
         self.chains: Chains = SqliteChains(db)
-        self.inbox: Inbox = SqliteInbox(db)
+        self.replicas: Replicas = SqliteReplicas()
+        self._claims = SqliteClaims(db)
+        self.claims: Claims = self._claims
+        self.limits: Limits = SqliteLimits()
+        self.leadership: Leadership = SoleLeadership()
+        self.inbox: Inbox = SqliteInbox(db, self._claims)
         self.executions: Executions = SqliteExecutions(db)
         self.approvals: Approvals = SqliteApprovals(db)
         self.jobs: Jobs = SqliteJobs(db)
@@ -73,7 +95,9 @@ class SqliteStorage:
         *,
         inbox_id: int | None = None,
         error: str | None = None,
+        claim: Claim | None = None,
     ) -> Reply:
+        self._claims.fence(claim)
         now = time.time()
 
         def write(db: sqlite3.Connection) -> Reply:
