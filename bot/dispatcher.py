@@ -455,9 +455,10 @@ class Dispatcher:
 
     async def _answer(self, entry: InboxEntry, claim: Claim) -> Reply:
         """The reply to a message, stored in the inbox (with the exchange, when the agent answered)."""
-        await self.inbox.start(entry.id, claim=claim)
-        # A message answered before (cut short by a crash) already counted against its sender.
-        if self.rate_limit is not None and entry.attempts == 0:
+        attempts = await self.inbox.start(entry.id, claim=claim)
+        # A message answered before (cut short by a crash, or by a replica that lost it) already counted against
+        # its sender: the count is the database's, not what this replica read earlier.
+        if self.rate_limit is not None and attempts == 1:
             wait_s = await self.rate_limit.wait_s(entry.message)
             if wait_s is not None:
                 reply = Reply(

@@ -30,7 +30,7 @@ from tests.test_cli import base_env, free_port
 
 pytestmark = pytest.mark.slow
 SECRET = "replica-secret"
-CLAIM_TTL_S = 2.0
+CLAIM_TTL_S = 3.0
 
 
 class Replica:

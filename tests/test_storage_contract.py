@@ -279,8 +279,7 @@ async def test_the_inbox_drops_redeliveries_and_tracks_each_message_to_delivery(
     assert await storage.inbox.accept(message("E1", platform="discord")) is not None  # another platform's event
     second = await storage.inbox.accept(message("E2"))
     assert second is not None
-    await storage.inbox.start(first.id)
-    await storage.inbox.start(first.id)
+    assert [await storage.inbox.start(first.id), await storage.inbox.start(first.id)] == [1, 2]
     await storage.inbox.answer(first.id, Reply("sorry", status="error", error_id="e1"), error="RuntimeError")
     await storage.inbox.start(second.id)
     await storage.inbox.answer(second.id, Reply("ok"))

@@ -118,8 +118,9 @@ class Inbox(Protocol):
         """Store a new message; None when this platform event is already in the inbox (a redelivery)."""
         ...
 
-    async def start(self, entry_id: int, *, claim: Claim | None = None) -> None:
-        """Mark the message as being answered and count the attempt.
+    async def start(self, entry_id: int, *, claim: Claim | None = None) -> int:
+        """Mark the message as being answered and count the attempt; returns the attempts so far (1 the first
+        time, whichever replica made the earlier ones).
 
         Each write of an answering replica carries its `claim` of the conversation; a claim no longer held
         raises ClaimLost and writes nothing (here and in `answer`, `fail`, `delivered`, `record_exchange`)."""

@@ -52,14 +52,17 @@ class PostgresInbox:
         )
         return InboxEntry(int(entry_id), message, State.RECEIVED) if entry_id is not None else None
 
-    async def start(self, entry_id: int, *, claim: Claim | None = None) -> None:
-        """Mark the message as being answered and count the attempt."""
-        await self._fenced(
-            claim,
-            "UPDATE inbox SET state = 'processing', attempts = attempts + 1, updated_at = $1 WHERE id = $2",
-            time.time(),
-            entry_id,
-        )
+    async def start(self, entry_id: int, *, claim: Claim | None = None) -> int:
+        """Mark the message as being answered and count the attempt; returns the attempts so far."""
+        async with self.db.transaction() as conn:
+            await fence(conn, claim)
+            attempts = await conn.fetchval(
+                "UPDATE inbox SET state = 'processing', attempts = attempts + 1, updated_at = $1 WHERE id = $2 "
+                "RETURNING attempts",
+                time.time(),
+                entry_id,
+            )
+        return int(attempts or 0)
 
     async def answer(
         self, entry_id: int, reply: Reply, *, error: str | None = None, claim: Claim | None = None

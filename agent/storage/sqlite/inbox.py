@@ -54,16 +54,18 @@ class SqliteInbox:
         )
         return InboxEntry(int(row[0]), message, State.RECEIVED) if row else None
 
-    async def start(self, entry_id: int, *, claim: Claim | None = None) -> None:
-        """Mark the message as being answered and count the attempt."""
+    async def start(self, entry_id: int, *, claim: Claim | None = None) -> int:
+        """Mark the message as being answered and count the attempt; returns the attempts so far."""
         self.claims.fence(claim)
         now = time.time()
-        await self.db.write(
+        row = await self.db.write(
             lambda db: db.execute(
-                "UPDATE inbox SET state = 'processing', attempts = attempts + 1, updated_at = ? WHERE id = ?",
+                "UPDATE inbox SET state = 'processing', attempts = attempts + 1, updated_at = ? WHERE id = ? "
+                "RETURNING attempts",
                 (now, entry_id),
-            )
+            ).fetchone()
         )
+        return int(row[0]) if row else 0
 
     async def answer(
         self, entry_id: int, reply: Reply, *, error: str | None = None, claim: Claim | None = None
