@@ -184,7 +184,13 @@ class Dispatcher:
             self._watching = contextlib.AsyncExitStack()
             await self._watching.enter_async_context(self.storage.approvals.watch(self.approvals.settled_elsewhere))
         self._stopping = False
-        await self._look_for_work()
+        try:
+            await self._look_for_work()
+        except BaseException:  # not started: the listener opened above must not outlive this
+            if self._watching is not None:
+                await self._watching.aclose()
+                self._watching = None
+            raise
         self._background = [
             asyncio.create_task(self._heartbeat(), name="dispatch-heartbeat"),
             asyncio.create_task(self._claimer(), name="dispatch-claimer"),
