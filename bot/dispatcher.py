@@ -441,6 +441,7 @@ class Dispatcher:
         if entry.reply is None and entry.attempts >= self.options.max_attempts:
             entry = await self._give_up(entry, claim)
         reply = entry.reply if entry.reply is not None else await self._answer(entry, claim)
+        await self._still_ours(claim)
         try:
             await self._deliver(platform, entry, reply)
         except Exception as exc:
@@ -487,6 +488,15 @@ class Dispatcher:
             reply = Reply(APOLOGY.format(error_id=error_id), status="error", error_id=error_id)
             await self.inbox.answer(entry.id, reply, error=type(exc).__name__, claim=claim)
             return reply
+
+    async def _still_ours(self, claim: Claim) -> None:
+        """Just before posting (the one step no fence guards), extend the claim; ClaimLost when another replica
+        took the conversation meanwhile, since it posts the reply now."""
+        held = await self.storage.claims.take(
+            claim.conversation, claim.owner, ttl_s=self.options.claim_ttl_s, now=time.time()
+        )
+        if held is None or held.epoch != claim.epoch:
+            raise ClaimLost(f"the claim of {claim.conversation} passed to another replica before its reply was posted")
 
     async def _posted_before(self, platform: ChatPlatform, entry: InboxEntry, reply: Reply) -> bool:
         """Whether a stored reply is on the platform already (posted by a process that died before recording

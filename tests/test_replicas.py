@@ -98,7 +98,6 @@ def replicas(
         PARLEY_SLACK__BOT_TOKEN="xoxb-test",
         PARLEY_SLACK__SIGNING_SECRET=SECRET,
         PARLEY_SLACK__API_URL=slack.api_url,
-        PARLEY_DISPATCH__CLAIM_TTL_S=str(CLAIM_TTL_S),
         PARLEY_DISPATCH__POLL_S="0.2",
         PARLEY_APPROVALS__APPROVERS=json.dumps({"slack": ["UBOSS"]}),
         **settings,
@@ -124,7 +123,8 @@ def replies(slack: FakeSlack) -> list[dict[str, Any]]:
 def test_a_burst_over_three_replicas_with_one_killed_is_answered_once_and_in_order(tmp_path: Path, pg_url: str) -> None:
     conversations, per_conversation = 20, 10
     total = conversations * per_conversation
-    off = {"PARLEY_DISPATCH__RATE_LIMIT": "off"}  # one user sends the whole burst
+    # One user sends the whole burst; a short claim, so the killed replica's conversations move on soon.
+    off = {"PARLEY_DISPATCH__RATE_LIMIT": "off", "PARLEY_DISPATCH__CLAIM_TTL_S": str(CLAIM_TTL_S)}
     with FakeSlack() as slack, FakeOpenAI() as model, replicas(tmp_path, pg_url, slack, model, **off) as running:
         turn = itertools.cycle(running)
         killed_at = 0.0
