@@ -10,14 +10,23 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from typing import Any, Protocol
 
 from agent.approvals.models import ApprovalRequest, ApprovalState, PromptLocation
 from agent.attachments.models import Attachment, AttachmentRecord, OutFile
 from agent.messages import Conversation, IncomingMessage, Reply, Step
-from agent.storage.models import STORED_OBSERVATION_CHARS, ChainRecord, Execution, InboxEntry, State
+from agent.storage.models import (
+    STORED_OBSERVATION_CHARS,
+    ChainRecord,
+    Execution,
+    InboxEntry,
+    State,
+    WindowCounts,
+    conversation_key,
+    event_key,
+)
 
 
 class Row(Protocol):
@@ -51,6 +60,7 @@ CHAIN_COLUMNS = (
 )
 FACT_COLUMNS = "key, value, confidence, access_count, created_at, updated_at, last_access"
 INBOX_COLUMNS = "id, message, state, attempts, reply, delivered_at"
+NEW_INBOX_COLUMNS = "platform, event_key, conversation, user_id, message, received_at, updated_at"
 EXECUTION_COLUMNS = (
     "tool, args, outcome, observation, duration_ms, started_at, run_id, channel, thread, user_id, truncated"
 )
@@ -132,6 +142,40 @@ def message_from(text: str) -> IncomingMessage:
     data = json.loads(text)
     data["attachments"] = tuple(Attachment.from_dict(a) for a in data.get("attachments") or ())
     return IncomingMessage(**data)
+
+
+def inbox_values(message: IncomingMessage, now: float) -> tuple[object, ...]:
+    """A new inbox row in the order of NEW_INBOX_COLUMNS."""
+    return (
+        message.platform,
+        event_key(message),
+        conversation_key(message),
+        message.user,
+        message_json(message),
+        message.received_at,
+        now,
+    )
+
+
+def window_counts(
+    statuses: Iterable[Row],
+    undelivered: int,
+    latencies: Iterable[Row],
+    model: Row,
+    tools: Iterable[Row],
+    approvals: Iterable[Row],
+) -> WindowCounts:
+    """The metrics summary's counts from the rows of its queries (the same on both engines)."""
+    return WindowCounts(
+        by_status={str(r[0]): int(r[1]) for r in statuses},
+        undelivered=int(undelivered),
+        latencies_s=[float(r[0]) for r in latencies],
+        model_calls=int(model[0]),
+        input_tokens=int(model[1]),
+        output_tokens=int(model[2]),
+        tools={str(r[0]): (int(r[1]), int(r[2])) for r in tools},
+        approvals={str(r[0]): int(r[1]) for r in approvals},
+    )
 
 
 def reply_json(reply: Reply) -> str:

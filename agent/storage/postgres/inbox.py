@@ -13,10 +13,10 @@ import time
 from collections.abc import Iterable
 
 from agent.messages import IncomingMessage, Reply
-from agent.storage.models import Claim, InboxEntry, State, conversation_key, event_key
-from agent.storage.postgres.database import Conn, Database
+from agent.storage.models import Claim, InboxEntry, State
+from agent.storage.postgres.database import Conn, Database, marks
 from agent.storage.postgres.replicas import fence
-from agent.storage.rows import INBOX_COLUMNS, inbox_entry, message_json, reply_json
+from agent.storage.rows import INBOX_COLUMNS, NEW_INBOX_COLUMNS, inbox_entry, inbox_values, reply_json
 
 
 async def answer_in(conn: Conn, entry_id: int, reply: Reply, error: str | None = None) -> None:
@@ -40,15 +40,9 @@ class PostgresInbox:
     async def accept(self, message: IncomingMessage) -> InboxEntry | None:
         """Store a new message; None when this platform event is already in the inbox (a redelivery)."""
         entry_id = await self.db.fetchval(
-            "INSERT INTO inbox (platform, event_key, conversation, user_id, message, received_at, updated_at) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (platform, event_key) DO NOTHING RETURNING id",
-            message.platform,
-            event_key(message),
-            conversation_key(message),
-            message.user,
-            message_json(message),
-            message.received_at,
-            time.time(),
+            f"INSERT INTO inbox ({NEW_INBOX_COLUMNS}) VALUES ({marks(NEW_INBOX_COLUMNS)}) "
+            "ON CONFLICT (platform, event_key) DO NOTHING RETURNING id",
+            *inbox_values(message, time.time()),
         )
         return InboxEntry(int(entry_id), message, State.RECEIVED) if entry_id is not None else None
 

@@ -9,7 +9,7 @@ from collections.abc import Collection
 
 from agent.storage.models import RunRecord, WindowCounts
 from agent.storage.postgres.database import Database
-from agent.storage.rows import RUN_COLUMNS
+from agent.storage.rows import RUN_COLUMNS, window_counts
 
 
 class PostgresJobs:
@@ -118,13 +118,4 @@ class PostgresStats:
             until,
         )
         assert model is not None
-        return WindowCounts(
-            by_status={str(r[0]): int(r[1]) for r in statuses},
-            undelivered=int(undelivered),
-            latencies_s=[float(r[0]) for r in latencies],
-            model_calls=int(model[0]),
-            input_tokens=int(model[1]),
-            output_tokens=int(model[2]),
-            tools={str(r[0]): (int(r[1]), int(r[2])) for r in tools},
-            approvals={str(r[0]): int(r[1]) for r in approvals},
-        )
+        return window_counts(statuses, int(undelivered), latencies, model, tools, approvals)

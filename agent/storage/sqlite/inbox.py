@@ -13,9 +13,9 @@ import time
 from collections.abc import Iterable
 
 from agent.messages import IncomingMessage, Reply
-from agent.storage.models import Claim, InboxEntry, State, conversation_key, event_key
-from agent.storage.rows import INBOX_COLUMNS, inbox_entry, message_json, reply_json
-from agent.storage.sqlite.database import Database
+from agent.storage.models import Claim, InboxEntry, State
+from agent.storage.rows import INBOX_COLUMNS, NEW_INBOX_COLUMNS, inbox_entry, inbox_values, reply_json
+from agent.storage.sqlite.database import Database, marks
 from agent.storage.sqlite.replicas import SqliteClaims
 
 
@@ -36,19 +36,11 @@ class SqliteInbox:
 
     async def accept(self, message: IncomingMessage) -> InboxEntry | None:
         """Store a new message; None when this platform event is already in the inbox (a redelivery)."""
-        params = (
-            message.platform,
-            event_key(message),
-            conversation_key(message),
-            message.user,
-            message_json(message),
-            message.received_at,
-            time.time(),
-        )
+        params = inbox_values(message, time.time())
         row = await self.db.write(
             lambda db: db.execute(
-                "INSERT INTO inbox (platform, event_key, conversation, user_id, message, received_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (platform, event_key) DO NOTHING RETURNING id",
+                f"INSERT INTO inbox ({NEW_INBOX_COLUMNS}) VALUES ({marks(NEW_INBOX_COLUMNS)}) "
+                "ON CONFLICT (platform, event_key) DO NOTHING RETURNING id",
                 params,
             ).fetchone()
         )

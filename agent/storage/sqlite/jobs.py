@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from agent.storage.models import RunRecord, WindowCounts
-from agent.storage.rows import RUN_COLUMNS
+from agent.storage.rows import RUN_COLUMNS, window_counts
 from agent.storage.sqlite.database import Database
 
 
@@ -107,13 +107,4 @@ class SqliteStats:
             "SELECT state, COUNT(*) FROM approvals WHERE created_at >= ? AND created_at < ? GROUP BY state", window
         )
         assert model is not None and undelivered is not None
-        return WindowCounts(
-            by_status={str(r[0]): int(r[1]) for r in statuses},
-            undelivered=int(undelivered[0]),
-            latencies_s=[float(r[0]) for r in latencies],
-            model_calls=int(model[0]),
-            input_tokens=int(model[1]),
-            output_tokens=int(model[2]),
-            tools={str(r[0]): (int(r[1]), int(r[2])) for r in tools},
-            approvals={str(r[0]): int(r[1]) for r in approvals},
-        )
+        return window_counts(statuses, int(undelivered[0]), latencies, model, tools, approvals)
