@@ -42,8 +42,11 @@ lint: $(VENV)/.test-installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# Two passes: the suite on every core (at most four: each worker starts its own PostgreSQL), then the tests that
+# time replicas against each other, alone, so a busy machine cannot lapse their claims.
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto --maxprocesses 4 -m "not serial"
+	$(BIN)/pytest -m serial
 
 # Memory and dispatch run on both engines; PostgreSQL is an embedded server unless PARLEY_BENCH_PG_DSN is set.
 # Replicas: 1, 2 and 3 `parley run` processes on one PostgreSQL database.

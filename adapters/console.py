@@ -1,6 +1,8 @@
 """The console adapter: chat in a terminal, or answer piped stdin one line at a time.
 
-Like every adapter it hands messages to the dispatcher (`submit`) and gets replies back through `deliver`.
+Like every adapter it hands messages to the dispatcher (`submit`) and gets replies back through `deliver`. A line
+starting with `/` is a command (`/facts`, `/forget`, `/help`, ...) for the command set, its reply printed; a
+confirmation is asked as `[y/N]` and answered by the next line, on a terminal or from piped input alike.
 Files given with `--attach` go with every message of the session; files a reply posts are written to a
 directory, each under a name of its own, and their paths printed.
 """
@@ -19,12 +21,14 @@ from functools import partial
 from pathlib import Path
 from typing import TextIO
 
-from agent.approvals import ApprovalRequest, PromptLocation
+from agent.approvals import ApprovalRequest, Decision, PromptLocation
 from agent.attachments.models import Attachment, AttachmentRefused
+from agent.commands import CommandCall, Commands, ConfirmClick
 from agent.messages import IncomingMessage, Reply
-from agent.ports import Decide, Submit
+from agent.ports import Decide, Handlers
 
 ANSWERS = {"y": (True, False), "yes": (True, False), "a": (True, True), "always": (True, True)}
+YES = frozenset({"y", "yes"})
 QUIT_WORDS = frozenset({"/quit", "/exit"})
 
 
@@ -65,16 +69,20 @@ class ConsoleAdapter:
         self._decide: Decide | None = None
         self._prompts: dict[str, asyncio.Task[None]] = {}
 
-    def message(self, text: str) -> IncomingMessage:
+    def _next_event_id(self) -> str:
+        """Unique across sessions: the inbox drops an event key it has seen before."""
         self._count += 1
+        return f"{self._session}-{self._count}"
+
+    def message(self, text: str) -> IncomingMessage:
+        event_id = self._next_event_id()
         return IncomingMessage(
             platform=self.name,
             channel=self.channel,
             user=self.user,
             text=text,
             message_id=str(self._count),
-            # Unique across sessions: the inbox drops an event key it has seen before.
-            event_id=f"{self._session}-{self._count}",
+            event_id=event_id,
             is_dm=True,
             mentioned=True,
             attachments=local_attachments(self.attach),
@@ -86,11 +94,12 @@ class ConsoleAdapter:
             p for p in self.attach if p.absolute().as_uri() in {a.url for a in message.attachments}
         )
 
-    async def run(self, submit: Submit, decide: Decide | None = None) -> None:
-        """Read until end of input or /quit; `decide` takes the answers to approval prompts."""
-        self._decide = decide
+    async def run(self, handlers: Handlers) -> None:
+        """Read until end of input or /quit: questions go to `handlers.submit`, `/` lines to its commands, and
+        the answers to approval prompts to its `decide`."""
+        self._decide = handlers.decide
         if self.interactive:
-            self._write(f"Parley console, channel #{self.channel}. Type /quit to leave.\n")
+            self._write(f"Parley console, channel #{self.channel}. Type /help for commands, /quit to leave.\n")
         lines = self._lines = self._read_lines()
         while True:
             if self.interactive:
@@ -101,12 +110,58 @@ class ConsoleAdapter:
             text = line.rstrip("\n")
             if text.strip() in QUIT_WORDS:
                 break
+            if text.startswith("/") and handlers.commands is not None:
+                # After the answers still due, so a command sees what the lines before it did (piped input).
+                await asyncio.gather(*self._waiting.values())
+                await self._command(handlers.commands, text[1:], lines)
+                continue
             message = self.message(text)
-            answered = self._waiting[message.event_id] = asyncio.get_running_loop().create_future()
-            await submit(message)
+            answered = self._expect(message.event_id)
+            await handlers.submit(message)
             if self.interactive:
                 await answered
         await asyncio.gather(*self._waiting.values())
+
+    def _expect(self, event_id: str) -> asyncio.Future[None]:
+        """A future `deliver` resolves when the answer to `event_id` is printed."""
+        answered = self._waiting[event_id] = asyncio.get_running_loop().create_future()
+        return answered
+
+    async def _command(self, commands: Commands, typed: str, lines: asyncio.Queue[str]) -> None:
+        """`/NAME TEXT` through the command set; a confirmation is asked as [y/N] and read from the next line."""
+        name, _, text = typed.strip().partition(" ")
+        call = CommandCall(
+            platform=self.name,
+            channel=self.channel,
+            user=self.user,
+            name=name,
+            text=text.strip(),
+            event_id=self._next_event_id(),
+            is_dm=True,
+        )
+        # An `ask` is answered through `deliver` like any question: expected before it can arrive.
+        answered = self._expect(call.event_id)
+        reply = await commands.run(call)
+        if not reply.answer_follows:
+            self._waiting.pop(call.event_id, None)
+        if reply.confirm is None:
+            self._say(reply.text)
+            if reply.answer_follows and self.interactive:
+                await answered
+            return
+        # Piped input is not echoed: the answer read from it does not end the prompt's line.
+        self._say(f"{reply.text} [y/N] ", end="" if self.interactive else "\n")
+        answer = await lines.get()
+        if not answer:  # the end of input answers no, and still ends the chat
+            lines.put_nowait(answer)
+        if answer.strip().lower() not in YES:
+            self._say("Cancelled: nothing changed.")
+            return
+        click = ConfirmClick(self.name, self.channel, self.user, reply.confirm.action, reply.confirm.value)
+        self._say((await commands.confirm(click)).text)
+
+    def _say(self, text: str, end: str = "\n") -> None:
+        self._write(f"parley> {text}{end}" if self.interactive else f"{text}{end}")
 
     def _read_lines(self) -> asyncio.Queue[str]:
         """Lines of stdin ("" at the end), read by a daemon thread: a thread blocked in `readline` must not
@@ -132,7 +187,7 @@ class ConsoleAdapter:
         self._write(f"\n[#{channel.removeprefix('console:')}] {text}\n")
 
     async def deliver(self, message: IncomingMessage, reply: Reply, key: str) -> None:
-        self._write(f"parley> {reply.text}\n" if self.interactive else f"{reply.text}\n")
+        self._say(reply.text)
         for path in await asyncio.to_thread(write_files, reply, self.files_dir):
             self._write(f"(file written to {path})\n")
         waiting = self._waiting.pop(message.event_id, None)
@@ -146,10 +201,7 @@ class ConsoleAdapter:
         if self._decide is None:
             raise RuntimeError("the console cannot take decisions before it runs")
         if not self.interactive or self._lines is None:
-            approve = self.auto_approve
-            await self._decide(
-                request.id, platform=self.name, user=self.user, approve=approve, args_hash=request.args_hash
-            )
+            await self._decide(Decision(request.id, self.name, self.user, self.auto_approve, request.args_hash))
             return None
         minutes = max(round((request.expires_at - time.time()) / 60), 1)
         self._write(
@@ -162,9 +214,7 @@ class ConsoleAdapter:
     async def _answer_prompt(self, request: ApprovalRequest, lines: asyncio.Queue[str], decide: Decide) -> None:
         answer = (await lines.get()).strip().lower()
         approve, always = ANSWERS.get(answer, (False, False))
-        verdict = await decide(
-            request.id, platform=self.name, user=self.user, approve=approve, args_hash=request.args_hash, always=always
-        )
+        verdict = await decide(Decision(request.id, self.name, self.user, approve, request.args_hash, always))
         if not verdict.accepted:
             self._write(f"parley> {verdict.reason}\n")
 

@@ -29,10 +29,8 @@ import io
 import json
 import logging
 import re
-from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import discord
@@ -41,30 +39,39 @@ from discord import app_commands
 from pydantic import ValidationError
 
 from adapters.approval_text import arguments_filename, fit, full_arguments
-from adapters.discord_edge import DiscordAttachment, DiscordMessage, ParleyTree, RepliedTo, SlashAsk, guard_parsers
+from adapters.discord_edge import (
+    DiscordAttachment,
+    DiscordMessage,
+    ParleyTree,
+    RepliedTo,
+    SlashCommand,
+    guard_parsers,
+)
 from adapters.discord_leader import GATEWAY, Seat, close_gateway
 from adapters.discord_prompt import prompt_text, settled_text
+from adapters.discord_stream import DiscordStream, DiscordStreams
 from adapters.edge import QuietLog, describe, problems
 from adapters.files import download, same_origin
+from adapters.options import DEFAULT_API, DEFAULT_GATEWAY
+from adapters.options import DiscordConfig as DiscordConfig  # where callers have always found it
 from adapters.text import split_message
-from agent.approvals import ApprovalRequest, PromptLocation
+from agent.approvals import ApprovalRequest, Decision, PromptLocation
 from agent.attachments.models import Attachment
+from agent.commands import COMMANDS, NO_COMMANDS, UNREADABLE, CommandCall, CommandReply, ConfirmClick
 from agent.messages import IncomingMessage, Reply
-from agent.ports import Decide, DeliveryError, PlatformUnavailable, Submit
-from agent.storage.base import Storage
+from agent.ports import DeliveryError, Handlers, PlatformUnavailable, StreamMoved
 from agent.storage.leadership import Leadership
-from agent.tools.registry import ToolRegistry
 
 log = logging.getLogger("parley.discord")
 
 DISCORD_LIMIT = 2000
 # Where Discord serves attachments (signed URLs: no token is sent).
 CDN_HOSTS = frozenset({"cdn.discordapp.com", "media.discordapp.net"})
-DEFAULT_API = "https://discord.com/api/v10"
-DEFAULT_GATEWAY = "wss://gateway.discord.gg/"
 INTERACTION = "discord-interaction:"
 # custom_id: parley:<action>:<request id>:<first 40 hex digits of the arguments' hash> (at most 100 characters)
 APPROVAL_ID = r"parley:(?P<action>approve|deny|always):(?P<request>[\w-]+):(?P<hash>[0-9a-f]{32,64})"
+# custom_id: parley:confirm:<the confirmation's action>:<its value, e.g. a channel key> (at most 100 characters)
+CONFIRM_ID = r"parley:confirm:(?P<action>[a-z_]{1,20}):(?P<value>\S{1,70})"
 # The typing indicator stops after this even when no reply comes through this process: with several replicas
 # another one may answer, and the indicator would otherwise come back every few seconds for good.
 TYPING_MAX_S = 120.0
@@ -108,28 +115,6 @@ def _install_url_proxies() -> None:
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = _Gateway()  # type: ignore[assignment]
 
 
-@dataclass(frozen=True)
-class DiscordConfig:
-    token: str
-    api_url: str = DEFAULT_API
-    gateway_url: str = DEFAULT_GATEWAY
-    # Prefix commands (`!ask ...`) in guild channels; None turns them off.
-    prefix: str | None = "!"
-    # Sync the slash commands to this guild only (instant, for development) instead of globally.
-    command_guild: int | None = None
-    # How long discord.py waits for the guilds after READY before `on_ready` (its default is 2 s).
-    ready_timeout_s: float = 2.0
-    # Where the fingerprint of the last synced command set is kept: commands are synced when it changes.
-    command_state: Path | None = None
-    # When discord.py's connection task ends on an error it does not handle, a new connection is opened after
-    # this delay, doubled with each failure in a row up to `reconnect_max_s`.
-    reconnect_delay_s: float = 1.0
-    reconnect_max_s: float = 60.0
-    # Sharding: this process runs `shard_ids` (all of them when None) of `shard_count` shards.
-    shard_count: int | None = None
-    shard_ids: tuple[int, ...] | None = None
-
-
 class ParleyClient(discord.Client):
     """The discord.py client, knowing its adapter (dynamic items reach it through `interaction.client`)."""
 
@@ -146,7 +131,7 @@ class ParleyClient(discord.Client):
         guard_parsers(self._connection.parsers, adapter.quiet)
 
     async def setup_hook(self) -> None:
-        self.add_dynamic_items(ApprovalButton)
+        self.add_dynamic_items(ApprovalButton, ConfirmButton)
 
     async def on_ready(self) -> None:
         # Fires again after every new session (INVALID_SESSION): nothing here may run twice in a harmful way.
@@ -192,46 +177,76 @@ class ApprovalButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
 
     async def callback(self, interaction: discord.Interaction) -> None:
         client = interaction.client
-        if not isinstance(client, ParleyClient) or client.adapter.decide is None:
+        if not isinstance(client, ParleyClient) or client.adapter.handlers is None:
             return
         await interaction.response.defer(ephemeral=True, thinking=False)
-        member_roles = getattr(interaction.user, "roles", [])
-        verdict = await client.adapter.decide(
+        decision = Decision(
             self.request_id,
-            platform="discord",
-            user=str(interaction.user.id),
+            "discord",
+            str(interaction.user.id),
             approve=self.action != "deny",
             args_hash=self.shown_hash,
             always=self.action == "always",
-            roles=[str(role.id) for role in member_roles],
+            roles=roles_of(interaction),
         )
+        verdict = await client.adapter.handlers.decide(decision)
         if not verdict.accepted:
-            await interaction.followup.send(f"You cannot do that: {verdict.reason}.", ephemeral=True)
+            await interaction.followup.send(verdict.refusal, ephemeral=True)
+
+
+class ConfirmButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], template=CONFIRM_ID):
+    """A command's confirmation (forget): the action and its value are in the custom id, so a click after a
+    restart still counts. The answer replaces the prompt, without the button."""
+
+    def __init__(self, action: str, value: str, label: str = "Confirm") -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=label, style=discord.ButtonStyle.danger, custom_id=f"parley:confirm:{action}:{value}"
+            )
+        )
+        self.action, self.value = action, value
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> ConfirmButton:
+        return cls(match["action"], match["value"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        client = interaction.client
+        if not isinstance(client, ParleyClient) or client.adapter.handlers is None:
+            return
+        commands = client.adapter.handlers.commands
+        if commands is None:
+            return
+        click = ConfirmClick(
+            platform="discord",
+            workspace=str(interaction.guild_id or ""),
+            channel=str(interaction.channel_id or ""),
+            user=str(interaction.user.id),
+            action=self.action,
+            value=self.value,
+            roles=roles_of(interaction),
+        )
+        reply = await commands.confirm(click)
+        await interaction.response.edit_message(
+            content=fitted(reply.text), view=None, allowed_mentions=discord.AllowedMentions.none()
+        )
 
 
 class DiscordAdapter:
     """One Discord bot. Build it inside the running service (it scopes the base URLs to that context), then
-    `connect(submit, decide)` and `await start()`."""
+    `connect(handlers)` and `await start()`."""
 
     name = "discord"
     resumable = True
 
-    def __init__(
-        self,
-        config: DiscordConfig,
-        *,
-        storage: Storage,
-        registry: ToolRegistry,
-        leadership: Leadership | None = None,
-    ) -> None:
+    def __init__(self, config: DiscordConfig, *, leadership: Leadership | None = None) -> None:
         _install_url_proxies()
         _api_base.set(config.api_url.rstrip("/"))
         _gateway.set(config.gateway_url)
         self.config = config
-        self.storage = storage
-        self.registry = registry
-        self.submit: Submit | None = None
-        self.decide: Decide | None = None
+        self.handlers: Handlers | None = None
         self.ready = asyncio.Event()
         # Bad input from the gateway is warned about once a minute per kind, whatever its rate.
         self.quiet = QuietLog(log)
@@ -250,6 +265,7 @@ class DiscordAdapter:
         self.tree = ParleyTree(self.client, warn=self.quiet)
         self._register_commands()
         self._typing: dict[str, asyncio.Task[None]] = {}
+        self.streams = DiscordStreams(self.client, self._typing_done)
         # Downloads of shared files: opened with the first one, in the running loop.
         self._files: aiohttp.ClientSession | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -260,8 +276,8 @@ class DiscordAdapter:
         self._started = False  # start() has returned: a gateway that fails for good from now on is logged
         self._holding = False  # in a term as the gateway's elected holder
 
-    def connect(self, submit: Submit, decide: Decide) -> None:
-        self.submit, self.decide = submit, decide
+    def connect(self, handlers: Handlers) -> None:
+        self.handlers = handlers
 
     async def login(self) -> None:
         """Log in over REST (a refused token is one clear line): enough to deliver replies, before any event
@@ -464,7 +480,7 @@ class DiscordAdapter:
             is_dm=is_dm,
             attachments=attachments_of(seen.attachments, "message") + self._replied_files(message),
         )
-        if self.submit is not None and await self.submit(incoming):
+        if self.handlers is not None and await self.handlers.submit(incoming):
             self._typing[incoming.message_id] = asyncio.create_task(self._type(message.channel))
 
     def _replied_files(self, message: discord.Message) -> tuple[Attachment, ...]:
@@ -507,70 +523,100 @@ class DiscordAdapter:
             log.info("typing indicator failed: %s", exc)
 
     def _register_commands(self) -> None:
+        """The slash commands: each hands its options to the command set as one `CommandCall`."""
         tree = self.tree
 
-        @tree.command(name="ask", description="Ask Parley a question")
+        @tree.command(name="ask", description=described("ask"))
         @app_commands.describe(question="What to ask")
         async def ask(interaction: discord.Interaction, question: str) -> None:
-            try:
-                seen = SlashAsk.model_validate({"interaction": interaction, "question": question})
-            except ValidationError as exc:
-                self.quiet.warning("command:ask", "refused a Discord /ask that does not validate (%s)", problems(exc))
-                await interaction.response.send_message("Sorry, I could not read that question.", ephemeral=True)
-                return
-            await interaction.response.defer(thinking=True)
-            command = seen.interaction
-            message = IncomingMessage(
-                platform=self.name,
-                workspace=str(command.guild_id or ""),
-                channel=str(command.channel_id or ""),
-                user=str(command.user.id),
-                text=seen.question,
-                message_id="",
-                event_id=f"interaction-{command.id}",
-                mentioned=True,
-                is_dm=command.guild_id is None,
-                reply_url=f"{INTERACTION}{command.application_id}:{command.token}",
-            )
-            if self.submit is not None:
-                await self.submit(message)
+            await self._command(interaction, "ask", question)
 
-        @tree.command(name="facts", description="What Parley remembers in this channel")
+        @tree.command(name="facts", description=described("facts"))
         async def facts(interaction: discord.Interaction) -> None:
-            remembered = await self.storage.facts.of_channel(self._key(interaction))
-            lines = [f"- **{f.key}**: {f.value}" for f in remembered] or ["Nothing remembered in this channel yet."]
-            await interaction.response.send_message("\n".join(lines)[:DISCORD_LIMIT], ephemeral=True)
+            await self._command(interaction, "facts")
 
-        @tree.command(name="forget", description="Forget everything Parley remembers in this channel")
+        @tree.command(name="forget", description=described("forget"))
         async def forget(interaction: discord.Interaction) -> None:
-            counts = await self.storage.forget(self._key(interaction))
-            await interaction.response.send_message(
-                f"Forgotten: {counts.get('facts', 0)} facts and {counts.get('turns', 0)} turns.", ephemeral=True
-            )
+            await self._command(interaction, "forget")
 
-        @tree.command(name="tools", description="The tools Parley can use")
+        @tree.command(name="tools", description=described("tools"))
         async def tools(interaction: discord.Interaction) -> None:
-            lines = [f"- `{s.name}` ({s.approval})" for s in self.registry.enabled()] or ["No tools are enabled."]
-            await interaction.response.send_message("\n".join(lines)[:DISCORD_LIMIT], ephemeral=True)
+            await self._command(interaction, "tools")
 
-        @tree.command(name="help", description="How to use Parley")
+        @tree.command(name="usage", description=described("usage"))
+        @app_commands.describe(whose="Yours (me) or this channel's")
+        async def usage(interaction: discord.Interaction, whose: Literal["me", "channel"] = "me") -> None:
+            await self._command(interaction, "usage", whose)
+
+        @tree.command(name="channel", description=described("channel"))
+        @app_commands.describe(action="show, set or reset", key="The setting", value="Its new value (set)")
+        async def channel(
+            interaction: discord.Interaction,
+            action: Literal["show", "set", "reset"],
+            key: str = "",
+            value: str = "",
+        ) -> None:
+            await self._command(interaction, "channel", action, key, value)
+
+        @tree.command(name="help", description=described("help"))
         async def help_(interaction: discord.Interaction) -> None:
-            await interaction.response.send_message(
-                "Mention me or DM me, or use `/ask`. `/facts` and `/forget` for this channel's memory, "
-                "`/tools` for what I can use. Say *remember that ...* to teach me a fact.",
-                ephemeral=True,
-            )
+            await self._command(interaction, "help")
 
-    @staticmethod
-    def _key(interaction: discord.Interaction) -> str:
-        return f"discord:{interaction.guild_id or ''}/{interaction.channel_id or ''}"
+    async def _command(self, interaction: discord.Interaction, name: str, *options: str) -> None:
+        """Run a command and show its reply to the caller (to everyone when public). `/ask` is deferred at once,
+        publicly, and its answer arrives by follow-up through the interaction's webhook."""
+        try:
+            seen = SlashCommand.model_validate({"interaction": interaction, "text": " ".join(filter(None, options))})
+        except ValidationError as exc:
+            self.quiet.warning(
+                f"command:{name}", "refused a Discord /%s that does not validate (%s)", name, problems(exc)
+            )
+            await interaction.response.send_message(UNREADABLE, ephemeral=True)
+            return
+        commands = self.handlers.commands if self.handlers is not None else None
+        if commands is None:
+            await interaction.response.send_message(NO_COMMANDS, ephemeral=True)
+            return
+        command = seen.interaction
+        asking = name == "ask"
+        if asking:
+            await interaction.response.defer(thinking=True)
+        call = CommandCall(
+            platform=self.name,
+            workspace=str(command.guild_id or ""),
+            channel=str(command.channel_id or ""),
+            user=str(command.user.id),
+            name=name,
+            text=seen.text,
+            roles=roles_of(interaction),
+            reply_url=f"{INTERACTION}{command.application_id}:{command.token}" if asking else "",
+            event_id=f"interaction-{command.id}",
+            is_dm=command.guild_id is None,
+        )
+        reply = await commands.run(call)
+        if asking:
+            if not reply.answer_follows:  # nothing was asked (no question): say why in place of the placeholder
+                await interaction.followup.send(fitted(reply.text), allowed_mentions=discord.AllowedMentions.none())
+            return
+        await interaction.response.send_message(**_rendered(reply))
 
     # Replies out ---------------------------------------------------------------------------------------
 
-    async def deliver(self, message: IncomingMessage, reply: Reply, key: str) -> None:
+    async def open_stream(
+        self, message: IncomingMessage, key: str, *, resume: str = "", moved: StreamMoved | None = None
+    ) -> DiscordStream | None:
+        """Show the reply to `message` while it is produced (adapters/discord_stream.py), when the settings allow."""
+        if not self.config.stream:
+            return None
+        return self.streams.open(message, key, resume=resume, moved=moved)
+
+    def _typing_done(self, message: IncomingMessage) -> None:
         typing = self._typing.pop(message.message_id, None)
         if typing is not None:
             typing.cancel()
+
+    async def deliver(self, message: IncomingMessage, reply: Reply, key: str) -> None:
+        self._typing_done(message)
         chunks = split_message(reply.text, DISCORD_LIMIT) or ["(no answer)"]
         none = discord.AllowedMentions.none()
         try:
@@ -658,6 +704,37 @@ def attachments_of(files: list[DiscordAttachment], origin: str) -> tuple[Attachm
         )
         for f in files
     )
+
+
+def described(name: str) -> str:
+    """A slash command's description: its help line, capitalised as Discord shows it (at most 100 characters)."""
+    text = COMMANDS[name].help
+    return (text[:1].upper() + text[1:])[:100]
+
+
+def roles_of(interaction: discord.Interaction) -> tuple[str, ...]:
+    """The role ids of the member who interacted (none in a DM): approvers may be named by role."""
+    return tuple(str(role.id) for role in getattr(interaction.user, "roles", []))
+
+
+def fitted(text: str) -> str:
+    """Text cut to one Discord message (the first chunk of a longer one)."""
+    return (split_message(text, DISCORD_LIMIT) or ["(nothing to show)"])[0]
+
+
+def _rendered(reply: CommandReply) -> dict[str, Any]:
+    """A command's reply as the interaction response's fields: ephemeral unless public, a confirmation as a
+    button that outlives a restart, nobody pinged."""
+    fields: dict[str, Any] = {
+        "content": fitted(reply.text),
+        "ephemeral": not reply.public,
+        "allowed_mentions": discord.AllowedMentions.none(),
+    }
+    if reply.confirm is not None:
+        view = discord.ui.View(timeout=None)
+        view.add_item(ConfirmButton(reply.confirm.action, reply.confirm.value, reply.confirm.label))
+        fields["view"] = view
+    return fields
 
 
 def _files(reply: Reply) -> list[discord.File]:

@@ -159,11 +159,12 @@ class DiscordInteraction(_Read):
     user: DiscordUser
 
 
-class SlashAsk(_Read):
-    """`/ask`: the interaction and the question (an option's value: discord.py passes it on as it came)."""
+class SlashCommand(_Read):
+    """A slash command: the interaction and its options' text (`/ask`'s question, `/channel`'s action, key and
+    value), which discord.py passes on as it came."""
 
     interaction: DiscordInteraction
-    question: CleanStr
+    text: CleanStr
 
 
 class _Payload(BaseModel):

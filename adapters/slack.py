@@ -18,7 +18,6 @@ import logging
 import re
 import time
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -49,6 +48,7 @@ from yarl import URL
 from adapters.approval_text import arguments_filename, full_arguments, show_call, shown_name
 from adapters.edge import QuietLog, problems
 from adapters.files import download
+from adapters.options import SlackConfig
 from adapters.slack_edge import (
     ActionBody,
     BadRequest,
@@ -62,18 +62,19 @@ from adapters.slack_edge import (
     parse_body,
 )
 from adapters.slack_prompt import FILE_ABOVE, MAX_LISTED_ARGUMENTS, NO_FILE, literal, prompt_blocks, section
+from adapters.slack_stream import STOP_EVENT, SlackStream, SlackStreams, last_key
 from adapters.text import split_message, to_mrkdwn
-from agent.approvals import ApprovalRequest, ApprovalState, PromptLocation
+from agent.approvals import ApprovalRequest, ApprovalState, Decision, PromptLocation
 from agent.attachments.models import Attachment, AttachmentRefused
+from agent.commands import NO_COMMANDS, UNREADABLE, CommandCall, CommandReply, ConfirmClick
 from agent.messages import APOLOGY, IncomingMessage, Reply, new_error_id
-from agent.ports import Decide, DeliveryError, NotAccepting, PlatformUnavailable, Submit
-from agent.storage.base import Storage
-from agent.tools.registry import ToolRegistry
+from agent.ports import DeliveryError, Handlers, NotAccepting, PlatformUnavailable, StreamMoved
 
 log = logging.getLogger("parley.slack")
 
 DECISION_ACTIONS = {"parley_approve": (True, False), "parley_deny": (False, False), "parley_always": (True, True)}
-FORGET_ACTION = "parley_forget"
+# The button of a command's confirmation (forget): its value carries the confirmation's action and value.
+CONFIRM_ACTION = "parley_confirm"
 OUTCOME_EMOJI = {
     ApprovalState.APPROVED: ":white_check_mark:",
     ApprovalState.DENIED: ":no_entry:",
@@ -103,32 +104,10 @@ PERMANENT_ERRORS = frozenset(
 )
 # Headers Bolt may see: Slack's own, not the sender's others (Bolt honours some of its own internal ones).
 BOLT_HEADERS = ("x-slack-request-timestamp", "x-slack-signature", "x-slack-retry-num", "x-slack-retry-reason")
-HELP = (
-    "*Parley* answers when you mention it, in DMs, and with `{command} ask <question>`.\n"
-    "`{command} facts`: what this channel remembers. `{command} forget`: erase it (asks first).\n"
-    "`{command} tools`: the tools I can use. Say _remember that ..._ to teach me a fact."
-)
 
 
 class SlackUnavailable(PlatformUnavailable):
     """Slack cannot be used with these settings: the message says why, in one line."""
-
-
-@dataclass(frozen=True)
-class SlackConfig:
-    bot_token: str
-    signing_secret: str
-    app_token: str | None = None
-    api_url: str = "https://slack.com/api/"
-    command: str = "/parley"
-    progress_reaction: str = "eyes"
-    # The reaction appears only when an answer takes longer than this: a quick answer needs no sign of
-    # progress, and two fewer calls per message keep Parley inside Slack's rate limit for reactions.
-    progress_after_s: float = 1.0
-    # Answer an edited DM as a new message (edits are otherwise ignored, like deletions).
-    answer_edits: bool = False
-    # Also show "is thinking..." as the assistant thread status (apps with the assistant:write scope).
-    assistant_status: bool = False
 
 
 def channel_of(key: str) -> tuple[str, str]:
@@ -138,15 +117,13 @@ def channel_of(key: str) -> tuple[str, str]:
 
 
 class SlackAdapter:
-    """One Slack workspace's bot. Call `connect(submit, decide)` before events arrive."""
+    """One Slack workspace's bot. Call `connect(handlers)` before events arrive."""
 
     name = "slack"
     resumable = True
 
-    def __init__(self, config: SlackConfig, *, storage: Storage, registry: ToolRegistry) -> None:
+    def __init__(self, config: SlackConfig) -> None:
         self.config = config
-        self.storage = storage
-        self.registry = registry
         # One session (one connection pool) for every call; built inside the running loop.
         self._session = aiohttp.ClientSession()
         self.client = AsyncWebClient(
@@ -171,8 +148,7 @@ class SlackAdapter:
         self.app.error(self._on_error)
         # Bad requests are logged at most once a minute per sender and kind: a stream of them cannot fill the log.
         self.quiet = QuietLog(log)
-        self._submit: Submit | None = None
-        self._decide: Decide | None = None
+        self._handlers: Handlers | None = None
         self._socket: _CheckedSocketMode | None = None
         self._background: set[asyncio.Task[Any]] = set()
         # Message (channel, ts) -> its pending or shown progress reaction.
@@ -181,9 +157,13 @@ class SlackAdapter:
         # (channel, thread, message ts) -> (when read, the thread's messages): conversations.replies once per answer.
         self._threads: dict[tuple[str, str, str], tuple[float, list[dict[str, Any]]]] = {}
         self._register()
+        # Replies streamed while they are produced; the person's Stop on one arrives as an event.
+        self.streams = SlackStreams(self.client, self._post_files)
+        self.app.event(STOP_EVENT)(self.streams.on_stopped)
 
-    def connect(self, submit: Submit, decide: Decide) -> None:
-        self._submit, self._decide = submit, decide
+    def connect(self, handlers: Handlers) -> None:
+        self._handlers = handlers
+        self.streams.stop = handlers.stop
 
     # Serving ------------------------------------------------------------------------------------------
 
@@ -261,6 +241,7 @@ class SlackAdapter:
         await self._socket.connect_async()  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
+        await self.streams.close()
         if self._socket is not None:
             await self._socket.close_async()  # type: ignore[no-untyped-call]
         for task in [*self._background, *self._progress.values()]:
@@ -277,7 +258,7 @@ class SlackAdapter:
         app.event("message")(self._on_message)
         app.command(self.config.command)(self._on_command)
         app.action(re.compile("^parley_(approve|deny|always)$"))(self._on_decision)
-        app.action(FORGET_ACTION)(self._on_forget)
+        app.action(CONFIRM_ACTION)(self._on_confirm)
 
     async def _on_mention(self, body: dict[str, Any], event: dict[str, Any], context: dict[str, Any]) -> None:
         await self._receive(body, event, context, is_dm=False)
@@ -320,80 +301,65 @@ class SlackAdapter:
             is_dm=is_dm,
             attachments=attachments_of(seen.files, "message"),
         )
-        if await self._require_submit()(message):
+        if await self._connected().submit(message):
             self._progress[(message.channel, seen.ts)] = asyncio.create_task(self._show_progress(message))
 
     async def _on_command(self, ack: Any, command: dict[str, Any]) -> None:
-        """`/parley ask|facts|forget|tools|help`: everything but `ask` is answered in the acknowledgement."""
+        """`/parley NAME TEXT`: the command set (bot/commands.py) answers in the acknowledgement, within Slack's
+        3 s; an `ask` is stored first and answered later through the command's response URL."""
         try:
             cmd = SlashCommand.model_validate(command)
         except ValidationError:
             self.quiet.warning("command-shape", "refused a slash command of an unexpected shape")
-            await ack("Sorry, I could not read that command. Please try again.")
+            await ack(UNREADABLE)
             return
-        sub, _, rest = cmd.text.strip().partition(" ")
-        key = f"slack:{cmd.team_id}/{cmd.channel_id}"
-        name = self.config.command
-        if sub == "ask" and rest.strip():
-            message = IncomingMessage(
-                platform=self.name,
-                workspace=cmd.team_id,
-                channel=cmd.channel_id,
-                user=cmd.user_id,
-                text=rest.strip(),
-                event_id=f"command-{cmd.trigger_id or time.time()}",
-                mentioned=True,
-                reply_url=cmd.response_url,
-            )
-            await self._require_submit()(message)
-            await ack(f"Thinking about: {rest.strip()}")
-        elif sub == "facts":
-            facts = await self.storage.facts.of_channel(key)
-            listed = "\n".join(f"- **{f.key}**: {f.value}" for f in facts)
-            await ack(to_mrkdwn(listed) if facts else "Nothing remembered in this channel yet.")
-        elif sub == "forget":
-            await ack(
-                text="Forget everything this channel remembers?",
-                blocks=[
-                    {
-                        "type": "section",
-                        "text": {"type": "mrkdwn", "text": "Forget everything this channel remembers?"},
-                    },
-                    {
-                        "type": "actions",
-                        "elements": [
-                            {
-                                "type": "button",
-                                "style": "danger",
-                                "text": {"type": "plain_text", "text": "Yes, forget"},
-                                "action_id": FORGET_ACTION,
-                                "value": key,
-                            }
-                        ],
-                    },
-                ],
-            )
-        elif sub == "tools":
-            lines = [f"• `{s.name}` ({s.approval}): {s.description.splitlines()[0]}" for s in self.registry.enabled()]
-            await ack("\n".join(lines) or "No tools are enabled.")
-        else:
-            await ack(HELP.format(command=name))
+        commands = self._connected().commands
+        if commands is None:
+            await ack(NO_COMMANDS)
+            return
+        name, _, text = cmd.text.strip().partition(" ")
+        call = CommandCall(
+            platform=self.name,
+            workspace=cmd.team_id,
+            channel=cmd.channel_id,
+            user=cmd.user_id,
+            name=name,
+            text=text.strip(),
+            reply_url=cmd.response_url,
+            event_id=f"command-{cmd.trigger_id or time.time()}",
+            prefix=f"{self.config.command} ",
+        )
+        await ack(**_rendered(await commands.run(call)))
 
-    async def _on_forget(self, ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Any) -> None:
+    async def _on_confirm(self, ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Any) -> None:
+        """A click on a command's confirmation button: its answer replaces the prompt (through the response URL,
+        else as an ephemeral message)."""
         await ack()
+        commands = self._connected().commands
         try:
             clicked = ActionBody.model_validate(body)
-        except ValidationError:
-            self.quiet.warning("action-shape", "dropped a forget click of an unexpected shape")
+            value = json.loads(str(action.get("value") or "{}"))
+            confirmed, about = str(value["action"]), str(value["value"])
+        except (ValidationError, ValueError, KeyError, TypeError, RecursionError):
+            self.quiet.warning("action-shape", "dropped a confirmation click of an unexpected shape")
             return
-        counts = await self.storage.forget(str(action.get("value") or ""))
-        text = f"Forgotten: {counts.get('facts', 0)} facts and {counts.get('turns', 0)} turns."
+        if commands is None:
+            return
+        click = ConfirmClick(
+            platform=self.name,
+            workspace=clicked.workspace,
+            channel=clicked.channel.id or "",
+            user=clicked.user.id or "",
+            action=confirmed,
+            value=about,
+        )
+        text = to_mrkdwn((await commands.confirm(click)).text)
         if clicked.response_url:
             try:
                 await respond(text=text, replace_original=True)
                 return
-            except Exception as exc:  # the confirmation is a courtesy: the memory is gone either way
-                log.info("could not replace the forget prompt: %s", type(exc).__name__)
+            except Exception as exc:  # the prompt stays; the answer is said beside it instead
+                log.info("could not replace a confirmation prompt: %s", type(exc).__name__)
         if clicked.channel.id and clicked.user.id:
             await self._quietly(
                 self.client.chat_postEphemeral(channel=clicked.channel.id, user=clicked.user.id, text=text)
@@ -401,8 +367,7 @@ class SlackAdapter:
 
     async def _on_decision(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
-        if self._decide is None:
-            return
+        decide = self._connected().decide
         try:
             clicked = ActionBody.model_validate(body)
         except ValidationError:
@@ -415,14 +380,10 @@ class SlackAdapter:
         except (ValueError, KeyError, TypeError, RecursionError):
             request_id, shown = "", ""
         user = clicked.user.id or ""
-        verdict = await self._decide(
-            request_id, platform=self.name, user=user, approve=approve, args_hash=shown, always=always
-        )
+        verdict = await decide(Decision(request_id, self.name, user, approve, shown, always))
         if not verdict.accepted and clicked.channel.id and user:
             await self._quietly(
-                self.client.chat_postEphemeral(
-                    channel=clicked.channel.id, user=user, text=f"You cannot do that: {verdict.reason}."
-                )
+                self.client.chat_postEphemeral(channel=clicked.channel.id, user=user, text=verdict.refusal)
             )
 
     async def _earlier(self, message: IncomingMessage) -> list[dict[str, Any]]:
@@ -509,7 +470,7 @@ class SlackAdapter:
         slash command's response URL cannot be looked up: it counts as not delivered."""
         if message.reply_url:
             return False
-        last = f"{key}:{len(split_message(to_mrkdwn(reply.text)) or ['']) - 1}"
+        last = last_key(key, reply)
         if message.thread:
             found = await self.client.conversations_replies(
                 channel=message.channel, ts=message.thread, include_all_metadata=True, limit=200
@@ -551,6 +512,22 @@ class SlackAdapter:
             raise DeliveryError(f"Slack refused the reply: {error}", transient=error not in PERMANENT_ERRORS) from None
         except SlackClientError as exc:
             raise DeliveryError(f"Slack could not be reached: {type(exc).__name__}") from None
+        self._progress_done(message)
+
+    async def open_stream(
+        self, message: IncomingMessage, key: str, *, resume: str = "", moved: StreamMoved | None = None
+    ) -> SlackStream | None:
+        """Stream the reply to `message` (adapters/slack_stream.py) when the settings allow; the stream is the
+        sign of progress from then on, so the reaction is not put (or is taken off)."""
+        if not self.config.stream:
+            return None
+        stream = await self.streams.open(message, key, resume=resume, moved=moved)
+        if stream is not None:
+            self._progress_done(message)
+        return stream
+
+    def _progress_done(self, message: IncomingMessage) -> None:
+        """The reply landed (or streams): the progress reaction is not put, or is taken off."""
         progress = self._progress.pop((message.channel, message.message_id), None)
         if progress is not None:
             if not progress.done():
@@ -643,10 +620,10 @@ class SlackAdapter:
 
     # Helpers ---------------------------------------------------------------------------------------------
 
-    def _require_submit(self) -> Submit:
-        if self._submit is None:
+    def _connected(self) -> Handlers:
+        if self._handlers is None:
             raise RuntimeError("the Slack adapter is not connected to a dispatcher")
-        return self._submit
+        return self._handlers
 
     async def _show_progress(self, message: IncomingMessage) -> bool:
         """Put the progress reaction on the question once the answer is slow; True when it was put."""
@@ -720,6 +697,21 @@ def attachments_of(files: Sequence[SlackFile], origin: str) -> tuple[Attachment,
         )
         for f in files
     )
+
+
+def _rendered(reply: CommandReply) -> dict[str, Any]:
+    """A command's reply as the acknowledgement's fields: mrkdwn text, and a confirmation as a button below it;
+    seen only by the caller unless the reply is public."""
+    text = to_mrkdwn(reply.text)
+    fields: dict[str, Any] = {"text": text, "response_type": "in_channel" if reply.public else "ephemeral"}
+    if reply.confirm is not None:
+        value = json.dumps({"action": reply.confirm.action, "value": reply.confirm.value})
+        fields["text"] = reply.confirm.question
+        fields["blocks"] = [
+            section(text),
+            {"type": "actions", "elements": [_button(reply.confirm.label, CONFIRM_ACTION, value, "danger")]},
+        ]
+    return fields
 
 
 def _button(text: str, action_id: str, value: str, style: str | None) -> dict[str, Any]:

@@ -234,10 +234,17 @@ class SlashCommand(_Shape):
 
 
 class ActionBody(_Shape):
-    """A `block_actions` payload: who clicked, where, and the clicked action."""
+    """A `block_actions` payload: who clicked, where (the workspace and channel), and the clicked action."""
 
     user: IdRef = IdRef()
+    # None in an org-wide app's payloads; the user's team names the workspace then.
+    team: IdRef | None = None
     channel: IdRef = IdRef()
+
+    @property
+    def workspace(self) -> str:
+        return (self.team.id if self.team is not None else None) or self.user.team_id or ""
+
     actions: list[Action] = Field(min_length=1)
     response_url: ResponseUrlField = ""
 

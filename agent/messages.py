@@ -34,6 +34,11 @@ class Conversation:
     thread: str = ""
 
 
+def channel_key(platform: str, workspace: str, channel: str) -> str:
+    """A channel's memory key: the plain name on the console (`team`), `platform:workspace/channel` elsewhere."""
+    return channel if platform == "console" else f"{platform}:{workspace}/{channel}"
+
+
 @dataclass(frozen=True)
 class IncomingMessage:
     """One message as the agent sees it, whatever platform it came from."""
@@ -59,9 +64,7 @@ class IncomingMessage:
 
     @property
     def conversation(self) -> Conversation:
-        if self.platform == "console":
-            return Conversation(self.channel, self.thread)
-        return Conversation(f"{self.platform}:{self.workspace}/{self.channel}", self.thread)
+        return Conversation(channel_key(self.platform, self.workspace, self.channel), self.thread)
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,7 @@ class Reply:
     chain_id: int | None = None
     error_id: str | None = None
     # answered | unanswered (the agent ran out of steps) | rejected (bad input) | limited (rate limit)
-    # | fallback (no model could answer) | error
+    # | fallback (no model could answer) | stopped (the person stopped it) | error
     status: str = "answered"
     # Files posted with the reply (a query result too long for chat), kept with it until delivered.
     files: tuple[OutFile, ...] = ()

@@ -6,11 +6,14 @@ approval prompts; optional protocols add channel posts, connection state and thr
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from agent.approvals import ApprovalRequest, PromptLocation, Verdict
+from agent.approvals import ApprovalRequest, Decision, PromptLocation, Verdict
 from agent.attachments.models import Attachment
+from agent.commands import Commands
+from agent.events import Event
 from agent.messages import IncomingMessage, Reply
 
 # Hands a message to the dispatcher; returns once it is stored (False for a redelivery). The adapter
@@ -18,20 +21,24 @@ from agent.messages import IncomingMessage, Reply
 Submit = Callable[[IncomingMessage], Awaitable[bool]]
 
 
-class Decide(Protocol):
-    """Hands a person's approval decision back to the dispatcher."""
+# Hands a person's approval decision back to the dispatcher, unchanged from the click; the verdict says whether it
+# settled the request, or why not.
+Decide = Callable[[Decision], Awaitable[Verdict]]
 
-    async def __call__(
-        self,
-        request_id: str,
-        *,
-        platform: str,
-        user: str,
-        approve: bool,
-        args_hash: str,
-        always: bool = False,
-        roles: Sequence[str] = (),
-    ) -> Verdict: ...
+
+# Stops the answer a person asked to stop (Slack's Stop button on a streamed reply): the platform and the key the
+# stream was opened with (the reply's delivery key). True when an answer under way was stopped.
+Stop = Callable[[str, str], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class Handlers:
+    """What an adapter hands its platform's events to: messages, approval decisions, chat commands, stops."""
+
+    submit: Submit
+    decide: Decide
+    commands: Commands | None = None
+    stop: Stop | None = None
 
 
 class NotAccepting(Exception):
@@ -109,6 +116,51 @@ class SharesFiles(Protocol):
     async def attachments(self, message: IncomingMessage) -> tuple[Attachment, ...]:
         """The message's own files, then those of earlier messages around it (a thread's, the message it
         replies to), newest first, each bound. Raises only for what no file of the message can survive."""
+        ...
+
+
+# Told the platform reference of the message a stream now writes into (its first, or the next one after a
+# rollover), so a restarted process finishes that message instead of posting a second answer.
+StreamMoved = Callable[[str], Awaitable[None]]
+
+
+class ReplyStream(Protocol):
+    """One answer shown while it is produced (a Slack stream, an edited Discord message). The dispatcher opens it
+    before answering, shows the agent's events, and ends it exactly once: `finish` or `abort`."""
+
+    @property
+    def ref(self) -> str:
+        """The platform's reference of the message written into now ("" before there is one)."""
+        ...
+
+    def show(self, event: Event) -> None:
+        """Queue an event to show (a tool step, an approval wait, answer text); returns at once, never raises.
+        A stream that broke meanwhile ignores it."""
+        ...
+
+    async def finish(self, reply: Reply) -> bool:
+        """End the stream with the whole reply (split over further messages when longer than one allows), and
+        the reply's files. False when the stream could not carry it (it broke, and was ended with what it had and
+        a note): the caller then delivers the reply the usual way. Never leaves the stream open."""
+        ...
+
+    async def abort(self, note: str) -> None:
+        """End the stream with what it shows and a short note (shutdown, a failure): never raises."""
+        ...
+
+
+@runtime_checkable
+class Streams(Protocol):
+    """A platform that shows answers as they are produced. Optional: the dispatcher asks only platforms that have
+    it; any other delivers each reply whole."""
+
+    async def open_stream(
+        self, message: IncomingMessage, key: str, *, resume: str = "", moved: StreamMoved | None = None
+    ) -> ReplyStream | None:
+        """Start showing the answer to `message` (the first visible sign, as soon as it can), or take over the
+        message `resume` that an earlier process streamed into. `key` is the reply's delivery key; `moved` is
+        told each message the stream writes into. None when this message is not streamed (streaming off, a
+        reply that goes elsewhere, the platform refused): the reply is then delivered the usual way."""
         ...
 
 

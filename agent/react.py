@@ -181,7 +181,7 @@ class RobustReAct(dspy.ReAct):  # type: ignore[misc]
             if name == FINISH:
                 observation, outcome, tool_ms, kind = "Completed.", "", None, "thought"
             else:
-                result = await self.runner.run(name, args, context)
+                result = await self.runner.run(name, args, context, thought=thought)
                 observation, outcome, tool_ms, kind = result.observation, result.outcome, result.duration_ms, "action"
             trajectory.update(
                 {

@@ -8,22 +8,29 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 import dspy
 from structlog.contextvars import bound_contextvars
 
 from agent.adapter import CachedJSONAdapter
-from agent.attachments.models import AttachmentRecord, Limits, Outbox
+from agent.attachments.models import AttachmentRecord, Outbox
 from agent.attachments.reader import Readings, read_attachments
 from agent.chains import ModelUsage
 from agent.constraints import constrain, constrain_output
 from agent.engines import ModelHandle
+from agent.events import AnswerText, Progress, emit
 from agent.memory import context_text
 from agent.messages import APOLOGY, IncomingMessage, Reply, Step, clean_text, new_error_id
 from agent.modes import DecomposeMode, Mode, Outcome, ReactMode, VoteMode
+from agent.options import UNAVAILABLE_REPLY
+from agent.options import AgentOptions as AgentOptions  # where callers have always found it
 from agent.parking import Lease, held
+from agent.pricing import answer_cost
+from agent.profile import DEFAULT_PROFILE, ChannelProfile
 from agent.react import RobustReAct
 from agent.resilience import CircuitBreaker, CircuitOpen, answer_deadline, caused_by_input
 from agent.storage.base import Storage
@@ -70,27 +77,9 @@ class Resilience:
     fallback: ModelHandle | None = None
     breaker: CircuitBreaker | None = None
     fallback_breaker: CircuitBreaker | None = None
-    fallback_reply: str = "Sorry, I can't answer right now. Please try again in a few minutes."
-
-
-@dataclass(frozen=True)
-class AgentOptions:
-    max_iters: int = 6
-    max_message_chars: int = 8000
-    context_turns: int = 8
-    facts_k: int = 5
-    mode: str = "react"
-    # The agent pool: how many conversations the one shared agent answers at once.
-    concurrency: int = 8
-    max_subquestions: int = 4
-    voters: int = 3
-    vote_threshold: float = 0.5
-    temperature: float = 0.2
-    # The whole answer's deadline per model, retries and their backoff included: DSPy sleeps as long as a
-    # provider's Retry-After asks, uncapped, and the per-call timeout only bounds the wait for each byte.
-    answer_timeout_s: float = 120.0
-    # What people share: files per message, bytes per file, characters for the model, files a reply posts.
-    attachments: Limits = field(default_factory=Limits)
+    fallback_reply: str = UNAVAILABLE_REPLY
+    # The breakers of the named models (`Agent(models=...)`), by name; a name without one gets its own.
+    breakers: Mapping[str, CircuitBreaker] = field(default_factory=dict)
 
 
 def fact_from_statement(statement: str) -> tuple[str, str]:
@@ -142,6 +131,14 @@ INPUT_REFUSED = (
 )
 
 
+# No named models: the default model (and its fallback) answers every channel.
+NO_MODELS: Mapping[str, ModelHandle] = MappingProxyType({})
+# Distinct channel profiles whose built agents are kept; more are rebuilt when they come back (a few ms).
+MODULE_CACHE = 16
+# What a built agent depends on: allowed tools, added instructions, mode, images shown, steps constrained.
+ModuleKey = tuple[frozenset[str] | None, str, str, bool, bool]
+
+
 class Agent:
     """Answers messages. One shared instance serves every conversation: per-request state lives in
     `dspy.context` and the tool context, both context variables."""
@@ -154,6 +151,7 @@ class Agent:
         options: AgentOptions = AgentOptions(),
         resilience: Resilience | None = None,
         observers: Sequence[ChainObserver] = (),
+        models: Mapping[str, ModelHandle] = NO_MODELS,
     ) -> None:
         self.storage = storage
         # Told about every chain (metrics count model calls and tokens from it).
@@ -167,13 +165,50 @@ class Agent:
         if self.resilience.fallback is not None:
             fallback = self.resilience.fallback
             self.paths.append((fallback, self.resilience.fallback_breaker or CircuitBreaker(fallback.name)))
+        # The named models a channel may choose: each is its own chain, the model then the fallback model.
+        self.named_paths: dict[str, list[tuple[ModelHandle, CircuitBreaker]]] = {}
+        for name, handle in models.items():
+            self.named_paths[name] = self._chain_of(name, handle)
         self.react: RobustReAct
         self.mode: Mode
-        # The same mode over a ReAct whose signature also takes images: built for the first message with one.
-        self._seeing: Mode | None = None
+        # Built agents per (tools, instructions, mode, shown images, constrained), the least recently used
+        # dropped past MODULE_CACHE: each channel's profile gets its own, built once.
+        self._modules: OrderedDict[ModuleKey, Mode] = OrderedDict()
         self._tools_revision = -1
         self._sync_tools()
         self._slots = asyncio.Semaphore(options.concurrency)
+
+    def _chain_of(self, name: str, handle: ModelHandle) -> list[tuple[ModelHandle, CircuitBreaker]]:
+        """A named model's fallback chain; a model that is the default or the fallback keeps its breaker."""
+        rest = [(h, b) for h, b in self.paths[1:] if h is not handle]
+        if handle is self.model:
+            return [self.paths[0], *rest]
+        for other in self.named_paths.values():
+            if other[0][0] is handle:  # two names for one model share its breaker
+                return [other[0], *rest]
+        if self.resilience.fallback is handle:
+            return self.paths[1:]
+        breaker = self.resilience.breakers.get(name) or CircuitBreaker(f"model:{name}")
+        return [(handle, breaker), *rest]
+
+    @property
+    def all_paths(self) -> list[tuple[ModelHandle, CircuitBreaker]]:
+        """Every model with its breaker once: the default, the fallback and the named models."""
+        seen: dict[int, tuple[ModelHandle, CircuitBreaker]] = {}
+        for path in [self.paths, *self.named_paths.values()]:
+            for handle, breaker in path:
+                seen.setdefault(id(breaker), (handle, breaker))
+        return list(seen.values())
+
+    def _paths(self, profile: ChannelProfile) -> list[tuple[ModelHandle, CircuitBreaker]]:
+        """The fallback chain a profile answers on: its named model's, else the default's."""
+        if profile.model is None:
+            return self.paths
+        chain = self.named_paths.get(profile.model)
+        if chain is None:
+            log.warning("no model named %r; answering on the default model", profile.model)
+            return self.paths
+        return chain
 
     def _sync_tools(self) -> None:
         """Build the ReAct agent and its mode from the registry's enabled tools, again whenever the registry
@@ -183,39 +218,69 @@ class Agent:
         if registry.revision == self._tools_revision:
             return
         self._tools_revision = registry.revision
-        self.react = RobustReAct(Answer, registry.enabled(), self.runner, max_iters=self.options.max_iters)
-        self.mode = self._mode(self.options, self.react)
-        self._seeing = None
-        if self.model.constrained:
-            constrain(self.react)
-            if isinstance(self.mode, DecomposeMode):
-                constrain_output(self.mode.split)
-                constrain_output(self.mode.synthesise)
+        self._modules.clear()
+        self.react, self.mode = self._build(
+            None, "", self.options.mode, seeing=False, constrained=self.model.constrained
+        )
 
-    def _mode(self, options: AgentOptions, react: RobustReAct) -> Mode:
-        if options.mode == "decompose":
+    def _module(self, profile: ChannelProfile, *, seeing: bool, constrained: bool) -> Mode:
+        """The mode (over its ReAct agent) for a profile: built once per distinct profile, while the tools last.
+
+        Shown images, it is never constrained: the embedded model takes none."""
+        self._sync_tools()
+        mode = profile.mode or self.options.mode
+        key: ModuleKey = (profile.tools, profile.instructions.strip(), mode, seeing, constrained and not seeing)
+        if key == (None, "", self.options.mode, False, self.model.constrained):
+            return self.mode
+        built = self._modules.get(key)
+        if built is None:
+            built = self._modules[key] = self._build(*key[:3], seeing=key[3], constrained=key[4])[1]
+            while len(self._modules) > MODULE_CACHE:
+                self._modules.popitem(last=False)
+        else:
+            self._modules.move_to_end(key)
+        return built
+
+    def _build(
+        self, tools: frozenset[str] | None, instructions: str, mode: str, *, seeing: bool, constrained: bool
+    ) -> tuple[RobustReAct, Mode]:
+        """A ReAct agent offered only `tools` (None: every enabled one), its signature's instructions the base
+        ones and then `instructions`, in `mode`; with the step and output schemas when `constrained`."""
+        signature = AnswerSeeing if seeing else Answer
+        if instructions:
+            signature = signature.with_instructions(f"{signature.instructions}\n\n{instructions}")
+        specs = [s for s in self.runner.registry.enabled() if tools is None or s.name in tools]
+        react = RobustReAct(signature, specs, self.runner, max_iters=self.options.max_iters)
+        built = self._mode(mode, react)
+        if constrained:
+            constrain(react)
+            if isinstance(built, DecomposeMode):
+                constrain_output(built.split)
+                constrain_output(built.synthesise)
+        return react, built
+
+    def _mode(self, mode: str, react: RobustReAct) -> Mode:
+        options = self.options
+        if mode == "decompose":
             return DecomposeMode(react, options.max_subquestions)
-        if options.mode == "vote":
+        if mode == "vote":
             return VoteMode(react, options.voters, options.vote_threshold, options.temperature)
-        if options.mode != "react":
-            raise ValueError(f"unknown agent mode {options.mode!r}; use react, decompose or vote")
+        if mode != "react":
+            raise ValueError(f"unknown agent mode {mode!r}; use react, decompose or vote")
         return ReactMode(react)
-
-    def _seeing_mode(self) -> Mode:
-        """The mode for a model shown images (never constrained: the embedded model takes none)."""
-        if self._seeing is None:
-            registry = self.runner.registry
-            react = RobustReAct(AnswerSeeing, registry.enabled(), self.runner, max_iters=self.options.max_iters)
-            self._seeing = self._mode(self.options, react)
-        return self._seeing
 
     @property
     def tool_names(self) -> list[str]:
         self._sync_tools()
         return [name for name in self.react.tools if name != "finish"]
 
-    async def respond(self, message: IncomingMessage) -> Exchange:
+    async def respond(
+        self, message: IncomingMessage, *, profile: ChannelProfile = DEFAULT_PROFILE, progress: Progress | None = None
+    ) -> Exchange:
         """Answer one message. Never raises for bad input or a failing model: the reply says what happened.
+
+        `profile` is what the conversation's channel settings resolved to; `progress` is told what the agent does
+        as it does it (agent/events.py), for platforms that show it.
 
         Nothing of the exchange is written here: the caller records the returned chain with the reply, in one
         transaction with its own state (the dispatcher's inbox row). Cancellation (shutdown) propagates, so the
@@ -234,16 +299,18 @@ class Agent:
         # A message that shares files is always reasoned about: the files are what it is about.
         remember = None if message.attachments else REMEMBER.match(text)
         outbox = Outbox(self.options.attachments.max_out_bytes)
+        paths = self._paths(profile)
         chain = ChainRecord(
             question=text,
             answer="",
             status="answered",
-            model=self.model.name,
+            model=paths[0][0].name,
             started_at=started,
             duration_ms=0.0,
             user_id=message.user,
             run_id=run_id,
-            mode="rule" if remember else self.mode.name,
+            mode="rule" if remember else profile.mode or self.options.mode,
+            platform=message.platform,
         )
         readings = Readings()
         try:
@@ -253,7 +320,9 @@ class Agent:
                     vision = False
                 else:
                     readings = await read_attachments(message.attachments, self.options.attachments)
-                    outcome, answered_by, vision = await self._reason(message, text, run_id, readings, outbox)
+                    outcome, answered_by, vision = await self._reason(
+                        message, text, run_id, readings, outbox, progress, profile=profile, paths=paths
+                    )
         except RunStopped as stopped:
             chain = replace(chain, status="limited", duration_ms=(time.time() - started) * 1000)
             return self._done(message, chain, Reply(stopped.reply, status="limited"))
@@ -293,6 +362,8 @@ class Agent:
         if notes:
             answer = f"{answer}\n\n" + "\n".join(notes)
         files = outbox.files if status == "answered" else ()
+        # The answer arrives whole (no model is asked to stream its tokens): shown at once, before it is recorded.
+        emit(progress, AnswerText(answer))
         chain = replace(
             chain,
             answer=answer,
@@ -303,6 +374,7 @@ class Agent:
             model_calls=outcome.usage.calls,
             input_tokens=outcome.usage.input_tokens,
             output_tokens=outcome.usage.output_tokens,
+            cost=answer_cost(answered_by, outcome.usage),
             attachments=readings.records(vision) + tuple(_posted(f.name, f.media_type, f.content) for f in files),
         )
         return self._done(message, chain, Reply(answer, steps=outcome.steps, status=status, files=files))
@@ -338,25 +410,47 @@ class Agent:
         return Outcome(answer, (step, Step("", "", {}, answer, kind="conclusion")), ModelUsage())
 
     async def _reason(
-        self, message: IncomingMessage, text: str, run_id: str, readings: Readings, outbox: Outbox
+        self,
+        message: IncomingMessage,
+        text: str,
+        run_id: str,
+        readings: Readings,
+        outbox: Outbox,
+        progress: Progress | None = None,
+        *,
+        profile: ChannelProfile = DEFAULT_PROFILE,
+        paths: Sequence[tuple[ModelHandle, CircuitBreaker]] = (),
     ) -> tuple[Outcome, str, bool]:
-        """Try each model of the fallback chain under its breaker; returns the outcome, who answered and
-        whether it was shown the images (what the reply says about them depends on it)."""
+        """Try each model of the fallback chain (`paths`, the profile's) under its breaker; returns the outcome,
+        who answered and whether it was shown the images (what the reply says about them depends on it).
+
+        The agent is the profile's: offered only its allowed tools, with its instructions, in its mode; the tool
+        context carries the allowlist, so a call of any other tool is refused as one that does not exist."""
         conv = message.conversation
         memory = await context_text(self.storage, conv, text, turns=self.options.context_turns, k=self.options.facts_k)
         error_id = new_error_id()
         refused_input = False
-        tools = ToolContext(self.storage, conv, message.user, run_id, message.platform, files=outbox)
+        tools = ToolContext(
+            self.storage,
+            conv,
+            message.user,
+            run_id,
+            message.platform,
+            files=outbox,
+            progress=progress,
+            allowed=profile.tools,
+        )
+        paths = paths or self.paths
+        # Constrained steps follow the chain's first model (the embedded one needs them), as the default's do.
+        constrained = paths[0][0].constrained
         with tool_context(tools):
-            for handle, breaker in self.paths:
+            for handle, breaker in paths:
                 # What a model is given of the files depends on it: images are shown to one that takes them.
                 images = readings.images(handle.vision)
                 parts = (message.context, readings.context(handle.vision), memory)
                 context = "\n\n".join(part for part in parts if part)
-                mode, inputs = self.mode, None
-                if images:
-                    mode = self._seeing_mode()
-                    inputs = {"images": [dspy.Image(data) for data, _ in images]}
+                mode = self._module(profile, seeing=bool(images), constrained=constrained)
+                inputs = {"images": [dspy.Image(data) for data, _ in images]} if images else None
                 try:
                     async with (
                         breaker.guard(neutral=not_the_providers),

@@ -55,7 +55,7 @@ class ModelOnly:
         self.latency_s = latency_s
         self.calls = 0
 
-    async def respond(self, message: IncomingMessage) -> Exchange:
+    async def respond(self, message: IncomingMessage, **_: object) -> Exchange:
         for _ in range(MODEL_CALLS_PER_ANSWER):
             self.calls += 1
             await asyncio.sleep(self.latency_s)

@@ -7,7 +7,9 @@ reply posted with chat.postMessage), against a bare slack-bolt `AsyncApp` that p
 (tests/fakes/slack.py, its own thread on 127.0.0.1, so Slack answers at once but over real HTTP). Events go
 over 50 channels from a bounded number of concurrent clients; a run lasts from the first send until the fake
 has received one posted reply per event. Each side runs twice (fresh fake and database each time, warmed up
-first) and keeps its better run. Prints events per second for both and the ratio. Run with `make bench`.
+first) and keeps its better run. Prints events per second for both and the ratio, then how soon a person sees
+progress with streaming on and off, and the Web API calls per answer (benchmarks/slack_progress.py). Run with
+`make bench`.
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ from slack_sdk.web.async_client import AsyncWebClient
 from adapters.slack import SlackAdapter, SlackConfig
 from agent.engines import ScriptedEngine, scripted_model
 from agent.engines.scripted import echo
+from agent.ports import Handlers
 from agent.runtime import Agent, AgentOptions
 from agent.storage import open_storage
 from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner
 from benchmarks.dispatch import ModelOnly
+from benchmarks.slack_progress import report as progress_report
 from bot.dispatcher import Dispatcher, DispatchOptions, Responder
 from bot.http import build_http_app, serve
 from tests.fakes.slack import FakeSlack, event_callback_body, slack_headers
@@ -76,10 +80,10 @@ async def start_parley(
         if full_agent
         else ModelOnly(0.0)
     )
-    config = SlackConfig(bot_token=fake.bot_token, signing_secret=SECRET, api_url=fake.api_url)
-    adapter = SlackAdapter(config, storage=storage, registry=runner.registry)
+    config = SlackConfig(bot_token=fake.bot_token, signing_secret=SECRET, api_url=fake.api_url, stream=False)
+    adapter = SlackAdapter(config)
     dispatcher = Dispatcher(storage, agent, [adapter], DispatchOptions(rate_limit=None, concurrency=concurrency))
-    adapter.connect(dispatcher.submit, dispatcher.decide)
+    adapter.connect(Handlers(dispatcher.submit, dispatcher.decide))
 
     async def ready() -> dict[str, object]:
         return {"database": True}
@@ -179,10 +183,25 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent HTTP clients")
     parser.add_argument("--workers", type=int, default=16, help="Parley's dispatcher and agent concurrency")
     parser.add_argument("--rounds", type=int, default=2, help="runs per side; the better one is kept")
+    parser.add_argument("--progress-only", action="store_true", help="only first visible progress (streaming)")
+    parser.add_argument("--progress-events", type=int, default=100, help="mentions per progress run")
+    parser.add_argument("--progress-gap-ms", type=float, default=50.0, help="between the progress run's mentions")
+    parser.add_argument("--model-s", type=float, default=0.3, help="the progress runs' model latency per call")
+    parser.add_argument("--progress-channels", type=int, default=100, help="channels the progress mentions go to")
+    parser.add_argument("--progress-workers", type=int, default=32, help="Parley's concurrency in the progress runs")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     for name in QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)
+    if args.progress_only:
+        progress_report(
+            args.progress_events,
+            args.progress_gap_ms / 1000,
+            args.model_s,
+            args.progress_workers,
+            args.progress_channels,
+        )
+        return
 
     sides: dict[str, Start] = {
         "bare Bolt app": start_bare,
@@ -207,6 +226,9 @@ def main() -> None:
     ratio = parley.rate / bare.rate
     print(f"ratio Parley/bare: {ratio:.2f}  (target: >= {TARGET})  {'met' if ratio >= TARGET else 'MISSED'}")
     print("'Parley, no agent': the same path with a responder that only records the exchange (no DSPy)")
+    progress_report(
+        args.progress_events, args.progress_gap_ms / 1000, args.model_s, args.progress_workers, args.progress_channels
+    )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from agent.events import Progress
 from agent.messages import IncomingMessage, Reply
+from agent.profile import DEFAULT_PROFILE, ChannelProfile
 from agent.runtime import Exchange
 from agent.storage.base import Storage
 from agent.storage.models import Claim
@@ -17,7 +19,9 @@ from agent.storage.models import Claim
 class Responder(Protocol):
     """What answers a message: the agent, or anything with its `respond`."""
 
-    async def respond(self, message: IncomingMessage) -> Exchange: ...
+    async def respond(
+        self, message: IncomingMessage, *, profile: ChannelProfile = ..., progress: Progress | None = None
+    ) -> Exchange: ...
 
 
 async def answer(
@@ -27,10 +31,12 @@ async def answer(
     *,
     inbox_id: int | None = None,
     claim: Claim | None = None,
+    profile: ChannelProfile = DEFAULT_PROFILE,
+    progress: Progress | None = None,
 ) -> Reply:
     """The reply to `message`, recorded with its chain, turns and (given `inbox_id`) the inbox row's answer,
     under the replica's `claim` of the conversation when it has one."""
-    exchange = await responder.respond(message)
+    exchange = await responder.respond(message, profile=profile, progress=progress)
     return await storage.record_exchange(
         message.conversation, exchange.chain, exchange.reply, inbox_id=inbox_id, claim=claim
     )

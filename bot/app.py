@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from agent.approvals import ApprovalBroker, ApprovalPolicy
-from agent.engines import ModelConfig, ModelHandle, build_model
+from agent.engines import LOCAL_MODEL, ModelConfig, ModelHandle, build_model
 from agent.mcp import McpServers
+from agent.messages import IncomingMessage
 from agent.resilience import CircuitBreaker
 from agent.runtime import Agent, AgentOptions, Resilience
 from agent.storage import Storage
 from agent.storage.models import Replica
 from agent.tools.runner import ToolRunner
-from bot.config import Settings
+from bot.budgets import BudgetGuard
+from bot.channels import ChannelConfig
+from bot.config import ModelSettings, Settings
 from bot.database import open_db
 from bot.dispatcher import DispatchOptions, new_replica
 from bot.mcp import server_specs
@@ -30,6 +33,9 @@ class App:
     runner: ToolRunner
     approvals: ApprovalBroker
     mcp: McpServers
+    # Channel settings (resolved per message; shown and changed by `/parley channel` and `parley channel`).
+    channels: ChannelConfig
+    budgets: BudgetGuard
     # This process among the replicas sharing the database: the dispatcher and the scheduler record it.
     replica: Replica = field(default_factory=new_replica)
 
@@ -47,6 +53,44 @@ def model_config(settings: Settings) -> ModelConfig:
     )
 
 
+def named_model_config(settings: Settings, named: ModelSettings) -> ModelConfig:
+    """A `[models.NAME]` table over `[lm]`: each field it leaves unset is `[lm]`'s."""
+    base = model_config(settings)
+    key = named.api_key.get_secret_value() if named.api_key else None
+    return replace(
+        base,
+        model=named.model,
+        api_base=named.api_base if named.api_base is not None else base.api_base,
+        api_key=key if key is not None else base.api_key,
+        timeout_s=named.timeout_s if named.timeout_s is not None else base.timeout_s,
+        max_tokens=named.max_tokens if named.max_tokens is not None else base.max_tokens,
+        temperature=named.temperature if named.temperature is not None else base.temperature,
+        vision=named.vision if named.vision is not None else base.vision,
+    )
+
+
+def named_models(
+    settings: Settings, default: ModelHandle, fallback: ModelHandle | None = None
+) -> dict[str, ModelHandle]:
+    """The `[models.NAME]` handles. One that is configured exactly as the default (or the fallback) model is that
+    model's handle, breaker included; the embedded model is loaded once whatever names it has."""
+    default_config = model_config(settings)
+    fb_config = fallback_config(settings)
+    built: dict[ModelConfig | str, ModelHandle] = {default_config: default}
+    if fallback is not None and fb_config is not None:
+        built.setdefault(fb_config, fallback)
+    if default_config.model == LOCAL_MODEL:
+        built[LOCAL_MODEL] = default
+    handles = {}
+    for name, named in settings.models.items():
+        config = named_model_config(settings, named)
+        key: ModelConfig | str = LOCAL_MODEL if config.model == LOCAL_MODEL else config
+        if key not in built:
+            built[key] = build_model(config)
+        handles[name] = built[key]
+    return handles
+
+
 def fallback_config(settings: Settings) -> ModelConfig | None:
     fb = settings.fallback
     if not fb.model:
@@ -61,8 +105,8 @@ def fallback_config(settings: Settings) -> ModelConfig | None:
     )
 
 
-def resilience(settings: Settings, fallback: ModelHandle | None) -> Resilience:
-    """Each model behind its own breaker, then the fallback reply."""
+def resilience(settings: Settings, fallback: ModelHandle | None, models: Iterable[str] = ()) -> Resilience:
+    """Each model behind its own breaker (the named `models` too), then the fallback reply."""
     b = settings.breaker
 
     def breaker(name: str) -> CircuitBreaker:
@@ -80,6 +124,7 @@ def resilience(settings: Settings, fallback: ModelHandle | None) -> Resilience:
         breaker=breaker("primary"),
         fallback_breaker=breaker("fallback"),
         fallback_reply=settings.fallback.reply,
+        breakers={name: breaker(f"model:{name}") for name in models},
     )
 
 
@@ -140,14 +185,39 @@ async def build_app(settings: Settings, model: ModelHandle | None = None) -> Asy
                 handle = model or build_model(model_config(settings))
                 fb_config = fallback_config(settings)
                 fallback = build_model(fb_config) if fb_config else None
+                models = named_models(settings, handle, fallback)
                 agent = Agent(
                     storage,
                     handle,
                     runner,
                     agent_options(settings),
-                    resilience(settings, fallback),
+                    resilience(settings, fallback, _own_breakers(models, handle, fallback)),
                     observers=[observe_chain],
+                    models=models,
                 )
-                yield App(settings, storage, agent, runner, approvals, mcp)
+                channels = ChannelConfig(settings, storage, tool_names=lambda: [spec.name for spec in runner.registry])
+                budgets = BudgetGuard(storage.usage, is_approver=_approver_check(approvals.policy))
+                yield App(settings, storage, agent, runner, approvals, mcp, channels, budgets)
         finally:
             runner.close()
+
+
+def _own_breakers(models: dict[str, ModelHandle], default: ModelHandle, fallback: ModelHandle | None) -> list[str]:
+    """The named models that need a breaker of their own: not the default or the fallback model, and each model
+    once under its first name."""
+    seen = {id(default)} | ({id(fallback)} if fallback is not None else set())
+    names = []
+    for name, handle in models.items():
+        if id(handle) not in seen:
+            seen.add(id(handle))
+            names.append(name)
+    return names
+
+
+def _approver_check(policy: ApprovalPolicy) -> Callable[[IncomingMessage], bool]:
+    """Whether the sender of a message is an approver in its channel (budgets may exempt them)."""
+
+    def check(message: IncomingMessage) -> bool:
+        return policy.is_approver(message.platform, message.conversation.channel, message.user)
+
+    return check

@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from bot.channel_cli import channel_app
 from bot.command import fail, run_async, settings_or_exit
 from bot.db_cli import db_app
+from bot.usage_cli import usage
 
 if TYPE_CHECKING:
     from bot.config import Settings
@@ -42,6 +44,8 @@ app.add_typer(approvals_app, name="approvals")
 mcp_app = typer.Typer(help="MCP servers: connect to each and list its tools.", no_args_is_help=True)
 app.add_typer(mcp_app, name="mcp")
 app.add_typer(db_app, name="db")
+app.add_typer(channel_app, name="channel")
+app.command("usage")(usage)
 
 ChannelOpt = Annotated[str, typer.Option("--channel", "-c", help="Channel (memory key) to use.")]
 AttachOpt = Annotated[
@@ -65,6 +69,7 @@ async def _console(
 
     from adapters.console import ConsoleAdapter
     from bot.app import build_app, dispatch_options
+    from bot.commands import chat_handlers
     from bot.config import secret_values
     from bot.dispatcher import Dispatcher
     from bot.jobs import scheduled_jobs
@@ -81,12 +86,19 @@ async def _console(
         async with (
             AsyncExitStack() as stack,
             Dispatcher(
-                parley.storage, parley.agent, [console], options, parley.approvals, parley.replica
+                parley.storage,
+                parley.agent,
+                [console],
+                options,
+                parley.approvals,
+                parley.replica,
+                channels=parley.channels,
+                budgets=parley.budgets,
             ) as dispatcher,
         ):
             if scheduled:
                 await stack.enter_async_context(scheduled_jobs(parley, {console.name: console}))
-            await console.run(dispatcher.submit, dispatcher.decide)
+            await console.run(chat_handlers(parley, dispatcher))
 
 
 @app.command()
@@ -120,7 +132,7 @@ async def ask(
 ) -> None:
     """Ask one question and print the answer; files the answer posts are written to [attachments] files_dir."""
     from adapters.console import local_attachments, write_files
-    from agent.messages import IncomingMessage
+    from agent.messages import IncomingMessage, Reply
     from bot.answering import answer
     from bot.app import build_app
 
@@ -134,7 +146,13 @@ async def ask(
             is_dm=True,
             attachments=local_attachments(attach or ()),
         )
-        reply = await answer(parley.agent, parley.storage, message)
+        # The channel's settings apply as in chat (`--channel slack:T1/C2` answers as that channel would).
+        resolved = await parley.channels.resolve(message)
+        checked = await parley.budgets.check(message, resolved.budgets, resolved.profile)
+        if isinstance(checked, Reply):
+            reply = checked
+        else:
+            reply = await answer(parley.agent, parley.storage, message, profile=checked)
     written = write_files(reply, settings.attachments.files_dir)
     if as_json:
         data = reply.as_dict()
@@ -482,9 +500,7 @@ async def discord_sync(
     from dataclasses import replace
 
     from adapters.discord import DiscordAdapter
-    from bot.database import open_db
     from bot.service import discord_config
-    from bot.tools import build_registry
 
     settings = settings_or_exit()
     if not settings.discord.token:
@@ -492,13 +508,12 @@ async def discord_sync(
     config = discord_config(settings)
     if guild is not None:
         config = replace(config, command_guild=guild)
-    async with open_db(settings) as storage:
-        adapter = DiscordAdapter(config, storage=storage, registry=build_registry(settings))
-        try:
-            await adapter.login()
-            synced = await adapter.sync_commands()
-        finally:
-            await adapter.close()
+    adapter = DiscordAdapter(config)
+    try:
+        await adapter.login()
+        synced = await adapter.sync_commands()
+    finally:
+        await adapter.close()
     typer.echo(f"Synced {', '.join(synced)}" + (f" to guild {guild}" if guild else " globally"))
 
 

@@ -33,7 +33,12 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from adapters.options import DiscordConfig, SlackConfig
+from agent.approvals.models import ApprovalPolicy
 from agent.attachments.models import Limits
+from agent.options import UNAVAILABLE_REPLY, AgentOptions
+from bot.budgets import budget_text
+from bot.channels import InvalidSetting, parse_rate, scope_chain, validate_table
 
 ENV_PREFIX = "PARLEY_"
 CONFIG_ENV = "PARLEY_CONFIG"
@@ -48,6 +53,11 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "SENTRY_DSN": ("sentry", "dsn"),
 }
 
+
+# The defaults of the options the code runs with: each settings default below that has an option is read from it,
+# so a value is written once (the settings add the limits and descriptions).
+AGENT = AgentOptions()
+APPROVALS = ApprovalPolicy()
 
 # The scheduler's own jobs; `[[schedules]]` entries may not take these names.
 BUILTIN_JOBS = ("prune", "export_chains", "metrics_summary")
@@ -67,7 +77,7 @@ class LMSettings(Section):
     api_key: SecretStr | None = Field(None, description="the provider's key (or its own variable: OPENAI_API_KEY)")
     timeout_s: float = Field(60.0, gt=0, description="the wait for each response of one model call")
     max_tokens: int = Field(1024, gt=0, description="most tokens the model writes per call")
-    temperature: float = Field(0.2, ge=0, le=2, description="sampling temperature")
+    temperature: float = Field(AGENT.temperature, ge=0, le=2, description="sampling temperature")
     vision: bool | None = Field(
         None, description="the model takes images (shared pictures are shown to it); unset: as litellm knows the model"
     )
@@ -77,11 +87,22 @@ class FallbackSettings(Section):
     model: str | None = Field(None, description="a second model tried when the first fails or its breaker is open")
     api_base: str | None = Field(None, description="the fallback provider's base URL")
     api_key: SecretStr | None = Field(None, description="the fallback provider's key")
-    reply: str = Field(
-        "Sorry, I can't answer right now. Please try again in a few minutes.",
-        min_length=1,
-        description="sent (with an error id) when no model can answer",
-    )
+    reply: str = Field(UNAVAILABLE_REPLY, min_length=1, description="sent (with an error id) when no model can answer")
+
+
+NAMED_MODEL = r"^[a-z0-9_-]+$"
+
+
+class ModelSettings(Section):
+    """`[models.NAME]`: a model that channel settings can choose by name; unset fields take `[lm]`'s."""
+
+    model: str = Field(min_length=1, description="`local` or any dspy.LM id, as in [lm] model")
+    api_base: str | None = Field(None, description="the provider's base URL; unset: [lm] api_base")
+    api_key: SecretStr | None = Field(None, description="the provider's key; unset: [lm] api_key")
+    timeout_s: float | None = Field(None, gt=0, description="the wait for each response; unset: [lm] timeout_s")
+    max_tokens: int | None = Field(None, gt=0, description="most tokens written per call; unset: [lm] max_tokens")
+    temperature: float | None = Field(None, ge=0, le=2, description="sampling temperature; unset: [lm] temperature")
+    vision: bool | None = Field(None, description="the model takes images; unset: [lm] vision")
 
 
 class BreakerSettings(Section):
@@ -91,21 +112,31 @@ class BreakerSettings(Section):
 
 
 class AgentSettings(Section):
-    max_iters: int = Field(6, ge=1, le=50, description="most ReAct steps (tool calls) per answer")
+    max_iters: int = Field(AGENT.max_iters, ge=1, le=50, description="most ReAct steps (tool calls) per answer")
     mode: Literal["react", "decompose", "vote"] = Field(
-        "react", description="react; decompose (split, answer each part, combine); vote (several agents, majority)"
+        AGENT.mode, description="react; decompose (split, answer each part, combine); vote (several agents, majority)"
     )
-    max_message_chars: int = Field(8000, ge=1, description="a longer message gets a clear reply, no model call")
+    max_message_chars: int = Field(
+        AGENT.max_message_chars, ge=1, description="a longer message gets a clear reply, no model call"
+    )
     answer_timeout_s: float = Field(
-        120.0, gt=0, description="deadline for one answer per model, retries and their backoff included"
+        AGENT.answer_timeout_s,
+        gt=0,
+        description="deadline for one answer per model, retries and their backoff included",
     )
     concurrency: int = Field(
-        8, ge=1, description="messages answered at once: the dispatcher's global limit and the agent pool"
+        AGENT.concurrency,
+        ge=1,
+        description="messages answered at once: the dispatcher's global limit and the agent pool",
     )
     max_tool_output_chars: int = Field(4000, ge=100, description="longer tool output is cut before the model")
-    max_subquestions: int = Field(4, ge=2, le=10, description="decompose mode: most parts a question is split into")
-    voters: int = Field(3, ge=2, le=9, description="vote mode: agents run side by side")
-    vote_threshold: float = Field(0.5, gt=0, le=1, description="vote mode: share the majority answer needs")
+    max_subquestions: int = Field(
+        AGENT.max_subquestions, ge=2, le=10, description="decompose mode: most parts a question is split into"
+    )
+    voters: int = Field(AGENT.voters, ge=2, le=9, description="vote mode: agents run side by side")
+    vote_threshold: float = Field(
+        AGENT.vote_threshold, gt=0, le=1, description="vote mode: share the majority answer needs"
+    )
     tool_modules: list[str] = Field(default_factory=list, description="modules whose @tool functions to add")
 
 
@@ -218,8 +249,8 @@ class McpSettings(Section):
 
 class MemorySettings(Section):
     max_turns: int = Field(100, ge=1, description="turns kept per channel; older ones are deleted")
-    context_turns: int = Field(8, ge=0, description="recent turns given to the model")
-    facts_k: int = Field(5, ge=0, description="relevant facts given to the model")
+    context_turns: int = Field(AGENT.context_turns, ge=0, description="recent turns given to the model")
+    facts_k: int = Field(AGENT.facts_k, ge=0, description="relevant facts given to the model")
     fact_max_age_days: int = Field(30, ge=1, description="prune facts not touched for this long")
 
 
@@ -236,10 +267,14 @@ class ApprovalSettings(Section):
         default_factory=dict,
         description="approvers (user or role ids) of one channel (its memory key); they replace the platform's",
     )
-    allow_self_approval: bool = Field(False, description="an approver may approve a call they asked for")
-    expiry_s: float = Field(300.0, gt=0, description="a request not decided in this time is denied")
+    allow_self_approval: bool = Field(
+        APPROVALS.allow_self_approval, description="an approver may approve a call they asked for"
+    )
+    expiry_s: float = Field(APPROVALS.expiry_s, gt=0, description="a request not decided in this time is denied")
     max_waiting_per_user: int = Field(
-        3, ge=1, description="answers of one person that may wait for approvals at once; more are refused"
+        APPROVALS.max_waiting_per_user,
+        ge=1,
+        description="answers of one person that may wait for approvals at once; more are refused",
     )
     console_auto_approve: bool = Field(False, description="approve every call when the console has no terminal")
 
@@ -277,6 +312,47 @@ class DispatchSettings(Section):
         except ValueError:
             raise ValueError(f"{value!r} is not a rate such as 10/minute or 100/hour") from None
         return value.strip()
+
+
+# "50000 tokens", "$2.50" or off, kept as its canonical text.
+BudgetText = Annotated[str, AfterValidator(budget_text)]
+
+
+class BudgetSettings(Section):
+    """`[budgets]`: model use allowed per person and per channel; channel settings may override the four limits."""
+
+    user_daily: BudgetText | None = Field(None, description="each person's model use per UTC day: 50000 tokens, $2.50")
+    user_monthly: BudgetText | None = Field(None, description="each person's model use per calendar month (UTC)")
+    channel_daily: BudgetText | None = Field(None, description="a channel's model use per UTC day")
+    channel_monthly: BudgetText | None = Field(None, description="a channel's model use per calendar month (UTC)")
+    step_down: str | None = Field(
+        None, description="a [models.NAME] that answers over budget; unset: over budget gets a reply saying so"
+    )
+    exempt_approvers: bool = Field(False, description="approvers ([approvals]) are not held to the budgets")
+
+
+class ChannelTable(Section):
+    """`[channels."KEY"]`: settings of a workspace (slack:T1), a channel (slack:T1/C2, or a console channel name)
+    or a thread (slack:T1/C2/THREAD); chat's `/parley channel set` overrides them at the same scope."""
+
+    instructions: str | None = Field(None, description="added to the agent's instructions")
+    model: str | None = Field(None, description="a [models.NAME] the answers use (default: [lm])")
+    tools: list[str] | None = Field(None, description="the only tools the agent is offered and may call")
+    mode: Literal["react", "decompose", "vote"] | None = Field(None, description="how the agent reasons")
+    rate_limit: str | None = Field(
+        None, description="messages per user in this channel (replaces [dispatch] rate_limit), or off"
+    )
+    user_daily: BudgetText | None = Field(None, description="overrides [budgets] user_daily here (or off)")
+    user_monthly: BudgetText | None = Field(None, description="overrides [budgets] user_monthly here (or off)")
+    channel_daily: BudgetText | None = Field(None, description="overrides [budgets] channel_daily here (or off)")
+    channel_monthly: BudgetText | None = Field(None, description="overrides [budgets] channel_monthly here (or off)")
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return parse_rate(value) or "off"
 
 
 class AttachmentSettings(Section):
@@ -341,12 +417,21 @@ class SlackSettings(Section):
     bot_token: SecretStr | None = Field(None, description="the bot token (xoxb-...); set, it turns Slack on")
     signing_secret: SecretStr | None = Field(None, description="verifies requests to /slack/events (HTTP mode)")
     app_token: SecretStr | None = Field(None, description="with an app token, Socket Mode is used instead of HTTP")
-    api_url: str = Field("https://slack.com/api/", description="Slack's Web API (a test server, a proxy)")
-    command: str = Field("/parley", pattern=r"^/[a-z0-9_-]+$", description="the slash command's name")
-    progress_reaction: str = Field("eyes", description="the reaction on a question while it is answered")
-    progress_after_s: float = Field(1.0, ge=0, description="show the reaction only when an answer takes longer")
-    answer_edits: bool = Field(False, description="answer an edited DM as a new message")
-    assistant_status: bool = Field(False, description="also set the assistant thread status (assistant:write)")
+    api_url: str = Field(SlackConfig.api_url, description="Slack's Web API (a test server, a proxy)")
+    command: str = Field(SlackConfig.command, pattern=r"^/[a-z0-9_-]+$", description="the slash command's name")
+    progress_reaction: str = Field(
+        SlackConfig.progress_reaction, description="the reaction on a question while it is answered"
+    )
+    progress_after_s: float = Field(
+        SlackConfig.progress_after_s, ge=0, description="show the reaction only when an answer takes longer"
+    )
+    answer_edits: bool = Field(SlackConfig.answer_edits, description="answer an edited DM as a new message")
+    assistant_status: bool = Field(
+        SlackConfig.assistant_status, description="also set the assistant thread status (assistant:write)"
+    )
+    stream: bool = Field(
+        SlackConfig.stream, description="stream answers in their thread as they are produced, tool steps live"
+    )
 
     @field_validator("bot_token")
     @classmethod
@@ -371,10 +456,15 @@ class SlackSettings(Section):
 
 class DiscordSettings(Section):
     token: SecretStr | None = Field(None, description="the bot token; set, it turns Discord on")
-    api_url: str = Field("https://discord.com/api/v10", description="Discord's REST API (a test server, a proxy)")
-    gateway_url: str = Field("wss://gateway.discord.gg/", description="Discord's gateway websocket")
-    prefix: str = Field("!", max_length=5, description="prefix commands (!ask ...); empty turns them off")
+    api_url: str = Field(DiscordConfig.api_url, description="Discord's REST API (a test server, a proxy)")
+    gateway_url: str = Field(DiscordConfig.gateway_url, description="Discord's gateway websocket")
+    prefix: str = Field(
+        DiscordConfig.prefix or "", max_length=5, description="prefix commands (!ask ...); empty turns them off"
+    )
     command_guild: int | None = Field(None, description="sync slash commands to this guild only (development)")
+    stream: bool = Field(
+        DiscordConfig.stream, description="edit the reply as it is produced (about once a second), tool steps live"
+    )
     # Unsharded, the replicas elect one to hold the gateway; sharded, each runs the shards it is given.
     shard_count: int | None = Field(
         None, ge=1, description="the bot's number of shards; set, this replica runs shard_ids of them (default all)"
@@ -475,6 +565,9 @@ class RetentionSettings(Section):
     audit_days: int = Field(365, ge=1, description="the approval audit and decided approval requests")
     inbox_days: int = Field(7, ge=1, description="finished inbox rows (answered and delivered, or failed)")
     job_runs_days: int = Field(90, ge=1, description="the record of scheduled job runs")
+    usage_days: int = Field(
+        400, ge=1, description="model usage per answer (what budgets and `parley usage` count): a year of reports"
+    )
 
 
 class ExportSettings(Section):
@@ -522,12 +615,15 @@ class Settings(BaseSettings):
 
     lm: LMSettings = LMSettings()
     fallback: FallbackSettings = FallbackSettings()
+    models: dict[str, ModelSettings] = Field(default_factory=dict)
     breaker: BreakerSettings = BreakerSettings()
     agent: AgentSettings = AgentSettings()
     tools: ToolsSettings = ToolsSettings()
     memory: MemorySettings = MemorySettings()
     approvals: ApprovalSettings = ApprovalSettings()
     dispatch: DispatchSettings = DispatchSettings()
+    budgets: BudgetSettings = BudgetSettings()
+    channels: dict[str, ChannelTable] = Field(default_factory=dict)
     db: DBSettings = DBSettings()
     http: HTTPSettings = HTTPSettings()
     slack: SlackSettings = SlackSettings()
@@ -541,6 +637,41 @@ class Settings(BaseSettings):
     schedules: list[ScheduleSettings] = Field(default_factory=list)
     mcp: McpSettings = McpSettings()
     attachments: AttachmentSettings = AttachmentSettings()
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, value: dict[str, ModelSettings]) -> dict[str, ModelSettings]:
+        for name in value:
+            if not re.fullmatch(NAMED_MODEL, name):
+                raise ValueError(f"[models.{name}]: a model name is lowercase letters, digits, - and _ (e.g. fast)")
+        return value
+
+    @field_validator("budgets")
+    @classmethod
+    def _step_down(cls, value: BudgetSettings, info: ValidationInfo) -> BudgetSettings:
+        models = info.data.get("models")
+        if value.step_down is not None and models is not None and value.step_down not in models:
+            raise ValueError(f"[budgets] step_down: {_no_model(value.step_down, models)}")
+        return value
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, value: dict[str, ChannelTable], info: ValidationInfo) -> dict[str, ChannelTable]:
+        models = info.data.get("models")
+        if models is None:  # invalid themselves: that error is the one reported
+            return value
+        for scope, table in value.items():
+            try:
+                scope_chain(scope)
+            except InvalidSetting as exc:
+                raise ValueError(f"[channels.{scope!r}]: {exc.message}") from None
+            if table.model is not None and table.model not in models:
+                raise ValueError(f'[channels."{scope}"] model: {_no_model(table.model, models)}')
+            try:
+                validate_table(table.model_dump(exclude_none=True), models)
+            except ValueError as exc:
+                raise ValueError(f'[channels."{scope}"] {exc}') from None
+        return value
 
     @field_validator("schedules")
     @classmethod
@@ -576,6 +707,11 @@ class Settings(BaseSettings):
         if self.discord.token:
             found.append("discord")
         return found
+
+
+def _no_model(name: str, models: dict[str, ModelSettings]) -> str:
+    named = ", ".join(sorted(models)) or "none"
+    return f"{name!r} names no [models.{name}] (named models: {named})"
 
 
 class AliasEnvSource(PydanticBaseSettingsSource):

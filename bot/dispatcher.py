@@ -23,24 +23,30 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, replace
 from types import TracebackType
+from typing import Any
 
 import limits
 import stamina
 from structlog.contextvars import bound_contextvars
 
-from agent.approvals import ApprovalBroker, Verdict
+from agent.approvals import ApprovalBroker, Decision, Verdict
 from agent.messages import APOLOGY, IncomingMessage, Reply, new_error_id
+from agent.options import AgentOptions
 from agent.parking import Lease, held
 from agent.ports import ChatPlatform, ChecksDelivery, DeliveryError, NotAccepting, ProvidesContext, SharesFiles
 from agent.storage.base import Limits, Storage
 from agent.storage.errors import ClaimLost, StoreError, TransientStoreError
 from agent.storage.models import Claim, InboxEntry, Replica, conversation_key
 from bot.answering import Responder, answer
+from bot.budgets import BudgetGuard
+from bot.channels import ChannelResolver, Resolved
+from bot.config import DispatchSettings
 from bot.metrics import INBOX_DEPTH, observe_claim, observe_delivery
 from bot.observe import run_context
+from bot.streaming import STOPPED, Streaming, streamed
 
 log = logging.getLogger("parley.dispatcher")
 
@@ -54,21 +60,25 @@ class DispatcherClosed(NotAccepting):
     """The dispatcher is not taking messages (not started, or shutting down): do not acknowledge the platform."""
 
 
+# `[dispatch]`'s defaults: the options below take theirs from there (and the global limit from the agent's pool).
+_SETTINGS = DispatchSettings()
+
+
 @dataclass(frozen=True)
 class DispatchOptions:
-    concurrency: int = 8
+    concurrency: int = AgentOptions.concurrency
     # e.g. "10/minute" (the `limits` notation); None turns the per-user limit off.
-    rate_limit: str | None = "10/minute"
-    grace_s: float = 10.0
+    rate_limit: str | None = _SETTINGS.rate_limit
+    grace_s: float = _SETTINGS.shutdown_grace_s
     # A message whose answering was cut short this many times (a crash each time) is given up with an apology.
-    max_attempts: int = 3
-    delivery_attempts: int = 5
+    max_attempts: int = _SETTINGS.max_attempts
+    delivery_attempts: int = _SETTINGS.delivery_attempts
     delivery_timeout_s: float = 60.0
     # A replica's claim on a conversation lasts this long unless its heartbeat renews it (every third of it):
     # how soon another replica takes over the conversations of one that died.
-    claim_ttl_s: float = 10.0
+    claim_ttl_s: float = _SETTINGS.claim_ttl_s
     # How often to look for conversations nobody answers (another replica died, or its claim lapsed).
-    poll_s: float = 1.0
+    poll_s: float = _SETTINGS.poll_s
 
 
 def _retry_delivery(exc: Exception) -> bool | float:
@@ -91,10 +101,12 @@ class RateLimit:
         per = str(self.item).split(" per ", 1)[1].removeprefix("1 ")
         return f"{self.item.amount} messages per {per}"
 
-    async def wait_s(self, message: IncomingMessage) -> int | None:
-        """None when the message is within the quota (and counts it), else seconds until the window ends."""
+    async def wait_s(self, message: IncomingMessage, channel: str = "") -> int | None:
+        """None when the message is within the quota (and counts it), else seconds until the window ends. With
+        `channel` (a channel's own rate) the sender's messages are counted in that channel only."""
         now = time.time()
-        hits = await self.counters.hit(f"{message.platform}:{message.user}", window_s=self.window_s, now=now)
+        key = f"{message.platform}:{message.user}" + (f"@{channel}" if channel else "")
+        hits = await self.counters.hit(key, window_s=self.window_s, now=now)
         if hits <= self.item.amount:
             return None
         return max(1, math.ceil(now - now % self.window_s + self.window_s - now))
@@ -118,6 +130,8 @@ class Dispatcher:
         options: DispatchOptions = DispatchOptions(),
         approvals: ApprovalBroker | None = None,
         replica: Replica | None = None,
+        channels: ChannelResolver | None = None,
+        budgets: BudgetGuard | None = None,
     ) -> None:
         self.storage = storage
         self.inbox = storage.inbox
@@ -131,6 +145,10 @@ class Dispatcher:
             approvals.ports.update(self.platforms)
             approvals.owner = self.replica.id
         self.rate_limit = RateLimit(options.rate_limit, storage.limits) if options.rate_limit else None
+        # Channel settings resolve each message's profile, rate and budgets; without them every channel is alike.
+        self.channels = channels
+        self.budgets = budgets
+        self._channel_rates: dict[str, RateLimit] = {}
         # Each conversation this replica answers: its messages still to answer here, its claim, and its task.
         self._queues: dict[str, deque[InboxEntry]] = {}
         self._claims: dict[str, Claim] = {}
@@ -144,6 +162,9 @@ class Dispatcher:
         # them in: a later session must not reply to an earlier one.
         self._local: set[int] = set()
         self._failed: set[int] = set()
+        # (platform, delivery key) -> the task answering that message here, which a person's Stop cancels.
+        self._answering: dict[tuple[str, str], asyncio.Task[Reply | Exception]] = {}
+        self._stops: set[tuple[str, str]] = set()
         self._poke = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
         self._watching: contextlib.AsyncExitStack | None = None
@@ -218,23 +239,21 @@ class Dispatcher:
             self._enqueue(entry)
         return True
 
-    async def decide(
-        self,
-        request_id: str,
-        *,
-        platform: str,
-        user: str,
-        approve: bool,
-        args_hash: str,
-        always: bool = False,
-        roles: Sequence[str] = (),
-    ) -> Verdict:
+    async def decide(self, decision: Decision) -> Verdict:
         """A person's approval decision, from the adapter that showed the request (on whichever replica)."""
         if self.approvals is None:
             return Verdict(False, "approvals are not handled here")
-        return await self.approvals.decide(
-            request_id, platform=platform, user=user, approve=approve, args_hash=args_hash, always=always, roles=roles
-        )
+        return await self.approvals.decide(decision)
+
+    async def stop_answer(self, platform: str, key: str) -> bool:
+        """A person stopped the answer delivered under `key` (Slack's Stop on a streamed reply): its run is
+        cancelled, and the reply says it was stopped. False when no such answer is under way here."""
+        task = self._answering.get((platform, key))
+        if task is None or task.done():
+            return False
+        self._stops.add((platform, key))
+        task.cancel()
+        return True
 
     async def join(self) -> None:
         """Wait until every message queued here is answered and delivered."""
@@ -345,8 +364,8 @@ class Dispatcher:
     async def _conversation(self, key: str) -> None:
         """Answer one conversation's messages in order while holding its claim, then let the claim go.
 
-        Before letting go, the inbox is read again: a message another replica took in meanwhile is answered
-        here, in order, not left for the next poll."""
+        The inbox is read before each message and before letting go: a message another replica took in meanwhile
+        is answered here, in arrival order, not after later ones queued here nor left for the next poll."""
         claim: Claim | None = None
         queue = self._queues[key]
         done: set[int] = set()
@@ -360,14 +379,11 @@ class Dispatcher:
             observe_claim("taken")
             self._claims[key] = claim
             while not self._stopping:  # stopping: the message in hand is finished, the rest wait in the inbox
+                # The inbox is read before each message: an earlier message of this conversation may be there only
+                # (taken in by another replica, or while the last holder was letting go), and goes first.
+                await self._catch_up(key, done)
                 if not queue:
-                    found = [e for e in await self.inbox.unfinished_of(key) if self._ours(e)]
-                    queued = {e.id for e in queue}
-                    for entry in found:
-                        if entry.id not in done and entry.id not in queued:
-                            self._enqueue_more(key, entry)
-                    if not queue:
-                        return
+                    return
                 entry = queue.popleft()
                 try:
                     if entry.id in done:  # queued twice: taken in here while also read from the inbox
@@ -395,6 +411,21 @@ class Dispatcher:
                 self._poke.set()
             if not self._tasks:
                 self._idle.set()
+
+    async def _catch_up(self, key: str, done: set[int]) -> None:
+        """Queue the conversation's unfinished inbox messages not queued or handled here yet, the queue kept in
+        arrival (inbox id) order."""
+        queue = self._queues[key]
+        queued = {e.id for e in queue}
+        found = [e for e in await self.inbox.unfinished_of(key) if self._ours(e)]
+        fresh = [e for e in found if e.id not in done and e.id not in queued]
+        if not fresh:
+            return
+        for entry in fresh:
+            self._enqueue_more(key, entry)
+        ordered = sorted(queue, key=lambda e: e.id)
+        queue.clear()
+        queue.extend(ordered)
 
     def _enqueue_more(self, key: str, entry: InboxEntry) -> None:
         """A message found in the inbox for the conversation this task answers."""
@@ -440,45 +471,66 @@ class Dispatcher:
             return
         if entry.reply is None and entry.attempts >= self.options.max_attempts:
             entry = await self._give_up(entry, claim)
-        reply = entry.reply if entry.reply is not None else await self._answer(entry, claim)
-        await self._still_ours(claim)
-        try:
-            await self._deliver(platform, entry, reply)
-        except Exception as exc:
-            error_id = new_error_id()
-            with bound_contextvars(error_id=error_id):
-                log.error(
-                    "could not deliver the reply to %s message %d (error id %s): %s",
-                    platform.name,
-                    entry.id,
-                    error_id,
-                    exc if isinstance(exc, DeliveryError) else type(exc).__name__,
-                )
-            await self.inbox.fail(entry.id, error_id, f"delivery failed: {type(exc).__name__}", claim=claim)
-            observe_delivery(entry.message, "undelivered")
-            return
+
+        async def record(ref: str) -> None:
+            await self.inbox.streaming(entry.id, ref, claim=claim)
+
+        async with streamed(platform, entry, record) as streaming:
+            reply = entry.reply if entry.reply is not None else await self._answer(entry, claim, streaming)
+            await self._still_ours(claim)
+            try:
+                await self._deliver(platform, entry, reply, streaming)
+            except Exception as exc:
+                error_id = new_error_id()
+                with bound_contextvars(error_id=error_id):
+                    log.error(
+                        "could not deliver the reply to %s message %d (error id %s): %s",
+                        platform.name,
+                        entry.id,
+                        error_id,
+                        exc if isinstance(exc, DeliveryError) else type(exc).__name__,
+                    )
+                await self.inbox.fail(entry.id, error_id, f"delivery failed: {type(exc).__name__}", claim=claim)
+                observe_delivery(entry.message, "undelivered")
+                return
         await self.inbox.delivered(entry.id, claim=claim)
         observe_delivery(entry.message, reply.status)
 
-    async def _answer(self, entry: InboxEntry, claim: Claim) -> Reply:
-        """The reply to a message, stored in the inbox (with the exchange, when the agent answered)."""
+    async def _answer(self, entry: InboxEntry, claim: Claim, streaming: Streaming | None = None) -> Reply:
+        """The reply to a message, stored in the inbox (with the exchange, when the agent answered). A message
+        that is answered (not refused by a limit) is streamed on platforms that stream: the stream opens first."""
         attempts = await self.inbox.start(entry.id, claim=claim)
+        resolved = await self.channels.resolve(entry.message) if self.channels is not None else Resolved()
         # A message answered before (cut short by a crash, or by a replica that lost it) already counted against
         # its sender: the count is the database's, not what this replica read earlier.
-        if self.rate_limit is not None and attempts == 1:
-            wait_s = await self.rate_limit.wait_s(entry.message)
-            if wait_s is not None:
-                reply = Reply(
-                    f"You're sending messages faster than I can take them (at most "
-                    f"{self.rate_limit.description}). Please try again in {wait_s} s.",
-                    status="limited",
-                )
-                await self.inbox.answer(entry.id, reply, claim=claim)
-                return reply
+        refused = await self._rate_limited(entry.message, resolved) if attempts == 1 else None
+        # Budgets are checked before any model call: over one, the reply says so (or a cheaper model answers).
+        profile = resolved.profile
+        if refused is None and self.budgets is not None:
+            checked = await self.budgets.check(entry.message, resolved.budgets, profile)
+            refused, profile = (checked, profile) if isinstance(checked, Reply) else (None, checked)
+        if refused is not None:
+            await self.inbox.answer(entry.id, refused, claim=claim)
+            return refused
 
+        if streaming is not None:
+            await streaming.open()
         message = await self._with_context(entry.message)
+        progress = streaming.progress if streaming is not None else None
         try:
-            return await answer(self.responder, self.storage, message, inbox_id=entry.id, claim=claim)
+            return await self._stoppable(
+                entry,
+                claim,
+                answer(
+                    self.responder,
+                    self.storage,
+                    message,
+                    inbox_id=entry.id,
+                    claim=claim,
+                    profile=profile,
+                    progress=progress,
+                ),
+            )
         except ClaimLost:
             raise
         except Exception as exc:
@@ -488,6 +540,60 @@ class Dispatcher:
             reply = Reply(APOLOGY.format(error_id=error_id), status="error", error_id=error_id)
             await self.inbox.answer(entry.id, reply, error=type(exc).__name__, claim=claim)
             return reply
+
+    async def _stoppable(self, entry: InboxEntry, claim: Claim, work: Coroutine[Any, Any, Reply]) -> Reply:
+        """Run the answering in a task of its own, which `stop_answer` can cancel without touching the
+        conversation's task: a stopped answer is recorded with a reply that says so. A cancellation from outside
+        (shutdown, a lost claim) still propagates."""
+        key = (entry.message.platform, entry.delivery_key)
+
+        async def kept() -> Reply | Exception:
+            # A failure comes back as a value and is raised here, in the conversation's task, where it is
+            # handled and reported (with its error id): an exception escaping a task is reported on its own.
+            try:
+                return await work
+            except Exception as exc:
+                return exc
+
+        task = asyncio.create_task(kept(), name=f"answer:{entry.id}")
+        self._answering[key] = task
+        try:
+            result = await task
+            if isinstance(result, Exception):
+                raise result
+            return result
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if key not in self._stops or (current is not None and current.cancelling()):
+                raise
+        finally:
+            self._answering.pop(key, None)
+            self._stops.discard(key)
+        log.info("message %d was stopped by its sender", entry.id)
+        reply = Reply(STOPPED, status="stopped")
+        await self.inbox.answer(entry.id, reply, claim=claim)
+        return reply
+
+    async def _rate_limited(self, message: IncomingMessage, resolved: Resolved) -> Reply | None:
+        """The reply refusing a message over its sender's rate, or None (the message is counted). A channel's own
+        rate replaces the global one there, counted per sender and channel."""
+        rate, where = self.rate_limit, ""
+        if resolved.channel_rate:
+            rule = resolved.rate_limit
+            rate = self._channel_rates.get(rule) if rule else None
+            if rule and rate is None:
+                rate = self._channel_rates[rule] = RateLimit(rule, self.storage.limits)
+            where = message.conversation.channel
+        if rate is None:
+            return None
+        wait_s = await rate.wait_s(message, where)
+        if wait_s is None:
+            return None
+        return Reply(
+            f"You're sending messages faster than I can take them (at most {rate.description}"
+            f"{' in this channel' if where else ''}). Please try again in {wait_s} s.",
+            status="limited",
+        )
 
     async def _still_ours(self, claim: Claim) -> None:
         """Just before posting (the one step no fence guards), extend the claim; ClaimLost when another replica
@@ -544,9 +650,13 @@ class Dispatcher:
         await self.inbox.answer(
             entry.id, reply, error=f"gave up after {entry.attempts} interrupted attempts", claim=claim
         )
-        return InboxEntry(entry.id, entry.message, entry.state, entry.attempts, reply)
+        return replace(entry, reply=reply)
 
-    async def _deliver(self, platform: ChatPlatform, entry: InboxEntry, reply: Reply) -> None:
+    async def _deliver(
+        self, platform: ChatPlatform, entry: InboxEntry, reply: Reply, streaming: Streaming | None = None
+    ) -> None:
+        if streaming is not None and await streaming.deliver(reply):
+            return
         retrying = stamina.retry_context(
             on=_retry_delivery,
             attempts=self.options.delivery_attempts,

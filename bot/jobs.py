@@ -58,6 +58,7 @@ async def prune(
             job_runs_before=now - retention.job_runs_days * DAY,
             audit_before=now - retention.audit_days * DAY,
             keep_unexported_of=EXPORT_JOB if export_enabled else None,
+            usage_before=now - retention.usage_days * DAY,
         )
     )
     return "pruned " + ", ".join(f"{n} {what}" for what, n in counts.items())
@@ -323,7 +324,7 @@ def job_deps(parley: App, posters: Mapping[str, Poster]) -> JobDeps:
         storage=parley.storage,
         redactor=Redactor(secret_values(parley.settings)),
         posters=posters,
-        breakers=lambda: [breaker for _, breaker in parley.agent.paths],
+        breakers=lambda: [breaker for _, breaker in parley.agent.all_paths],
         agent=parley.agent,
     )
 

@@ -37,6 +37,10 @@ MODEL_CALLS = Counter("parley_model_calls", "Model calls of recorded answers, by
 MODEL_TOKENS = Counter(
     "parley_model_tokens", "Model tokens, by model and direction (input, output).", ["model", "direction"]
 )
+# Only answers whose model has a known price add to it; a model that runs in process adds 0.
+MODEL_COST = Counter(
+    "parley_model_cost_usd", "What model calls cost in USD, by model, where the price is known.", ["model"]
+)
 MODEL_SECONDS = Histogram(
     "parley_model_call_seconds", "Duration of one model call.", ["model"], buckets=LATENCY_BUCKETS
 )
@@ -68,9 +72,11 @@ def observe_claim(outcome: str) -> None:
 
 
 def observe_chain(message: IncomingMessage, chain: ChainRecord) -> None:
-    """The agent's observer: model calls, tokens and per-call latency of each recorded answer."""
+    """The agent's observer: model calls, tokens, cost and per-call latency of each recorded answer."""
     if chain.model_calls:
         MODEL_CALLS.labels(chain.model).inc(chain.model_calls)
+    if chain.cost is not None:
+        MODEL_COST.labels(chain.model).inc(chain.cost)
     for direction, tokens in (("input", chain.input_tokens), ("output", chain.output_tokens)):
         if tokens:
             MODEL_TOKENS.labels(chain.model, direction).inc(tokens)

@@ -12,6 +12,7 @@ from adapters.discord import DiscordAdapter, DiscordConfig
 from adapters.slack import SlackAdapter, SlackConfig
 from agent.ports import ChatPlatform, Poster, ReportsConnection, SharesGateway
 from bot.app import App, build_app, dispatch_options
+from bot.commands import chat_handlers
 from bot.config import Settings, secret_values
 from bot.dispatcher import Dispatcher
 from bot.http import build_http_app, serve
@@ -35,6 +36,7 @@ def slack_config(settings: Settings) -> SlackConfig:
         progress_after_s=s.progress_after_s,
         answer_edits=s.answer_edits,
         assistant_status=s.assistant_status,
+        stream=s.stream,
     )
 
 
@@ -50,6 +52,7 @@ def discord_config(settings: Settings) -> DiscordConfig:
         command_state=settings.db.path.parent / "discord-commands.sha256",
         shard_count=d.shard_count,
         shard_ids=tuple(d.shard_ids) if d.shard_ids is not None else None,
+        stream=d.stream,
     )
 
 
@@ -86,7 +89,7 @@ async def readiness(
     if parley.settings.scheduler.enabled:
         running = scheduler is not None and scheduler.running
         checks["scheduler"] = {"ok": running, "running": running}
-    for model, breaker in parley.agent.paths:
+    for model, breaker in parley.agent.all_paths:
         checks[f"model:{model.name}"] = {"ok": breaker.state.value != "open", "breaker": breaker.state.value}
     for server in parley.mcp.statuses():
         check: dict[str, object] = {"ok": server.ok or not server.required, "state": server.state.value}
@@ -105,12 +108,10 @@ async def posting_platforms(parley: App) -> AsyncIterator[dict[str, Poster]]:
     slack = discord_bot = None
     try:
         if settings.slack.bot_token:
-            slack = SlackAdapter(slack_config(settings), storage=parley.storage, registry=parley.runner.registry)
+            slack = SlackAdapter(slack_config(settings))
             posters["slack"] = slack
         if settings.discord.token:
-            discord_bot = DiscordAdapter(
-                discord_config(settings), storage=parley.storage, registry=parley.runner.registry
-            )
+            discord_bot = DiscordAdapter(discord_config(settings))
             posters["discord"] = discord_bot
             await discord_bot.login()
         yield posters
@@ -128,18 +129,21 @@ async def serve_platforms(settings: Settings) -> None:
         platforms: list[ChatPlatform] = []
         slack: SlackAdapter | None = None
         if settings.slack.bot_token:
-            slack = SlackAdapter(slack_config(settings), storage=parley.storage, registry=parley.runner.registry)
+            slack = SlackAdapter(slack_config(settings))
             platforms.append(slack)
         discord_bot: DiscordAdapter | None = None
         if settings.discord.token:
-            registry = parley.runner.registry
-            elected = parley.storage.leadership
-            discord_bot = DiscordAdapter(
-                discord_config(settings), storage=parley.storage, registry=registry, leadership=elected
-            )
+            discord_bot = DiscordAdapter(discord_config(settings), leadership=parley.storage.leadership)
             platforms.append(discord_bot)
         dispatcher = Dispatcher(
-            parley.storage, parley.agent, platforms, dispatch_options(settings), parley.approvals, parley.replica
+            parley.storage,
+            parley.agent,
+            platforms,
+            dispatch_options(settings),
+            parley.approvals,
+            parley.replica,
+            channels=parley.channels,
+            budgets=parley.budgets,
         )
         # One name for this replica wherever it shows: its claims, and who leads in /readyz and pg_stat_activity.
         parley.storage.leadership.identity = dispatcher.replica.id
@@ -157,12 +161,13 @@ async def serve_platforms(settings: Settings) -> None:
                 raise
         async with dispatcher:
             runner = None
+            handlers = chat_handlers(parley, dispatcher)
             try:
                 if slack is not None:
-                    slack.connect(dispatcher.submit, dispatcher.decide)
+                    slack.connect(handlers)
                     await slack.start()
                 if discord_bot is not None:
-                    discord_bot.connect(dispatcher.submit, dispatcher.decide)
+                    discord_bot.connect(handlers)
                     await discord_bot.start()
                 async with scheduled_jobs(parley, {p.name: p for p in platforms if isinstance(p, Poster)}) as jobs:
                     scheduler = jobs

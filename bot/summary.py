@@ -11,9 +11,13 @@ from datetime import UTC, datetime
 
 from agent.resilience import CircuitBreaker
 from agent.storage.base import Storage
+from agent.storage.models import UsageTotal
+from bot.usage import usd
 
 # Reply statuses (agent/messages.py) that count as a failure to answer.
 FAILED = ("error",)
+# The heaviest users and channels the summary names, by tokens.
+TOP = 3
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,8 @@ class Summary:
     tools: dict[str, ToolUse] = field(default_factory=dict)
     approvals: dict[str, int] = field(default_factory=dict)
     breaker_changes: dict[str, int] = field(default_factory=dict)
+    top_users: tuple[UsageTotal, ...] = ()
+    top_channels: tuple[UsageTotal, ...] = ()
 
     @property
     def answered(self) -> int:
@@ -81,6 +87,8 @@ async def summarise(storage: Storage, since: float, until: float, breakers: Iter
         tools={tool: ToolUse(calls, failed) for tool, (calls, failed) in counts.tools.items()},
         approvals={"requested": sum(counts.approvals.values()), **counts.approvals},
         breaker_changes=dict(sorted(changes.items())),
+        top_users=tuple(await storage.usage.totals(since=since, until=until, by="user", limit=TOP)),
+        top_channels=tuple(await storage.usage.totals(since=since, until=until, by="channel", limit=TOP)),
     )
 
 
@@ -90,6 +98,12 @@ def _time(ts: float) -> str:
 
 def _seconds(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f} s"
+
+
+def _heaviest(totals: Iterable[UsageTotal]) -> str:
+    """`key N tokens ($cost)` for each, the cost left out where it is unknown."""
+    parts = [f"{t.key} {t.tokens:,} tokens" + (f" ({usd(t.cost)})" if t.cost is not None else "") for t in totals]
+    return ", ".join(parts) or "none"
 
 
 def render(s: Summary) -> str:
@@ -106,6 +120,8 @@ def render(s: Summary) -> str:
             f"{s.fallback} fallback replies{other_text}",
             f"- Latency: p50 {_seconds(s.p50_s)}, p95 {_seconds(s.p95_s)}",
             f"- Model: {s.model_calls} calls, {s.input_tokens} tokens in, {s.output_tokens} out",
+            f"- Top users: {_heaviest(s.top_users)}",
+            f"- Top channels: {_heaviest(s.top_channels)}",
             f"- Tools: {tools}",
             f"- Approvals: {a.get('requested', 0)} requested, {a.get('approved', 0)} granted, "
             f"{a.get('denied', 0)} denied, {a.get('expired', 0)} expired",

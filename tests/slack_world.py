@@ -18,10 +18,12 @@ from adapters.slack import SlackAdapter, SlackConfig
 from agent.approvals import ApprovalBroker, ApprovalPolicy
 from agent.engines import ScriptedEngine, scripted_model
 from agent.engines.scripted import echo, request_text
+from agent.ports import Handlers
 from agent.runtime import Agent, AgentOptions
 from agent.storage import Storage
 from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner
 from agent.tools.registry import tool
+from bot.commands import ChatCommands
 from bot.dispatcher import Dispatcher, DispatchOptions
 from bot.http import build_http_app, serve
 from tests.fakes.slack import FakeSlack, block_actions_body, event_callback_body, slack_headers
@@ -122,12 +124,17 @@ async def world(
     engine = ScriptedEngine(responder=model, delay_s=delay)
     agent = Agent(storage, scripted_model(engine), runner, AgentOptions(max_iters=3, concurrency=concurrency))
     config = SlackConfig(
-        bot_token="xoxb-test", signing_secret=SECRET, api_url=fake.api_url, progress_after_s=0.2, **options
+        bot_token="xoxb-test",
+        signing_secret=SECRET,
+        api_url=fake.api_url,
+        progress_after_s=0.2,
+        **{"stream": False, **options},
     )
-    adapter = SlackAdapter(config, storage=storage, registry=runner.registry)
+    adapter = SlackAdapter(config)
     dispatch = DispatchOptions(rate_limit=None, concurrency=concurrency)
     dispatcher = Dispatcher(storage, agent, [adapter], dispatch, broker)
-    adapter.connect(dispatcher.submit, dispatcher.decide)
+    commands = ChatCommands(storage, runner.registry, dispatcher.submit, broker.policy)
+    adapter.connect(Handlers(dispatcher.submit, dispatcher.decide, commands, dispatcher.stop_answer))
     await adapter.start()
 
     async def ready() -> dict[str, object]:

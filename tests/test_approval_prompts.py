@@ -21,6 +21,7 @@ from agent.approvals import (
     ApprovalPolicy,
     ApprovalRequest,
     ApprovalState,
+    Decision,
     PromptLocation,
     args_hash,
 )
@@ -118,9 +119,7 @@ async def test_each_settlement_updates_the_prompt_where_it_was_posted(
     stored = await broker.store.get(request.id)
     assert stored is not None and stored.prompt == PromptLocation("test", "test:ops", "prompt-1")
     if ending in ("approve", "deny"):
-        await broker.decide(
-            request.id, platform="test", user="boss", approve=ending == "approve", args_hash=request.args_hash
-        )
+        await broker.decide(Decision(request.id, "test", "boss", ending == "approve", request.args_hash))
     elif ending == "cancel":  # the answer is given up (a shutdown)
         asked.cancel()
     results = await asyncio.gather(asked, return_exceptions=True)
@@ -140,7 +139,7 @@ async def test_a_decision_landing_before_the_location_is_stored_still_updates_th
 
         async def request_approval(self, request: ApprovalRequest) -> PromptLocation:
             location = await super().request_approval(request)
-            await broker.decide(request.id, platform="test", user="boss", approve=True, args_hash=request.args_hash)
+            await broker.decide(Decision(request.id, "test", "boss", True, request.args_hash))
             return location
 
     platform = Hasty("test")
@@ -157,7 +156,7 @@ async def test_a_prompt_whose_update_failed_is_updated_at_the_next_start(storage
     broker = broker_on(storage, platform)
     asked = asyncio.create_task(broker.check(asking(storage), spec))
     request = await until_asked(platform)
-    await broker.decide(request.id, platform="test", user="boss", approve=False, args_hash=request.args_hash)
+    await broker.decide(Decision(request.id, "test", "boss", False, request.args_hash))
     with pytest.raises(ToolRefused):
         await asked
     assert platform.settled == [] and [r.id for r in await broker.store.open_prompts()] == [request.id]
@@ -295,9 +294,9 @@ async def test_every_settlement_takes_the_buttons_off_the_slack_prompt(
 async def test_a_restart_takes_the_buttons_off_a_slack_prompt_left_by_an_earlier_process(
     storage: Storage, fake: FakeSlack, agent: Agent
 ) -> None:
-    config = SlackConfig(bot_token="xoxb-test", signing_secret="s", api_url=fake.api_url)
+    config = SlackConfig(bot_token="xoxb-test", signing_secret="s", api_url=fake.api_url, stream=False)
     request = request_for("slack", "slack:T1/C1", thread="1701.9", args={"service": "api"})
-    earlier = SlackAdapter(config, storage=storage, registry=ToolRegistry.of())
+    earlier = SlackAdapter(config)
     approvals = storage.approvals
     await approvals.create(request)
     location = await earlier.request_approval(request)
@@ -306,7 +305,7 @@ async def test_a_restart_takes_the_buttons_off_a_slack_prompt_left_by_an_earlier
     [before] = [m for m in fake.messages("C1") if m["ts"] == location.message]
     assert "actions" in [b["type"] for b in before["blocks"]]
 
-    adapter = SlackAdapter(config, storage=storage, registry=ToolRegistry.of())
+    adapter = SlackAdapter(config)
     broker = ApprovalBroker(approvals, ApprovalPolicy())
     async with Dispatcher(storage, agent, [adapter], DispatchOptions(rate_limit=None), broker):
         pass
@@ -326,8 +325,10 @@ def discord_fake() -> Iterator[FakeDiscord]:
 
 
 def discord_adapter(fake: FakeDiscord, storage: Storage) -> DiscordAdapter:
-    config = DiscordConfig(token=fake.token, api_url=fake.api_url, gateway_url=fake.gateway_url, ready_timeout_s=0.05)
-    return DiscordAdapter(config, storage=storage, registry=ToolRegistry.of())
+    config = DiscordConfig(
+        token=fake.token, api_url=fake.api_url, gateway_url=fake.gateway_url, ready_timeout_s=0.05, stream=False
+    )
+    return DiscordAdapter(config)
 
 
 @pytest.fixture

@@ -19,11 +19,13 @@ from agent.approvals import (
     ApprovalPolicy,
     ApprovalRequest,
     ApprovalState,
+    Decision,
     args_hash,
 )
 from agent.engines import ScriptedEngine, scripted_model
 from agent.engines.scripted import request_text
 from agent.messages import IncomingMessage
+from agent.ports import Handlers
 from agent.runtime import Agent, AgentOptions
 from agent.storage import Storage
 from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner
@@ -122,9 +124,7 @@ async def world(storage: Storage, policy: ApprovalPolicy, level: Policy) -> Asyn
 def decides(world: World, user: str, *, approve: bool = True, always: bool = False, after_s: float = 0.0) -> Person:
     async def act(request: ApprovalRequest) -> None:
         await asyncio.sleep(after_s)
-        await world.dispatcher.decide(
-            request.id, platform="slack", user=user, approve=approve, args_hash=request.args_hash, always=always
-        )
+        await world.dispatcher.decide(Decision(request.id, "slack", user, approve, request.args_hash, always=always))
 
     return act
 
@@ -220,22 +220,12 @@ async def test_a_decision_for_other_arguments_a_forged_id_or_a_replay_is_refused
     async def attacker(request: ApprovalRequest) -> None:
         decide = world.dispatcher.decide
         forged_hash = request.args_hash.replace(request.args_hash[0], "0" if request.args_hash[0] != "0" else "1")
-        verdicts.append(await decide(request.id, platform="slack", user="boss", approve=True, args_hash=forged_hash))
-        verdicts.append(
-            await decide(
-                "forged-" + request.id, platform="slack", user="boss", approve=True, args_hash=request.args_hash
-            )
-        )
-        verdicts.append(
-            await decide(request.id, platform="discord", user="boss", approve=True, args_hash=request.args_hash)
-        )
-        verdicts.append(
-            await decide(request.id, platform="slack", user="boss", approve=False, args_hash=request.args_hash)
-        )
+        verdicts.append(await decide(Decision(request.id, "slack", "boss", True, forged_hash)))
+        verdicts.append(await decide(Decision("forged-" + request.id, "slack", "boss", True, request.args_hash)))
+        verdicts.append(await decide(Decision(request.id, "discord", "boss", True, request.args_hash)))
+        verdicts.append(await decide(Decision(request.id, "slack", "boss", False, request.args_hash)))
         # Replaying the same (now spent) decision, or flipping it, changes nothing.
-        verdicts.append(
-            await decide(request.id, platform="slack", user="deputy", approve=True, args_hash=request.args_hash)
-        )
+        verdicts.append(await decide(Decision(request.id, "slack", "deputy", True, request.args_hash)))
 
     world.people.append(attacker)
     await world.ask("please deploy api")
@@ -254,11 +244,7 @@ async def test_a_decision_after_expiry_is_refused(world: World) -> None:
 
     async def slowpoke(request: ApprovalRequest) -> None:
         await asyncio.sleep(POLICY.expiry_s + 0.2)
-        late.append(
-            await world.dispatcher.decide(
-                request.id, platform="slack", user="boss", approve=True, args_hash=request.args_hash
-            )
-        )
+        late.append(await world.dispatcher.decide(Decision(request.id, "slack", "boss", True, request.args_hash)))
 
     world.people.append(slowpoke)
     reply = await world.ask("please deploy api")
@@ -274,8 +260,8 @@ async def test_two_decisions_at_once_exactly_one_wins(world: World) -> None:
         decide = world.dispatcher.decide
         verdicts.extend(
             await asyncio.gather(
-                decide(request.id, platform="slack", user="boss", approve=True, args_hash=request.args_hash),
-                decide(request.id, platform="slack", user="deputy", approve=False, args_hash=request.args_hash),
+                decide(Decision(request.id, "slack", "boss", True, request.args_hash)),
+                decide(Decision(request.id, "slack", "deputy", False, request.args_hash)),
             )
         )
 
@@ -355,7 +341,7 @@ async def test_the_answer_deadline_does_not_count_time_waiting_for_a_person(stor
 
     async def slow_boss(request: ApprovalRequest) -> None:
         await asyncio.sleep(0.6)
-        await broker.decide(request.id, platform="slack", user="boss", approve=True, args_hash=request.args_hash)
+        await broker.decide(Decision(request.id, "slack", "boss", True, request.args_hash))
 
     platform = RecordingPlatform("slack", on_approval=slow_boss)
     async with Dispatcher(storage, agent, [platform], DispatchOptions(), broker) as d:
@@ -378,7 +364,7 @@ def restart_parts(
 
 def boss_of(broker_ref: list[ApprovalBroker]) -> Person:
     async def boss(request: ApprovalRequest) -> None:
-        await broker_ref[0].decide(request.id, platform="slack", user="boss", approve=True, args_hash=request.args_hash)
+        await broker_ref[0].decide(Decision(request.id, "slack", "boss", True, request.args_hash))
 
     return boss
 
@@ -412,7 +398,7 @@ async def test_a_crash_leaves_a_pending_request_that_the_restart_expires_and_ask
     ref.append(broker)
     async with dispatcher:
         await dispatcher.join()
-        stale = await dispatcher.decide(old.id, platform="slack", user="boss", approve=True, args_hash=old.args_hash)
+        stale = await dispatcher.decide(Decision(old.id, "slack", "boss", True, old.args_hash))
     runner.close()
     assert not stale.accepted and stale.reason == "this request was already expired"
     assert deployed == ["api"]  # once, through the new request
@@ -441,7 +427,7 @@ async def test_a_shutdown_while_waiting_expires_the_request_and_the_next_start_a
     second_broker, second_platform, second, runner = restart_parts(storage, deployed, boss_of(ref))
     ref.append(second_broker)
     async with second:
-        late = await second.decide(old.id, platform="slack", user="boss", approve=True, args_hash=old.args_hash)
+        late = await second.decide(Decision(old.id, "slack", "boss", True, old.args_hash))
         await second.join()
     runner.close()
     assert not late.accepted
@@ -487,7 +473,7 @@ async def test_the_console_asks_on_a_terminal(
     out = Terminal()
     console = ConsoleAdapter(channel="ops", user="me", stdin=Terminal(f"deploy api\n{answer}\n"), stdout=out)
     async with Dispatcher(storage, agent, [console], DispatchOptions(rate_limit=None), broker) as d:
-        await console.run(d.submit, d.decide)
+        await console.run(Handlers(d.submit, d.decide))
     assert deployed == (["api"] if runs else [])
     assert "I want to run deploy(service='api'). Allow it?" in out.getvalue()
 
@@ -500,7 +486,7 @@ async def test_the_console_without_a_terminal_denies_unless_auto_approve_is_set(
     out = io.StringIO()
     console = ConsoleAdapter(channel="ops", stdin=io.StringIO("deploy api\n"), stdout=out, auto_approve=auto_approve)
     async with Dispatcher(storage, agent, [console], DispatchOptions(rate_limit=None), broker) as d:
-        await console.run(d.submit, d.decide)
+        await console.run(Handlers(d.submit, d.decide))
     assert deployed == (["api"] if auto_approve else [])
     assert len(out.getvalue().splitlines()) == 1  # still one answer per input line
 

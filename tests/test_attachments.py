@@ -26,6 +26,7 @@ from agent.attachments.reader import read_attachments
 from agent.engines import ScriptedEngine, scripted_model
 from agent.engines.scripted import request_images, request_text
 from agent.messages import IncomingMessage, Reply
+from agent.ports import Handlers
 from agent.runtime import Agent, AgentOptions
 from agent.storage import Storage
 from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner
@@ -97,10 +98,12 @@ def vision(request: pytest.FixtureRequest) -> bool:
 @pytest.fixture
 async def slack(storage: Storage, fake: FakeSlack, items_db: Path, vision: bool) -> AsyncIterator[SlackFiles]:
     agent, runner, engine = make_agent(storage, items_db, vision=vision)
-    config = SlackConfig(bot_token="xoxb-test", signing_secret=SECRET, api_url=fake.api_url, progress_after_s=5)
-    adapter = SlackAdapter(config, storage=storage, registry=runner.registry)
+    config = SlackConfig(
+        bot_token="xoxb-test", signing_secret=SECRET, api_url=fake.api_url, progress_after_s=5, stream=False
+    )
+    adapter = SlackAdapter(config)
     dispatcher = Dispatcher(storage, agent, [adapter], DispatchOptions(rate_limit=None))
-    adapter.connect(dispatcher.submit, dispatcher.decide)
+    adapter.connect(Handlers(dispatcher.submit, dispatcher.decide))
     await adapter.start()
 
     async def ready() -> dict[str, object]:
@@ -280,11 +283,11 @@ async def discord_world(storage: Storage, items_db: Path) -> AsyncIterator[Disco
     with FakeDiscord(channel_ids=(CHANNEL,)) as fake:
         agent, runner, engine = make_agent(storage, items_db, vision=False)
         config = DiscordConfig(
-            token=fake.token, api_url=fake.api_url, gateway_url=fake.gateway_url, ready_timeout_s=0.05
+            token=fake.token, api_url=fake.api_url, gateway_url=fake.gateway_url, ready_timeout_s=0.05, stream=False
         )
-        adapter = DiscordAdapter(config, storage=storage, registry=runner.registry)
+        adapter = DiscordAdapter(config)
         dispatcher = Dispatcher(storage, agent, [adapter], DispatchOptions(rate_limit=None))
-        adapter.connect(dispatcher.submit, dispatcher.decide)
+        adapter.connect(Handlers(dispatcher.submit, dispatcher.decide))
         async with dispatcher:
             await adapter.start()
             yield DiscordFiles(fake, adapter, dispatcher, engine)
@@ -492,7 +495,7 @@ async def test_console_shares_attached_files_and_writes_files_a_reply_posts(
         files_dir=tmp_path / "out",
     )
     async with Dispatcher(storage, agent, [console], DispatchOptions(rate_limit=None)) as dispatcher:
-        await console.run(dispatcher.submit, dispatcher.decide)
+        await console.run(Handlers(dispatcher.submit, dispatcher.decide))
         await dispatcher.join()
     runner.close()
     assert "The launch is planned for March 3." in request_text(engine.requests[0])

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.commands import COMMANDS
 from agent.storage import open_storage
 from tests.conftest import ENGINES
 from tests.fakes.openai_server import FakeOpenAI
@@ -294,11 +295,12 @@ def test_run_serves_slack_over_http_with_health_and_metrics(
             )
             with urllib.request.urlopen(request, timeout=10) as answer:
                 assert answer.status == 200
-            while not slack.posted():
+            # Streamed by default (PARLEY_SLACK__STREAM): the answer ends the stream in the mention's thread.
+            while not [s for s in slack.streams("C9") if s["state"] == "stopped"]:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
-            [post] = slack.posted()
-            assert (post["channel"], post["thread_ts"], post["text"]) == ("C9", "1.5", "42")
+            [stream] = slack.streams("C9")
+            assert (stream["thread_ts"], stream["text"]) == ("1.5", "42") and slack.posted() == []
             with urllib.request.urlopen(f"{base}/readyz", timeout=5) as ready:
                 assert json.load(ready)["ready"] is True
             with urllib.request.urlopen(f"{base}/metrics", timeout=5) as metrics:
@@ -346,7 +348,7 @@ def test_run_serves_discord_and_discord_sync_registers_commands(
         )
         synced = parley(["discord", "sync", "--guild", discord.guild_id], env, timeout=60)
         assert synced.returncode == 0, synced.stderr
-        assert synced.stdout.strip() == f"Synced ask, facts, forget, tools, help to guild {discord.guild_id}"
+        assert synced.stdout.strip() == f"Synced {', '.join(COMMANDS)} to guild {discord.guild_id}"
 
         proc = subprocess.Popen([*PARLEY, "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
@@ -357,10 +359,10 @@ def test_run_serves_discord_and_discord_sync_registers_commands(
                 time.sleep(0.05)
             channel = discord.channel_ids[0]
             discord.message_create(f"<@{discord.bot_user_id}> what is 6*7?", mentions_bot=True)
-            while not discord.messages(channel):
+            # Streamed by default (PARLEY_DISCORD__STREAM): one message, edited until it shows the answer.
+            while [m["content"] for m in discord.messages(channel)] != ["42"]:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
-            assert discord.messages(channel)[0]["content"] == "42"
             while len(discord.command_syncs) < 2:  # after on_ready, the changed command set is synced
                 assert time.monotonic() < deadline
                 time.sleep(0.05)

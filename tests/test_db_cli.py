@@ -48,8 +48,8 @@ def message(text: str, event: str, thread: str = "") -> IncomingMessage:
 
 async def use_the_bot(path: Path) -> None:
     """Rows in every table, the way the bot writes them: answers with tool calls through the inbox (turns,
-    facts, chains and their steps, tool executions), then an approval settled and granted, a job run and its
-    mark, and a working note."""
+    facts, chains and their steps, tool executions, usage), then an approval settled and granted, a job run and
+    its mark, a working note, and channel settings changed."""
     storage = await open_storage(path=path)
     engine = ScriptedEngine(
         [
@@ -102,6 +102,9 @@ async def use_the_bot(path: Path) -> None:
         assert await storage.jobs.claim("prune", "2026-01-05T03:00", started_at=now)
         await storage.jobs.finish("prune", "2026-01-05T03:00", "ok", finished_at=now + 1, detail="deleted 0 rows")
         await storage.jobs.set_mark("export_chains", "last_id", "2")
+        await storage.channel_settings.set(CHANNEL, "model", "fast", actor="slack:U2", now=now)
+        await storage.channel_settings.set(CHANNEL, "instructions", "answer in French", actor="slack:U2", now=now)
+        await storage.channel_settings.reset(CHANNEL, "model", actor="slack:U2", now=now + 1)
     finally:
         runner.close()
         await storage.close()
@@ -207,6 +210,9 @@ async def read_back(storage: Storage) -> dict[str, Any]:
         "grants": await storage.approvals.grants(),
         "runs": await storage.jobs.runs("prune"),
         "mark": await storage.jobs.mark("export_chains", "last_id"),
+        "settings": await storage.channel_settings.values([CHANNEL]),
+        "setting changes": await storage.channel_settings.history(),
+        "usage": await storage.usage.totals(since=0.0, by="model"),
     }
 
 

@@ -14,8 +14,10 @@ from dspy.lm15 import Request
 
 from adapters.discord import DiscordAdapter, DiscordConfig, DiscordUnavailable
 from agent.approvals import ApprovalBroker, ApprovalPolicy
+from agent.commands import COMMANDS
 from agent.engines import ScriptedEngine, scripted_model
 from agent.engines.scripted import echo, request_text
+from agent.ports import Handlers
 from agent.runtime import Agent, AgentOptions
 from agent.storage import Storage
 from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner
@@ -77,11 +79,15 @@ def build(
     engine = ScriptedEngine(responder=model)
     agent = Agent(storage, scripted_model(engine), runner, AgentOptions(max_iters=3))
     config = DiscordConfig(
-        token=fake.token, api_url=fake.api_url, gateway_url=fake.gateway_url, ready_timeout_s=0.05, **options
+        token=fake.token,
+        api_url=fake.api_url,
+        gateway_url=fake.gateway_url,
+        ready_timeout_s=0.05,
+        **{"stream": False, **options},
     )
-    adapter = DiscordAdapter(config, storage=storage, registry=runner.registry)
+    adapter = DiscordAdapter(config)
     dispatcher = Dispatcher(storage, agent, [adapter], DispatchOptions(rate_limit=None), broker)
-    adapter.connect(dispatcher.submit, dispatcher.decide)
+    adapter.connect(Handlers(dispatcher.submit, dispatcher.decide))
     return adapter, dispatcher, engine
 
 
@@ -148,15 +154,6 @@ async def test_a_rate_limited_post_is_retried(world: World) -> None:
     [reply] = await world.answered(1)
     assert reply["content"] == "re: patience"
     assert len(world.fake.requests_to("POST /channels/{id}/messages")) == 2
-
-
-async def test_ask_is_deferred_then_answered_by_follow_up(world: World) -> None:
-    assert set(await world.adapter.sync_commands()) == {"ask", "facts", "forget", "tools", "help"}
-    world.fake.interaction_create_command("ask", {"question": "what is slow?"}, user_id="6000")
-    await world.fake.wait_for_followups(1)
-    await world.dispatcher.join()
-    assert [c.type for c in world.fake.interaction_callbacks] == [5]  # deferred at once
-    assert world.fake.followups[0].json["content"] == "re: what is slow?"
 
 
 async def test_approval_buttons_by_approver_non_approver_and_twice(world: World) -> None:
@@ -234,7 +231,7 @@ async def test_commands_are_synced_only_when_they_change(storage: Storage, fake:
     assert [s.guild_id for s in fake.command_syncs] == [None]
     await start_and_stop(command_guild=int(fake.guild_id))  # the development guild is a change
     assert [s.guild_id for s in fake.command_syncs] == [None, fake.guild_id]
-    assert {c["name"] for c in fake.command_syncs[-1].commands} == {"ask", "facts", "forget", "tools", "help"}
+    assert {c["name"] for c in fake.command_syncs[-1].commands} == set(COMMANDS)
 
 
 async def test_a_member_with_an_approver_role_can_approve(storage: Storage, fake: FakeDiscord) -> None:

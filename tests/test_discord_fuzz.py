@@ -34,6 +34,7 @@ from adapters.discord_edge import DiscordMessage, GuardedParser
 from agent.engines import ScriptedEngine, scripted_model
 from agent.engines.scripted import echo
 from bot.app import App, build_app
+from bot.commands import chat_handlers
 from bot.config import Settings
 from bot.dispatcher import Dispatcher, DispatchOptions
 from bot.http import build_http_app, serve
@@ -89,11 +90,12 @@ async def world(parley: App, fake: FakeDiscord) -> AsyncIterator[World]:
         gateway_url=fake.gateway_url,
         ready_timeout_s=0.05,
         reconnect_delay_s=0.2,
+        stream=False,
     )
-    adapter = DiscordAdapter(config, storage=parley.storage, registry=parley.runner.registry)
+    adapter = DiscordAdapter(config)
     options = DispatchOptions(rate_limit=None)
     async with Dispatcher(parley.storage, parley.agent, [adapter], options, parley.approvals) as dispatcher:
-        adapter.connect(dispatcher.submit, dispatcher.decide)
+        adapter.connect(chat_handlers(parley, dispatcher))
         await adapter.start()
         try:
             yield World(fake, adapter, parley)

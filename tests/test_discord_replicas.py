@@ -20,12 +20,13 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from adapters.discord import DiscordAdapter, DiscordConfig
+from agent.approvals import Decision, Verdict
 from agent.engines import ScriptedEngine, scripted_model
 from agent.engines.scripted import echo
 from agent.messages import IncomingMessage
+from agent.ports import Handlers
 from agent.storage import open_storage
 from agent.storage.leadership import Role
-from agent.tools import ToolRegistry
 from bot.app import build_app
 from bot.config import Settings
 from bot.service import readiness
@@ -33,6 +34,7 @@ from tests.conftest import REPO, until
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.discord_replica import Replica, replica
 
+pytestmark = pytest.mark.serial
 CHANNEL = "4000"
 
 
@@ -164,15 +166,19 @@ async def test_sharded_replicas_run_their_own_shards_without_an_election(tmp_pat
         ready_timeout_s=0.05,
         shard_count=2,
         shard_ids=(1,),
+        stream=False,
     )
-    adapter = DiscordAdapter(config, storage=storage, registry=ToolRegistry.of(), leadership=storage.leadership)
+    adapter = DiscordAdapter(config, leadership=storage.leadership)
     heard: list[IncomingMessage] = []
 
     async def submit(message: IncomingMessage) -> bool:
         heard.append(message)
         return False
 
-    adapter.submit = submit
+    async def decide(decision: Decision) -> Verdict:
+        return Verdict(False, "not here")
+
+    adapter.connect(Handlers(submit, decide))
     try:
         assert adapter.leadership is None
         await adapter.start()

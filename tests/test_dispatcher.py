@@ -137,6 +137,39 @@ async def test_conversations_keep_their_order_under_random_latency(storage: Stor
     assert 1 < overlap["max_global"] <= 8
 
 
+async def test_a_message_left_in_the_inbox_is_answered_before_a_later_one_of_its_conversation(
+    storage: Storage, echo_agent: Agent, platform: RecordingPlatform
+) -> None:
+    """A message taken in while its conversation's holder was letting go sits in the inbox, queued nowhere; the
+    next holder answers it before the message that made it start."""
+    options = DispatchOptions(rate_limit=None, poll_s=60)
+    async with Dispatcher(storage, echo_agent, [platform], options) as dispatcher:
+        assert await storage.inbox.accept(msg("first")) is not None
+        assert await dispatcher.submit(msg("second"))
+        await dispatcher.join()
+    assert platform.texts() == ["re: first", "re: second"]
+
+
+async def test_a_message_another_replica_took_in_goes_before_a_later_one_queued_here(
+    storage: Storage, echo_agent: Agent
+) -> None:
+    """While this replica answers a conversation, another takes in its next message (only the inbox has it) and
+    then this one takes in the message after: they are answered in arrival order."""
+    running: list[Dispatcher] = []
+
+    async def meanwhile(message: IncomingMessage, key: str) -> None:
+        if message.text == "first":
+            assert await storage.inbox.accept(msg("second")) is not None
+            assert await running[0].submit(msg("third"))
+
+    platform = RecordingPlatform(before_deliver=meanwhile)
+    async with Dispatcher(storage, echo_agent, [platform], DispatchOptions(rate_limit=None, poll_s=60)) as dispatcher:
+        running.append(dispatcher)
+        assert await dispatcher.submit(msg("first"))
+        await dispatcher.join()
+    assert platform.texts() == ["re: first", "re: second", "re: third"]
+
+
 async def test_each_user_is_rate_limited_with_a_reply_that_says_when_to_retry(
     storage: Storage, echo_agent: Agent, platform: RecordingPlatform, echo_engine: ScriptedEngine
 ) -> None:
@@ -272,7 +305,7 @@ async def test_a_crashing_responder_still_gets_the_user_an_apology_with_an_error
     storage: Storage, platform: RecordingPlatform, caplog: pytest.LogCaptureFixture
 ) -> None:
     class Broken:
-        async def respond(self, message: IncomingMessage) -> Exchange:
+        async def respond(self, message: IncomingMessage, **_: object) -> Exchange:
             raise RuntimeError("secret internals")
 
     async with Dispatcher(storage, Broken(), [platform], DispatchOptions()) as dispatcher:

@@ -476,9 +476,7 @@ async def test_a_scheduled_report_is_answered_with_the_channel_memory_and_posted
         name="standup", cron="0 9 * * mon-fri", platform="slack", channel="T1/C1", prompt="Summarise open questions"
     )
     with FakeSlack() as fake:
-        adapter = SlackAdapter(
-            SlackConfig("xoxb-test", "secret", api_url=fake.api_url), storage=storage, registry=runner.registry
-        )
+        adapter = SlackAdapter(SlackConfig("xoxb-test", "secret", api_url=fake.api_url, stream=False))
         try:
             detail = await report(
                 run_at(NOW, job="standup"), schedule=schedule, agent=agent, storage=storage, posters={"slack": adapter}

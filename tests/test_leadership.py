@@ -23,6 +23,7 @@ from agent.storage.sqlite.leadership import SoleLeadership
 from tests.conftest import until
 from tests.pg import run_sync, schema_url
 
+pytestmark = pytest.mark.serial
 NAME = "discord-gateway"
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from dspy.lm15 import Request
 
-from agent.approvals import ApprovalBroker, ApprovalPolicy, ApprovalRequest
+from agent.approvals import ApprovalBroker, ApprovalPolicy, ApprovalRequest, Decision
 from agent.engines import ScriptedEngine, scripted_model
 from agent.engines.scripted import request_text
 from agent.mcp import McpServers, McpServerSpec, ServerState
@@ -152,9 +152,7 @@ async def world(storage: Storage, specs: list[McpServerSpec], notes: Path) -> As
 
 def approves(world: World, user: str = "boss", *, approve: bool = True) -> Person:
     async def act(request: ApprovalRequest) -> None:
-        await world.dispatcher.decide(
-            request.id, platform="slack", user=user, approve=approve, args_hash=request.args_hash
-        )
+        await world.dispatcher.decide(Decision(request.id, "slack", user, approve, request.args_hash))
 
     return act
 

@@ -145,11 +145,7 @@ async def test_readyz_reports_database_platforms_and_scheduler(parley: App, http
     # The scheduler is on in the settings but not running here: not ready.
     assert status == 503 and json.loads(body)["checks"]["scheduler"] == {"ok": False, "running": False}
     with FakeSlack(bot_token=SLACK_TOKEN) as fake:
-        adapter = SlackAdapter(
-            SlackConfig(SLACK_TOKEN, "secret", api_url=fake.api_url),
-            storage=parley.storage,
-            registry=parley.runner.registry,
-        )
+        adapter = SlackAdapter(SlackConfig(SLACK_TOKEN, "secret", api_url=fake.api_url, stream=False))
         try:
             watched.platforms.append(adapter)
             status, body = await get(base + "/readyz")
@@ -190,7 +186,7 @@ async def test_readyz_reports_database_platforms_and_scheduler(parley: App, http
 class Exploding:
     """A responder whose failure message carries tokens, as a careless library's might."""
 
-    async def respond(self, message: IncomingMessage) -> Exchange:
+    async def respond(self, message: IncomingMessage, **_: object) -> Exchange:
         raise RuntimeError(f"upstream said no to {SLACK_TOKEN} with key {OPENAI_KEY}")
 
 

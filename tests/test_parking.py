@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from agent.ports import Handlers
 from bot.dispatcher import Dispatcher, DispatchOptions
 from tests.fakes.slack import event_callback_body
 from tests.slack_world import World, settled
@@ -86,7 +87,7 @@ async def test_a_parked_run_cut_by_a_restart_asks_again_and_the_old_prompt_loses
         DispatchOptions(rate_limit=None, concurrency=2),
         first.approvals,
     )
-    world.adapter.connect(restarted.submit, restarted.decide)
+    world.adapter.connect(Handlers(restarted.submit, restarted.decide))
     async with restarted:
         asked_again = (await prompts(world, 6))[3:]
         updated = {c.params["ts"] for c in world.fake.calls_to("chat.update")}

@@ -21,9 +21,11 @@ from agent.storage import mask_url
 from agent.storage.copy import copy_database
 from agent.storage.errors import StoreError, StoreMisconfigured, TransientStoreError
 from agent.storage.models import ChainRecord, Execution, PrunePolicy, State
+from agent.storage.postgres.database import marks
 from agent.storage.postgres.memory import RELEVANT, tsquery
-from agent.storage.postgres.schema import LATEST_VERSION
+from agent.storage.postgres.schema import LATEST_VERSION, MIGRATIONS
 from agent.storage.postgres.storage import PostgresStorage
+from agent.storage.rows import NEW_INBOX_COLUMNS, inbox_values
 from agent.storage.sqlite.storage import SqliteStorage
 from agent.storage.terms import channel_terms, scope_token
 from tests.pg import execute, run_sync
@@ -108,6 +110,30 @@ async def test_opening_without_migrating_leaves_an_empty_schema_alone(pg_url: st
         assert (status.engine, status.schema_version, status.latest_version) == ("postgres", 0, LATEST_VERSION)
         assert set(status.rows.values()) == {0}
         assert await storage.db.fetchval("SELECT to_regclass('facts')") is None
+    finally:
+        await storage.close()
+
+
+async def test_a_schema_from_before_channels_and_usage_migrates_keeping_its_unfinished_messages(pg_url: str) -> None:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION)")
+        for version in (1, 2, 3):
+            await conn.execute(MIGRATIONS[version - 1])
+            await conn.execute("INSERT INTO schema_migrations VALUES ($1, 0)", version)
+        said = IncomingMessage(platform="slack", channel="C1", user="U1", text="hi", event_id="E1")
+        await conn.execute(
+            f"INSERT INTO inbox ({NEW_INBOX_COLUMNS}) VALUES ({marks(NEW_INBOX_COLUMNS)})", *inbox_values(said, 1.0)
+        )
+    finally:
+        await conn.close()
+    storage = await PostgresStorage.open(pg_url)
+    try:
+        assert (await storage.status()).schema_version == LATEST_VERSION
+        [entry] = await storage.inbox.unfinished(["slack"])
+        assert (entry.message.text, entry.stream) == ("hi", "")
+        await storage.channel_settings.set("slack:T1/C1", "model", "fast", actor="slack:boss", now=1.0)
+        assert await storage.channel_settings.values(["slack:T1/C1"]) == {"slack:T1/C1": {"model": "fast"}}
     finally:
         await storage.close()
 

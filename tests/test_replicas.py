@@ -28,7 +28,7 @@ from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.slack import FakeSlack, block_actions_body, event_callback_body, slack_headers
 from tests.test_cli import base_env, free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 SECRET = "replica-secret"
 CLAIM_TTL_S = 3.0
 
@@ -100,6 +100,9 @@ def replicas(
         PARLEY_SLACK__API_URL=slack.api_url,
         PARLEY_DISPATCH__POLL_S="0.2",
         PARLEY_APPROVALS__APPROVERS=json.dumps({"slack": ["UBOSS"]}),
+        # Replies are posted whole, so each is one chat.postMessage to count and order (streamed replies are
+        # tested in tests/test_streaming.py).
+        PARLEY_SLACK__STREAM="false",
         **settings,
     )
     started = [Replica(env) for _ in range(3)]

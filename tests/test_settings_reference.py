@@ -17,12 +17,13 @@ def test_every_setting_is_in_the_reference_with_a_meaning() -> None:
     text = "\n".join(rows)
     for section, field in Settings.model_fields.items():
         model = field.annotation
-        if section in ("tools", "schedules"):
+        if section in ("tools", "schedules", "models", "channels"):
             continue
         assert isinstance(model, type)
         for name in model.model_fields:  # type: ignore[attr-defined]
             assert f"`PARLEY_{section.upper()}__{name.upper()}`" in text
     assert "`[[schedules]] cron`" in text and "`PARLEY_TOOLS__READ_FILE__ROOT`" in text
+    assert "`PARLEY_MODELS__<NAME>__MODEL`" in text and '`[channels."KEY"] tools`' in text
 
 
 def test_a_changed_model_makes_the_reference_stale() -> None:

@@ -16,6 +16,7 @@ from adapters.slack import SlackAdapter, SlackConfig
 from agent.engines import ScriptedEngine, scripted_model
 from agent.engines.scripted import request_text
 from agent.messages import IncomingMessage, Reply
+from agent.ports import Handlers
 from agent.runtime import Agent, AgentOptions
 from agent.storage import Storage
 from agent.tools import ToolRunner
@@ -24,7 +25,6 @@ from tests.fakes.slack import (
     FakeSlack,
     event_callback_body,
     slack_headers,
-    slash_command_body,
 )
 from tests.slack_world import SECRET, World, model, settled
 
@@ -191,39 +191,6 @@ async def test_a_rate_limited_post_is_retried(world: World) -> None:
     assert [p["text"] for p in world.fake.posted()] == ["re: patience"]
 
 
-# Slash commands -------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("delay", [0.3])
-async def test_ask_is_acknowledged_before_the_slow_model_answers_then_answered_by_respond(world: World) -> None:
-    body = slash_command_body(
-        "/parley", "ask what is slow?", user_id="U1", channel_id="C1", response_url=world.fake.response_url("ask1")
-    )
-    status, text = await world.post(body)
-    assert status == 200 and "Thinking about: what is slow?" in text
-    assert world.fake.responses.get("ask1", []) == []  # acknowledged first, answered later
-    await settled(world)
-    [answer] = world.fake.responses["ask1"]
-    assert answer["text"] == "re: what is slow?" and answer["response_type"] == "in_channel"
-
-
-async def test_help_facts_and_tools_answer_in_the_acknowledgement(world: World, storage: Storage) -> None:
-    await storage.facts.add("slack:T1/C1", "standup", "the standup is at 9:30 <b>")
-
-    async def command(text: str) -> str:
-        body = slash_command_body("/parley", text, user_id="U1", channel_id="C1", response_url="http://x/none")
-        status, answer = await world.post(body)
-        assert status == 200
-        return answer
-
-    assert "`/parley ask <question>`" in await command("help")
-    assert "the standup is at 9:30 &lt;b&gt;" in await command("facts")
-    tools = await command("tools")
-    assert "`calculator` (allow)" in tools and "`deploy` (approve)" in tools
-    forget = json.loads(await command("forget"))
-    assert forget["blocks"][1]["elements"][0]["action_id"] == "parley_forget"
-
-
 # Approval buttons ------------------------------------------------------------------------------------------------
 
 
@@ -277,10 +244,12 @@ async def test_socket_mode_mention_is_answered_and_acknowledged(
     storage: Storage, fake: FakeSlack, runner: ToolRunner
 ) -> None:
     agent = Agent(storage, scripted_model(ScriptedEngine(responder=model)), runner, AgentOptions(max_iters=3))
-    config = SlackConfig(bot_token="xoxb-test", signing_secret="", app_token="xapp-test", api_url=fake.api_url)
-    adapter = SlackAdapter(config, storage=storage, registry=runner.registry)
+    config = SlackConfig(
+        bot_token="xoxb-test", signing_secret="", app_token="xapp-test", api_url=fake.api_url, stream=False
+    )
+    adapter = SlackAdapter(config)
     async with Dispatcher(storage, agent, [adapter], DispatchOptions(rate_limit=None)) as dispatcher:
-        adapter.connect(dispatcher.submit, dispatcher.decide)
+        adapter.connect(Handlers(dispatcher.submit, dispatcher.decide))
         await adapter.start_socket_mode()
         await fake.wait_for_connections(1)
         event = {
@@ -323,6 +292,10 @@ METHOD_SCOPES = {
     "files_upload_v2": "files:write",
     # Opt-in (PARLEY_SLACK__ASSISTANT_STATUS): the workspace adds assistant:write to use it.
     "assistant_threads_setStatus": None,
+    # Streamed replies (PARLEY_SLACK__STREAM, adapters/slack_stream.py).
+    "chat_startStream": "chat:write",
+    "chat_appendStream": "chat:write",
+    "chat_stopStream": "chat:write",
 }
 
 
@@ -335,8 +308,9 @@ def test_the_app_manifest_grants_what_the_adapter_uses() -> None:
 
     manifest = yaml.safe_load((REPO / "deploy" / "slack-app-manifest.yml").read_text())
     scopes = set(manifest["oauth_config"]["scopes"]["bot"])
-    source = (REPO / "adapters" / "slack.py").read_text()
+    source = "".join((REPO / "adapters" / name).read_text() for name in ("slack.py", "slack_stream.py"))
     used = set(re.findall(r"self\.client\.(\w+)", source))
+    assert {"chat_startStream", "chat_appendStream", "chat_stopStream"} <= used
     assert used <= set(METHOD_SCOPES), f"add the scope of {used - set(METHOD_SCOPES)} to the manifest and here"
     assert {scope for method, scope in METHOD_SCOPES.items() if method in used and scope} <= scopes
     assert {"app_mentions:read", "im:history", "commands"} <= scopes

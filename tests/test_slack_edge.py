@@ -23,6 +23,7 @@ from adapters.slack import SlackAdapter, SlackConfig
 from adapters.slack_edge import BadRequest, Verifier
 from agent.engines import ScriptedEngine, scripted_model
 from agent.engines.scripted import echo
+from agent.ports import Handlers
 from agent.runtime import Agent, AgentOptions
 from agent.storage import Storage
 from agent.tools import ToolRunner
@@ -134,12 +135,15 @@ def click(world: World, action_id: str, value: str, *, user_id: str = "U1", **ex
     return world.click_body(user_id, action_id, value, **extra)
 
 
+FORGET_C1 = json.dumps({"action": "forget", "value": "slack:T1/C1"})
 ODD_BUT_VALID = {
     "decision value not json": lambda w: click(w, "parley_deny", "[[[["),
     "decision value a list": lambda w: click(w, "parley_approve", "[1]"),
     "decision of nobody": lambda w: click(w, "parley_approve", "{}", user_id=""),
-    "forget without response url": lambda w: click(w, "parley_forget", "slack:T1/C1", response_url=""),
-    "forget with a bad response url": lambda w: click(w, "parley_forget", "slack:T1/C1", response_url="::nope"),
+    "forget without response url": lambda w: click(w, "parley_confirm", FORGET_C1, response_url=""),
+    "forget with a bad response url": lambda w: click(w, "parley_confirm", FORGET_C1, response_url="::nope"),
+    "confirmation value not json": lambda w: click(w, "parley_confirm", "{{{"),
+    "confirmation of an unknown action": lambda w: click(w, "parley_confirm", '{"action": "x", "value": 1}'),
     # Half an emoji, percent-encoded as the UTF-8 bytes of a lone surrogate.
     "command text a lone surrogate": lambda w: command(w, "ask SURROGATE").replace(b"SURROGATE", b"%ED%A0%BD"),
     "command text with payload in it": lambda w: command(w, "ask what is a payload?"),
@@ -339,10 +343,12 @@ async def test_socket_mode_payloads_pass_the_same_edge(
     """Over the websocket there is no signature, but the shape and text checks are the same: a bad payload is
     acknowledged (so Slack does not resend it) and dropped, and the next one is answered."""
     agent = Agent(storage, scripted_model(ScriptedEngine(responder=echo)), runner, AgentOptions(max_iters=3))
-    config = SlackConfig(bot_token="xoxb-test", signing_secret="", app_token="xapp-test", api_url=fake.api_url)
-    adapter = SlackAdapter(config, storage=storage, registry=runner.registry)
+    config = SlackConfig(
+        bot_token="xoxb-test", signing_secret="", app_token="xapp-test", api_url=fake.api_url, stream=False
+    )
+    adapter = SlackAdapter(config)
     async with Dispatcher(storage, agent, [adapter], DispatchOptions(rate_limit=None)) as dispatcher:
-        adapter.connect(dispatcher.submit, dispatcher.decide)
+        adapter.connect(Handlers(dispatcher.submit, dispatcher.decide))
         await adapter.start_socket_mode()
         await fake.wait_for_connections(1)
         with caplog.at_level(logging.INFO, logger="parley"):

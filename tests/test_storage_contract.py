@@ -15,14 +15,20 @@ from agent.approvals import ApprovalRequest, ApprovalState, PromptLocation
 from agent.attachments import Attachment, AttachmentRecord, OutFile
 from agent.messages import Conversation, IncomingMessage, Reply, Step
 from agent.storage import Storage, StoreError
+from agent.storage.errors import ClaimLost
 from agent.storage.models import (
     EXPORT_VERSION,
     STORED_OBSERVATION_CHARS,
     TABLES,
     ChainRecord,
     Execution,
+    PrunePolicy,
     State,
+    UsageRecord,
+    conversation_key,
 )
+from agent.storage.postgres.storage import PostgresStorage
+from agent.storage.sqlite.storage import SqliteStorage
 from tests.conftest import ENGINES
 
 
@@ -298,6 +304,31 @@ async def test_the_inbox_drops_redeliveries_and_tracks_each_message_to_delivery(
     assert await storage.inbox.get(10_000) is None
 
 
+async def test_the_message_a_reply_streams_into_is_kept_until_delivery_and_fenced_by_the_claim(
+    storage: Storage,
+) -> None:
+    entry = await storage.inbox.accept(message("E1"))
+    assert entry is not None and entry.stream == ""
+    now = time.time()
+    claim = await storage.claims.take(conversation_key(entry.message), "r1", ttl_s=60, now=now)
+    assert claim is not None
+    await storage.inbox.start(entry.id, claim=claim)
+    await storage.inbox.streaming(entry.id, "1700000000.000100", claim=claim)
+    [left] = await storage.inbox.unfinished(["slack"])
+    assert (left.id, left.stream, left.state) == (entry.id, "1700000000.000100", State.PROCESSING)
+    taken = await storage.claims.take(conversation_key(entry.message), "r2", ttl_s=60, now=now + 61)
+    assert taken is not None  # r1's claim expired: r2 takes the conversation over
+    with pytest.raises(ClaimLost):  # the replica that lost the conversation cannot move the stream
+        await storage.inbox.streaming(entry.id, "other", claim=claim)
+    await storage.inbox.streaming(entry.id, "1700000000.000200", claim=taken)
+    await storage.inbox.answer(entry.id, Reply("done"), claim=taken)
+    stored = await storage.inbox.get(entry.id)
+    assert stored is not None and stored.stream == "1700000000.000200" and stored.state is State.ANSWERED
+    await storage.inbox.streaming(entry.id, "")
+    cleared = await storage.inbox.get(entry.id)
+    assert cleared is not None and cleared.stream == ""
+
+
 # Tool executions -------------------------------------------------------------------------------------------
 
 
@@ -383,6 +414,141 @@ async def test_grants_allow_a_tool_in_one_channel_until_revoked(storage: Storage
     assert await storage.approvals.grants() == []
     actions = [(a.action, a.outcome) for a in await storage.approvals.audit()]
     assert actions[-2:] == [("revoked", "revoked"), ("revoked", "not_found")]
+
+
+# Channel settings and usage --------------------------------------------------------------------------------
+
+A, B = "slack:T1/C1", "slack:T1"
+
+
+async def test_a_channel_setting_is_set_replaced_and_reset_and_every_change_is_audited(storage: Storage) -> None:
+    settings = storage.channel_settings
+    assert await settings.set(A, "model", "fast", actor="slack:boss", now=100.0) is None
+    assert await settings.set(A, "model", "smart", actor="slack:deputy", now=200.0) == "fast"
+    await settings.set(A, "instructions", "Answer in French.", actor="slack:boss", now=210.0)
+    await settings.set(B, "tools", "calculator, current_time", actor="cli:ops", now=220.0)
+    assert await settings.values([A, B, "slack:T1/C9"]) == {
+        A: {"instructions": "Answer in French.", "model": "smart"},
+        B: {"tools": "calculator, current_time"},
+    }
+    assert await settings.values([]) == {}
+    assert await settings.reset(A, "model", actor="slack:boss", now=300.0) == "smart"
+    assert await settings.reset(A, "model", actor="slack:boss", now=310.0) is None  # not set: nothing audited
+    assert await settings.reset("slack:T9/C9", "mode", actor="slack:boss", now=320.0) is None
+    assert await settings.values([A]) == {A: {"instructions": "Answer in French."}}
+    changes = [(c.key, c.old, c.new, c.actor, c.at) for c in await settings.history(A)]
+    assert changes == [
+        ("model", None, "fast", "slack:boss", 100.0),
+        ("model", "fast", "smart", "slack:deputy", 200.0),
+        ("instructions", None, "Answer in French.", "slack:boss", 210.0),
+        ("model", "smart", None, "slack:boss", 300.0),
+    ]
+    assert [c.scope for c in await settings.history()] == [A, A, A, B, A]
+    assert [(c.key, c.at) for c in await settings.history(since=220.0)] == [("tools", 220.0), ("model", 300.0)]
+    await storage.forget(A)  # the channel's memory goes; how it is configured stays
+    assert await settings.values([A]) == {A: {"instructions": "Answer in French."}}
+
+
+async def raw(storage: Storage, sql: str) -> None:
+    """One statement past the repositories, as a person with database access would run it."""
+    if isinstance(storage, SqliteStorage):
+        await storage.db.write(lambda conn: conn.execute(sql))
+    else:
+        assert isinstance(storage, PostgresStorage)
+        await storage.db.execute(sql)
+
+
+def prune_policy(now: float, *, audit_before: float = 0.0, usage_before: float = 0.0) -> PrunePolicy:
+    """Prunes only the audits and usage older than the cutoffs given."""
+    return PrunePolicy(now, 1e6, 0.0, 0.0, 0.0, 0.0, audit_before, usage_before=usage_before)
+
+
+async def test_the_setting_audit_refuses_edits_and_only_the_prune_drops_old_rows(storage: Storage) -> None:
+    await storage.channel_settings.set(A, "model", "fast", actor="slack:boss", now=100.0)
+    await storage.channel_settings.set(A, "model", "smart", actor="slack:boss", now=200.0)
+    for statement in ("UPDATE setting_changes SET actor = 'someone else'", "DELETE FROM setting_changes"):
+        with pytest.raises(StoreError, match="append-only"):
+            await raw(storage, statement)
+    assert len(await storage.channel_settings.history()) == 2
+    counts = await storage.prune(prune_policy(time.time(), audit_before=150.0))
+    assert counts["setting changes"] == 1
+    assert [c.new for c in await storage.channel_settings.history()] == ["smart"]
+    with pytest.raises(StoreError, match="append-only"):  # the prune's cutoff does not outlive its transaction
+        await raw(storage, "DELETE FROM setting_changes")
+
+
+def used(at: float, user: str, channel: str, model: str, tokens: tuple[int, int], cost: float | None) -> UsageRecord:
+    return UsageRecord(at, user.split(":")[0], channel, user, model, 2, tokens[0], tokens[1], cost)
+
+
+async def test_an_answer_records_its_usage_in_the_exchange_and_forget_keeps_it(storage: Storage) -> None:
+    conv = Conversation(A)
+    record = replace(
+        chain("q", started_at=1000.0),
+        platform="slack",
+        user_id="U1",
+        model="openai/gpt-4o-mini",
+        model_calls=3,
+        input_tokens=120,
+        output_tokens=7,
+        cost=0.0012,
+    )
+    await storage.record_exchange(conv, record, Reply("a"))
+    await storage.record_exchange(conv, replace(record, started_at=1001.0, output_tokens=None, cost=None), Reply("b"))
+    await storage.record_exchange(conv, replace(record, model_calls=0), Reply("refused before any model call"))
+    spent = await storage.usage.spent(since=0.0, user="slack:U1")
+    assert (spent.key, spent.answers, spent.calls, spent.input_tokens, spent.output_tokens) == ("", 2, 6, 240, 7)
+    assert spent.cost == pytest.approx(0.0012) and spent.tokens == 247
+    [by_model] = await storage.usage.totals(since=0.0, by="model")
+    assert by_model.key == "openai/gpt-4o-mini"
+    await storage.forget(A)
+    assert await storage.chains.count() == 0
+    assert (await storage.usage.spent(since=0.0, channel=A)).answers == 2  # usage is the bill: forget keeps it
+
+
+async def test_usage_is_summed_per_user_channel_or_both_and_grouped_most_tokens_first(storage: Storage) -> None:
+    rows = [
+        used(100.0, "slack:U1", A, "fast", (100, 10), 0.01),
+        used(110.0, "slack:U1", "slack:T1/C2", "smart", (1000, 100), None),
+        used(120.0, "slack:U2", A, "fast", (50, 5), 0.02),
+        used(130.0, "discord:9", "discord:G1/C1", "local", (10, 1), 0.0),
+        used(50.0, "slack:U1", A, "fast", (7, 7), 1.0),  # before the window
+    ]
+    for row in rows:
+        await storage.usage.record(row)
+    user = await storage.usage.spent(since=100.0, user="slack:U1")
+    assert (user.answers, user.calls, user.tokens, user.cost) == (2, 4, 1210, pytest.approx(0.01))
+    channel = await storage.usage.spent(since=100.0, channel=A)
+    assert (channel.answers, channel.tokens, channel.cost) == (2, 165, pytest.approx(0.03))
+    both = await storage.usage.spent(since=100.0, user="slack:U1", channel=A)
+    assert (both.answers, both.tokens) == (1, 110)
+    unpriced = await storage.usage.spent(since=100.0, channel="slack:T1/C2")
+    assert unpriced.answers == 1 and unpriced.cost is None  # no row with a price: unknown, not 0
+    nothing = await storage.usage.spent(since=100.0, user="slack:nobody")
+    assert (nothing.answers, nothing.tokens, nothing.cost) == (0, 0, None)
+    everything = await storage.usage.spent(since=0.0)
+    assert (everything.answers, everything.tokens) == (5, 1290)
+
+    by_user = await storage.usage.totals(since=100.0, by="user")
+    assert [(t.key, t.tokens) for t in by_user] == [("slack:U1", 1210), ("slack:U2", 55), ("discord:9", 11)]
+    assert by_user[0].cost == pytest.approx(0.01) and by_user[2].cost == 0.0
+    by_channel = await storage.usage.totals(since=100.0, by="channel", limit=2)
+    assert [(t.key, t.answers) for t in by_channel] == [("slack:T1/C2", 1), (A, 2)]
+    by_model = await storage.usage.totals(since=0.0, by="model", until=125.0)
+    assert [(t.key, t.tokens, t.cost) for t in by_model] == [
+        ("smart", 1100, None),
+        ("fast", 179, pytest.approx(1.03)),
+    ]
+    with pytest.raises(ValueError, match="grouped by"):
+        await storage.usage.totals(since=0.0, by="tool")
+
+
+async def test_prune_drops_usage_older_than_its_cutoff_only(storage: Storage) -> None:
+    for at in (100.0, 200.0, 300.0):
+        await storage.usage.record(used(at, "slack:U1", A, "fast", (10, 1), None))
+    assert (await storage.prune(prune_policy(time.time())))["usage rows"] == 0  # no cutoff: the bill stays
+    assert (await storage.prune(prune_policy(time.time(), usage_before=250.0)))["usage rows"] == 2
+    assert (await storage.usage.spent(since=0.0)).answers == 1
 
 
 # Jobs ------------------------------------------------------------------------------------------------------

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from agent.approvals import PromptLocation
-from agent.messages import Conversation
+from agent.messages import Conversation, IncomingMessage
 from agent.storage import Storage
 from agent.storage.errors import StoreError, TransientStoreError
-from agent.storage.sqlite.database import Database
+from agent.storage.rows import NEW_INBOX_COLUMNS, inbox_values
+from agent.storage.sqlite.database import Database, marks
 from agent.storage.sqlite.migrations import LATEST_VERSION, MIGRATIONS
 from agent.storage.sqlite.storage import SqliteStorage
 from agent.storage.terms import channel_terms
@@ -49,6 +50,12 @@ SEED = {
     10: (
         "INSERT INTO chain_attachments (chain_id, idx, name, media_type, size, sha256, outcome) "
         "VALUES (1, 0, 'notes.txt', 'text/plain', 12, 'ab', 'used')",
+    ),
+    11: (
+        "INSERT INTO usage (at, channel, user_id, model, calls, input_tokens, output_tokens) "
+        "VALUES (1, 'c', 'slack:U1', 'm', 1, 10, 2)",
+        "INSERT INTO channel_settings (scope, key, value, updated_at) VALUES ('c', 'model', 'fast', 1)",
+        "INSERT INTO setting_changes (scope, key, new, at) VALUES ('c', 'model', 'fast', 1)",
     ),
 }
 
@@ -102,6 +109,28 @@ async def test_migrates_from_each_earlier_version_keeping_rows(tmp_path: Path, s
             assert row is not None and row[0] == 1, table
         if start >= 2:  # a fact written before the later steps is still found by full-text search
             assert [f.key for f in await storage.facts.relevant("c", "standup")] == ["standup"]
+    finally:
+        await storage.close()
+
+
+async def test_an_unfinished_message_from_before_streams_has_none_and_can_stream(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = await Database.open(path, migrate_to=10)
+    said = IncomingMessage(platform="slack", channel="C1", user="U1", text="hi", event_id="E1")
+    await old.write(
+        lambda db: db.execute(
+            f"INSERT INTO inbox ({NEW_INBOX_COLUMNS}) VALUES ({marks(NEW_INBOX_COLUMNS)})", inbox_values(said, 1.0)
+        )
+    )
+    await old.close()
+
+    storage = await SqliteStorage.open(path)
+    try:
+        [entry] = await storage.inbox.unfinished(["slack"])
+        assert entry.stream == ""
+        await storage.inbox.streaming(entry.id, "1700000000.000100")
+        assert [e.stream for e in await storage.inbox.unfinished(["slack"])] == ["1700000000.000100"]
+        assert (await storage.usage.spent(since=0.0)).answers == 0
     finally:
         await storage.close()
 

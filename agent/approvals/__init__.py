@@ -6,7 +6,15 @@ and the `parley db` commands, reading only the models, should not pay for.
 
 from typing import TYPE_CHECKING, Any
 
-from agent.approvals.models import ApprovalPolicy, ApprovalRequest, ApprovalState, PromptLocation, Verdict, args_hash
+from agent.approvals.models import (
+    ApprovalPolicy,
+    ApprovalRequest,
+    ApprovalState,
+    Decision,
+    PromptLocation,
+    Verdict,
+    args_hash,
+)
 
 if TYPE_CHECKING:
     from agent.approvals.broker import ApprovalBroker, ApprovalPort
@@ -17,6 +25,7 @@ __all__ = [
     "ApprovalPort",
     "ApprovalRequest",
     "ApprovalState",
+    "Decision",
     "PromptLocation",
     "Verdict",
     "args_hash",

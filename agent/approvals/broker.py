@@ -13,17 +13,19 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Protocol
 
 from agent.approvals.models import (
     ApprovalPolicy,
     ApprovalRequest,
     ApprovalState,
+    Decision,
     PromptLocation,
     Verdict,
     args_hash,
 )
+from agent.events import ApprovalWaiting, emit
 from agent.parking import parked
 from agent.resilience import deadline_left, deadline_paused
 from agent.tools.registry import ToolSpec
@@ -136,6 +138,8 @@ class ApprovalBroker:
             run_id=ctx.run_id,
         )
         self._waiting_by[asker] += 1
+        # The answer's stream (when it has one) shows the wait, and goes on after the decision.
+        emit(ctx.progress, ApprovalWaiting(call.step, spec.name, request.id))
         try:
             settled = await self._ask(port, request)
         finally:
@@ -215,47 +219,29 @@ class ApprovalBroker:
         assert settled is not None
         return settled
 
-    async def decide(
-        self,
-        request_id: str,
-        *,
-        platform: str,
-        user: str,
-        approve: bool,
-        args_hash: str,
-        always: bool = False,
-        roles: Sequence[str] = (),
-    ) -> Verdict:
+    async def decide(self, decision: Decision) -> Verdict:
         """A person's decision. Refused (and audited) unless the request exists, is pending and unexpired,
         carries the arguments that were shown, and the person may decide it; the first valid one wins."""
-        actor = f"{platform}:{user}"
-        request = await self.store.get(request_id)
-        why_not = await self._why_not(request, platform, user, roles, args_hash, always)
+        actor = decision.actor
+        request = await self.store.get(decision.request_id)
+        why_not = await self._why_not(request, decision)
         if why_not is not None:
-            await self.store.refuse(request_id, actor=actor, reason=why_not, request=request)
+            await self.store.refuse(decision.request_id, actor=actor, reason=why_not, request=request)
             return Verdict(False, why_not)
         assert request is not None
-        state = ApprovalState.APPROVED if approve else ApprovalState.DENIED
+        state = ApprovalState.APPROVED if decision.approve else ApprovalState.DENIED
         settled = await self.store.settle(request, state, actor=actor, now=self.clock())
         if settled is None:
-            current = await self.store.get(request_id)
+            current = await self.store.get(decision.request_id)
             return Verdict(False, _already(current), current.state if current else None)
-        waiting = self._waiting.get(request_id)
+        waiting = self._waiting.get(decision.request_id)
         if waiting is not None and not waiting.done():
             waiting.set_result(settled)
-        if always and approve:
+        if decision.always and decision.approve:
             await self.store.grant(request.tool, request.channel, actor, now=self.clock(), request=request)
         return Verdict(True, f"{state.value} by {actor}", state)
 
-    async def _why_not(
-        self,
-        request: ApprovalRequest | None,
-        platform: str,
-        user: str,
-        roles: Sequence[str],
-        shown_hash: str,
-        always: bool,
-    ) -> str | None:
+    async def _why_not(self, request: ApprovalRequest | None, decision: Decision) -> str | None:
         if request is None:
             return "there is no such approval request"
         if request.state is not ApprovalState.PENDING:
@@ -265,12 +251,14 @@ class ApprovalBroker:
             return "this request has expired"
         # The fingerprint shown with the request: all of it, or (where a button id is short, as on Discord)
         # at least its first 32 hex digits.
+        shown_hash = decision.args_hash
         if len(shown_hash) < MIN_SHOWN_HASH or not secrets.compare_digest(
             shown_hash, request.args_hash[: len(shown_hash)]
         ):
             return "the arguments differ from the ones in the request"
+        platform, user, roles = decision.platform, decision.user, decision.roles
         why_not = self.policy.may_decide(request, platform, user, roles)
-        if why_not is None and always and not self.policy.is_approver(platform, request.channel, user, roles):
+        if why_not is None and decision.always and not self.policy.is_approver(platform, request.channel, user, roles):
             why_not = "only an approver can allow a tool always"
         return why_not
 

@@ -70,12 +70,39 @@ class ApprovalRequest:
 
 
 @dataclass(frozen=True)
+class Decision:
+    """One person's answer to an approval prompt, as the platform's click carried it: passed unchanged from the
+    adapter through the dispatcher to the broker, which checks every field before it settles anything.
+
+    `args_hash` is the fingerprint the prompt showed (all of it, or where a button id is short, its start);
+    `always` also grants the tool in the channel from now on; `roles` are the person's role ids (Discord)."""
+
+    request_id: str
+    platform: str
+    user: str
+    approve: bool
+    args_hash: str
+    always: bool = False
+    roles: tuple[str, ...] = ()
+
+    @property
+    def actor(self) -> str:
+        """Who decided, as the audit names them: `platform:user`."""
+        return f"{self.platform}:{self.user}"
+
+
+@dataclass(frozen=True)
 class Verdict:
     """What a person's decision came to: `accepted` when it settled the request, else `reason` says why not."""
 
     accepted: bool
     reason: str
     state: ApprovalState | None = None
+
+    @property
+    def refusal(self) -> str:
+        """What the person who clicked is told when their decision did not count."""
+        return f"You cannot do that: {self.reason}."
 
 
 @dataclass(frozen=True)

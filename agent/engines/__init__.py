@@ -10,6 +10,8 @@ from agent.adapter import CachedJSONAdapter
 from agent.engines.scripted import AsyncScriptedEngine, ScriptedEngine
 
 LOCAL_MODEL = "local"
+# The model id of `scripted_model`: answers from a script, in process.
+SCRIPTED_MODEL = "scripted"
 _configured = False
 
 
@@ -90,8 +92,16 @@ def takes_images(config: ModelConfig) -> bool:
 def scripted_model(engine: ScriptedEngine, *, constrained: bool = False) -> ModelHandle:
     """A model that answers from a script, for tests and demos; it takes images when its engine says so."""
     configure_dspy()
-    lm = dspy.LM("scripted", engine=engine, async_engine=AsyncScriptedEngine(engine), cache=False, num_retries=0)
-    return ModelHandle(lm=lm, name="scripted", constrained=constrained, vision=engine.vision)
+    lm = dspy.LM(SCRIPTED_MODEL, engine=engine, async_engine=AsyncScriptedEngine(engine), cache=False, num_retries=0)
+    return ModelHandle(lm=lm, name=SCRIPTED_MODEL, constrained=constrained, vision=engine.vision)
 
 
-__all__ = ["LOCAL_MODEL", "ModelConfig", "ModelHandle", "ScriptedEngine", "build_model", "scripted_model"]
+__all__ = [
+    "LOCAL_MODEL",
+    "SCRIPTED_MODEL",
+    "ModelConfig",
+    "ModelHandle",
+    "ScriptedEngine",
+    "build_model",
+    "scripted_model",
+]

@@ -8,7 +8,7 @@ take `now` from the caller, so a caller's clock (a test's, the broker's) decides
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Collection, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -28,9 +28,12 @@ from agent.storage.models import (
     PrunePolicy,
     Replica,
     RunRecord,
+    SettingChange,
     StorageStatus,
     ToolStats,
     Turn,
+    UsageRecord,
+    UsageTotal,
     WindowCounts,
 )
 
@@ -123,7 +126,8 @@ class Inbox(Protocol):
         time, whichever replica made the earlier ones).
 
         Each write of an answering replica carries its `claim` of the conversation; a claim no longer held
-        raises ClaimLost and writes nothing (here and in `answer`, `fail`, `delivered`, `record_exchange`)."""
+        raises ClaimLost and writes nothing (here and in `answer`, `fail`, `delivered`, `streaming`,
+        `record_exchange`)."""
         ...
 
     async def answer(
@@ -138,6 +142,11 @@ class Inbox(Protocol):
 
     async def delivered(self, entry_id: int, *, claim: Claim | None = None) -> None:
         """The platform took the reply: a restart must not send it again."""
+        ...
+
+    async def streaming(self, entry_id: int, ref: str, *, claim: Claim | None = None) -> None:
+        """The reply is being streamed into the platform message `ref` (its ts or id; "" clears it): a restart
+        finishes or replaces that message instead of posting a second answer."""
         ...
 
     async def unfinished_of(self, conversation: str) -> list[InboxEntry]:
@@ -323,6 +332,42 @@ class Stats(Protocol):
         ...
 
 
+class ChannelSettings(Protocol):
+    """Settings stored per scope (a thread, channel or workspace key, e.g. `slack:T1/C2`), each change audited
+    in the same transaction. Values are kept as the text they were set with; the bot layer validates them."""
+
+    async def values(self, scopes: Sequence[str]) -> dict[str, dict[str, str]]:
+        """The stored values of each scope asked for that has any: {scope: {key: value}}."""
+        ...
+
+    async def set(self, scope: str, key: str, value: str, *, actor: str, now: float) -> str | None:
+        """Store a value and audit the change; returns the value it replaced (None: none was set)."""
+        ...
+
+    async def reset(self, scope: str, key: str, *, actor: str, now: float) -> str | None:
+        """Remove a value (audited when there was one); returns it, or None when none was set."""
+        ...
+
+    async def history(self, scope: str | None = None, since: float = 0.0) -> list[SettingChange]:
+        """The audit of changes, oldest first: of one scope, or of every scope."""
+        ...
+
+
+class Usage(Protocol):
+    """Model usage per answer (written by `Storage.record_exchange` with the chain), summed for budgets and
+    reports."""
+
+    async def record(self, usage: UsageRecord) -> None: ...
+
+    async def spent(self, *, since: float, user: str | None = None, channel: str | None = None) -> UsageTotal:
+        """Usage since `since` of one user (`platform:id`), one channel (memory key), or both at once."""
+        ...
+
+    async def totals(self, *, since: float, by: str, until: float | None = None, limit: int = 50) -> list[UsageTotal]:
+        """Usage since `since` grouped `by` "user", "channel" or "model", most tokens first."""
+        ...
+
+
 class Storage(Protocol):
     """Every repository of one database, and the operations that span several in one transaction."""
 
@@ -340,6 +385,8 @@ class Storage(Protocol):
     claims: Claims
     limits: Limits
     leadership: Leadership
+    channel_settings: ChannelSettings
+    usage: Usage
 
     @property
     def location(self) -> str:
@@ -357,9 +404,9 @@ class Storage(Protocol):
         claim: Claim | None = None,
     ) -> Reply:
         """Store an answered message in one transaction: the chain and its steps, the user's and the assistant's
-        turns, and the inbox row's reply and `answered` state. With no chain (a message the agent refused
-        outright) only the inbox row is written. Returns the reply with its chain id. Under a `claim` no longer
-        held, raises ClaimLost and writes nothing."""
+        turns, the answer's usage row (when the chain made model calls), and the inbox row's reply and `answered`
+        state. With no chain (a message the agent refused outright) only the inbox row is written. Returns the
+        reply with its chain id. Under a `claim` no longer held, raises ClaimLost and writes nothing."""
         ...
 
     async def prune(self, policy: PrunePolicy) -> dict[str, int]:
@@ -367,7 +414,10 @@ class Storage(Protocol):
         ...
 
     async def forget(self, channel: str) -> dict[str, int]:
-        """Delete everything remembered about a channel: turns, facts, notes, chains and tool executions."""
+        """Delete everything remembered about a channel: turns, facts, notes, chains and tool executions.
+
+        Its usage rows and channel settings stay: usage is the bill (budgets and reports count it), and the
+        settings are how the channel is configured, not what was said in it."""
         ...
 
     async def export_channel(self, channel: str) -> dict[str, Any]:

@@ -65,6 +65,10 @@ class ChainRecord:
     output_tokens: int | None = None
     # The files shared with the question and posted with the reply: names, types, sizes and hashes only.
     attachments: tuple[AttachmentRecord, ...] = ()
+    # Where the question came from (the user id is the platform's), and what the model calls cost in USD
+    # where the model's price is known: `record_exchange` writes the answer's usage row from these.
+    platform: str = ""
+    cost: float | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,9 @@ class InboxEntry:
     reply: Reply | None = None
     # When the platform took the reply; None while it is still to deliver.
     delivered_at: float | None = None
+    # The platform's reference of the reply being streamed ("" when none was started): a restarted process
+    # finishes that message instead of posting a second answer.
+    stream: str = ""
 
     @property
     def delivery_key(self) -> str:
@@ -262,6 +269,8 @@ class PrunePolicy:
     job_runs_before: float
     audit_before: float
     keep_unexported_of: str | None = None
+    # Usage rows are the bill, kept longer than the chains they came from (a year of reports); 0 keeps them all.
+    usage_before: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -291,4 +300,59 @@ TABLES = (
     "approval_grants",
     "job_runs",
     "job_state",
+    "channel_settings",
+    "setting_changes",
+    "usage",
 )
+
+
+@dataclass(frozen=True)
+class SettingChange:
+    """One change of a channel setting, as the append-only audit keeps it: who, when, the old and new value
+    (None: not set at that scope)."""
+
+    id: int
+    scope: str
+    key: str
+    old: str | None
+    new: str | None
+    actor: str
+    at: float
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    """What one answer cost: its model calls and tokens, and the price where the model's is known (USD).
+    `user` is `platform:user id`; `channel` is the conversation's memory key (`slack:T1/C2`)."""
+
+    at: float
+    platform: str
+    channel: str
+    user: str
+    model: str
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cost: float | None = None
+    chain_id: int | None = None
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(frozen=True)
+class UsageTotal:
+    """Usage summed over a group (one user, channel or model; `key` "" for everything asked about). `cost` is
+    None when no answer of the group had a known price."""
+
+    key: str
+    answers: int = 0
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float | None = None
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
 from typing import Any, Protocol
 
@@ -22,7 +22,10 @@ from agent.storage.models import (
     ChainRecord,
     Execution,
     InboxEntry,
+    SettingChange,
     State,
+    UsageRecord,
+    UsageTotal,
     WindowCounts,
     conversation_key,
     event_key,
@@ -59,7 +62,7 @@ CHAIN_COLUMNS = (
     "model_calls, input_tokens, output_tokens"
 )
 FACT_COLUMNS = "key, value, confidence, access_count, created_at, updated_at, last_access"
-INBOX_COLUMNS = "id, message, state, attempts, reply, delivered_at"
+INBOX_COLUMNS = "id, message, state, attempts, reply, delivered_at, stream"
 NEW_INBOX_COLUMNS = "platform, event_key, conversation, user_id, message, received_at, updated_at"
 EXECUTION_COLUMNS = (
     "tool, args, outcome, observation, duration_ms, started_at, run_id, channel, thread, user_id, truncated"
@@ -73,6 +76,15 @@ REQUEST_COLUMNS = f"{NEW_REQUEST_COLUMNS}, prompt_platform, prompt_channel, prom
 GRANT_COLUMNS = "tool, channel, granted_by, granted_at"
 AUDIT_COLUMNS = "at, request_id, action, actor, tool, channel, args_hash, outcome, detail"
 RUN_COLUMNS = "job, slot, state, started_at, finished_at, detail, error_id"
+SETTING_CHANGE_COLUMNS = "id, scope, key, old, new, actor, at"
+# The column `user_id` holds `UsageRecord.user` (`platform:id`): PostgreSQL reserves the word `user`.
+USAGE_COLUMNS = "at, platform, channel, user_id, model, calls, input_tokens, output_tokens, cost, chain_id"
+# One group's sums, read by `usage_total`: SUM(cost) stays NULL unless some row of the group had a price.
+USAGE_SUMS = (
+    "COUNT(*), COALESCE(SUM(calls), 0), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0), SUM(cost)"
+)
+# What `Usage.totals` groups by, and the column that holds it.
+USAGE_GROUPS = {"user": "user_id", "channel": "channel", "model": "model"}
 
 
 def count(columns: str | tuple[str, ...]) -> int:
@@ -213,6 +225,7 @@ def inbox_entry(row: Row) -> InboxEntry:
         attempts=int(row["attempts"]),
         reply=reply,
         delivered_at=row["delivered_at"],
+        stream=row["stream"] or "",
     )
 
 
@@ -310,4 +323,75 @@ def audit_values(
         request.args_hash if request else "",
         outcome,
         detail,
+    )
+
+
+# Channel settings and usage ------------------------------------------------------------------------------------
+
+
+def setting_change_from(row: Row) -> SettingChange:
+    """An audit row read with SETTING_CHANGE_COLUMNS."""
+    return SettingChange(
+        id=int(row[0]),
+        scope=str(row[1]),
+        key=str(row[2]),
+        old=None if row[3] is None else str(row[3]),
+        new=None if row[4] is None else str(row[4]),
+        actor=str(row[5]),
+        at=float(row[6]),
+    )
+
+
+def answer_usage(conv: Conversation, chain: ChainRecord, chain_id: int) -> UsageRecord | None:
+    """The usage row an answered exchange writes with its chain; None when no model was called."""
+    if chain.model_calls <= 0:
+        return None
+    return UsageRecord(
+        at=chain.started_at,
+        platform=chain.platform,
+        channel=conv.channel,
+        user=f"{chain.platform}:{chain.user_id}",
+        model=chain.model,
+        calls=chain.model_calls,
+        input_tokens=chain.input_tokens or 0,
+        output_tokens=chain.output_tokens or 0,
+        cost=chain.cost,
+        chain_id=chain_id,
+    )
+
+
+def usage_values(u: UsageRecord) -> tuple[object, ...]:
+    """A usage row in the order of USAGE_COLUMNS."""
+    return (
+        u.at,
+        u.platform,
+        u.channel,
+        u.user,
+        u.model,
+        u.calls,
+        u.input_tokens,
+        u.output_tokens,
+        u.cost,
+        u.chain_id,
+    )
+
+
+def usage_group(by: str) -> str:
+    """The column `Usage.totals` groups by; ValueError for a grouping it does not know."""
+    try:
+        return USAGE_GROUPS[by]
+    except KeyError:
+        raise ValueError(f"usage is grouped by {', '.join(USAGE_GROUPS)}, not {by!r}") from None
+
+
+def usage_total(key: str, sums: Sequence[Any]) -> UsageTotal:
+    """A group's total from the values of USAGE_SUMS (PostgreSQL sums bigints as numerics: made ints here)."""
+    answers, calls, input_tokens, output_tokens, cost = sums
+    return UsageTotal(
+        key=key,
+        answers=int(answers),
+        calls=int(calls),
+        input_tokens=int(input_tokens),
+        output_tokens=int(output_tokens),
+        cost=None if cost is None else float(cost),
     )

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import ValidationError
 
+from agent.events import StepFinished, StepStarted, brief, emit, summarise
 from agent.storage.models import Execution
 from agent.tools.context import ToolContext, tool_context
 from agent.tools.registry import ToolError, ToolRegistry, ToolSpec
@@ -43,6 +44,8 @@ class ToolCall:
     tool: str
     args: dict[str, Any]
     context: ToolContext | None = None
+    # The call's step number in its message (agent/events.py), 0 when nobody is told about its steps.
+    step: int = 0
 
 
 @dataclass(frozen=True)
@@ -122,17 +125,26 @@ class ToolRunner:
         default_factory=lambda: ThreadPoolExecutor(TOOL_THREADS, thread_name_prefix="parley-tool")
     )
 
-    async def run(self, name: str, args: object, context: ToolContext | None = None) -> ToolResult:
-        """Run one call and return what the model should observe; never raises except on cancellation."""
+    async def run(
+        self, name: str, args: object, context: ToolContext | None = None, *, thought: str = ""
+    ) -> ToolResult:
+        """Run one call and return what the model should observe; never raises except on cancellation.
+
+        The context's `progress` is told the step as it starts (with `thought`, what led to it) and as it ends."""
         started = time.time()
         clock = time.perf_counter()
-        call = ToolCall(name, dict(args) if isinstance(args, dict) else {"value": args}, context)
+        progress = context.progress if context is not None else None
+        step = next(context.steps) if context is not None and progress is not None else 0
+        call = ToolCall(name, dict(args) if isinstance(args, dict) else {"value": args}, context, step)
+        emit(progress, StepStarted(step, name, brief(thought, 200), summarise(call.args)))
         spec = self.registry.get(name)
         try:
-            if spec is None or not spec.enabled:
-                available = ", ".join(s.name for s in self.registry.enabled())
+            allowed = context.allowed if context is not None else None
+            if spec is None or not spec.enabled or (allowed is not None and name not in allowed):
+                available = [s.name for s in self.registry.enabled() if allowed is None or s.name in allowed]
+                names = ", ".join([*available, "finish"])
                 result = self._result(
-                    "unknown_tool", f"Error: there is no tool named {name!r}. Available: {available}, finish.", clock
+                    "unknown_tool", f"Error: there is no tool named {name!r}. Available: {names}.", clock
                 )
             elif not isinstance(args, dict):
                 result = self._result("invalid_args", f"Error: arguments for {name} must be a JSON object.", clock)
@@ -221,7 +233,10 @@ class ToolRunner:
         return ToolResult(observation, outcome, (time.perf_counter() - clock) * 1000, truncated)
 
     async def _finish(self, call: ToolCall, result: ToolResult, started: float) -> None:
-        """Post-hooks see every outcome (unknown tools and bad arguments too); then the record is written."""
+        """The step's end is told; post-hooks see every outcome (unknown tools and bad arguments too); then the
+        record is written."""
+        progress = call.context.progress if call.context is not None else None
+        emit(progress, StepFinished(call.step, call.tool, result.outcome, brief(result.observation)))
         for hook in self.hooks:
             try:
                 await hook.after(call, result)

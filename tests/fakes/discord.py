@@ -71,7 +71,8 @@ path and expiry); `GET /attachments/<id>/<filename>` serves it only when the sig
 (404 "This content is no longer available." otherwise, as the CDN answers). `redirect_to=URL` answers 302 there
 instead. `downloads` records each download as (attachment id, whether the signature held).
 
-Records (appended on the server thread under a lock; properties return snapshots): `requests`, `messages(ch)`,
+Records (appended on the server thread under a lock; properties return snapshots): `requests` (each stamped with
+when it arrived, `time.monotonic()`), `messages(ch)`,
 `edits`, `typing_in(ch)`, `reactions`, `interaction_callbacks`, `followups`, `original_edits`, `command_syncs`,
 `identifies`, `resumes`, `identify_payloads`, `heartbeats`, `received` (other client frames), `sent` (dispatches),
 `connections`, `connection_log`, `disconnects` ((connection number, close code: the one this fake sent when
@@ -140,6 +141,8 @@ class Request(NamedTuple):
     headers: dict[str, str]
     status: int = 0
     response: Any = None
+    # When the request arrived (time.monotonic()): how often a message was edited.
+    at: float = 0.0
 
     @property
     def authorization(self) -> str | None:
@@ -1308,6 +1311,7 @@ class FakeDiscord(BackgroundServer):
 
     async def _rest(self, request: web.Request) -> web.StreamResponse:
         method = request.method.upper()
+        arrived = time.monotonic()
         path = "/" + request.match_info["tail"]
         query = dict(request.query)
         headers = dict(request.headers)
@@ -1365,7 +1369,7 @@ class FakeDiscord(BackgroundServer):
                 if status < 300:
                     extra_headers.update(_ratelimit_headers())
         with self._lock:
-            self._requests.append(Request(method, path, query, body, headers, status, answer))
+            self._requests.append(Request(method, path, query, body, headers, status, answer, arrived))
         if answer is None:
             return web.Response(status=status, headers=extra_headers)
         return _json_response(answer, status, extra_headers)

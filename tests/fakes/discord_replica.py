@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from adapters.discord import DiscordAdapter, DiscordConfig
 from agent.engines import ScriptedEngine, scripted_model
 from agent.engines.scripted import echo
+from agent.ports import Handlers
 from agent.runtime import Agent, AgentOptions
 from agent.storage import Storage, open_storage
 from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner
@@ -38,13 +39,13 @@ async def replica(
     if identity is not None:
         storage.leadership.identity = identity
     runner = ToolRunner(ToolRegistry.of(*BUILTIN_TOOLS))
-    config = DiscordConfig(token=token, api_url=api_url, gateway_url=gateway_url, ready_timeout_s=0.05)
-    adapter = DiscordAdapter(config, storage=storage, registry=runner.registry, leadership=storage.leadership)
+    config = DiscordConfig(token=token, api_url=api_url, gateway_url=gateway_url, ready_timeout_s=0.05, stream=False)
+    adapter = DiscordAdapter(config, leadership=storage.leadership)
     try:
         agent = Agent(storage, scripted_model(ScriptedEngine(responder=echo)), runner, AgentOptions())
         await adapter.login()  # as `parley run` does: replies left by a gone process need REST first
         async with Dispatcher(storage, agent, [adapter], DispatchOptions(rate_limit=None)) as dispatcher:
-            adapter.connect(dispatcher.submit, dispatcher.decide)
+            adapter.connect(Handlers(dispatcher.submit, dispatcher.decide))
             await adapter.start()
             try:
                 yield Replica(storage, adapter, dispatcher)

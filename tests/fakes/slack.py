@@ -30,6 +30,17 @@ another int is that HTTP status with `{"ok": false, "error": "fatal_error"}`; a 
 error. slack-sdk's `AsyncRateLimitErrorRetryHandler` sleeps `int(Retry-After) + random()` seconds, so a 0 keeps
 tests fast; its `AsyncServerErrorRetryHandler` retries only 500 and 503.
 
+Streams (`chat.startStream` / `chat.appendStream` / `chat.stopStream`, sent as JSON): a stream is a message whose
+`stream` holds its state, chunks and markdown text. In a channel (an id not starting with `D`) `chat.startStream`
+needs `recipient_user_id` and `recipient_team_id` (`missing_recipient_user_id`, `missing_recipient_team_id`
+otherwise); chunks must be `markdown_text` (12,000 characters at most per chunk), `task_update` (with id, title
+and status), `plan_update` or `blocks` (`invalid_chunks`); a stream takes `max_stream_text` characters of
+markdown in all (`msg_too_long`). Appends and the stop are refused with `message_not_in_streaming_state` once the
+stream stopped, expired (`stream_ttl_s` after its start, or at once with `expire_stream`) or was stopped by the
+person (`stop_stream_by_user`, after which a test sends the `message_stream_stopped` event itself).
+`chat.stopStream` keeps the `metadata` it is given, as `chat.update` does; `streams(channel)` lists the streamed
+messages with everything they received.
+
 Files (what `files_upload_v2` does): `files.getUploadURLExternal` hands out `{url}/upload/<file id>`, the client
 POSTs the bytes there, and `files.completeUploadExternal` shares the uploaded files into `channel_id` (and
 `thread_ts`) as a message with `files`; `shared_files()` lists them with their content.
@@ -49,8 +60,9 @@ calling thread briefly, the `wait_*` helpers are coroutines: after a disconnect,
 slack.wait_for_connections(n)` before sending again, since the client reconnects on the test's own loop.
 
 Records (appended on the server thread under a lock; the helpers return snapshots): `calls` (every Web API
-request as a `Call`), `acks`, `received` (other frames the clients sent), `sent` (envelopes pushed),
-`responses[name]` (bodies POSTed to `response_url(name)`), `connections` (websockets accepted so far).
+request as a `Call`, stamped with when it arrived), `acks`, `received` (other frames the clients sent), `sent`
+(envelopes pushed), `responses[name]` (bodies POSTed to `response_url(name)`), `connections` (websockets accepted
+so far).
 
 Helpers for driving a Slack HTTP endpoint (`POST /slack/events`) without a network: `sign`, `slack_headers`,
 `event_callback_body`, `slash_command_body`, `block_actions_body`, `url_verification_body`, `ssl_check_body`.
@@ -95,6 +107,8 @@ class Call(NamedTuple):
     headers: dict[str, str]
     status: int = 200
     response: dict[str, Any] | None = None
+    # When the request arrived (time.time()): benchmarks measure how soon after an event something showed.
+    at: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -387,6 +401,8 @@ class FakeSlack(BackgroundServer):
         max_text: int = 40_000,
         max_blocks: int = 50,
         socket_wait_s: float = 2.0,
+        stream_ttl_s: float = 300.0,
+        max_stream_text: int = 12_000,
     ) -> None:
         super().__init__()
         self.bot_token = bot_token
@@ -404,6 +420,10 @@ class FakeSlack(BackgroundServer):
         self.max_blocks = max_blocks
         # How long a send_* waits for a live Socket Mode connection before it gives up.
         self.socket_wait_s = socket_wait_s
+        # A stream stops taking appends this long after it started (Slack's: about five minutes), and takes at
+        # most this much markdown text in all (Slack documents 12,000 characters per call).
+        self.stream_ttl_s = stream_ttl_s
+        self.max_stream_text = max_stream_text
 
         self.calls: list[Call] = []
         self.acks: list[Ack] = []
@@ -542,6 +562,51 @@ class FakeSlack(BackgroundServer):
         """The next calls of `method` fail, one fault each, in order (see `Fault`)."""
         with self._lock:
             self._faults[method].extend(_as_fault(fault, self.retry_after) for fault in faults)
+
+    def stop_stream_by_user(self, channel: str, ts: str) -> None:
+        """The person pressed Stop on a streamed message: Slack ends the stream (appends and stops are refused
+        with `message_not_in_streaming_state` from now on); the app hears of it by the event the test sends
+        (`stream_stopped_event`)."""
+        with self._lock:
+            message = self._find(channel, ts)
+            if message is None or "stream" not in message:
+                raise KeyError(f"no streamed message {ts} in {channel}")
+            message["stream"]["state"] = "stopped_by_user"
+
+    def expire_stream(self, channel: str, ts: str) -> None:
+        """The stream of a message expires now, as Slack's do a few minutes after they start."""
+        with self._lock:
+            message = self._find(channel, ts)
+            if message is None or "stream" not in message:
+                raise KeyError(f"no streamed message {ts} in {channel}")
+            message["stream"]["started"] = time.monotonic() - self.stream_ttl_s - 1
+
+    def streams(self, channel: str) -> list[dict[str, Any]]:
+        """The streamed messages of `channel` in ts order: ts, thread_ts, `state` (streaming, stopped,
+        stopped_by_user, expired), `chunks` (every chunk appended, in order, markdown text as markdown_text
+        chunks), `text` (the markdown streamed), the final `metadata`, and the message `text` now shown."""
+        with self._lock:
+            found = []
+            for message in self._thread_messages(channel, None):
+                stream = message.get("stream")
+                if stream is None:
+                    continue
+                state = stream["state"]
+                if state == "streaming" and self._expired(stream):
+                    state = "expired"
+                found.append(
+                    {
+                        "ts": message["ts"],
+                        "thread_ts": message.get("thread_ts"),
+                        "state": state,
+                        "chunks": json.loads(json.dumps(stream["chunks"])),
+                        "text": stream["text"],
+                        "metadata": json.loads(json.dumps(message.get("metadata"))),
+                        "shown": message.get("text", ""),
+                        "recipient": stream["recipient"],
+                    }
+                )
+            return found
 
     # -- reading records ---------------------------------------------------------------------------------------
 
@@ -788,6 +853,7 @@ class FakeSlack(BackgroundServer):
             else:
                 params.update({k: v for k, v in (await request.post()).items() if isinstance(v, str)})
         headers = dict(request.headers)
+        arrived = time.time()
         token = params.pop("token", None)
         auth = request.headers.get("Authorization", "")
         if auth.startswith("Bearer "):
@@ -808,7 +874,7 @@ class FakeSlack(BackgroundServer):
             status = 200
             answer = self._answer(method, params, token)
         with self._lock:
-            self.calls.append(Call(method, params, headers, status, answer))
+            self.calls.append(Call(method, params, headers, status, answer, arrived))
         return web.json_response(answer, status=status, headers=extra_headers)
 
     def _answer(self, method: str, params: dict[str, Any], token: str | None) -> dict[str, Any]:
@@ -840,6 +906,9 @@ class FakeSlack(BackgroundServer):
             "apps.connections.open": self._connections_open,
             "files.getUploadURLExternal": self._upload_url,
             "files.completeUploadExternal": self._complete_upload,
+            "chat.startStream": self._start_stream,
+            "chat.appendStream": self._append_stream,
+            "chat.stopStream": self._stop_stream,
         }
 
     # Each method below runs with self._lock held.
@@ -937,6 +1006,9 @@ class FakeSlack(BackgroundServer):
         message["text"] = params.get("text") or ""
         if "blocks" in params:
             message["blocks"] = self._blocks(params) or []
+        metadata = params.get("metadata")
+        if metadata:
+            message["metadata"] = json.loads(metadata) if isinstance(metadata, str) else metadata
         message["edited"] = {"user": self.user_id, "ts": self._next_ts()}
         return {"ok": True, "channel": channel, "ts": ts, "text": message["text"], "message": dict(message)}
 
@@ -1110,3 +1182,124 @@ class FakeSlack(BackgroundServer):
             self._messages[channel].append(message)
         self._shared.extend(shared)
         return {"ok": True, "files": [{"id": f["id"], "title": f["title"]} for f in shared]}
+
+    # Streaming: chat.startStream / appendStream / stopStream (each runs with self._lock held).
+
+    def _expired(self, stream: dict[str, Any]) -> bool:
+        return time.monotonic() - stream["started"] > self.stream_ttl_s
+
+    @staticmethod
+    def _chunks(params: dict[str, Any]) -> list[dict[str, Any]] | str:
+        """The call's chunks (its `markdown_text` as a first markdown_text chunk), or an error."""
+        chunks = params.get("chunks") or []
+        if isinstance(chunks, str):
+            chunks = json.loads(chunks)
+        if not isinstance(chunks, list) or not all(isinstance(c, dict) and c.get("type") for c in chunks):
+            return "invalid_chunks"
+        if params.get("markdown_text"):
+            chunks = [{"type": "markdown_text", "text": str(params["markdown_text"])}, *chunks]
+        for chunk in chunks:
+            if chunk["type"] not in ("markdown_text", "task_update", "plan_update", "blocks"):
+                return "invalid_chunks"
+            if chunk["type"] == "markdown_text" and len(str(chunk.get("text", ""))) > 12_000:
+                return "msg_too_long"
+            if chunk["type"] == "task_update" and not (chunk.get("id") and chunk.get("title") and chunk.get("status")):
+                return "invalid_chunks"
+        return chunks
+
+    def _stream_add(self, message: dict[str, Any], chunks: list[dict[str, Any]]) -> str | None:
+        stream = message["stream"]
+        text = "".join(str(c.get("text", "")) for c in chunks if c["type"] == "markdown_text")
+        if len(stream["text"]) + len(text) > self.max_stream_text:
+            return "msg_too_long"
+        stream["chunks"].extend(chunks)
+        stream["text"] += text
+        message["text"] = stream["text"]
+        return None
+
+    def _streaming(self, params: dict[str, Any]) -> dict[str, Any] | str:
+        channel, ts = params.get("channel"), params.get("ts")
+        if not channel:
+            return "channel_not_found"
+        message = self._find(channel, ts) if ts else None
+        if message is None or "stream" not in message:
+            return "message_not_found"
+        stream = message["stream"]
+        if stream["state"] != "streaming" or self._expired(stream):
+            return "message_not_in_streaming_state"
+        return message
+
+    def _start_stream(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = params.get("channel")
+        if not channel:
+            return {"ok": False, "error": "channel_not_found"}
+        in_channel = not str(channel).startswith("D")
+        if in_channel and not params.get("recipient_user_id"):
+            return {"ok": False, "error": "missing_recipient_user_id"}
+        if in_channel and not params.get("recipient_team_id"):
+            return {"ok": False, "error": "missing_recipient_team_id"}
+        chunks = self._chunks(params)
+        if isinstance(chunks, str):
+            return {"ok": False, "error": chunks}
+        ts = self._next_ts()
+        message: dict[str, Any] = {
+            "type": "message",
+            "user": self.user_id,
+            "bot_id": self.bot_id,
+            "app_id": self.api_app_id,
+            "team": self.team_id,
+            "text": "",
+            "ts": ts,
+            "stream": {
+                "state": "streaming",
+                "started": time.monotonic(),
+                "chunks": [],
+                "text": "",
+                "recipient": [params.get("recipient_team_id"), params.get("recipient_user_id")],
+            },
+        }
+        if params.get("thread_ts"):
+            message["thread_ts"] = str(params["thread_ts"])
+        error = self._stream_add(message, chunks)
+        if error:
+            return {"ok": False, "error": error}
+        self._messages[channel].append(message)
+        return {"ok": True, "channel": channel, "ts": ts}
+
+    def _append_stream(self, params: dict[str, Any]) -> dict[str, Any]:
+        message = self._streaming(params)
+        if isinstance(message, str):
+            return {"ok": False, "error": message}
+        chunks = self._chunks(params)
+        if isinstance(chunks, str):
+            return {"ok": False, "error": chunks}
+        if not chunks:
+            return {"ok": False, "error": "no_text"}
+        error = self._stream_add(message, chunks)
+        if error:
+            return {"ok": False, "error": error}
+        return {"ok": True, "channel": params["channel"], "ts": message["ts"]}
+
+    def _stop_stream(self, params: dict[str, Any]) -> dict[str, Any]:
+        message = self._streaming(params)
+        if isinstance(message, str):
+            return {"ok": False, "error": message}
+        chunks = self._chunks(params)
+        if isinstance(chunks, str):
+            return {"ok": False, "error": chunks}
+        error = self._stream_add(message, chunks)
+        if error:
+            return {"ok": False, "error": error}
+        message["stream"]["state"] = "stopped"
+        metadata = params.get("metadata")
+        if metadata:
+            message["metadata"] = json.loads(metadata) if isinstance(metadata, str) else metadata
+        blocks = self._blocks(params)
+        if blocks:
+            message["blocks"] = blocks
+        return {
+            "ok": True,
+            "channel": params["channel"],
+            "ts": message["ts"],
+            "message": self._view(params["channel"], message),
+        }

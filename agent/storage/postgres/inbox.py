@@ -85,6 +85,12 @@ class PostgresInbox:
             claim, "UPDATE inbox SET delivered_at = $1, updated_at = $1 WHERE id = $2", time.time(), entry_id
         )
 
+    async def streaming(self, entry_id: int, ref: str, *, claim: Claim | None = None) -> None:
+        """The reply is being streamed into the platform message `ref`: a restart finishes that message."""
+        await self._fenced(
+            claim, "UPDATE inbox SET stream = $1, updated_at = $2 WHERE id = $3", ref, time.time(), entry_id
+        )
+
     async def _fenced(self, claim: Claim | None, sql: str, *args: object) -> None:
         """One statement, in a transaction with the claim's fence when there is a claim."""
         if claim is None:

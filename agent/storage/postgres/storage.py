@@ -11,6 +11,7 @@ from agent.messages import Conversation, Reply
 from agent.storage.base import (
     Approvals,
     Chains,
+    ChannelSettings,
     Claims,
     Executions,
     Facts,
@@ -21,11 +22,13 @@ from agent.storage.base import (
     Replicas,
     Stats,
     Turns,
+    Usage,
 )
 from agent.storage.leadership import Leadership
 from agent.storage.models import EXPORT_VERSION, TABLES, ChainRecord, Claim, Fact, PrunePolicy, StorageStatus
 from agent.storage.postgres import bulk
 from agent.storage.postgres.approvals import PostgresApprovals
+from agent.storage.postgres.channel_settings import PostgresChannelSettings
 from agent.storage.postgres.database import Database, affected
 from agent.storage.postgres.executions import PostgresExecutions
 from agent.storage.postgres.inbox import PostgresInbox, answer_in
@@ -43,6 +46,8 @@ from agent.storage.postgres.memory import (
 )
 from agent.storage.postgres.replicas import PostgresClaims, PostgresLimits, PostgresReplicas, fence, prune_counts
 from agent.storage.postgres.schema import LATEST_VERSION
+from agent.storage.postgres.usage import PostgresUsage, insert_usage
+from agent.storage.rows import answer_usage
 
 DAY = 86400.0
 # What `forget` deletes of a channel, children before parents.
@@ -68,6 +73,8 @@ class PostgresStorage:
         self.approvals: Approvals = PostgresApprovals(db)
         self.jobs: Jobs = PostgresJobs(db)
         self.stats: Stats = PostgresStats(db)
+        self.channel_settings: ChannelSettings = PostgresChannelSettings(db)
+        self.usage: Usage = PostgresUsage(db)
 
     @classmethod
     async def open(
@@ -98,6 +105,8 @@ class PostgresStorage:
                 chain_id = await insert_chain(conn, conv, chain)
                 await insert_turn(conn, conv, "user", chain.question, chain.user_id, chain_id, now, self.max_turns)
                 await insert_turn(conn, conv, "assistant", reply.text, "", chain_id, now, self.max_turns)
+                if (usage := answer_usage(conv, chain, chain_id)) is not None:
+                    await insert_usage(conn, usage)
                 recorded = replace(reply, chain_id=chain_id)
             if inbox_id is not None:
                 await answer_in(conn, inbox_id, recorded, error)
@@ -146,8 +155,10 @@ class PostgresStorage:
             # The audit refuses deletes except below the cutoff written here, in this same transaction.
             await conn.execute("INSERT INTO audit_retention (before) VALUES ($1)", p.audit_before)
             counts["audit rows"] = await delete("DELETE FROM approval_audit WHERE at < $1", p.audit_before)
+            counts["setting changes"] = await delete("DELETE FROM setting_changes WHERE at < $1", p.audit_before)
             await conn.execute("DELETE FROM audit_retention")
             await conn.execute("DELETE FROM approvals WHERE state <> 'pending' AND created_at < $1", p.audit_before)
+            counts["usage rows"] = await delete("DELETE FROM usage WHERE at < $1", p.usage_before)
             # Rate-limit windows end within the hour; replicas gone for a day will not come back under that id.
             await prune_counts(conn, p.now - DAY)
             await conn.execute("DELETE FROM replicas WHERE heartbeat_at < $1", p.now - DAY)

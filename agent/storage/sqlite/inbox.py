@@ -88,6 +88,12 @@ class SqliteInbox:
             )
         )
 
+    async def streaming(self, entry_id: int, ref: str, *, claim: Claim | None = None) -> None:
+        """The reply is being streamed into the platform message `ref`: a restart finishes that message."""
+        self.claims.fence(claim)
+        params = (ref, time.time(), entry_id)
+        await self.db.write(lambda db: db.execute("UPDATE inbox SET stream = ?, updated_at = ? WHERE id = ?", params))
+
     async def unfinished(self, platforms: Iterable[str]) -> list[InboxEntry]:
         """Messages of these platforms still to answer or whose reply is still to deliver, in arrival order."""
         names = list(platforms)

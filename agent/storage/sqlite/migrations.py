@@ -268,6 +268,53 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (chain_id, idx)
     );
     """,
+    # 11: channel settings per scope (thread, channel, workspace) with their append-only audit of changes
+    # (pruned like the approval audit, through `audit_retention`); model usage per answer for budgets and
+    # reports, kept apart from the chains (no foreign key: a chain is pruned or forgotten long before the bill
+    # is); and the platform message a reply is being streamed into, so a restart finishes it.
+    """
+    CREATE TABLE channel_settings (
+        scope TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        updated_by TEXT NOT NULL DEFAULT '',
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (scope, key)
+    );
+    CREATE TABLE setting_changes (
+        id INTEGER PRIMARY KEY,
+        scope TEXT NOT NULL,
+        key TEXT NOT NULL,
+        old TEXT,
+        new TEXT,
+        actor TEXT NOT NULL DEFAULT '',
+        at REAL NOT NULL
+    );
+    CREATE INDEX setting_changes_by_scope ON setting_changes (scope, id);
+    CREATE INDEX setting_changes_by_time ON setting_changes (at);
+    CREATE TRIGGER setting_changes_no_update BEFORE UPDATE ON setting_changes
+    BEGIN SELECT RAISE(ABORT, 'setting_changes is append-only'); END;
+    CREATE TRIGGER setting_changes_no_delete BEFORE DELETE ON setting_changes
+    WHEN old.at >= COALESCE((SELECT MAX(before) FROM audit_retention), 0)
+    BEGIN SELECT RAISE(ABORT, 'setting_changes is append-only'); END;
+    CREATE TABLE usage (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        platform TEXT NOT NULL DEFAULT '',
+        channel TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        calls INTEGER NOT NULL DEFAULT 0,
+        input_tokens INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        cost REAL,
+        chain_id INTEGER
+    );
+    CREATE INDEX usage_by_time ON usage (at);
+    CREATE INDEX usage_by_user ON usage (user_id, at);
+    CREATE INDEX usage_by_channel ON usage (channel, at);
+    ALTER TABLE inbox ADD COLUMN stream TEXT;
+    """,
 )
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -12,6 +12,7 @@ from agent.messages import Conversation, Reply
 from agent.storage.base import (
     Approvals,
     Chains,
+    ChannelSettings,
     Claims,
     Executions,
     Facts,
@@ -22,6 +23,7 @@ from agent.storage.base import (
     Replicas,
     Stats,
     Turns,
+    Usage,
 )
 from agent.storage.leadership import Leadership
 from agent.storage.models import (
@@ -33,7 +35,9 @@ from agent.storage.models import (
     PrunePolicy,
     StorageStatus,
 )
+from agent.storage.rows import answer_usage
 from agent.storage.sqlite.approvals import SqliteApprovals
+from agent.storage.sqlite.channel_settings import SqliteChannelSettings
 from agent.storage.sqlite.database import Database
 from agent.storage.sqlite.executions import SqliteExecutions
 from agent.storage.sqlite.inbox import SqliteInbox, answer_in
@@ -51,6 +55,7 @@ from agent.storage.sqlite.memory import (
 )
 from agent.storage.sqlite.migrations import LATEST_VERSION
 from agent.storage.sqlite.replicas import SqliteClaims, SqliteLimits, SqliteReplicas
+from agent.storage.sqlite.usage import SqliteUsage, insert_usage
 
 DAY = 86400.0
 
@@ -75,6 +80,8 @@ class SqliteStorage:
         self.approvals: Approvals = SqliteApprovals(db)
         self.jobs: Jobs = SqliteJobs(db)
         self.stats: Stats = SqliteStats(db)
+        self.channel_settings: ChannelSettings = SqliteChannelSettings(db)
+        self.usage: Usage = SqliteUsage(db)
 
     @classmethod
     async def open(
@@ -106,6 +113,8 @@ class SqliteStorage:
                 chain_id = insert_chain(db, conv, chain)
                 insert_turn(db, conv, "user", chain.question, chain.user_id, chain_id, now, self.max_turns)
                 insert_turn(db, conv, "assistant", reply.text, "", chain_id, now, self.max_turns)
+                if (usage := answer_usage(conv, chain, chain_id)) is not None:
+                    insert_usage(db, usage)
                 recorded = replace(reply, chain_id=chain_id)
             if inbox_id is not None:
                 answer_in(db, inbox_id, recorded, error)
@@ -153,8 +162,12 @@ class SqliteStorage:
             # The audit refuses deletes except below the cutoff written here, in this same transaction.
             db.execute("INSERT INTO audit_retention (before) VALUES (?)", (p.audit_before,))
             counts["audit rows"] = db.execute("DELETE FROM approval_audit WHERE at < ?", (p.audit_before,)).rowcount
+            counts["setting changes"] = db.execute(
+                "DELETE FROM setting_changes WHERE at < ?", (p.audit_before,)
+            ).rowcount
             db.execute("DELETE FROM audit_retention")
             db.execute("DELETE FROM approvals WHERE state != 'pending' AND created_at < ?", (p.audit_before,))
+            counts["usage rows"] = db.execute("DELETE FROM usage WHERE at < ?", (p.usage_before,)).rowcount
             return counts
 
         return await self.db.write(delete)

@@ -1,0 +1,370 @@
+"""Answers streamed while they are produced (issue 17): the agent's events, the dispatcher's stream path, Slack's
+chat.startStream / appendStream / stopStream against the fake Slack (the real slack-bolt and slack-sdk), Discord's
+edited message against the fake Discord (the real discord.py), and a process killed mid-stream."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dspy.lm15 import Request
+
+from adapters.discord import DiscordAdapter
+from adapters.discord_stream import EditLimits
+from adapters.slack import SlackAdapter, SlackConfig
+from adapters.slack_stream import StreamLimits, last_key
+from adapters.text import split_message, to_mrkdwn
+from agent.approvals import ApprovalPolicy
+from agent.engines import ScriptedEngine, scripted_model
+from agent.engines.scripted import request_text
+from agent.events import AnswerText, Event, StepFinished, StepStarted
+from agent.messages import IncomingMessage, Reply
+from agent.ports import Handlers
+from agent.runtime import Agent, AgentOptions
+from agent.storage import Storage, open_storage
+from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner
+from bot.commands import ChatCommands
+from bot.dispatcher import Dispatcher, DispatchOptions
+from tests.conftest import REPO
+from tests.fakes.discord import FakeDiscord
+from tests.fakes.slack import FakeSlack, event_callback_body
+from tests.slack_world import World, settled
+from tests.test_discord import CHANNEL, build
+
+STREAM = {"stream": True}
+ANSWER = "6*7 is **42**, and I looked up the time."
+
+
+def two_tools(request: Request) -> dict[str, Any]:
+    """Calls the calculator, then the clock, then answers."""
+    text = request_text(request)
+    if "next_tool_name" not in text:
+        return {"reasoning": "both tools answered", "answer": ANSWER}
+    if "[[ ## tool_name_0 ## ]]" not in text:
+        return {"next_thought": "compute it", "next_tool_name": "calculator", "next_tool_args": {"expression": "6*7"}}
+    if "[[ ## tool_name_1 ## ]]" not in text:
+        return {"next_thought": "now the time", "next_tool_name": "current_time", "next_tool_args": {"timezone": "UTC"}}
+    return {"next_thought": "done", "next_tool_name": "finish", "next_tool_args": {}}
+
+
+def streaming(world: World, **limits: Any) -> None:
+    """Appends as often as every 50 ms (Slack's budget is the same), the scripted model calling two tools."""
+    world.adapter.streams.limits = StreamLimits(append_interval_s=0.05, **limits)
+    world.engine.responder = two_tools
+
+
+def cards(stream: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Each task card's updates, by card id, in the order the cards first appeared."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for chunk in stream["chunks"]:
+        if chunk["type"] == "task_update":
+            found.setdefault(chunk["id"], []).append(chunk)
+    return found
+
+
+# The agent's events ---------------------------------------------------------------------------------------------
+
+
+async def test_the_agent_tells_each_tool_step_with_its_thought_and_outcome_then_the_answer(
+    storage: Storage, runner: ToolRunner
+) -> None:
+    agent = Agent(storage, scripted_model(ScriptedEngine(responder=two_tools)), runner, AgentOptions(max_iters=4))
+    events: list[Event] = []
+    message = IncomingMessage(platform="console", channel="c", user="u", text="what is 6*7, and the time?")
+    exchange = await agent.respond(message, progress=events.append)
+    assert exchange.reply.text == ANSWER
+    started, finished = events[0], events[1]
+    assert started == StepStarted(1, "calculator", "compute it", "expression=6*7")
+    assert isinstance(finished, StepFinished) and (finished.index, finished.outcome) == (1, "ok")
+    assert "42" in finished.summary
+    assert [(type(e).__name__, getattr(e, "index", 0)) for e in events[2:4]] == [
+        ("StepStarted", 2),
+        ("StepFinished", 2),
+    ]
+    assert events[-1] == AnswerText(ANSWER)
+
+
+# Slack ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("options", "delay"), [(STREAM, 0.1)])
+async def test_a_two_tool_answer_streams_a_task_card_per_step_then_the_answer(world: World) -> None:
+    streaming(world)
+    await world.mention("what is 6*7, and the time?", ts="1800.1", event_id="EvTwo")
+    await settled(world)
+    [stream] = world.fake.streams("C1")
+    # In the question's thread, shown to the person who asked (a channel needs the recipient's ids).
+    assert (stream["thread_ts"], stream["recipient"], stream["state"]) == ("1800.1", ["T1", "U1"], "stopped")
+    shown = cards(stream)
+    assert list(shown) == ["step-1", "step-2"]
+    assert [updates[-1]["status"] for updates in shown.values()] == ["complete", "complete"]
+    assert shown["step-1"][-1]["title"] == "calculator(expression=6*7)" and "42" in shown["step-1"][-1]["output"]
+    assert shown["step-2"][-1]["details"] == "now the time"
+    # A step's start and end are at most two updates of one card; the steps showed while the answer was made.
+    assert all(len(updates) <= 2 for updates in shown.values())
+    assert world.fake.calls_to("chat.appendStream")
+    assert stream["text"] == ANSWER
+    # Nothing else was posted, no reaction was needed, and the reply's key is on the streamed message.
+    assert world.fake.posted() == [] and world.fake.calls_to("reactions.add") == []
+    reply, message = Reply(ANSWER), IncomingMessage("slack", "C1", "U1", "q", thread="1800.1", message_id="1800.1")
+    assert stream["metadata"]["event_payload"]["key"] == last_key("parley-1", reply)
+    assert await world.adapter.already_delivered(message, reply, "parley-1")
+
+
+@pytest.mark.parametrize(("options", "delay"), [(STREAM, 0.1)])
+async def test_a_stream_that_fails_mid_way_ends_with_a_note_and_the_reply_is_posted(world: World) -> None:
+    streaming(world)
+    world.fake.fail_next("chat.appendStream", "internal_error")
+    await world.mention("what is 6*7, and the time?", ts="1800.2", event_id="EvBroken")
+    await settled(world)
+    [stream] = world.fake.streams("C1")
+    assert stream["state"] == "stopped", "a stream is never left open"
+    assert stream["text"].endswith("_(live updates stopped; the answer follows below)_")
+    [post] = world.fake.posted()
+    assert (post["thread_ts"], post["text"]) == ("1800.2", to_mrkdwn(ANSWER))
+
+
+@pytest.mark.parametrize("options", [STREAM])
+async def test_a_refused_stream_posts_the_reply_whole(world: World) -> None:
+    world.fake.fail_next("chat.startStream", "not_allowed")
+    await world.mention("hello", ts="1800.3", event_id="EvRefused")
+    await settled(world)
+    assert world.fake.streams("C1") == []
+    assert [p["text"] for p in world.fake.posted()] == ["re: hello"]
+
+
+async def stream_card(world: World, status: str) -> dict[str, Any]:
+    """The first stream once its first card has `status`."""
+
+    def found() -> dict[str, Any] | None:
+        streams = world.fake.streams("C1")
+        first = cards(streams[0]).get("step-1") if streams else None
+        return streams[0] if first and first[-1]["status"] == status else None
+
+    stream: dict[str, Any] = await world.fake.wait_for(found, what=f"a card {status}")
+    return stream
+
+
+async def approval_value(world: World) -> tuple[str, str]:
+    """The approval prompt's ts and its buttons' value."""
+    posts = await world.fake.wait_for(
+        lambda: [c for c in world.fake.calls_to("chat.postMessage") if c.ok], what="prompt"
+    )
+    blocks = posts[0].params["blocks"]
+    blocks = blocks if isinstance(blocks, list) else json.loads(blocks)
+    actions = next(block for block in blocks if block["type"] == "actions")
+    return str(posts[0].response["ts"]), actions["elements"][0]["value"]
+
+
+@pytest.mark.parametrize(("options", "delay"), [(STREAM, 0.1)])
+async def test_an_approval_wait_shows_and_the_stream_goes_on_after_the_decision_in_a_new_message_once_expired(
+    world: World,
+) -> None:
+    world.adapter.streams.limits = StreamLimits(append_interval_s=0.05)
+    await world.mention("deploy api", ts="1800.4", event_id="EvDeploy")
+    first = await stream_card(world, "pending")
+    assert cards(first)["step-1"][-1]["details"] == "waiting for a person's approval"
+    # A person takes longer than the stream lives.
+    world.fake.expire_stream("C1", first["ts"])
+    ts, value = await approval_value(world)
+    await world.click("UBOSS", "parley_approve", value, ts)
+    await settled(world)
+    assert world.deployed == ["api"]
+    old, new = world.fake.streams("C1")
+    assert old["ts"] == first["ts"] and "(continued below)" in old["shown"]
+    assert new["state"] == "stopped" and new["text"] == "tool said: deployed api"
+    assert cards(new)["step-1"][-1]["status"] == "complete"
+    assert [p["text"] for p in world.fake.posted() if not p.get("blocks")] == []
+
+
+@pytest.mark.parametrize("options", [STREAM])
+async def test_stop_cancels_the_answer_and_the_message_says_it_was_stopped(world: World) -> None:
+    world.adapter.streams.limits = StreamLimits(append_interval_s=0.05)
+    await world.mention("deploy web", ts="1800.5", event_id="EvStop")
+    stream = await stream_card(world, "pending")
+    world.fake.stop_stream_by_user("C1", stream["ts"])
+    stopped = {"type": "message_stream_stopped", "channel": "C1", "ts": stream["ts"], "user": "U1"}
+    status, _ = await world.post(event_callback_body(stopped, event_id="EvStopped"))
+    assert status == 200
+    await settled(world)
+    assert world.deployed == []
+    [shown] = world.fake.streams("C1")
+    assert "Stopped at your request." in shown["shown"] and "deploy(service=web)" in shown["shown"]
+    # The approval request was given up with the run: its prompt lost its buttons.
+    [update] = [c for c in world.fake.calls_to("chat.update") if c.params["ts"] != stream["ts"]]
+    assert "cancelled" in update.params["text"]
+    await world.dispatcher.join()
+    assert await world.storage.inbox.unfinished(["slack"]) == []
+
+
+@pytest.mark.parametrize("options", [STREAM])
+async def test_an_answer_longer_than_a_stream_holds_goes_on_in_posted_messages(world: World) -> None:
+    world.adapter.streams.limits = StreamLimits(append_interval_s=0.05, max_chars=3000)
+    await world.mention("essay", ts="1800.6", event_id="EvEssay")
+    await settled(world)
+    [stream] = world.fake.streams("C1")
+    posts = world.fake.posted()
+    assert len(stream["text"]) <= 3000 and stream["text"].startswith("Part 0:") and posts
+    assert all(p["thread_ts"] == "1800.6" for p in posts)
+    shown = stream["text"] + "".join(p["text"] for p in posts)
+    assert all(f"Part {i}:" in shown for i in range(12))
+    essay = world.engine.responder(world.engine.requests[-1])["answer"]
+    assert posts[-1]["metadata"]["event_payload"]["key"] == last_key("parley-1", Reply(essay))
+
+
+# Discord ----------------------------------------------------------------------------------------------------------
+
+LONG_ANSWER = "\n\n".join(f"Paragraph {i}: " + " ".join(f"word{i}x{j}" for j in range(40)) for i in range(8))
+
+
+def tool_then_long(request: Request) -> dict[str, Any]:
+    """Calls the calculator, then answers at more length than one Discord message holds."""
+    answer = two_tools(request)
+    return {**answer, "answer": LONG_ANSWER} if "answer" in answer else answer
+
+
+@pytest.fixture
+async def discord_world(storage: Storage) -> AsyncIterator[tuple[FakeDiscord, DiscordAdapter, ScriptedEngine]]:
+    """The Discord adapter with streaming on, edits at most every 0.2 s, the model calling two tools."""
+    with FakeDiscord(channel_ids=(CHANNEL,)) as fake:
+        adapter, dispatcher, engine = build(storage, fake, [], stream=True)
+        commands = ChatCommands(storage, ToolRegistry.of(*BUILTIN_TOOLS), dispatcher.submit, ApprovalPolicy())
+        adapter.connect(Handlers(dispatcher.submit, dispatcher.decide, commands))
+        adapter.streams.limits = EditLimits(edit_interval_s=0.2)
+        engine.responder, engine.delay_s = two_tools, 0.1
+        async with dispatcher:
+            await adapter.start()
+            yield fake, adapter, engine
+            await dispatcher.join()
+            await adapter.close()
+
+
+async def test_discord_shows_the_steps_as_a_status_line_replaced_by_the_answer_in_one_message(
+    discord_world: tuple[FakeDiscord, DiscordAdapter, ScriptedEngine],
+) -> None:
+    fake, _, _ = discord_world
+    fake.fail_next("PATCH /channels/{id}/messages/{mid}", 429)  # Discord asks to slow down once
+    sent = fake.message_create("<@2000> what is 6*7, and the time?", mentions_bot=True)
+    await fake.wait_for(lambda: [m for m in fake.messages(CHANNEL) if m["content"] == ANSWER], what="the answer")
+    [reply] = fake.messages(CHANNEL)
+    assert reply["message_reference"]["message_id"] == sent["id"]
+    [post] = fake.requests_to("POST /channels/{id}/messages")
+    assert post.json["content"].startswith("\u23f3 calculator(expression=6*7)")
+    edits = fake.requests_to("PATCH /channels/{id}/messages/{mid}")
+    contents = [e.json["content"] for e in edits if e.status == 200]
+    assert contents[-1] == ANSWER and any("\u2705 calculator" in c and "current_time" in c for c in contents)
+    assert [e.status for e in edits].count(429) == 1
+    # About once a second (0.2 s here): never two changes of the message closer than that, the 429's retry aside.
+    times = [post.at] + [e.at for e in edits if e.status == 200]
+    assert all(later - earlier >= 0.19 for earlier, later in itertools.pairwise(times))
+
+
+async def test_discord_rolls_a_long_answer_over_to_new_messages_at_2000_characters(
+    discord_world: tuple[FakeDiscord, DiscordAdapter, ScriptedEngine],
+) -> None:
+    fake, _, engine = discord_world
+    engine.responder = tool_then_long
+    fake.message_create("<@2000> what is 6*7, and the time?", mentions_bot=True)
+    parts = split_message(LONG_ANSWER, 2000)
+    await fake.wait_for(lambda: [m["content"] for m in fake.messages(CHANNEL)] == parts, what="the answer's messages")
+    # The first message showed the status line before the answer replaced it.
+    [post, *more] = fake.requests_to("POST /channels/{id}/messages")
+    assert post.json["content"].startswith("\u23f3 calculator") and len(more) == len(parts) - 1 >= 1
+    chunks = [m["content"] for m in fake.messages(CHANNEL)]
+    assert all(len(c) <= 2000 for c in chunks)
+    assert " ".join(" ".join(chunks).split()) == " ".join(LONG_ANSWER.split())
+
+
+async def test_discord_edits_a_slash_command_s_deferred_response_as_the_answer_grows(
+    discord_world: tuple[FakeDiscord, DiscordAdapter, ScriptedEngine],
+) -> None:
+    fake, _, _ = discord_world
+    fake.interaction_create_command("ask", {"question": "what is 6*7, and the time?"})
+    await fake.wait_for(lambda: [b for _, b in fake.original_edits if b.get("content") == ANSWER], what="the answer")
+    contents = [body["content"] for _, body in fake.original_edits]
+    assert contents[0].startswith("\u23f3 calculator") and contents[-1] == ANSWER
+    assert fake.followups == []
+
+
+# A process killed mid-stream ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_a_process_killed_mid_stream_is_finished_by_the_next_into_the_same_message(tmp_path: Path) -> None:
+    """The first process streams the first tool step and dies (SIGKILL) while the model thinks; the next one
+    answers the message again into the message the inbox recorded: one message, the whole answer, nothing
+    posted besides."""
+    database = tmp_path / "crash.db"
+    with FakeSlack() as fake:
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.fakes.stream_crash_worker",
+            str(database),
+            fake.api_url,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            await fake.wait_for(
+                lambda: [c for c in fake.calls_to("chat.appendStream") if c.ok] or worker.returncode is not None,
+                timeout_s=60,
+                what="the worker's first step",
+            )
+            assert worker.returncode is None, await worker.stderr.read() if worker.stderr else ""
+            await recorded(database)
+        finally:
+            if worker.returncode is None:
+                worker.send_signal(signal.SIGKILL)
+            await worker.wait()
+        [dead] = fake.streams("C1")
+        assert dead["state"] == "streaming" and dead["text"] == ""
+
+        storage = await open_storage(path=database)
+        runner = ToolRunner(ToolRegistry.of(*BUILTIN_TOOLS))
+        adapter = SlackAdapter(SlackConfig("xoxb-test", "secret", api_url=fake.api_url, stream=True))
+        try:
+            agent = Agent(
+                storage, scripted_model(ScriptedEngine(responder=two_tools)), runner, AgentOptions(max_iters=4)
+            )
+            dispatcher = Dispatcher(storage, agent, [adapter], DispatchOptions(rate_limit=None))
+            adapter.connect(Handlers(dispatcher.submit, dispatcher.decide, stop=dispatcher.stop_answer))
+            async with dispatcher:
+                await fake.wait_for(lambda: fake.streams("C1")[0]["state"] == "stopped", what="the finished stream")
+                await dispatcher.join()
+            assert await storage.inbox.unfinished(["slack"]) == []
+        finally:
+            await adapter.close()
+            runner.close()
+            await storage.close()
+    # The message now shows the steps and the answer, replaced whole (what the dead process showed is unknown).
+    [streamed] = fake.streams("C1")
+    assert streamed["ts"] == dead["ts"] and streamed["state"] == "stopped"
+    assert streamed["shown"].endswith(to_mrkdwn(ANSWER)) and "current_time(timezone=UTC)" in streamed["shown"]
+    assert list(cards(streamed)) == ["step-1", "step-2"]
+    assert fake.posted() == [] and len(fake.calls_to("chat.startStream")) == 1
+    assert fake.calls_to("chat.update")[-1].params["metadata"]["event_payload"]["key"] == last_key(
+        "parley-1", Reply(ANSWER)
+    )
+
+
+async def recorded(database: Path) -> None:
+    """Wait until the worker's inbox row names the message it streams into."""
+    storage = await open_storage(path=database)
+    try:
+        deadline = time.monotonic() + 10
+        while not [e for e in await storage.inbox.unfinished(["slack"]) if e.stream]:
+            assert time.monotonic() < deadline, "the stream was never recorded"
+            await asyncio.sleep(0.01)
+    finally:
+        await storage.close()
