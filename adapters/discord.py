@@ -2,7 +2,9 @@
 
 Mentions in guild channels and DMs become `IncomingMessage`s (the message id is the event key, so a gateway
 replay is answered once); replies go to the message they answer, split to Discord's 2,000 characters with code
-fences balanced, and never ping anyone. Slash commands are deferred at once and answered by follow-up.
+fences balanced, and never ping anyone. A message or command in a thread carries the thread's parent channel, so
+the parent's settings, budgets and approvers apply in it. Slash commands are deferred at once and answered by
+follow-up.
 Approval buttons are dynamic items: their custom id carries the request, so they work after a restart.
 
 Bad input from the gateway cannot deafen the bot: events and commands are checked at the edge
@@ -29,6 +31,7 @@ import io
 import json
 import logging
 import re
+from collections import OrderedDict
 from functools import partial
 from typing import Any, Literal
 
@@ -58,7 +61,7 @@ from adapters.text import split_message
 from agent.approvals import ApprovalRequest, Decision, PromptLocation
 from agent.attachments.models import Attachment
 from agent.commands import COMMANDS, NO_COMMANDS, UNREADABLE, CommandCall, CommandReply, ConfirmClick
-from agent.messages import IncomingMessage, Reply
+from agent.messages import IncomingMessage, Reply, channel_key
 from agent.ports import DeliveryError, Handlers, PlatformUnavailable, StreamMoved
 from agent.storage.leadership import Leadership
 
@@ -75,6 +78,8 @@ CONFIRM_ID = r"parley:confirm:(?P<action>[a-z_]{1,20}):(?P<value>\S{1,70})"
 # The typing indicator stops after this even when no reply comes through this process: with several replicas
 # another one may answer, and the indicator would otherwise come back every few seconds for good.
 TYPING_MAX_S = 120.0
+# Channels discord.py did not know (asked over REST for their parent), remembered: most recent kept.
+PARENTS_KEPT = 1024
 
 _api_base: contextvars.ContextVar[str] = contextvars.ContextVar("parley_discord_api", default=DEFAULT_API)
 _gateway: contextvars.ContextVar[str] = contextvars.ContextVar("parley_discord_gateway", default=DEFAULT_GATEWAY)
@@ -180,6 +185,8 @@ class ApprovalButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
         if not isinstance(client, ParleyClient) or client.adapter.handlers is None:
             return
         await interaction.response.defer(ephemeral=True, thinking=False)
+        guild = str(interaction.guild_id or "")
+        parent = thread_parent(interaction.channel)
         decision = Decision(
             self.request_id,
             "discord",
@@ -188,6 +195,8 @@ class ApprovalButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
             args_hash=self.shown_hash,
             always=self.action == "always",
             roles=roles_of(interaction),
+            channel=channel_key("discord", guild, str(interaction.channel_id or "")),
+            parent=channel_key("discord", guild, parent) if parent else "",
         )
         verdict = await client.adapter.handlers.decide(decision)
         if not verdict.accepted:
@@ -265,6 +274,8 @@ class DiscordAdapter:
         self.tree = ParleyTree(self.client, warn=self.quiet)
         self._register_commands()
         self._typing: dict[str, asyncio.Task[None]] = {}
+        # Channel id -> its parent's id ("" for a channel that is no thread), for channels discord.py did not know.
+        self._parents: OrderedDict[int, str] = OrderedDict()
         self.streams = DiscordStreams(self.client, self._typing_done)
         # Downloads of shared files: opened with the first one, in the running loop.
         self._files: aiohttp.ClientSession | None = None
@@ -468,6 +479,9 @@ class DiscordAdapter:
                 return
             text = text[len(prefix) + 4 :]
         text = re.sub(rf"<@!?{me.id}>", "", text).strip()
+        parent = str(seen.channel.parent_id or "")
+        if not parent and not is_dm and isinstance(message.channel, discord.PartialMessageable):
+            parent = await self._parent_of(seen.channel.id)
         incoming = IncomingMessage(
             platform=self.name,
             workspace=str(seen.guild_id or ""),
@@ -479,9 +493,30 @@ class DiscordAdapter:
             mentioned=mentioned,
             is_dm=is_dm,
             attachments=attachments_of(seen.attachments, "message") + self._replied_files(message),
+            parent=parent,
+            roles=tuple(str(role.id) for role in seen.author.roles),
         )
         if self.handlers is not None and await self.handlers.submit(incoming):
             self._typing[incoming.message_id] = asyncio.create_task(self._type(message.channel))
+
+    async def _parent_of(self, channel_id: int) -> str:
+        """The parent of a channel discord.py does not know (its thread was never announced to this session),
+        asked over REST once: without it a thread would escape its channel's settings. "" when it is no thread,
+        or when Discord cannot say (then the thread is on its own, and a warning says so)."""
+        known = self._parents.get(channel_id)
+        if known is not None:
+            self._parents.move_to_end(channel_id)
+            return known
+        try:
+            channel = await self.client.fetch_channel(channel_id)
+        except (discord.HTTPException, OSError) as exc:
+            self.quiet.warning("parent", "could not ask Discord which channel %s belongs to (%s)", channel_id, exc)
+            return ""
+        parent = thread_parent(channel)
+        self._parents[channel_id] = parent
+        while len(self._parents) > PARENTS_KEPT:
+            self._parents.popitem(last=False)
+        return parent
 
     def _replied_files(self, message: discord.Message) -> tuple[Attachment, ...]:
         """The files of the message this one replies to, when the gateway sent it along."""
@@ -563,8 +598,10 @@ class DiscordAdapter:
             await self._command(interaction, "help")
 
     async def _command(self, interaction: discord.Interaction, name: str, *options: str) -> None:
-        """Run a command and show its reply to the caller (to everyone when public). `/ask` is deferred at once,
-        publicly, and its answer arrives by follow-up through the interaction's webhook."""
+        """Run a command and show its reply to the caller. Every command is deferred at once (Discord allows 3 s
+        for the first response, and a slow database can take longer over `/usage` or `/channel`) and answered
+        by follow-up: `/ask` publicly, its answer arriving through the interaction's webhook; the others seen only
+        by the caller, as every reply of theirs is."""
         try:
             seen = SlashCommand.model_validate({"interaction": interaction, "text": " ".join(filter(None, options))})
         except ValidationError as exc:
@@ -579,8 +616,8 @@ class DiscordAdapter:
             return
         command = seen.interaction
         asking = name == "ask"
-        if asking:
-            await interaction.response.defer(thinking=True)
+        await interaction.response.defer(ephemeral=not asking, thinking=True)
+        parent = command.channel.parent_id if command.channel is not None else None
         call = CommandCall(
             platform=self.name,
             workspace=str(command.guild_id or ""),
@@ -592,13 +629,15 @@ class DiscordAdapter:
             reply_url=f"{INTERACTION}{command.application_id}:{command.token}" if asking else "",
             event_id=f"interaction-{command.id}",
             is_dm=command.guild_id is None,
+            parent=str(parent or ""),
         )
         reply = await commands.run(call)
         if asking:
             if not reply.answer_follows:  # nothing was asked (no question): say why in place of the placeholder
                 await interaction.followup.send(fitted(reply.text), allowed_mentions=discord.AllowedMentions.none())
             return
-        await interaction.response.send_message(**_rendered(reply))
+        # In place of the "thinking" placeholder, seen only by the caller as the deferral said.
+        await interaction.followup.send(**_rendered(reply))
 
     # Replies out ---------------------------------------------------------------------------------------
 
@@ -710,6 +749,11 @@ def described(name: str) -> str:
     """A slash command's description: its help line, capitalised as Discord shows it (at most 100 characters)."""
     text = COMMANDS[name].help
     return (text[:1].upper() + text[1:])[:100]
+
+
+def thread_parent(channel: object) -> str:
+    """The id of the channel a thread belongs to; "" for a channel that is no thread."""
+    return str(channel.parent_id) if isinstance(channel, discord.Thread) else ""
 
 
 def roles_of(interaction: discord.Interaction) -> tuple[str, ...]:

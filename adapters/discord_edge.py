@@ -92,6 +92,20 @@ class DiscordUser(_Read):
     bot: StrictBool = False
 
 
+class DiscordRole(_Read):
+    id: Snowflake
+
+
+# A guild has at most 250 roles.
+MAX_ROLES = 250
+
+
+class DiscordAuthor(DiscordUser):
+    """A message's author: a guild member has roles (approvers may be named by role), a DM's author none."""
+
+    roles: list[DiscordRole] = Field(default_factory=list, max_length=MAX_ROLES)
+
+
 class DiscordGuild(_Read):
     id: Snowflake
 
@@ -100,6 +114,8 @@ class DiscordChannel(_Read):
     id: Snowflake
     # Only a channel discord.py has no guild for (a `PartialMessageable`) carries it; a DM channel has none.
     guild_id: Snowflake | None = None
+    # Only a thread (discord.py's `Thread`) has one: the channel it belongs to, whose settings apply in it.
+    parent_id: Snowflake | None = None
 
 
 class DiscordAttachment(_Read):
@@ -128,7 +144,7 @@ class DiscordMessage(_Read):
     id: Snowflake
     channel: DiscordChannel
     guild: DiscordGuild | None
-    author: DiscordUser
+    author: DiscordAuthor
     content: CleanStr
     mentions: list[DiscordUser]
     attachments: list[DiscordAttachment] = Field(default_factory=list, max_length=MAX_ATTACHMENTS)
@@ -156,6 +172,8 @@ class DiscordInteraction(_Read):
     token: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9._-]{1,512}$")]
     guild_id: Snowflake | None
     channel_id: Snowflake | None
+    # The channel as discord.py knows it (from its cache or the interaction's own data): a thread's parent.
+    channel: DiscordChannel | None = None
     user: DiscordUser
 
 

@@ -15,7 +15,6 @@ back; it edits the message the inbox recorded (`resume`) instead of starting ano
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import logging
 import time
@@ -23,12 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import discord
 
 from adapters.text import split_message
 from agent.events import AnswerText, ApprovalWaiting, Event, StepFinished, StepStarted
 from agent.messages import IncomingMessage, Reply
-from agent.ports import StreamMoved
+from agent.ports import DeliveryError, StreamMoved
 
 log = logging.getLogger("parley.discord")
 
@@ -37,6 +37,8 @@ INTERACTION = "discord-interaction:"
 ORIGINAL = "@original"
 ICONS = {"running": "\u23f3", "waiting": "\u270b", "ok": "\u2705", "failed": "\u274c"}
 BROKEN = "(live updates stopped; the answer follows below)"
+# What a call to Discord fails with when Discord cannot be reached (a timeout is an OSError).
+UNREACHABLE = (OSError, aiohttp.ClientError)
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,9 @@ class EditLimits:
     """How often one reply's message may change."""
 
     edit_interval_s: float = 1.0
+    # Ending a reply on shutdown or after a failure waits this long for Discord at most (discord.py waits out
+    # 429s by itself): a shutdown is not held up by a Discord that does not answer.
+    end_timeout_s: float = 5.0
 
 
 def status_line(steps: dict[int, tuple[str, str]]) -> str:
@@ -60,7 +65,8 @@ class DiscordStream:
     """One reply's messages: the first posted (or taken over) when there is something to show, edited as the
     status and the answer change, more posted when the answer outgrows 2,000 characters.
 
-    `state`: `live`, `broken` (an edit failed for good: the reply is delivered the usual way), `ended`."""
+    `state`: `live`, `broken` (an edit failed for good: the reply is delivered the usual way), `shown` (the reply's
+    text shows; its files are still to post), `ended`."""
 
     def __init__(
         self,
@@ -81,6 +87,7 @@ class DiscordStream:
         self.ids: list[str] = [resume] if resume else ([ORIGINAL] if self.interaction else [])
         self.shown: list[str | None] = [None] * len(self.ids)
         self.steps: dict[int, tuple[str, str]] = {}
+        self.calls_shown: dict[int, str] = {}  # each step's call as its status shows it: tool and arguments
         self.text = ""
         self.calls = 0
         self._dirty = False
@@ -96,12 +103,15 @@ class DiscordStream:
         if self.state != "live":
             return
         if isinstance(event, StepStarted):
-            shown = f"{event.tool}({event.arguments})" if event.arguments else event.tool
-            self.steps[event.index] = ("running", shown)
+            self.calls_shown[event.index] = f"{event.tool}({event.arguments})" if event.arguments else event.tool
+            self.steps[event.index] = ("running", self.calls_shown[event.index])
         elif isinstance(event, ApprovalWaiting):
             self.steps[event.index] = ("waiting", f"{event.tool} (waiting for approval)")
         elif isinstance(event, StepFinished):
-            self.steps[event.index] = ("ok" if event.outcome == "ok" else "failed", event.tool)
+            # The call and how it ended, never what the tool returned: that was for the model only.
+            call = self.calls_shown.get(event.index, event.tool)
+            ok = event.outcome == "ok"
+            self.steps[event.index] = ("ok", call) if ok else ("failed", f"{call} ({event.outcome})")
         elif isinstance(event, AnswerText):
             self.text += event.text
         self._dirty = True
@@ -120,15 +130,19 @@ class DiscordStream:
         return parts
 
     async def _flush(self) -> None:
-        while self._dirty and self.state == "live":
-            wait = self._next - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            async with self._lock:
-                if self.state != "live":
-                    return
-                self._dirty = False
-                await self._sync(self._contents(), live=True)
+        try:
+            while self._dirty and self.state == "live":
+                wait = self._next - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                async with self._lock:
+                    if self.state != "live":
+                        return
+                    self._dirty = False
+                    await self._sync(self._contents(), live=True)
+        except Exception as exc:  # a task of its own: what escapes here would only be logged when it is collected
+            log.warning("a streamed Discord reply failed (%s); it is delivered the usual way", type(exc).__name__)
+            self.state = "broken"
 
     async def _sync(self, contents: list[str], *, live: bool) -> bool:
         """Make the reply's messages show `contents`: edit those that differ, post the ones missing. False when
@@ -153,7 +167,7 @@ class DiscordStream:
             log.warning("a streamed Discord reply failed (%s); it is delivered the usual way", exc.status)
             self.state = "broken"
             return False
-        except OSError as exc:
+        except UNREACHABLE as exc:
             log.warning("a streamed Discord reply failed (%s); it is delivered the usual way", type(exc).__name__)
             self.state = "broken"
             return False
@@ -198,34 +212,51 @@ class DiscordStream:
                 except Exception as exc:  # the reply still shows; only a restart would not find it
                     log.warning("the streamed message of %s was not recorded: %s", self.key, type(exc).__name__)
 
-    async def _quiet(self) -> None:
-        if self._flusher is not None and not self._flusher.done():
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+    async def _stop_flusher(self) -> None:
+        """Cancel the flusher and wait until it is done. Only the flusher's own cancellation ends here: the
+        caller's (a shutdown) goes on."""
+        flusher = self._flusher
+        if flusher is not None and not flusher.done():
+            flusher.cancel()
+            await asyncio.wait([flusher])
+
+    def _done(self) -> None:
+        self.state = "ended"
+        self.owner.typing_done(self.message)
 
     async def finish(self, reply: Reply) -> bool:
         async with self._lock:  # held, the flusher is not in the middle of a call: stopping it loses nothing
-            await self._quiet()
-            try:
-                if self.state != "live":
-                    return False
-                if not self.ids:
-                    return False  # nothing was shown yet: the reply is posted whole, as without streaming
-                self.text = reply.text
-                # The last edit keeps the pace too: at most one change per interval, the final one included.
-                await asyncio.sleep(max(0.0, self._next - time.monotonic()))
-                if not await self._sync(self._contents() or ["(no answer)"], live=False):
-                    return False
-                if reply.files:
-                    await self._files(reply)
+            await self._stop_flusher()
+            if self.state == "shown":  # the text is there; only its files did not go
+                await self._send_files(reply)
+                self._done()
                 return True
-            except (discord.HTTPException, OSError) as exc:
-                log.warning("the files of a streamed Discord reply were not posted: %s", exc)
+            if self.state != "live" or not self.ids:
+                # Broken, ended, or nothing shown yet: the reply is posted whole, as without streaming.
+                self._done()
                 return False
-            finally:
-                self.state = "ended"
-                self.owner.typing_done(self.message)
+            self.text = reply.text
+            # The last edit keeps the pace too: at most one change per interval, the final one included.
+            await asyncio.sleep(max(0.0, self._next - time.monotonic()))
+            if not await self._sync(self._contents() or ["(no answer)"], live=False):
+                self._done()
+                return False
+            self.state = "shown"
+            if reply.files:
+                await self._send_files(reply)
+            self._done()
+            return True
+
+    async def _send_files(self, reply: Reply) -> None:
+        """The reply's files, after its text: a failure is a DeliveryError, and `finish` again sends only them
+        (the text shows already; posting it again would show it twice)."""
+        try:
+            await self._files(reply)
+        except discord.HTTPException as exc:
+            transient = exc.status >= 500 or exc.status == 429
+            raise DeliveryError(f"Discord did not take the reply's files ({exc.status})", transient=transient) from None
+        except UNREACHABLE as exc:
+            raise DeliveryError(f"Discord could not be reached ({type(exc).__name__})") from None
 
     async def _files(self, reply: Reply) -> None:
         files = [discord.File(io.BytesIO(f.content), filename=f.name) for f in reply.files]
@@ -235,19 +266,25 @@ class DiscordStream:
             await self.owner.webhook(self.message).send(files=files, allowed_mentions=none)
             return
         channel = self.owner.client.get_partial_messageable(int(self.message.channel))
+        # Under a nonce Discord enforces: a second try after a lost answer gets the first message back.
         await channel.send(files=files, allowed_mentions=none, nonce=f"{self.key}-files"[-25:])
 
     async def abort(self, note: str) -> None:
-        async with self._lock:
-            await self._quiet()
-            try:
-                if self.state == "live" and self.ids:
-                    await self._sync(self._contents(note), live=False)
-            except Exception as exc:  # never raises: the caller is already unwinding
-                log.warning("a streamed Discord reply could not be ended: %s", type(exc).__name__)
-            finally:
-                self.state = "ended"
-                self.owner.typing_done(self.message)
+        try:
+            # Within `end_timeout_s`: an edit under way is cut short (the message ends with what it shows).
+            async with asyncio.timeout(self.owner.limits.end_timeout_s):
+                await self._stop_flusher()
+                async with self._lock:
+                    if self.state in ("live", "shown") and self.ids:
+                        await self._sync(self._contents(note), live=False)
+        except Exception as exc:  # never raises: the caller is already unwinding
+            log.warning("a streamed Discord reply could not be ended: %s", type(exc).__name__)
+        finally:
+            self._done()
+
+    async def release(self) -> None:
+        await self._stop_flusher()
+        self._done()
 
 
 class DiscordStreams:

@@ -62,7 +62,7 @@ from adapters.slack_edge import (
     parse_body,
 )
 from adapters.slack_prompt import FILE_ABOVE, MAX_LISTED_ARGUMENTS, NO_FILE, literal, prompt_blocks, section
-from adapters.slack_stream import STOP_EVENT, SlackStream, SlackStreams, last_key
+from adapters.slack_stream import STOP_EVENT, UNREACHABLE, SlackStream, SlackStreams, last_key
 from adapters.text import split_message, to_mrkdwn
 from agent.approvals import ApprovalRequest, ApprovalState, Decision, PromptLocation
 from agent.attachments.models import Attachment, AttachmentRefused
@@ -124,8 +124,10 @@ class SlackAdapter:
 
     def __init__(self, config: SlackConfig) -> None:
         self.config = config
-        # One session (one connection pool) for every call; built inside the running loop.
-        self._session = aiohttp.ClientSession()
+        # One session (one connection pool) for every call; built inside the running loop. slack-sdk's own
+        # timeout (30 s) applies only to sessions it makes itself: without one here, a Slack that stops answering
+        # would hold a call for aiohttp's five minutes. File downloads set their own.
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         self.client = AsyncWebClient(
             token=config.bot_token,
             base_url=config.api_url,
@@ -510,7 +512,7 @@ class SlackAdapter:
         except SlackApiError as exc:
             error = str(exc.response.get("error", "unknown"))
             raise DeliveryError(f"Slack refused the reply: {error}", transient=error not in PERMANENT_ERRORS) from None
-        except SlackClientError as exc:
+        except UNREACHABLE as exc:  # slack-sdk's errors, and aiohttp's and timeouts its retries passed on
             raise DeliveryError(f"Slack could not be reached: {type(exc).__name__}") from None
         self._progress_done(message)
 
@@ -558,7 +560,7 @@ class SlackAdapter:
                 await self._quietly(
                     self.client.chat_postMessage(channel=message.channel, thread_ts=message.thread or None, text=note)
                 )
-            except SlackClientError as exc:
+            except UNREACHABLE as exc:
                 raise DeliveryError(f"Slack could not be reached: {type(exc).__name__}") from None
 
     async def post(self, channel: str, text: str) -> None:

@@ -14,6 +14,8 @@ What Slack does that this handles (slack-sdk 3.47; docs.slack.dev, Slack's chang
 - `markdown_text` takes 12,000 characters per call, and a stream holds at most `max_chars` here: the rest of a
   longer answer is posted after it as ordinary messages;
 - any other failure mid-way ends the stream with what it shows and a note, and the reply is posted the usual way;
+  slack-sdk raises its own errors for Slack's answers, but a connection that fails or times out surfaces as
+  aiohttp's or asyncio's own (`UNREACHABLE`), after its retry handlers gave up;
 - the person's Stop arrives as a `message_stream_stopped` event (channel and the stream's ts): the answer's run is
   cancelled through the dispatcher's `stop`. Slack does not document the event's fields; those read here are
   named in `StreamStopped`.
@@ -30,6 +32,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from pydantic import BaseModel, ConfigDict, ValidationError
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
@@ -48,6 +51,9 @@ CONTINUED = "(continued below)"
 WAITING = "waiting for a person's approval"
 BROKEN = "(live updates stopped; the answer follows below)"
 STATUS_ICON = {"in_progress": "\u23f3", "pending": "\u270b", "complete": "\u2705", "error": "\u274c"}
+# What a call to Slack fails with when Slack cannot be reached: slack-sdk's own errors, and the aiohttp and timeout
+# errors its retry handlers pass on as they are.
+UNREACHABLE = (SlackClientError, aiohttp.ClientError, TimeoutError)
 # `<!here>`, `<@U123>` and `<#C1>` in model output would ping or link: a zero-width space after `<` defuses them.
 _SPECIAL = re.compile(r"<(?=[!@#])")
 _MASS = re.compile(r"(?<!\w)@(?=(?:here|channel|everyone)\b)", re.IGNORECASE)
@@ -68,6 +74,9 @@ class StreamLimits:
     starts_per_minute: int = 20
     # Streams expire about five minutes after they start: a new message before then.
     max_age_s: float = 240.0
+    # Ending a stream on shutdown or after a failure waits this long for Slack at most (its client retries and
+    # times out after 30 s per call): a shutdown is not held up by a Slack that does not answer.
+    end_timeout_s: float = 5.0
 
 
 class StreamStopped(BaseModel):
@@ -163,8 +172,9 @@ def card(event: Event, cards: dict[str, dict[str, Any]]) -> dict[str, Any] | Non
         shown["status"] = "complete" if event.outcome == "ok" else "error"
         if shown.get("details") == WAITING:  # decided: the outcome says how
             del shown["details"]
-        if event.summary:
-            shown["output"] = event.summary if event.outcome == "ok" else f"{event.outcome}: {event.summary}"
+        # How it ended, never what the tool returned: that was for the model, not for everyone in the channel.
+        if event.outcome != "ok":
+            shown["output"] = event.outcome
     cards[task_id] = shown
     return shown
 
@@ -190,7 +200,8 @@ class SlackStream:
 
     `state`: `live` (streaming), `unknown` (taken over from a process that died: tried on first use), `frozen`
     (the message no longer streams: it is updated whole at the end), `broken` (ended with a note: the reply is
-    posted the usual way), `ended`."""
+    posted the usual way), `posting` (the message shows its part of the reply; parts of a long reply that did not
+    fit are still to post), `ended`."""
 
     def __init__(
         self, owner: SlackStreams, message: IncomingMessage, key: str, ts: str, *, state: str, moved: StreamMoved | None
@@ -212,6 +223,8 @@ class SlackStream:
         # Taken over from a process that died: what the message shows is not known here, so it is replaced whole.
         self.resumed = state == "unknown"
         self.calls = 0  # Slack API calls made for this reply
+        # The parts of a long reply still to post after the stream, with their metadata keys.
+        self._rest: list[tuple[str, str]] = []
         self._last = time.monotonic()
         self._flusher: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -234,16 +247,19 @@ class SlackStream:
 
     async def _flush(self) -> None:
         """Send what is pending, no more often than the interval and the workspace's budget allow."""
-        while self.pending and self.state in ("live", "unknown"):
-            wait = self.limits.append_interval_s - (time.monotonic() - self._last)
-            if wait > 0:
-                await asyncio.sleep(wait)
-            await self.owner.appends.take()
-            async with self._lock:
-                if self.state not in ("live", "unknown") or not self.pending:
-                    return
-                chunks, self.pending = coalesce(self.pending), []
-                await self._append(chunks)
+        try:
+            while self.pending and self.state in ("live", "unknown"):
+                wait = self.limits.append_interval_s - (time.monotonic() - self._last)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                await self.owner.appends.take()
+                async with self._lock:
+                    if self.state not in ("live", "unknown") or not self.pending:
+                        return
+                    chunks, self.pending = coalesce(self.pending), []
+                    await self._append(chunks)
+        except Exception as exc:  # a task of its own: what escapes here would only be logged when it is collected
+            await self._break(type(exc).__name__)
 
     async def _append(self, chunks: list[dict[str, Any]]) -> None:
         if self.state == "live" and time.monotonic() - self.started > self.limits.max_age_s:
@@ -268,7 +284,7 @@ class SlackStream:
             else:
                 await self._break(error)
             return
-        except SlackClientError as exc:
+        except UNREACHABLE as exc:
             await self._break(type(exc).__name__)
             return
         self.state = "live"
@@ -284,26 +300,34 @@ class SlackStream:
         self._last = time.monotonic()
         return await call
 
-    async def _end_message(self, note: str, *, extra: list[dict[str, Any]] | None = None) -> None:
-        """End the current message with what it shows and `note`: stopped if it still streams, else updated
-        whole. Best effort: a message that cannot be reached keeps what it showed."""
+    async def _end_message(
+        self, note: str, *, extra: list[dict[str, Any]] | None = None, update: bool = True, key: str | None = None
+    ) -> None:
+        """End the current message with what it shows and `note`: stopped if it still streams, else (`update`)
+        updated whole. Best effort: a message that cannot be reached keeps what it showed."""
         chunks = [*(extra or []), *([{"type": "markdown_text", "text": f"\n\n_{note}_"}] if note else [])]
         try:
             await self._call(
-                self.client.chat_stopStream(channel=self.message.channel, ts=self.ts, chunks=chunks or None)
+                self.client.chat_stopStream(
+                    channel=self.message.channel,
+                    ts=self.ts,
+                    chunks=chunks or None,
+                    metadata=metadata(key) if key else None,
+                )
             )
             return
         except SlackApiError as exc:
             if exc.response.get("error") != NOT_STREAMING:
                 log.warning("a Slack stream could not be stopped: %s", exc.response.get("error"))
                 return
-        except SlackClientError as exc:
+        except UNREACHABLE as exc:
             log.warning("a Slack stream could not be stopped: %s", type(exc).__name__)
             return
-        await self._update(render(list(self.cards.values()), self.here, note))
+        if update:
+            await self._update(render(list(self.cards.values()), self.here, note), key)
 
-    async def _update(self, markdown: str, key: str | None = None) -> None:
-        """Replace the message's content (it no longer streams), quietly when it cannot be."""
+    async def _update(self, markdown: str, key: str | None = None) -> bool:
+        """Replace the message's content (it no longer streams); False (logged) when Slack did not take it."""
         try:
             await self._call(
                 self.client.chat_update(
@@ -314,8 +338,10 @@ class SlackStream:
                     metadata=metadata(key) if key else None,
                 )
             )
-        except SlackClientError as exc:
+        except UNREACHABLE as exc:
             log.warning("a streamed Slack message could not be updated: %s", exc)
+            return False
+        return True
 
     async def _roll_over(self, *, expired: bool = False) -> None:
         """End this message ("continued below") and go on in a new stream, before or after it expired; with no
@@ -330,7 +356,7 @@ class SlackStream:
             return
         try:
             answer = await self._call(self.client.chat_startStream(**self.owner.start_params(self.message)))
-        except SlackClientError as exc:
+        except UNREACHABLE as exc:
             log.warning("a Slack stream could not go on in a new message: %s", exc)
             self.state = "broken"
             return
@@ -348,40 +374,55 @@ class SlackStream:
         self.state = "broken"
         await self._end_message(BROKEN)
 
+    async def _stop_flusher(self) -> None:
+        """Cancel the flusher and wait until it is done. Only the flusher's own cancellation ends here: the
+        caller's (a shutdown) goes on."""
+        flusher = self._flusher
+        if flusher is not None and not flusher.done():
+            flusher.cancel()
+            await asyncio.wait([flusher])
+
     async def _quiet(self) -> list[dict[str, Any]]:
         """Stop the flusher; the task cards still to send (text still to send is part of what `finish` sends)."""
-        if self._flusher is not None and not self._flusher.done():
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+        await self._stop_flusher()
         cards = [c for c in coalesce(self.pending) if c["type"] == "task_update"]
         self.pending = []
         return cards
+
+    def _done(self) -> None:
+        self.state = "ended"
+        self.owner.forget(self)
 
     async def finish(self, reply: Reply) -> bool:
         async with self._lock:  # held, the flusher is not in the middle of a call: stopping it loses nothing
             cards = await self._quiet()
             try:
-                return await self._finish(reply, cards)
-            finally:
-                self.state = "ended"
-                self.owner.forget(self)
+                carried = await self._finish(reply, cards)
+            except DeliveryError:
+                # Part of the reply is still to send (its files, or the parts of a long one after the stream): the
+                # stream stays as it is, and `finish` again sends only that. Its task cards go with the end.
+                self.pending = cards
+                raise
+            self._done()
+            return carried
 
     async def _finish(self, reply: Reply, cards: list[dict[str, Any]]) -> bool:
-        if self.state == "broken":
-            return False
+        if self.state == "posting":
+            return await self._post_rest()
+        if self.state not in ("live", "unknown", "frozen"):
+            return False  # broken, or ended already (a shutdown): the reply goes the usual way
         final = safe_markdown(reply.text) or "(no answer)"
         continues = final.startswith(self.text) and not self.resumed
         first, rest = pieces(final[len(self.text) :] if continues else final, self.limits.max_chars - len(self.here))
         last = last_key(self.key, reply)
-        try:
-            await self.owner.post_files(self.message, reply)
-        except DeliveryError as exc:
-            await self._break(str(exc))
-            return False
+        # Files first (as when posted whole): once the text ends the stream, they are there.
+        await self.owner.post_files(self.message, reply)
         key = None if rest else last
+        self._rest = [(piece, last if i == len(rest) - 1 else f"{self.key}:more{i}") for i, piece in enumerate(rest)]
         if self.state in ("live", "unknown"):
             tail = [{"type": "markdown_text", "text": first}] if first and continues else []
+            # The message shows all of this reply it can hold already: only its end is missing.
+            whole = continues and not first
             try:
                 await self._call(
                     self.client.chat_stopStream(
@@ -391,49 +432,79 @@ class SlackStream:
                         metadata=metadata(key) if key and continues else None,
                     )
                 )
-                self.here += first if continues else ""
-                self.state = "frozen" if not continues else "stopped"
             except SlackApiError as exc:
-                if exc.response.get("error") != NOT_STREAMING:
-                    log.warning("a Slack stream could not be stopped: %s", exc.response.get("error"))
-                    return False
+                error = str(exc.response.get("error", ""))
+                if error != NOT_STREAMING:
+                    return await self._not_stopped(error, whole=whole, cards=cards, key=key)
                 self.state = "frozen"
-            except SlackClientError as exc:
-                log.warning("a Slack stream could not be stopped: %s", type(exc).__name__)
-                return False
+            except UNREACHABLE as exc:
+                return await self._not_stopped(type(exc).__name__, whole=whole, cards=cards, key=key)
+            else:
+                self.here += first if continues else ""
+                self.state = "posting" if continues else "frozen"
         if self.state == "frozen":
             # The message no longer streams (it expired, was stopped, or a dead process left it): updated whole.
             shown = self.here + first if continues else first
-            await self._update(render(list(self.cards.values()), shown), key)
-        try:
-            for i, piece in enumerate(rest):
+            if not await self._update(render(list(self.cards.values()), shown), key):
+                self.state = "broken"  # it keeps what it showed; the reply is posted the usual way
+                return False
+        return await self._post_rest()
+
+    async def _not_stopped(self, reason: str, *, whole: bool, cards: list[dict[str, Any]], key: str | None) -> bool:
+        """chat.stopStream failed with the reply in hand. A message that shows all of the reply it can hold
+        counts as delivered (posting the reply again would show it twice): it is ended once more without a note,
+        best effort. Otherwise it is ended with a note and the reply is posted the usual way."""
+        log.warning("a Slack stream could not be stopped with its reply: %s", reason)
+        if whole:
+            await self._end_message("", extra=cards, key=key)
+            return await self._post_rest()
+        await self._break(reason)
+        return False
+
+    async def _post_rest(self) -> bool:
+        """Post the parts of a long reply that the stream did not hold, each once: a failure leaves those not
+        posted for the next `finish` (a transient DeliveryError), never the whole reply for the usual way."""
+        self.state = "posting"
+        while self._rest:
+            piece, key = self._rest[0]
+            try:
                 await self._call(
                     self.client.chat_postMessage(
-                        channel=self.message.channel,
-                        thread_ts=self.message.thread,
-                        text=piece,
-                        metadata=metadata(last if i == len(rest) - 1 else f"{self.key}:more{i}"),
+                        channel=self.message.channel, thread_ts=self.message.thread, text=piece, metadata=metadata(key)
                     )
                 )
-        except SlackClientError as exc:
-            log.warning("the rest of a streamed Slack reply was not posted: %s", exc)
-            return False
+            except SlackApiError as exc:
+                error = exc.response.get("error")
+                raise DeliveryError(f"Slack refused the rest of a streamed reply: {error}") from None
+            except UNREACHABLE as exc:
+                raise DeliveryError(f"Slack could not be reached: {type(exc).__name__}") from None
+            del self._rest[0]
         return True
 
     async def abort(self, note: str) -> None:
-        async with self._lock:
-            cards = await self._quiet()
-            try:
-                if self.state == "live":
-                    await self._end_message(note, extra=cards)
-                elif self.state == "unknown":  # a dead process's message: left for whoever answers it next
-                    with contextlib.suppress(SlackClientError):
-                        await self._call(self.client.chat_stopStream(channel=self.message.channel, ts=self.ts))
-            except Exception as exc:  # never raises: the caller is already unwinding
-                log.warning("a Slack stream could not be ended: %s", type(exc).__name__)
-            finally:
-                self.state = "ended"
-                self.owner.forget(self)
+        try:
+            # Within `end_timeout_s`: an append under way is cut short (the message ends with what it shows).
+            async with asyncio.timeout(self.limits.end_timeout_s):
+                await self._stop_flusher()
+                async with self._lock:
+                    cards = await self._quiet()
+                    if self.state == "live":
+                        # Stopped with the note, never updated whole: what this process shows may be older than
+                        # what the message shows now.
+                        await self._end_message(note, extra=cards, update=False)
+                    elif self.state == "unknown":  # a dead process's message: left for whoever answers it next
+                        with contextlib.suppress(SlackApiError):
+                            await self._call(self.client.chat_stopStream(channel=self.message.channel, ts=self.ts))
+        except Exception as exc:  # never raises: the caller is already unwinding
+            log.warning("a Slack stream could not be ended: %s", type(exc).__name__)
+        finally:
+            self.pending = []
+            self._done()
+
+    async def release(self) -> None:
+        await self._stop_flusher()
+        self.pending = []
+        self._done()
 
 
 class SlackStreams:
@@ -494,7 +565,7 @@ class SlackStreams:
         except SlackApiError as exc:
             log.info("Slack refused to stream a reply (%s): it is posted whole", exc.response.get("error"))
             return None
-        except SlackClientError as exc:
+        except UNREACHABLE as exc:
             log.info("no stream for a reply (%s): it is posted whole", type(exc).__name__)
             return None
         stream = SlackStream(self, message, key, str(answer["ts"]), state="live", moved=moved)
@@ -530,6 +601,8 @@ class SlackStreams:
             await self.stop("slack", stream.key)
 
     async def close(self) -> None:
-        """End every stream still open ("interrupted"): a restart answers their messages into them."""
+        """End every stream still open ("interrupted"): a restart answers their messages into them. The service
+        closes the adapter after the dispatcher stopped, so only streams left over from a cancelled answer remain;
+        each end waits `end_timeout_s` at most."""
         streams = list(self._open.values())
         await asyncio.gather(*(s.abort("Interrupted; the answer follows when I'm back.") for s in streams))

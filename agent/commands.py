@@ -61,11 +61,18 @@ class CommandCall:
     # How a command is typed here, so help shows it as the user types it: `/parley ` on Slack, `/` elsewhere.
     prefix: str = "/"
     is_dm: bool = False
+    # The platform's id of the channel `channel` is a thread of (Discord): its settings and approvers apply.
+    parent: str = ""
 
     @property
     def channel_key(self) -> str:
         """The channel's memory key (`slack:T1/C2`; the plain name on the console)."""
         return channel_key(self.platform, self.workspace, self.channel)
+
+    @property
+    def parent_key(self) -> str:
+        """The memory key of the channel this one is a thread of; "" when it is none's."""
+        return channel_key(self.platform, self.workspace, self.parent) if self.parent else ""
 
 
 @dataclass(frozen=True)

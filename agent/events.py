@@ -26,12 +26,12 @@ class StepStarted:
 
 @dataclass(frozen=True)
 class StepFinished:
-    """A tool call ended: `outcome` is the runner's (ok, error, denied, timeout, ...), `summary` a short line."""
+    """A tool call ended: `outcome` is the runner's (ok, error, denied, timeout, ...). Nothing of the tool's output:
+    only the model saw it, and a status line in the channel must not show what a tool read (a file, a query)."""
 
     index: int
     tool: str
     outcome: str
-    summary: str = ""
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ Event = StepStarted | StepFinished | ApprovalWaiting | AnswerText
 Progress = Callable[[Event], None]
 
 
-# How long a status line's arguments or summary may be: a task card's title, a line under an edited message.
+# How long a status line's arguments may be: a task card's title, a line under an edited message.
 BRIEF_CHARS = 80
 
 

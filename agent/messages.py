@@ -32,6 +32,15 @@ class Conversation:
 
     channel: str
     thread: str = ""
+    # The key of the channel this one is a thread of, where the platform gives a thread a channel id of its own
+    # (Discord); "" elsewhere. Memory stays the thread's own; settings and usage are the parent's.
+    parent: str = ""
+
+    @property
+    def settings_channel(self) -> str:
+        """The channel whose settings, budgets, rate limit and approvers apply here, and whose usage this counts
+        in: a thread-channel's parent, else the channel itself."""
+        return self.parent or self.channel
 
 
 def channel_key(platform: str, workspace: str, channel: str) -> str:
@@ -61,10 +70,16 @@ class IncomingMessage:
     context: str = ""
     # Files shared with the message (and, once the platform added them, with earlier messages of its thread).
     attachments: tuple[Attachment, ...] = ()
+    # The platform's id of the channel `channel` is a thread of, where a thread has a channel id of its own
+    # (Discord): the parent's settings, budgets, rate limit and approvers apply in the thread.
+    parent: str = ""
+    # The sender's role ids, where the platform has roles (Discord): approvers may be named by role.
+    roles: tuple[str, ...] = ()
 
     @property
     def conversation(self) -> Conversation:
-        return Conversation(channel_key(self.platform, self.workspace, self.channel), self.thread)
+        parent = channel_key(self.platform, self.workspace, self.parent) if self.parent else ""
+        return Conversation(channel_key(self.platform, self.workspace, self.channel), self.thread, parent)
 
 
 @dataclass(frozen=True)

@@ -141,11 +141,18 @@ class ReplyStream(Protocol):
     async def finish(self, reply: Reply) -> bool:
         """End the stream with the whole reply (split over further messages when longer than one allows), and
         the reply's files. False when the stream could not carry it (it broke, and was ended with what it had and
-        a note): the caller then delivers the reply the usual way. Never leaves the stream open."""
+        a note; or it was ended already): the caller then delivers the reply the usual way. DeliveryError when
+        part of the reply is shown and the rest (files, the overflow) did not go: calling `finish` again with the
+        same reply sends only what is missing, never the shown text twice."""
         ...
 
     async def abort(self, note: str) -> None:
-        """End the stream with what it shows and a short note (shutdown, a failure): never raises."""
+        """End the stream with what it shows and a short note (shutdown, a failure): never raises, and gives up
+        on the platform after a few seconds."""
+        ...
+
+    async def release(self) -> None:
+        """Stop writing, without a platform call: another process answers the message now and writes into it."""
         ...
 
 

@@ -45,6 +45,8 @@ ChainObserver = Callable[[IncomingMessage, ChainRecord], None]
 
 # "remember that the standup is at 9:30", "remember: deploys freeze on Fridays"
 REMEMBER = re.compile(r"^\s*(?:please\s+)?remember(?:\s+that)?\s*[:,]?\s+(?P<fact>.+?)\s*[.!]?\s*$", re.I | re.S)
+# The tool the "remember that ..." rule stands in for: the rule applies only where the model could call it.
+REMEMBER_TOOL = "remember_fact"
 FACT_VERB = re.compile(r"\s+(?:is|are|was|will be|=)\s+", re.I)
 LEADING_ARTICLE = re.compile(r"^(?:the|our|my|a|an|this|that)\s+", re.I)
 
@@ -296,8 +298,9 @@ class Agent:
             return Exchange(rejection)
         started = time.time()
         run_id = uuid.uuid4().hex
-        # A message that shares files is always reasoned about: the files are what it is about.
-        remember = None if message.attachments else REMEMBER.match(text)
+        # A message that shares files is always reasoned about: the files are what it is about. Where the channel
+        # may not remember (its allowlist leaves the tool out, or the tool is off), the model answers instead.
+        remember = None if message.attachments or not self._may_remember(profile) else REMEMBER.match(text)
         outbox = Outbox(self.options.attachments.max_out_bytes)
         paths = self._paths(profile)
         chain = ChainRecord(
@@ -400,12 +403,19 @@ class Agent:
                 log.exception("a chain observer failed")
         return Exchange(reply, chain)
 
+    def _may_remember(self, profile: ChannelProfile) -> bool:
+        """Whether the model could call `remember_fact` under this profile: the rule does nothing it could not."""
+        if profile.tools is not None and REMEMBER_TOOL not in profile.tools:
+            return False
+        spec = self.runner.registry.get(REMEMBER_TOOL)
+        return spec is not None and spec.enabled
+
     async def _remember(self, message: IncomingMessage, statement: str) -> Outcome:
         """An explicit "remember that ..." is stored as a fact by rule, whatever the model would have done."""
         key, value = fact_from_statement(statement)
         await self.storage.facts.add(message.conversation.channel, key, value)
         observation = f"Remembered {key}: {value}"
-        step = Step("The user asked me to remember this.", "remember_fact", {"key": key, "value": value}, observation)
+        step = Step("The user asked me to remember this.", REMEMBER_TOOL, {"key": key, "value": value}, observation)
         answer = f"Got it, I'll remember that {value}."
         return Outcome(answer, (step, Step("", "", {}, answer, kind="conclusion")), ModelUsage())
 

@@ -37,6 +37,19 @@ async def answer(
     """The reply to `message`, recorded with its chain, turns and (given `inbox_id`) the inbox row's answer,
     under the replica's `claim` of the conversation when it has one."""
     exchange = await responder.respond(message, profile=profile, progress=progress)
+    return await record(storage, message, exchange, inbox_id=inbox_id, claim=claim)
+
+
+async def record(
+    storage: Storage,
+    message: IncomingMessage,
+    exchange: Exchange,
+    *,
+    inbox_id: int | None = None,
+    claim: Claim | None = None,
+) -> Reply:
+    """Write an exchange in one transaction. Apart from `answer` for the dispatcher, which lets a person stop the
+    agent's run but never a write that may commit anyway."""
     return await storage.record_exchange(
         message.conversation, exchange.chain, exchange.reply, inbox_id=inbox_id, claim=claim
     )

@@ -195,8 +195,14 @@ async def build_app(settings: Settings, model: ModelHandle | None = None) -> Asy
                     observers=[observe_chain],
                     models=models,
                 )
-                channels = ChannelConfig(settings, storage, tool_names=lambda: [spec.name for spec in runner.registry])
-                budgets = BudgetGuard(storage.usage, is_approver=_approver_check(approvals.policy))
+                registry = runner.registry
+                channels = ChannelConfig(
+                    settings,
+                    storage,
+                    tool_names=lambda: [spec.name for spec in registry],
+                    enabled_tool_names=lambda: [spec.name for spec in registry.enabled()],
+                )
+                budgets = BudgetGuard(storage.usage, is_approver=approver_check(approvals.policy))
                 yield App(settings, storage, agent, runner, approvals, mcp, channels, budgets)
         finally:
             runner.close()
@@ -214,10 +220,14 @@ def _own_breakers(models: dict[str, ModelHandle], default: ModelHandle, fallback
     return names
 
 
-def _approver_check(policy: ApprovalPolicy) -> Callable[[IncomingMessage], bool]:
-    """Whether the sender of a message is an approver in its channel (budgets may exempt them)."""
+def approver_check(policy: ApprovalPolicy) -> Callable[[IncomingMessage], bool]:
+    """Whether the sender of a message is an approver in its channel, by user or role id, in a thread-channel by
+    its parent channel's list (budgets may exempt them)."""
 
     def check(message: IncomingMessage) -> bool:
-        return policy.is_approver(message.platform, message.conversation.channel, message.user)
+        conversation = message.conversation
+        return policy.is_approver(
+            message.platform, conversation.channel, message.user, message.roles, parent=conversation.parent
+        )
 
     return check

@@ -4,6 +4,10 @@ A budget is checked before the agent is asked (so an answer over budget costs no
 storage recorded since the period began (00:00 UTC today, the 1st of the month at 00:00 UTC) against the limit.
 Over a budget, the person is told which budget, how much was used and when it resets; or, with `step_down`
 configured, the answer runs on that cheaper model instead.
+
+A person's budget set for a channel (or a thread of it) counts what they used in that channel; one set for a
+workspace or in `[budgets]` counts what they used anywhere. A channel's budget counts everyone's use of it, its
+threads included (a Discord thread's use counts in its parent channel).
 """
 
 from __future__ import annotations
@@ -100,6 +104,9 @@ class Budgets:
     # A named model (`[models.NAME]`) the answer runs on over budget; None: the answer is refused.
     step_down: str | None = None
     exempt_approvers: bool = False
+    # The user budgets (`user_daily`, `user_monthly`) set for the message's channel or a thread of it: they count
+    # the person's use of that channel only.
+    in_channel: frozenset[str] = frozenset()
 
     @property
     def any(self) -> bool:
@@ -138,13 +145,16 @@ class Exceeded:
     budget: Budget
     used: float
     resets_at: float
+    # A person's budget for this channel only.
+    in_channel: bool = False
 
     def reply_text(self, now: float) -> str:
         owner = "your" if self.whose == "user" else "this channel's"
+        where = " in this channel" if self.in_channel else ""
         reset = datetime.fromtimestamp(self.resets_at, UTC)
         when = "at 00:00 UTC" if self.period == "daily" else f"on {reset.day} {reset:%B} at 00:00 UTC"
         return (
-            f"You've used {owner} {self.period} budget of {self.budget} ({self.budget.figure(self.used)} used). "
+            f"You've used {owner} {self.period} budget{where} of {self.budget} ({self.budget.figure(self.used)} used). "
             f"It resets {when}, in {wait_text(self.resets_at - now)}."
         )
 
@@ -167,20 +177,21 @@ class BudgetGuard:
         """The used-up budget that resets last (the one that decides when the person can go on), or None."""
         now = self.clock()
         user = f"{message.platform}:{message.user}"
-        channel = message.conversation.channel
+        channel = message.conversation.settings_channel
         found: list[Exceeded] = []
         for key, whose, period in BUDGET_KEYS:
             budget: Budget | None = getattr(budgets, key)
             if budget is None:
                 continue
             start, end = period_bounds(period, now)
+            in_channel = whose == "user" and key in budgets.in_channel
             if whose == "user":
-                total = await self.usage.spent(since=start, user=user)
+                total = await self.usage.spent(since=start, user=user, channel=channel if in_channel else None)
             else:
                 total = await self.usage.spent(since=start, channel=channel)
             used = budget.used(total)
             if used >= budget.amount:
-                found.append(Exceeded(whose, period, budget, used, end))
+                found.append(Exceeded(whose, period, budget, used, end, in_channel))
         return max(found, key=lambda e: e.resets_at) if found else None
 
     async def check(

@@ -55,12 +55,14 @@ async def _channels(settings: Settings, *, with_tools: bool = False) -> AsyncIte
 
     async with AsyncExitStack() as stack:
         names: list[str] = []
+        enabled: list[str] = []
         if with_tools:
             registry = build_registry(settings)
             await stack.enter_async_context(McpServers(server_specs(settings), registry))
             names = [spec.name for spec in registry]
+            enabled = [spec.name for spec in registry.enabled()]
         storage = await stack.enter_async_context(open_db(settings))
-        yield ChannelConfig(settings, storage, tool_names=lambda: names)
+        yield ChannelConfig(settings, storage, tool_names=lambda: names, enabled_tool_names=lambda: enabled)
 
 
 def _when(ts: float) -> str:

@@ -6,6 +6,11 @@ resolved from its thread, then its channel, then its workspace, then the global 
 scope that sets a key decides it. At each scope a value set from chat (or `parley channel set`, kept in storage
 with an audit of every change) wins over the TOML file's `[channels."KEY"]`.
 
+A Discord thread has a channel id of its own; its scope is the thread scope of its parent channel
+(`discord:G1/C2/THREAD`), so the parent's settings, budgets and rate limit apply in it as a Slack channel's do in
+its threads (its memory stays the thread's own, under `discord:G1/THREAD`). A Discord direct message belongs to no
+server and so to no scope: the global settings apply there, and its settings cannot be changed from chat.
+
 The keys are one table (`KEYS`): their parsing, canonical text and description serve the TOML file, chat and
 the CLI alike. Stored values are text; one that no longer parses (a model removed from the settings) is ignored
 with a warning, never a crash.
@@ -63,11 +68,18 @@ def scope_chain(scope: str) -> list[str]:
 
 
 def message_scopes(message: IncomingMessage) -> list[str]:
-    """The scopes a message is in, most specific first: its thread (if any), its channel, its workspace."""
+    """The scopes a message is in, most specific first: its thread (if any), its channel, its workspace. A message
+    outside any workspace (a Discord DM) is in none: the global settings apply to it."""
     conversation = message.conversation
-    scopes = [f"{conversation.channel}/{conversation.thread}"] if conversation.thread else []
     if message.platform != "console":
-        return [*scopes, conversation.channel, f"{message.platform}:{message.workspace}"]
+        if not message.workspace:
+            return []
+        channel = conversation.settings_channel
+        # A thread with a channel id of its own (Discord) is a thread of its parent channel.
+        thread = conversation.thread or (message.channel if conversation.parent else "")
+        scopes = [f"{channel}/{thread}"] if thread else []
+        return [*scopes, channel, f"{message.platform}:{message.workspace}"]
+    scopes = [f"{conversation.channel}/{conversation.thread}"] if conversation.thread else []
     # The console may speak as a platform's channel (`parley ask --channel slack:T1/C2`): its workspace applies.
     platform_channel = _PLATFORM_SCOPE.fullmatch(conversation.channel)
     return [*scopes, *(scope_chain(conversation.channel) if platform_channel else [conversation.channel])]
@@ -80,6 +92,8 @@ class Known:
     models: Collection[str] = ()
     # None: tool names are not checked (resolution: a tool missing now, an MCP server down, is just left out).
     tools: Collection[str] | None = None
+    # The tool names a refusal lists (the enabled ones); None: `tools`.
+    listed: Collection[str] | None = None
 
 
 def _instructions(text: str, known: Known) -> str:
@@ -109,7 +123,9 @@ def _tools(text: str, known: Known) -> frozenset[str] | None:
     if known.tools is not None:
         unknown = sorted(names - set(known.tools))
         if unknown:
-            raise ValueError(f"there is no tool named {unknown[0]!r}; tools: {', '.join(sorted(known.tools))}")
+            listed = known.listed if known.listed is not None else known.tools
+            tools = ", ".join(sorted(listed)) or "none are enabled"
+            raise ValueError(f"there is no tool named {unknown[0]!r}; tools: {tools}")
     return names
 
 
@@ -225,6 +241,11 @@ class Resolved:
     budgets: Budgets = field(default_factory=Budgets)
 
 
+def _workspace(scope: str) -> bool:
+    """Whether a scope is a platform's workspace (`slack:T1`), not a channel or thread in one."""
+    return ":" in scope and "/" not in scope
+
+
 class ChannelResolver(Protocol):
     """What resolves a message's channel settings (the dispatcher's view of `ChannelConfig`)."""
 
@@ -239,6 +260,8 @@ class ChannelConfig:
     storage: Storage
     # The names of the tools there are (the registry's), for checking a `tools` value being set; None: unchecked.
     tool_names: Callable[[], Collection[str]] | None = None
+    # The names of the enabled tools, which a refused `tools` value lists; None: every one of `tool_names`.
+    enabled_tool_names: Callable[[], Collection[str]] | None = None
     clock: Callable[[], float] = time.time
     # Stored values already warned about: a bad value is reported once, not on every message.
     _warned: set[tuple[str, str, str]] = field(default_factory=set, repr=False)
@@ -260,14 +283,14 @@ class ChannelConfig:
 
     def _effective(
         self, key: Key, scopes: Sequence[str], stored: Mapping[str, Mapping[str, str]]
-    ) -> tuple[Any, str, bool]:
-        """A key's value, its source, and whether a scope (not the global settings) set it."""
+    ) -> tuple[Any, str, str | None]:
+        """A key's value, its source, and the scope that set it (None: the global settings)."""
         known = self.known
         for scope in scopes:
             text = stored.get(scope, {}).get(key.name)
             if text is not None:
                 try:
-                    return key.parse(text, known), f"set at {scope}", True
+                    return key.parse(text, known), f"set at {scope}", scope
                 except ValueError as exc:
                     if (scope, key.name, text) not in self._warned:
                         self._warned.add((scope, key.name, text))
@@ -276,13 +299,15 @@ class ChannelConfig:
             configured = toml_text(getattr(table, key.name)) if table is not None else None
             if configured is not None:
                 try:
-                    return key.parse(configured, known), f'[channels."{scope}"]', True
+                    return key.parse(configured, known), f'[channels."{scope}"]', scope
                 except ValueError as exc:  # validated at start-up; only a bug gets here
                     log.warning("ignoring %s of [channels.%r]: %s", key.name, scope, exc)
         value, source = self._default(key.name)
-        return value, source, False
+        return value, source, None
 
     async def _stored(self, scopes: Sequence[str]) -> dict[str, dict[str, str]]:
+        if not scopes:
+            return {}
         return await self.storage.channel_settings.values(list(scopes))
 
     async def resolve(self, message: IncomingMessage) -> Resolved:
@@ -291,21 +316,26 @@ class ChannelConfig:
         # One indexed query per message: cheap next to the model call it precedes.
         stored = await self._stored(scopes)
         values: dict[str, Any] = {}
-        rate_from_scope = False
+        set_at: dict[str, str | None] = {}
         for key in KEYS:
-            values[key.name], _, from_scope = self._effective(key, scopes, stored)
-            if key.name == "rate_limit":
-                rate_from_scope = from_scope
+            values[key.name], _, set_at[key.name] = self._effective(key, scopes, stored)
         b = self.settings.budgets
         profile = ChannelProfile(
             instructions=values["instructions"], model=values["model"], tools=values["tools"], mode=values["mode"]
+        )
+        # A person's budget set for this channel (or a thread of it) counts their use of this channel only.
+        in_channel = frozenset(
+            name
+            for name, whose, _ in BUDGET_KEYS
+            if whose == "user" and (scope := set_at[name]) is not None and not _workspace(scope)
         )
         budgets = Budgets(
             **{name: values[name] for name in _BUDGET_NAMES},
             step_down=b.step_down,
             exempt_approvers=b.exempt_approvers,
+            in_channel=in_channel,
         )
-        return Resolved(profile, values["rate_limit"], rate_from_scope, budgets)
+        return Resolved(profile, values["rate_limit"], set_at["rate_limit"] is not None, budgets)
 
     async def show(self, scope: str) -> list[Shown]:
         """Every key's effective value in `scope` and where it comes from."""
@@ -329,7 +359,8 @@ class ChannelConfig:
         scope = scope_chain(scope)[0]
         found = self._key(key)
         tools = tuple(self.tool_names()) if self.tool_names is not None else None
-        known = Known(models=tuple(self.settings.models), tools=tools)
+        listed = tuple(self.enabled_tool_names()) if self.enabled_tool_names is not None else None
+        known = Known(models=tuple(self.settings.models), tools=tools, listed=listed)
         try:
             parsed = found.parse(value, known)
         except ValueError as exc:

@@ -34,6 +34,8 @@ log = logging.getLogger("parley.commands")
 
 FORGET = "forget"
 NOT_APPROVER = "Only an approver of this channel can see or change its settings."
+# A Discord DM belongs to no server, so to no scope that settings are kept for (bot/channels.py).
+NO_SCOPE = "Settings are kept per server channel: a direct message follows the global settings."
 RESTARTING = "I'm restarting and not taking questions this moment. Please ask again in a minute."
 # The periods usage is shown for: the ones budgets count over.
 PERIODS: tuple[tuple[Period, str], ...] = (("daily", "Today"), ("monthly", "This month"))
@@ -150,33 +152,42 @@ class ChatCommands:
         if whose not in ("me", "channel"):
             return CommandReply(f"Usage: `{call.prefix}usage me` or `{call.prefix}usage channel`.")
         now = self.clock()
+        message = _message(call)
+        # Where usage counts: a thread-channel's counts in its parent channel.
+        channel = message.conversation.settings_channel
         if whose == "me":
             who, owner, title = {"user": f"{call.platform}:{call.user}"}, "user", "Your usage"
         else:
-            who, owner, title = {"channel": call.channel_key}, "channel", "This channel's usage"
+            who, owner, title = {"channel": channel}, "channel", "This channel's usage"
         lines = [f"**{title}**"]
         for period, name in PERIODS:
             total = await self.storage.usage.spent(since=period_bounds(period, now)[0], **who)
             lines.append(f"- {name}: {_spent(total)}")
         if self.channels is not None:
-            budgets = (await self.channels.resolve(_message(call))).budgets
+            budgets = (await self.channels.resolve(message)).budgets
             if budgets.exempt_approvers and owner == "user" and self._approver(call):
                 lines.append("- Budgets: none for you (approvers are exempt).")
             else:
-                lines += await self._budgets_left(budgets, owner, who, now)
+                lines += await self._budgets_left(budgets, owner, who, channel, now)
         return CommandReply("\n".join(lines))
 
-    async def _budgets_left(self, budgets: Budgets, owner: str, who: Mapping[str, str], now: float) -> list[str]:
-        """One line per budget that applies to the caller (or the channel): what is left and when it resets."""
+    async def _budgets_left(
+        self, budgets: Budgets, owner: str, who: Mapping[str, str], channel: str, now: float
+    ) -> list[str]:
+        """One line per budget that applies to the caller (or the channel): what is left and when it resets. A
+        person's budget for this channel counts only their use of it."""
         lines = []
         for key, whose, period in BUDGET_KEYS:
             budget = getattr(budgets, key)
             if whose != owner or budget is None:
                 continue
             start, end = period_bounds(period, now)
-            used = budget.used(await self.storage.usage.spent(since=start, **who))
+            in_channel = key in budgets.in_channel
+            counted = {**who, "channel": channel} if in_channel else who
+            used = budget.used(await self.storage.usage.spent(since=start, **counted))
             left = budget.quantity(max(budget.amount - used, 0.0))
-            lines.append(f"- {period.capitalize()} budget: {left} left of {budget} (resets in {wait_text(end - now)})")
+            name = f"{period.capitalize()} budget" + (" in this channel" if in_channel else "")
+            lines.append(f"- {name}: {left} left of {budget} (resets in {wait_text(end - now)})")
         return lines
 
     async def channel(self, call: CommandCall) -> CommandReply:
@@ -186,12 +197,15 @@ class ChatCommands:
         how = f"`{call.prefix}channel show`, `{call.prefix}channel set KEY VALUE` or `{call.prefix}channel reset KEY`"
         if action not in ("show", "set", "reset") or (action != "show" and not key) or (action == "set" and not value):
             return CommandReply(f"Usage: {how}.")
+        scopes = message_scopes(_message(call))
+        if not scopes:
+            return CommandReply(NO_SCOPE)
         if not self._approver(call):
             return CommandReply(NOT_APPROVER)
         if self.channels is None:
             return CommandReply("Channel settings are not available here.")
         # A thread's own settings when called in one, else the channel's.
-        scope = message_scopes(_message(call))[0]
+        scope = scopes[0]
         actor = f"{call.platform}:{call.user}"
         old: str | None = None
         try:
@@ -210,7 +224,7 @@ class ChatCommands:
         return CommandReply(f"{done} `{now.key}` at {scope} (it was {was}).\n{_setting(now)}")
 
     def _approver(self, call: CommandCall) -> bool:
-        return self.policy.is_approver(call.platform, call.channel_key, call.user, call.roles)
+        return self.policy.is_approver(call.platform, call.channel_key, call.user, call.roles, parent=call.parent_key)
 
 
 # Each command's handler (agent.commands.COMMANDS says how each is typed and what it does).
@@ -251,6 +265,8 @@ def _message(call: CommandCall, text: str = "") -> IncomingMessage:
         mentioned=True,
         is_dm=call.is_dm,
         reply_url=call.reply_url,
+        parent=call.parent,
+        roles=call.roles,
     )
 
 

@@ -37,16 +37,17 @@ from agent.messages import APOLOGY, IncomingMessage, Reply, new_error_id
 from agent.options import AgentOptions
 from agent.parking import Lease, held
 from agent.ports import ChatPlatform, ChecksDelivery, DeliveryError, NotAccepting, ProvidesContext, SharesFiles
+from agent.runtime import Exchange
 from agent.storage.base import Limits, Storage
 from agent.storage.errors import ClaimLost, StoreError, TransientStoreError
 from agent.storage.models import Claim, InboxEntry, Replica, conversation_key
-from bot.answering import Responder, answer
+from bot.answering import Responder, record
 from bot.budgets import BudgetGuard
 from bot.channels import ChannelResolver, Resolved
 from bot.config import DispatchSettings
 from bot.metrics import INBOX_DEPTH, observe_claim, observe_delivery
 from bot.observe import run_context
-from bot.streaming import STOPPED, Streaming, streamed
+from bot.streaming import STOPPED, UNDELIVERED, Streaming, streamed
 
 log = logging.getLogger("parley.dispatcher")
 
@@ -162,9 +163,12 @@ class Dispatcher:
         # them in: a later session must not reply to an earlier one.
         self._local: set[int] = set()
         self._failed: set[int] = set()
-        # (platform, delivery key) -> the task answering that message here, which a person's Stop cancels.
-        self._answering: dict[tuple[str, str], asyncio.Task[Reply | Exception]] = {}
+        # (platform, delivery key) -> the agent's run answering that message here, which a person's Stop cancels.
+        self._answering: dict[tuple[str, str], asyncio.Task[Exchange | Exception]] = {}
         self._stops: set[tuple[str, str]] = set()
+        # Conversations whose claim passed to another replica while their task ran: it is cancelled, and its
+        # stream let go without a word (the new holder writes into the same message).
+        self._lost: set[str] = set()
         self._poke = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
         self._watching: contextlib.AsyncExitStack | None = None
@@ -359,6 +363,7 @@ class Dispatcher:
                 observe_claim("lost")
                 task = self._tasks.get(key)
                 if task is not None:
+                    self._lost.add(key)
                     task.cancel()
 
     async def _conversation(self, key: str) -> None:
@@ -378,10 +383,14 @@ class Dispatcher:
                 return
             observe_claim("taken")
             self._claims[key] = claim
+            first = True
             while not self._stopping:  # stopping: the message in hand is finished, the rest wait in the inbox
-                # The inbox is read before each message: an earlier message of this conversation may be there only
-                # (taken in by another replica, or while the last holder was letting go), and goes first.
-                await self._catch_up(key, done)
+                # An earlier message of this conversation may be in the inbox only (taken in while the last holder
+                # was letting go, or at any time by another replica) and goes first: the inbox is read on taking
+                # the claim, before each message when replicas share the database, and before letting go.
+                if first or not queue or self.storage.claims.shared:
+                    await self._catch_up(key, done)
+                first = False
                 if not queue:
                     return
                 entry = queue.popleft()
@@ -405,6 +414,7 @@ class Dispatcher:
                     await asyncio.shield(self.storage.claims.release(claim))
             left = self._queues.pop(key, deque())
             self._tasks.pop(key, None)
+            self._lost.discard(key)
             self._leases.pop(key, None)
             if left:  # taken in while this task was finishing: the claimer starts on it again
                 self._dequeued(len(left))
@@ -442,12 +452,23 @@ class Dispatcher:
             await self._handle_with_retries(entry, claim)
 
     async def _handle_with_retries(self, entry: InboxEntry, claim: Claim) -> None:
+        platform = self.platforms[entry.message.platform]
+
+        async def streams_into(ref: str) -> None:
+            await self.inbox.streaming(entry.id, ref, claim=claim)
+
+        key = claim.conversation
         try:
-            async for attempt in stamina.retry_context(
-                on=TransientStoreError, attempts=3, timeout=30.0, wait_initial=0.5, wait_max=5.0
-            ):
-                with attempt:
-                    await self._handle(entry, claim)
+            # One stream over every attempt: a database failure interrupts an attempt, and the next goes on in the
+            # message the first streamed into (which may show the whole answer already), not in a second one.
+            async with streamed(platform, entry, streams_into, lost=lambda: key in self._lost) as streaming:
+                async for attempt in stamina.retry_context(
+                    on=TransientStoreError, attempts=3, timeout=30.0, wait_initial=0.5, wait_max=5.0
+                ):
+                    with attempt:
+                        if attempt.num > 1:
+                            entry = await self._again(entry, streaming)
+                        await self._handle(entry, claim, streaming)
         except ClaimLost:
             raise  # another replica answers the conversation now; it owes the user the reply
         except Exception as exc:
@@ -464,35 +485,44 @@ class Dispatcher:
             except Exception as failed:
                 log.error("the apology for message %d was not delivered either: %s", entry.id, type(failed).__name__)
 
-    async def _handle(self, entry: InboxEntry, claim: Claim) -> None:
+    async def _again(self, entry: InboxEntry, streaming: Streaming) -> InboxEntry:
+        """The message handled again after the database failed: what the failed attempt got to record (its reply,
+        the message it streamed into, its delivery) is read again. Its attempts stay as they were: they count the
+        runs a crash cut short, which this is not."""
+        streaming.again()
+        fresh = await self.inbox.get(entry.id)
+        if fresh is None:
+            return entry
+        return replace(entry, reply=fresh.reply, stream=fresh.stream, delivered_at=fresh.delivered_at)
+
+    async def _handle(self, entry: InboxEntry, claim: Claim, streaming: Streaming) -> None:
         platform = self.platforms[entry.message.platform]
+        if entry.delivered_at is not None:  # by an attempt whose failure came after
+            return
         if entry.reply is not None and await self._posted_before(platform, entry, entry.reply):
             await self.inbox.delivered(entry.id, claim=claim)
             return
         if entry.reply is None and entry.attempts >= self.options.max_attempts:
             entry = await self._give_up(entry, claim)
-
-        async def record(ref: str) -> None:
-            await self.inbox.streaming(entry.id, ref, claim=claim)
-
-        async with streamed(platform, entry, record) as streaming:
-            reply = entry.reply if entry.reply is not None else await self._answer(entry, claim, streaming)
-            await self._still_ours(claim)
-            try:
-                await self._deliver(platform, entry, reply, streaming)
-            except Exception as exc:
-                error_id = new_error_id()
-                with bound_contextvars(error_id=error_id):
-                    log.error(
-                        "could not deliver the reply to %s message %d (error id %s): %s",
-                        platform.name,
-                        entry.id,
-                        error_id,
-                        exc if isinstance(exc, DeliveryError) else type(exc).__name__,
-                    )
-                await self.inbox.fail(entry.id, error_id, f"delivery failed: {type(exc).__name__}", claim=claim)
-                observe_delivery(entry.message, "undelivered")
-                return
+        reply = entry.reply if entry.reply is not None else await self._answer(entry, claim, streaming)
+        await self._still_ours(claim)
+        try:
+            await self._deliver(platform, entry, reply, streaming)
+        except Exception as exc:
+            error_id = new_error_id()
+            with bound_contextvars(error_id=error_id):
+                log.error(
+                    "could not deliver the reply to %s message %d (error id %s): %s",
+                    platform.name,
+                    entry.id,
+                    error_id,
+                    exc if isinstance(exc, DeliveryError) else type(exc).__name__,
+                )
+            # No reply follows: a stream still open says so, not that one does.
+            await streaming.end(UNDELIVERED.format(error_id=error_id))
+            await self.inbox.fail(entry.id, error_id, f"delivery failed: {type(exc).__name__}", claim=claim)
+            observe_delivery(entry.message, "undelivered")
+            return
         await self.inbox.delivered(entry.id, claim=claim)
         observe_delivery(entry.message, reply.status)
 
@@ -518,21 +548,17 @@ class Dispatcher:
         message = await self._with_context(entry.message)
         progress = streaming.progress if streaming is not None else None
         try:
-            return await self._stoppable(
-                entry,
-                claim,
-                answer(
-                    self.responder,
-                    self.storage,
-                    message,
-                    inbox_id=entry.id,
-                    claim=claim,
-                    profile=profile,
-                    progress=progress,
-                ),
-            )
-        except ClaimLost:
-            raise
+            # Only the agent's run can be stopped, not the write after it: a cancelled write may commit all the
+            # same, and a reply that says "stopped" must not replace an answer recorded with its turns.
+            exchange = await self._stoppable(entry, self.responder.respond(message, profile=profile, progress=progress))
+            if exchange is None:
+                log.info("message %d was stopped by its sender", entry.id)
+                stopped = Reply(STOPPED, status="stopped")
+                await self.inbox.answer(entry.id, stopped, claim=claim)
+                return stopped
+            return await record(self.storage, message, exchange, inbox_id=entry.id, claim=claim)
+        except (ClaimLost, TransientStoreError):
+            raise  # another replica answers now; or the database failed for a moment, and the message is retried
         except Exception as exc:
             error_id = new_error_id()
             with bound_contextvars(error_id=error_id):
@@ -541,13 +567,13 @@ class Dispatcher:
             await self.inbox.answer(entry.id, reply, error=type(exc).__name__, claim=claim)
             return reply
 
-    async def _stoppable(self, entry: InboxEntry, claim: Claim, work: Coroutine[Any, Any, Reply]) -> Reply:
-        """Run the answering in a task of its own, which `stop_answer` can cancel without touching the
-        conversation's task: a stopped answer is recorded with a reply that says so. A cancellation from outside
-        (shutdown, a lost claim) still propagates."""
+    async def _stoppable(self, entry: InboxEntry, work: Coroutine[Any, Any, Exchange]) -> Exchange | None:
+        """Run the agent in a task of its own, which `stop_answer` can cancel without touching the conversation's
+        task: None when a person stopped it. A cancellation from outside (shutdown, a lost claim) still
+        propagates."""
         key = (entry.message.platform, entry.delivery_key)
 
-        async def kept() -> Reply | Exception:
+        async def kept() -> Exchange | Exception:
             # A failure comes back as a value and is raised here, in the conversation's task, where it is
             # handled and reported (with its error id): an exception escaping a task is reported on its own.
             try:
@@ -566,13 +592,10 @@ class Dispatcher:
             current = asyncio.current_task()
             if key not in self._stops or (current is not None and current.cancelling()):
                 raise
+            return None
         finally:
             self._answering.pop(key, None)
             self._stops.discard(key)
-        log.info("message %d was stopped by its sender", entry.id)
-        reply = Reply(STOPPED, status="stopped")
-        await self.inbox.answer(entry.id, reply, claim=claim)
-        return reply
 
     async def _rate_limited(self, message: IncomingMessage, resolved: Resolved) -> Reply | None:
         """The reply refusing a message over its sender's rate, or None (the message is counted). A channel's own
@@ -583,7 +606,7 @@ class Dispatcher:
             rate = self._channel_rates.get(rule) if rule else None
             if rule and rate is None:
                 rate = self._channel_rates[rule] = RateLimit(rule, self.storage.limits)
-            where = message.conversation.channel
+            where = message.conversation.settings_channel  # a thread-channel counts in its parent
         if rate is None:
             return None
         wait_s = await rate.wait_s(message, where)
@@ -655,8 +678,6 @@ class Dispatcher:
     async def _deliver(
         self, platform: ChatPlatform, entry: InboxEntry, reply: Reply, streaming: Streaming | None = None
     ) -> None:
-        if streaming is not None and await streaming.deliver(reply):
-            return
         retrying = stamina.retry_context(
             on=_retry_delivery,
             attempts=self.options.delivery_attempts,
@@ -667,4 +688,7 @@ class Dispatcher:
         )
         async for attempt in retrying:
             with attempt:
-                await platform.deliver(entry.message, reply, entry.delivery_key)
+                # A stream that shows part of the reply and failed on the rest (a file, the overflow) is asked
+                # again and sends only the rest; one that could not carry the reply leaves it to the usual way.
+                if streaming is None or not await streaming.deliver(reply):
+                    await platform.deliver(entry.message, reply, entry.delivery_key)

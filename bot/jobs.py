@@ -17,6 +17,7 @@ from typing import BinaryIO
 
 from agent.messages import IncomingMessage
 from agent.ports import Poster
+from agent.profile import DEFAULT_PROFILE
 from agent.redact import Redactor
 from agent.resilience import CircuitBreaker
 from agent.runtime import Agent
@@ -24,6 +25,7 @@ from agent.storage.base import Storage
 from agent.storage.models import PrunePolicy
 from bot.answering import answer
 from bot.app import App
+from bot.channels import ChannelResolver
 from bot.config import BUILTIN_JOBS, ExportSettings, RetentionSettings, ScheduleSettings, Settings, secret_values
 from bot.metrics import observe_job
 from bot.scheduler import Job, JobRun, Scheduler
@@ -243,12 +245,20 @@ def report_message(schedule: ScheduleSettings, slot: str) -> IncomingMessage:
 
 
 async def report(
-    run: JobRun, *, schedule: ScheduleSettings, agent: Agent, storage: Storage, posters: Mapping[str, Poster]
+    run: JobRun,
+    *,
+    schedule: ScheduleSettings,
+    agent: Agent,
+    storage: Storage,
+    posters: Mapping[str, Poster],
+    channels: ChannelResolver | None = None,
 ) -> str:
-    """Answer the schedule's prompt and post the answer; an answer the agent could not give is not posted."""
+    """Answer the schedule's prompt and post the answer; an answer the agent could not give is not posted. The
+    answer follows the target channel's settings (instructions, model, tools, mode), as a message there would."""
     poster = _poster(posters, schedule.platform)
     message = report_message(schedule, run.slot)
-    reply = await answer(agent, storage, message)
+    profile = (await channels.resolve(message)).profile if channels is not None else DEFAULT_PROFILE
+    reply = await answer(agent, storage, message, profile=profile)
     if reply.status != "answered":
         raise JobError(f"the agent could not answer ({reply.status}, error id {reply.error_id}); nothing posted")
     await poster.post(message.conversation.channel, reply.text)
@@ -260,13 +270,15 @@ async def report(
 
 @dataclass(frozen=True)
 class JobDeps:
-    """What the jobs need from the running service. `agent` is needed only by `[[schedules]]` reports."""
+    """What the jobs need from the running service. `agent` (and `channels`, the channel settings the reports
+    follow) are needed only by `[[schedules]]` reports."""
 
     storage: Storage
     redactor: Redactor
     posters: Mapping[str, Poster]
     breakers: Callable[[], Iterable[CircuitBreaker]]
     agent: Agent | None = None
+    channels: ChannelResolver | None = None
 
 
 JobFn = Callable[[JobRun], Awaitable[str]]
@@ -313,7 +325,12 @@ def build_jobs(settings: Settings, deps: JobDeps) -> list[Job]:
     for schedule in settings.schedules:
         if deps.agent is not None:
             runs[schedule.name] = partial(
-                report, schedule=schedule, agent=deps.agent, storage=deps.storage, posters=deps.posters
+                report,
+                schedule=schedule,
+                agent=deps.agent,
+                storage=deps.storage,
+                posters=deps.posters,
+                channels=deps.channels,
             )
     return [Job(name, cron, runs[name], description) for name, cron, description in job_table(settings) if name in runs]
 
@@ -326,6 +343,7 @@ def job_deps(parley: App, posters: Mapping[str, Poster]) -> JobDeps:
         posters=posters,
         breakers=lambda: [breaker for _, breaker in parley.agent.all_paths],
         agent=parley.agent,
+        channels=parley.channels,
     )
 
 

@@ -159,30 +159,34 @@ async def serve_platforms(settings: Settings) -> None:
             except BaseException:
                 await discord_bot.close()
                 raise
-        async with dispatcher:
-            runner = None
-            handlers = chat_handlers(parley, dispatcher)
-            try:
-                if slack is not None:
-                    slack.connect(handlers)
-                    await slack.start()
-                if discord_bot is not None:
-                    discord_bot.connect(handlers)
-                    await discord_bot.start()
-                async with scheduled_jobs(parley, {p.name: p for p in platforms if isinstance(p, Poster)}) as jobs:
-                    scheduler = jobs
-                    runner = await serve(http_app, settings.http.host, settings.http.port)
-                    log.warning(
-                        "Parley is serving %s on http://%s:%d",
-                        ", ".join(settings.platforms),
-                        settings.http.host,
-                        settings.http.port,
-                    )
-                    await asyncio.Event().wait()
-            finally:
-                if slack is not None:
-                    await slack.close()
-                if discord_bot is not None:
-                    await discord_bot.close()
-                if runner is not None:
-                    await runner.cleanup()
+        try:
+            async with dispatcher:
+                runner = None
+                handlers = chat_handlers(parley, dispatcher)
+                try:
+                    if slack is not None:
+                        slack.connect(handlers)
+                        await slack.start()
+                    if discord_bot is not None:
+                        discord_bot.connect(handlers)
+                        await discord_bot.start()
+                    async with scheduled_jobs(parley, {p.name: p for p in platforms if isinstance(p, Poster)}) as jobs:
+                        scheduler = jobs
+                        runner = await serve(http_app, settings.http.host, settings.http.port)
+                        log.warning(
+                            "Parley is serving %s on http://%s:%d",
+                            ", ".join(settings.platforms),
+                            settings.http.host,
+                            settings.http.port,
+                        )
+                        await asyncio.Event().wait()
+                finally:
+                    if runner is not None:
+                        await runner.cleanup()
+        finally:
+            # Only once the dispatcher stopped: answers that finish in its grace period still stream and post
+            # through the platforms (closed first, Slack's streams would end "interrupted" under them).
+            if slack is not None:
+                await slack.close()
+            if discord_bot is not None:
+                await discord_bot.close()

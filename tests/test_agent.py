@@ -10,8 +10,10 @@ from dspy.lm15 import ServerError
 from agent.engines import ScriptedEngine
 from agent.engines.scripted import request_text
 from agent.messages import IncomingMessage
+from agent.profile import ChannelProfile
 from agent.runtime import Agent, fact_from_statement
 from agent.storage import Storage
+from bot.answering import answer
 from tests.conftest import final, reply_to, step
 
 
@@ -59,6 +61,16 @@ async def test_explicit_remember_is_stored_without_the_model(
     engine.add(step("finish"), final("At 9:30."))
     await reply_to(agent, msg("when is the standup?"))
     assert "standup: the standup is at 9:30" in request_text(engine.requests[0])
+
+
+async def test_remember_that_is_left_to_the_model_where_the_channel_may_not_remember(
+    agent: Agent, engine: ScriptedEngine, storage: Storage
+) -> None:
+    engine.add(step("finish"), final("I can't keep notes in this channel."))
+    calculator_only = ChannelProfile(tools=frozenset({"calculator"}))
+    reply = await answer(agent, storage, msg("remember that the standup is at 9:30"), profile=calculator_only)
+    assert reply.text == "I can't keep notes in this channel." and len(engine.requests) == 2
+    assert await storage.facts.of_channel("team") == []
 
 
 def test_fact_keys_from_statements() -> None:

@@ -5,7 +5,9 @@ fake OpenAI server, so the usage counted is the usage the provider reported."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -15,7 +17,7 @@ from agent.messages import IncomingMessage, Reply
 from agent.profile import ChannelProfile
 from agent.runtime import Agent, AgentOptions
 from agent.storage import Storage
-from agent.storage.models import UsageRecord
+from agent.storage.models import ChainRecord, UsageRecord
 from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner
 from bot.budgets import Budget, BudgetGuard, Budgets, parse_budget, period_bounds, wait_text
 from bot.channels import ChannelConfig
@@ -153,6 +155,43 @@ async def test_the_guard_checks_monthly_channel_and_dollar_budgets_and_exempts_a
         ),
         Reply,
     )
+
+
+async def test_a_persons_budget_set_for_a_channel_counts_their_use_of_that_channel_only(storage: Storage) -> None:
+    now = datetime(2025, 3, 30, 12, 0, tzinfo=UTC).timestamp()
+    for channel, tokens in (("slack:T1/C2", 30), ("slack:T1/C9", 500)):
+        await storage.usage.record(UsageRecord(now - 60, "slack", channel, "slack:U1", "openai/main", 1, tokens, 0))
+    settings = Settings(channels={"slack:T1/C2": {"user_daily": "100 tokens"}, "slack:T1/C3": {"user_daily": "off"}})
+    channels = ChannelConfig(settings, storage)
+    guard = BudgetGuard(storage.usage, clock=lambda: now)
+    profile = ChannelProfile()
+
+    here = await channels.resolve(slack("hi"))
+    assert await guard.check(slack("hi"), here.budgets, profile) is profile  # 30 of 100 used here; C9's use is not
+    # The same limit from [budgets] counts the person's use everywhere.
+    everywhere = Budgets(user_daily=Budget(100, "tokens"))
+    refused = await guard.check(slack("hi"), everywhere, profile)
+    assert isinstance(refused, Reply) and "your daily budget of 100 tokens (530 used)" in refused.text
+    over_here = await guard.check(slack("hi"), replace(here.budgets, user_daily=Budget(30, "tokens")), profile)
+    assert isinstance(over_here, Reply)
+    assert over_here.text.startswith("You've used your daily budget in this channel of 30 tokens (30 used).")
+
+
+async def test_a_discord_threads_message_keeps_its_parent_and_roles_in_the_inbox_and_its_use_counts_in_the_parent(
+    storage: Storage,
+) -> None:
+    message = IncomingMessage(
+        "discord", "TH9", "U1", "hi", workspace="G1", event_id="m1", message_id="m1", parent="C2", roles=("9100",)
+    )
+    assert await storage.inbox.accept(message) is not None
+    [entry] = await storage.inbox.unfinished(["discord"])
+    assert entry.message == message  # replayed after a restart, the thread still follows its parent
+    at = time.time()
+    chain = ChainRecord("hi", "re: hi", "answered", "m", at, 1.0, user_id="U1", platform="discord", model_calls=1)
+    chain = replace(chain, input_tokens=7)
+    await storage.record_exchange(message.conversation, chain, Reply("re: hi"))
+    assert (await storage.usage.spent(since=0, channel="discord:G1/C2")).tokens == 7
+    assert [t.text for t in await storage.turns.of_channel("discord:G1/TH9")] == ["hi", "re: hi"]
 
 
 def test_budgets_are_written_as_tokens_or_dollars() -> None:

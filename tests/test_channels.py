@@ -112,6 +112,38 @@ async def test_settings_resolve_thread_then_channel_then_workspace_then_global_a
     assert (await channels.resolve(slack())).profile.instructions == "channel"
 
 
+async def test_a_discord_thread_is_a_thread_of_its_parent_channel_and_a_dm_follows_the_global_settings(
+    storage: Storage,
+) -> None:
+    settings = Settings(
+        budgets={"user_daily": "900 tokens"},
+        channels={
+            "discord:G1": {"user_monthly": "5000 tokens"},
+            "discord:G1/C2": {"tools": ["calculator"], "rate_limit": "3/minute", "user_daily": "100 tokens"},
+        },
+    )
+    channels = ChannelConfig(settings, storage)
+    await channels.set("discord:G1/C2/TH9", "instructions", "in the thread", "discord:U9")
+
+    def discord(channel: str, *, parent: str = "", workspace: str = "G1") -> IncomingMessage:
+        return IncomingMessage("discord", channel, "U1", "hi", workspace=workspace, parent=parent)
+
+    thread = await channels.resolve(discord("TH9", parent="C2"))
+    assert thread.profile == ChannelProfile("in the thread", None, frozenset({"calculator"}), "react")
+    assert (thread.rate_limit, thread.channel_rate) == ("3/minute", True)
+    # The person's daily budget is the channel's own (it counts their use of the channel); the monthly one the
+    # server's (it counts their use anywhere).
+    assert (str(thread.budgets.user_daily), thread.budgets.in_channel) == ("100 tokens", frozenset({"user_daily"}))
+    assert str(thread.budgets.user_monthly) == "5,000 tokens"
+    # Its memory is the thread's own; its settings and usage are the parent's.
+    conversation = discord("TH9", parent="C2").conversation
+    assert (conversation.channel, conversation.settings_channel) == ("discord:G1/TH9", "discord:G1/C2")
+
+    dm = await channels.resolve(discord("D5", workspace=""))
+    assert (dm.profile, dm.channel_rate) == (ChannelProfile(mode="react"), False)
+    assert (str(dm.budgets.user_daily), dm.budgets.in_channel) == ("900 tokens", frozenset())
+
+
 async def test_a_stored_value_that_no_longer_parses_is_ignored_with_a_warning(
     storage: Storage, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -274,6 +306,17 @@ async def test_per_channel_model_instructions_and_tools_reach_the_request_the_mo
     assert {r["temperature"] for r in pirate} == {0.0}
     assert all("calculator" not in system_of(r) for r in pirate)
     assert any("calculator" in system_of(r) for r in plain)
+
+
+async def test_a_refused_tools_value_lists_only_the_tools_that_are_enabled(tmp_path: Path) -> None:
+    model = {"model": "openai/main", "api_base": "http://127.0.0.1:9", "api_key": "sk-test"}
+    async with build_app(Settings(db={"path": tmp_path / "parley.db"}, lm=model)) as parley:
+        with pytest.raises(InvalidSetting) as refused:
+            await parley.channels.set("slack:T1/C2", "tools", "calculator, nope", "slack:U1")
+    listed = refused.value.message.split("; tools: ", 1)[1].split(", ")
+    # weather and web_search exist but are off here (no provider is configured): not offered as choices.
+    assert "calculator" in listed and "remember_fact" in listed
+    assert "weather" not in listed and "web_search" not in listed
 
 
 # Rate limits per channel ------------------------------------------------------------------------------------------

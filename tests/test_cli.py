@@ -305,12 +305,27 @@ def test_run_serves_slack_over_http_with_health_and_metrics(
                 assert json.load(ready)["ready"] is True
             with urllib.request.urlopen(f"{base}/metrics", timeout=5) as metrics:
                 assert 'parley_breaker_state{breaker="primary"} 0.0' in metrics.read().decode()
+            # SIGTERM while a slower answer streams: it finishes in the shutdown's grace period, into its stream
+            # (the platforms close only after the dispatcher stopped).
+            fake_model.latency_s = 0.15
+            event = {**event, "ts": "1.6"}
+            body = event_callback_body(event, event_id="EvRunLate")
+            request = urllib.request.Request(
+                f"{base}/slack/events", data=body, headers=slack_headers("run-secret", body), method="POST"
+            )
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                assert answer.status == 200
+            while len(slack.streams("C9")) < 2:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
         finally:
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=30)
         assert proc.returncode == 143, err
         assert "xoxb-test" not in err and "run-secret" not in err
-    assert chains_in(tmp_path, database) == 1
+        late = slack.streams("C9")[1]
+        assert (late["thread_ts"], late["state"], late["text"]) == ("1.6", "stopped", "42") and slack.posted() == []
+    assert chains_in(tmp_path, database) == 2
 
 
 def test_run_with_a_refused_slack_token_stops_with_one_line(tmp_path: Path, fake_model: FakeOpenAI) -> None:

@@ -33,7 +33,7 @@ from agent.storage import Storage, open_storage
 from agent.storage.models import UsageRecord
 from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner
 from bot.channels import ChannelConfig
-from bot.commands import HANDLERS, ChatCommands
+from bot.commands import HANDLERS, NO_SCOPE, ChatCommands
 from bot.config import ENV_ALIASES, Settings
 from bot.dispatcher import Dispatcher, DispatchOptions
 from bot.http import build_http_app, serve
@@ -43,7 +43,12 @@ from tests.fakes.slack import FakeSlack, block_actions_body, slack_headers, slas
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 SECRET = "commands-signing-secret"
-POLICY = ApprovalPolicy(approvers={"slack": ["UBOSS"]}, approver_roles={"discord": ["9100"]})
+# Discord's 4050 has approvers of its own (its threads too): 6002, who holds no approver role.
+POLICY = ApprovalPolicy(
+    approvers={"slack": ["UBOSS"]},
+    approver_roles={"discord": ["9100"]},
+    channel_approvers={"discord:3000/4050": ["6002"]},
+)
 # Each test's channel on every platform: its own memory, settings and usage.
 TESTS = ("ask", "facts", "forget", "tools", "help", "usage", "channel")
 ROOM = {name: i + 1 for i, name in enumerate(TESTS)}
@@ -169,14 +174,16 @@ class DiscordSide:
         channel = str(4000 + room)
         interaction = self.fake.interaction_create_command(name, options, user_id=user, channel_id=channel)
         callback = await self._callback(interaction)
-        if callback.type == 5:  # deferred: the answer comes by follow-up
-            token = interaction["token"]
-            followups = await self.fake.wait_for(
-                lambda: [f for f in self.fake.followups if f.token == token], what="the follow-up"
-            )
-            return [followups[0].json["content"]]
-        data = callback.data or {}
-        assert int(data.get("flags") or 0) & 64, "command replies are seen only by the caller"
+        assert callback.type == 5, "every command is deferred at once: Discord allows 3 s for the first response"
+        # `/ask`'s placeholder and answer are for everyone; every other reply is seen only by the caller.
+        assert bool(int((callback.data or {}).get("flags") or 0) & 64) == (name != "ask")
+        token = interaction["token"]
+        followups = await self.fake.wait_for(
+            lambda: [f for f in self.fake.followups if f.token == token], what="the follow-up"
+        )
+        data = followups[0].json
+        if name == "ask":
+            return [data["content"]]
         buttons = [item for row in data.get("components") or [] for item in row["components"]]
         seen = [data["content"], *(f"[{button['label']}]" for button in buttons)]
         if confirm and buttons:
@@ -333,14 +340,16 @@ async def test_help_lists_every_command_as_it_is_typed_there(platform: Platform)
 
 async def test_usage_shows_tokens_cost_and_the_budget_left(platform: Platform, worlds: Worlds) -> None:
     room, key, user = ROOM["usage"], platform.key(ROOM["usage"]), platform.newcomer
-    for who, tokens in ((user, (1000, 500)), ("someone-else", (300, 200))):
-        usage = UsageRecord(time.time(), platform.name, key, f"{platform.name}:{who}", "m", 2, *tokens, cost=0.0123)
+    elsewhere = platform.key(ROOM["usage"] + 40)
+    for who, where, tokens in ((user, key, (1000, 500)), ("someone-else", key, (300, 200)), (user, elsewhere, (0, 9))):
+        usage = UsageRecord(time.time(), platform.name, where, f"{platform.name}:{who}", "m", 2, *tokens, cost=0.0123)
         await worlds.shared.storage.usage.record(usage)
     await worlds.shared.channels.set(key, "user_daily", "10000 tokens", actor="test")
 
     mine = "\n".join(await platform.run("usage", room=room, user=user))
-    assert "Today: 1,500 tokens in 1 answer, $0.0123" in mine and "This month: 1,500 tokens" in mine
-    assert "Daily budget: 8,500 tokens left of 10,000 tokens (resets in" in mine
+    assert "Today: 1,509 tokens in 2 answers, $0.0246" in mine and "This month: 1,509 tokens" in mine
+    # A person's budget set for this channel counts their use of this channel only.
+    assert "Daily budget in this channel: 8,500 tokens left of 10,000 tokens (resets in" in mine
     channel = "\n".join(await platform.run("usage channel", room=room, user=user))
     assert "This channel" in channel and "Today: 2,000 tokens in 2 answers, $0.0246" in channel
 
@@ -391,3 +400,28 @@ async def test_a_confirmation_clicked_in_another_channel_erases_nothing(worlds: 
 
 async def _refuse(message: object) -> bool:
     raise AssertionError("nothing is submitted")
+
+
+async def test_a_discord_command_in_a_thread_follows_the_parent_channel_and_a_dm_has_no_settings(
+    worlds: Worlds,
+) -> None:
+    discord = worlds.platforms["discord"]
+    assert isinstance(discord, DiscordSide)
+    fake, parent = discord.fake, f"discord:{discord.fake.guild_id}/4050"
+    fake.thread_parents["4950"] = "4050"  # a thread of 4050 (room 50), itself room 950
+    await worlds.shared.channels.set(parent, "tools", "calculator", actor="test")
+
+    tools = "\n".join(await discord.run("tools", room=950, user=discord.member))
+    assert "`calculator`" in tools and "current_time" not in tools
+    # 4050's own approver may change its threads' settings; the thread's are its own scope under 4050.
+    assert await discord.run("channel set mode vote", room=950, user=discord.member) == [
+        "Only an approver of this channel can see or change its settings."
+    ]
+    [done] = await discord.run("channel set mode vote", room=950, user="6002")
+    assert done.startswith(f"Set `mode` at {parent}/4950 (it was not set here).")
+    shown = "\n".join(await discord.run("channel show", room=950, user="6002"))
+    assert f"- `tools`: calculator _(set at {parent})_" in shown
+
+    interaction = fake.interaction_create_command("channel", {"action": "show"}, user_id="8000", dm=True)
+    followups = await fake.wait_for(lambda: [f for f in fake.followups if f.token == interaction["token"]])
+    assert followups[0].json["content"] == NO_SCOPE

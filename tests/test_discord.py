@@ -4,6 +4,7 @@ the real dispatcher, inbox, approvals and agent on a scripted model."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +21,18 @@ from agent.engines.scripted import echo, request_text
 from agent.ports import Handlers
 from agent.runtime import Agent, AgentOptions
 from agent.storage import Storage
+from agent.storage.models import UsageRecord
 from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner
 from agent.tools.registry import tool
+from bot.app import approver_check
+from bot.budgets import BudgetGuard
+from bot.channels import ChannelConfig
+from bot.config import Settings
 from bot.dispatcher import Dispatcher, DispatchOptions
 from tests.fakes.discord import FakeDiscord
 
 CHANNEL = "4000"
+POLICY = ApprovalPolicy(approvers={"discord": ["7000"]}, approver_roles={"discord": ["9100"]}, expiry_s=5)
 LONG = "\n\n".join(f"Paragraph {i}: " + "words " * 60 for i in range(8)) + "\n\n```python\n" + "x = 1\n" * 200 + "```"
 
 
@@ -65,7 +72,14 @@ def fake() -> Iterator[FakeDiscord]:
 
 
 def build(
-    storage: Storage, fake: FakeDiscord, deployed: list[str], **options: Any
+    storage: Storage,
+    fake: FakeDiscord,
+    deployed: list[str],
+    *,
+    policy: ApprovalPolicy = POLICY,
+    channels: ChannelConfig | None = None,
+    budgets: BudgetGuard | None = None,
+    **options: Any,
 ) -> tuple[DiscordAdapter, Dispatcher, ScriptedEngine]:
     @tool(name="deploy", approval="approve")
     def deploy(service: str) -> str:
@@ -73,7 +87,6 @@ def build(
         deployed.append(service)
         return f"deployed {service}"
 
-    policy = ApprovalPolicy(approvers={"discord": ["7000"]}, approver_roles={"discord": ["9100"]}, expiry_s=5)
     broker = ApprovalBroker(storage.approvals, policy)
     runner = ToolRunner(ToolRegistry.of(*BUILTIN_TOOLS, deploy), gate=broker)
     engine = ScriptedEngine(responder=model)
@@ -86,7 +99,9 @@ def build(
         **{"stream": False, **options},
     )
     adapter = DiscordAdapter(config)
-    dispatcher = Dispatcher(storage, agent, [adapter], DispatchOptions(rate_limit=None), broker)
+    dispatcher = Dispatcher(
+        storage, agent, [adapter], DispatchOptions(rate_limit=None), broker, channels=channels, budgets=budgets
+    )
     adapter.connect(Handlers(dispatcher.submit, dispatcher.decide))
     return adapter, dispatcher, engine
 
@@ -289,3 +304,74 @@ async def test_a_reply_left_undelivered_goes_out_at_start_before_the_gateway_ope
     await adapter.close()
     assert [m["content"] for m in fake.messages(CHANNEL)] == ["the answer from before the crash"]
     assert fake.identifies == 0 and engine.requests == []
+
+
+# Threads ------------------------------------------------------------------------------------------------------
+
+
+async def test_a_thread_follows_its_parent_channels_tools_and_rate_but_keeps_a_memory_of_its_own(
+    storage: Storage, fake: FakeDiscord
+) -> None:
+    fake.thread_parents["4100"] = CHANNEL  # known from the start (GUILD_CREATE lists it)
+    parent = f"discord:{fake.guild_id}/{CHANNEL}"
+    settings = Settings(channels={parent: {"tools": ["calculator"], "rate_limit": "2/minute"}})
+    adapter, dispatcher, engine = build(storage, fake, [], channels=ChannelConfig(settings, storage))
+    async with dispatcher:
+        await adapter.start()
+        fake.thread_parents["4200"] = CHANNEL  # opened since: discord.py has not seen it
+        for n, (thread, text) in enumerate((("4100", "first"), ("4200", "second"), ("4100", "third")), 1):
+            fake.message_create(f"<@2000> {text}", mentions_bot=True, channel_id=thread)
+            await fake.wait_for(lambda n=n: len(fake.messages("4100") + fake.messages("4200")) >= n, what=text)
+            await dispatcher.join()
+        await adapter.close()
+    first, third = (m["content"] for m in fake.messages("4100"))
+    assert first == "re: first" and [m["content"] for m in fake.messages("4200")] == ["re: second"]
+    # The parent's rate counts the person's messages in all its threads: the third is one too many.
+    assert "at most 2 messages per minute in this channel" in third
+    assert "current_time" not in request_text(engine.requests[0]) and "calculator" in request_text(engine.requests[0])
+    assert [t.text for t in await storage.turns.of_channel(f"discord:{fake.guild_id}/4100")] == ["first", "re: first"]
+
+
+async def test_a_prompt_in_a_thread_is_decided_by_its_parent_channels_approvers(
+    storage: Storage, fake: FakeDiscord
+) -> None:
+    fake.thread_parents["4100"] = CHANNEL
+    parent = f"discord:{fake.guild_id}/{CHANNEL}"
+    policy = ApprovalPolicy(approvers={"discord": ["7000"]}, channel_approvers={parent: ["7001"]})
+    deployed: list[str] = []
+    adapter, dispatcher, _ = build(storage, fake, deployed, policy=policy)
+    async with dispatcher:
+        await adapter.start()
+        fake.message_create("<@2000> deploy api", mentions_bot=True, channel_id="4100")
+        prompt = (await fake.wait_for(lambda: [m for m in fake.messages("4100") if m.get("components")]))[0]
+        approve = prompt["components"][0]["components"][0]["custom_id"]
+        fake.interaction_create_component(approve, user_id="7000", message_id=prompt["id"], channel_id="4100")
+        await fake.wait_for_followups(1)
+        fake.interaction_create_component(approve, user_id="7001", message_id=prompt["id"], channel_id="4100")
+        await fake.wait_for(lambda: deployed, what="the deploy")
+        await dispatcher.join()
+        await adapter.close()
+    # The parent channel's list decides in its threads, as it does in the channel itself.
+    assert "not an approver" in fake.followups[0].json["content"]
+    assert deployed == ["api"]
+
+
+async def test_a_member_with_an_approver_role_is_exempt_from_budgets_when_approvers_are(
+    storage: Storage, fake: FakeDiscord
+) -> None:
+    fake.member_roles["8000"] = ["9100"]  # an approver by role
+    settings = Settings(budgets={"user_daily": "10 tokens", "exempt_approvers": True})
+    for user in ("8000", "6000"):  # both are over their budget already
+        await storage.usage.record(UsageRecord(time.time(), "discord", "x", f"discord:{user}", "m", 1, 50, 50))
+    budgets = BudgetGuard(storage.usage, is_approver=approver_check(POLICY))
+    adapter, dispatcher, _ = build(storage, fake, [], channels=ChannelConfig(settings, storage), budgets=budgets)
+    async with dispatcher:
+        await adapter.start()
+        fake.message_create("<@2000> from the approver", mentions_bot=True, author_id="8000")
+        fake.message_create("<@2000> from a member", mentions_bot=True, author_id="6000")
+        await fake.wait_for(lambda: len(fake.messages(CHANNEL)) >= 2, what="two replies")
+        await dispatcher.join()
+        await adapter.close()
+    replies = sorted(m["content"] for m in fake.messages(CHANNEL))
+    assert replies[0].startswith("You've used your daily budget of 10 tokens")
+    assert replies[1] == "re: from the approver"

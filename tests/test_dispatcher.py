@@ -150,6 +150,7 @@ async def test_a_message_left_in_the_inbox_is_answered_before_a_later_one_of_its
     assert platform.texts() == ["re: first", "re: second"]
 
 
+@pytest.mark.parametrize("db_engine", ["postgres"])  # replicas share PostgreSQL; on SQLite there is one process
 async def test_a_message_another_replica_took_in_goes_before_a_later_one_queued_here(
     storage: Storage, echo_agent: Agent
 ) -> None:

@@ -28,6 +28,7 @@ from agent.storage import Storage, StoreError
 from agent.storage.models import EXPORT_VERSION, ChainRecord, Execution
 from agent.storage.sqlite.database import Database
 from agent.tools.runner import ToolRunner
+from bot.channels import ChannelConfig
 from bot.config import ExportSettings, RetentionSettings, ScheduleSettings, Settings
 from bot.jobs import (
     EXPORT_JOB,
@@ -501,6 +502,29 @@ async def test_a_report_the_agent_could_not_answer_is_not_posted(storage: Storag
     outcome = await Scheduler(storage.jobs, build_jobs(settings, deps), clock=lambda: NOW).run("daily")
     assert outcome.state == "failed" and "fallback" in outcome.detail
     assert console.posts == []
+
+
+async def test_a_report_follows_the_settings_of_the_channel_it_posts_to(storage: Storage, runner: ToolRunner) -> None:
+    engine = ScriptedEngine([step("finish"), final("Arr, all quiet.")])
+    agent = Agent(storage, scripted_model(engine), runner, AgentOptions(max_iters=2))
+    settings = Settings(
+        channels={"slack:T1/C1": {"instructions": "Answer like a pirate.", "tools": ["calculator"]}},
+        schedules=[{"name": "news", "cron": "0 9 * * *", "platform": "slack", "channel": "T1/C1", "prompt": "News?"}],
+    )
+    slack = Poster()
+    deps = JobDeps(
+        storage=storage,
+        redactor=Redactor(),
+        posters={"slack": slack},
+        breakers=list,
+        agent=agent,
+        channels=ChannelConfig(settings, storage),
+    )
+    outcome = await Scheduler(storage.jobs, build_jobs(settings, deps), clock=lambda: NOW).run("news")
+    assert outcome.state == "ok", outcome.detail
+    assert slack.posts == [("slack:T1/C1", "Arr, all quiet.")]
+    prompt = request_text(engine.requests[0])
+    assert "Answer like a pirate." in prompt and "calculator" in prompt and "current_time" not in prompt
 
 
 def test_days_of_the_week_must_be_names() -> None:

@@ -257,8 +257,15 @@ class ApprovalBroker:
         ):
             return "the arguments differ from the ones in the request"
         platform, user, roles = decision.platform, decision.user, decision.roles
-        why_not = self.policy.may_decide(request, platform, user, roles)
-        if why_not is None and decision.always and not self.policy.is_approver(platform, request.channel, user, roles):
+        # The parent of the thread the click came from counts only for a click in the request's own channel: a
+        # thread's prompt is decided by its parent channel's approvers.
+        parent = decision.parent if decision.channel == request.channel else ""
+        why_not = self.policy.may_decide(request, platform, user, roles, parent=parent)
+        if (
+            why_not is None
+            and decision.always
+            and not self.policy.is_approver(platform, request.channel, user, roles, parent=parent)
+        ):
             why_not = "only an approver can allow a tool always"
         return why_not
 

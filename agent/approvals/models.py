@@ -75,7 +75,9 @@ class Decision:
     adapter through the dispatcher to the broker, which checks every field before it settles anything.
 
     `args_hash` is the fingerprint the prompt showed (all of it, or where a button id is short, its start);
-    `always` also grants the tool in the channel from now on; `roles` are the person's role ids (Discord)."""
+    `always` also grants the tool in the channel from now on; `roles` are the person's role ids (Discord).
+    `channel` is the memory key of the channel the click came from and `parent` the key of the channel that one is
+    a thread of (Discord), so a thread's prompt is decided by its parent channel's approvers."""
 
     request_id: str
     platform: str
@@ -84,6 +86,8 @@ class Decision:
     args_hash: str
     always: bool = False
     roles: tuple[str, ...] = ()
+    channel: str = ""
+    parent: str = ""
 
     @property
     def actor(self) -> str:
@@ -126,22 +130,30 @@ class ApprovalPolicy:
     # hold no slot, so without a cap one person could keep any number of them open).
     max_waiting_per_user: int = 3
 
-    def is_approver(self, platform: str, channel: str, user: str, roles: Sequence[str] = ()) -> bool:
-        """A channel's list (user or role ids) decides there; elsewhere the platform's users and roles."""
+    def is_approver(
+        self, platform: str, channel: str, user: str, roles: Sequence[str] = (), *, parent: str = ""
+    ) -> bool:
+        """A channel's list (user or role ids) decides there; in a thread-channel without a list of its own, its
+        `parent` channel's list; elsewhere the platform's users and roles."""
         if platform == "console":
             return True
         listed = self.channel_approvers.get(channel)
+        if listed is None and parent:
+            listed = self.channel_approvers.get(parent)
         if listed is not None:
             return user in listed or any(role in listed for role in roles)
         return user in self.approvers.get(platform, ()) or any(
             role in self.approver_roles.get(platform, ()) for role in roles
         )
 
-    def may_decide(self, request: ApprovalRequest, platform: str, user: str, roles: Sequence[str] = ()) -> str | None:
-        """None when `user` (holding `roles`) may decide the request, else the reason they may not."""
+    def may_decide(
+        self, request: ApprovalRequest, platform: str, user: str, roles: Sequence[str] = (), *, parent: str = ""
+    ) -> str | None:
+        """None when `user` (holding `roles`) may decide the request, else the reason they may not. `parent` is
+        the channel the request's channel is a thread of, when it is one."""
         if platform != request.platform:
             return "decisions come from the platform the request was made on"
-        approver = self.is_approver(platform, request.channel, user, roles)
+        approver = self.is_approver(platform, request.channel, user, roles, parent=parent)
         own = user == request.requester
         if request.level == "confirm":
             return None if own or approver else "only the person who asked, or an approver, can decide this"

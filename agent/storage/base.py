@@ -297,6 +297,10 @@ class Replicas(Protocol):
 class Claims(Protocol):
     """Which replica answers which conversation (see `Claim`)."""
 
+    # Whether other processes take in messages and hold claims on the same database (replicas on PostgreSQL);
+    # False where this process is the only one (SQLite), so nothing reaches a conversation but through it.
+    shared: bool
+
     async def take(self, conversation: str, owner: str, *, ttl_s: float, now: float) -> Claim | None:
         """The conversation's claim for `owner`: a new one (next epoch) when it is free or expired, the same one
         extended when `owner` holds it; None while another owner's claim is valid."""

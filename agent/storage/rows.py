@@ -153,6 +153,8 @@ def message_json(message: IncomingMessage) -> str:
 def message_from(text: str) -> IncomingMessage:
     data = json.loads(text)
     data["attachments"] = tuple(Attachment.from_dict(a) for a in data.get("attachments") or ())
+    # JSON has no tuples; a row stored before roles were kept has none.
+    data["roles"] = tuple(str(r) for r in data.get("roles") or ())
     return IncomingMessage(**data)
 
 
@@ -349,7 +351,8 @@ def answer_usage(conv: Conversation, chain: ChainRecord, chain_id: int) -> Usage
     return UsageRecord(
         at=chain.started_at,
         platform=chain.platform,
-        channel=conv.channel,
+        # A thread-channel's usage counts in its parent channel, as a Slack thread's does in its channel.
+        channel=conv.settings_channel,
         user=f"{chain.platform}:{chain.user_id}",
         model=chain.model,
         calls=chain.model_calls,

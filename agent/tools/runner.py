@@ -236,7 +236,7 @@ class ToolRunner:
         """The step's end is told; post-hooks see every outcome (unknown tools and bad arguments too); then the
         record is written."""
         progress = call.context.progress if call.context is not None else None
-        emit(progress, StepFinished(call.step, call.tool, result.outcome, brief(result.observation)))
+        emit(progress, StepFinished(call.step, call.tool, result.outcome))
         for hook in self.hooks:
             try:
                 await hook.after(call, result)

@@ -65,6 +65,11 @@ without pushing it (an interaction is still registered, so its callbacks work): 
 The `send_*`/builder calls block the calling thread briefly (they only write to sockets); the `wait_for*` helpers
 are coroutines that poll, so the client (running on the test's loop) keeps running while a test waits.
 
+Threads: `thread_parents[thread id] = parent channel id` makes a thread of the guild (type 11, with `parent_id`):
+`channel()` and `GET /channels/{id}` describe it, the bot can post in it, `message_create(channel_id=thread)` and
+`interaction_create_command(channel_id=thread)` come from it, and GUILD_CREATE lists the threads known when the
+session starts (a thread added later is unknown to discord.py until it asks `GET /channels/{id}`).
+
 Files people share: `add_attachment(filename, content, content_type)` stores a file and returns Discord's attachment
 object for a message's `attachments`. Its URL is signed as Discord's CDN signs them (`ex`, `is`, `hm`: an HMAC of the
 path and expiry); `GET /attachments/<id>/<filename>` serves it only when the signature holds and has not expired
@@ -331,6 +336,8 @@ class FakeDiscord(BackgroundServer):
         super().__init__()
         # Role ids per member (user id): they appear in GUILD_CREATE and in members' `roles`.
         self.member_roles: dict[str, list[str]] = {}
+        # Thread id -> the id of the channel it belongs to: threads of the guild.
+        self.thread_parents: dict[str, str] = {}
         self.token = token
         self.application_id = str(application_id)
         self.bot_user_id = str(bot_user_id)
@@ -725,6 +732,26 @@ class FakeDiscord(BackgroundServer):
 
     def channel(self, channel_id: str) -> dict[str, Any]:
         channel_id = str(channel_id)
+        if channel_id in self.thread_parents:
+            return {
+                "id": channel_id,
+                "type": 11,
+                "guild_id": self.guild_id,
+                "parent_id": self.thread_parents[channel_id],
+                "owner_id": "6000",
+                "name": f"thread-{channel_id}",
+                "last_message_id": None,
+                "rate_limit_per_user": 0,
+                "message_count": 0,
+                "member_count": 1,
+                "flags": 0,
+                "thread_metadata": {
+                    "archived": False,
+                    "auto_archive_duration": 1440,
+                    "archive_timestamp": _now_iso(),
+                    "locked": False,
+                },
+            }
         if channel_id in self.channel_ids:
             position = self.channel_ids.index(channel_id)
             return {
@@ -815,7 +842,7 @@ class FakeDiscord(BackgroundServer):
             "emojis": [],
             "stickers": [],
             "channels": [{k: v for k, v in self.channel(c).items() if k != "guild_id"} for c in self.channel_ids],
-            "threads": [],
+            "threads": [self.channel(t) for t in self.thread_parents],
             "members": [self.member(self.bot_user_id), self.member("6000")],
             "presences": [],
             "voice_states": [],
@@ -1442,7 +1469,8 @@ class FakeDiscord(BackgroundServer):
         }
 
     def _known_channel(self, channel_id: str) -> str:
-        if channel_id in self.channel_ids or channel_id in self._dm_channels.values():
+        known = (*self.channel_ids, *self.thread_parents, *self._dm_channels.values())
+        if channel_id in known:
             return channel_id
         if channel_id == self.dm_channel_id:
             self._dm_channels.setdefault("6000", channel_id)
@@ -1513,7 +1541,7 @@ class FakeDiscord(BackgroundServer):
         if nonce is not None and body.get("enforce_nonce") and (channel_id, str(nonce)) in self._nonces:
             return dict(self._nonces[(channel_id, str(nonce))])
         message = self._outgoing(channel_id, body)
-        if channel_id in self.channel_ids:
+        if channel_id in self.channel_ids or channel_id in self.thread_parents:
             message["guild_id"] = self.guild_id
         self._messages[channel_id].append(message)
         self._by_id[message["id"]] = message

@@ -56,6 +56,8 @@ class PostgresReplicas:
 
 
 class PostgresClaims:
+    shared = True
+
     def __init__(self, db: Database) -> None:
         self.db = db
 

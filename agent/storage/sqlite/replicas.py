@@ -30,6 +30,8 @@ class SqliteReplicas:
 
 
 class SqliteClaims:
+    shared = False
+
     def __init__(self, db: Database) -> None:
         self.db = db
         self._claims: dict[str, Claim] = {}
