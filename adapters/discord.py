@@ -52,7 +52,7 @@ from adapters.discord_edge import (
 )
 from adapters.discord_leader import GATEWAY, Seat, close_gateway
 from adapters.discord_prompt import prompt_text, settled_text
-from adapters.discord_stream import DiscordStream, DiscordStreams
+from adapters.discord_stream import UNREACHABLE, DiscordStream, DiscordStreams
 from adapters.edge import QuietLog, describe, problems
 from adapters.files import download, same_origin
 from adapters.options import DEFAULT_API, DEFAULT_GATEWAY
@@ -686,7 +686,7 @@ class DiscordAdapter:
             raise DeliveryError(
                 f"Discord answered {exc.status}", transient=exc.status >= 500 or exc.status == 429
             ) from None
-        except OSError as exc:
+        except UNREACHABLE as exc:
             raise DeliveryError(f"Discord could not be reached ({type(exc).__name__})") from None
 
     async def post(self, channel: str, text: str) -> None:
