@@ -35,14 +35,14 @@ from slack_sdk.web.async_client import AsyncWebClient
 from adapters.slack import SlackAdapter, SlackConfig
 from agent.engines import ScriptedEngine, scripted_model
 from agent.engines.scripted import echo
-from agent.ports import Handlers
 from agent.runtime import Agent, AgentOptions
 from agent.storage import open_storage
 from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner
 from benchmarks.dispatch import ModelOnly
+from benchmarks.serving import serve_slack
 from benchmarks.slack_progress import report as progress_report
 from bot.dispatcher import Dispatcher, DispatchOptions, Responder
-from bot.http import build_http_app, serve
+from bot.http import serve
 from tests.fakes.slack import FakeSlack, event_callback_body, slack_headers
 
 SECRET = "bench-signing-secret"
@@ -83,17 +83,7 @@ async def start_parley(
     config = SlackConfig(bot_token=fake.bot_token, signing_secret=SECRET, api_url=fake.api_url, stream=False)
     adapter = SlackAdapter(config)
     dispatcher = Dispatcher(storage, agent, [adapter], DispatchOptions(rate_limit=None, concurrency=concurrency))
-    adapter.connect(Handlers(dispatcher.submit, dispatcher.decide))
-
-    async def ready() -> dict[str, object]:
-        return {"database": True}
-
-    http = await serve(build_http_app(slack=adapter, readiness=ready), "127.0.0.1", 0)
-    # Unwound in reverse: the HTTP server first, then the adapter's background calls, then the dispatcher.
-    await stack.enter_async_context(dispatcher)
-    stack.push_async_callback(adapter.close)
-    stack.push_async_callback(http.cleanup)
-    return f"http://127.0.0.1:{http.addresses[0][1]}/slack/events"
+    return await serve_slack(adapter, dispatcher, stack)
 
 
 async def start_bare(fake: FakeSlack, concurrency: int, stack: AsyncExitStack, workdir: Path) -> str:

@@ -31,12 +31,11 @@ from adapters.slack import SlackAdapter, SlackConfig
 from adapters.slack_stream import StreamLimits
 from agent.engines import ScriptedEngine, scripted_model
 from agent.engines.scripted import request_text
-from agent.ports import Handlers
 from agent.runtime import Agent, AgentOptions
 from agent.storage import open_storage
 from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner
+from benchmarks.serving import serve_slack
 from bot.dispatcher import Dispatcher, DispatchOptions
-from bot.http import build_http_app, serve
 from tests.fakes.slack import FakeSlack, event_callback_body, slack_headers
 
 SECRET = "bench-signing-secret"
@@ -96,16 +95,7 @@ async def measure(
             adapter = SlackAdapter(config)
             adapter.streams.limits = limits
             dispatcher = Dispatcher(storage, agent, [adapter], DispatchOptions(rate_limit=None, concurrency=workers))
-            adapter.connect(Handlers(dispatcher.submit, dispatcher.decide, stop=dispatcher.stop_answer))
-
-            async def ready() -> dict[str, object]:
-                return {"database": True}
-
-            http = await serve(build_http_app(slack=adapter, readiness=ready), "127.0.0.1", 0)
-            await stack.enter_async_context(dispatcher)
-            stack.push_async_callback(adapter.close)
-            stack.push_async_callback(http.cleanup)
-            url = f"http://127.0.0.1:{http.addresses[0][1]}/slack/events"
+            url = await serve_slack(adapter, dispatcher, stack)
             acked: dict[str, float] = {}
             now = int(time.time())
             async with aiohttp.ClientSession() as session:

@@ -969,6 +969,21 @@ class FakeSlack(BackgroundServer):
             "is_enterprise_install": False,
         }
 
+    def _bot_message(self, params: dict[str, Any], **fields: Any) -> dict[str, Any]:
+        """A new message by the bot, in the thread the call names (if any), with its own ts."""
+        message: dict[str, Any] = {
+            "type": "message",
+            "user": self.user_id,
+            "bot_id": self.bot_id,
+            "app_id": self.api_app_id,
+            "team": self.team_id,
+            "ts": self._next_ts(),
+            **fields,
+        }
+        if params.get("thread_ts"):
+            message["thread_ts"] = str(params["thread_ts"])
+        return message
+
     def _post_message(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = params.get("channel")
         if not channel:
@@ -976,19 +991,8 @@ class FakeSlack(BackgroundServer):
         error = self._check_content(params)
         if error:
             return {"ok": False, "error": error}
-        ts = self._next_ts()
-        message: dict[str, Any] = {
-            "type": "message",
-            "user": self.user_id,
-            "bot_id": self.bot_id,
-            "app_id": self.api_app_id,
-            "team": self.team_id,
-            "text": params.get("text") or "",
-            "ts": ts,
-            "blocks": self._blocks(params) or [],
-        }
-        if params.get("thread_ts"):
-            message["thread_ts"] = str(params["thread_ts"])
+        message = self._bot_message(params, text=params.get("text") or "", blocks=self._blocks(params) or [])
+        ts = message["ts"]
         metadata = params.get("metadata")
         if metadata:  # form-encoded clients send it as a JSON string
             message["metadata"] = json.loads(metadata) if isinstance(metadata, str) else metadata
@@ -1241,25 +1245,15 @@ class FakeSlack(BackgroundServer):
         chunks = self._chunks(params)
         if isinstance(chunks, str):
             return {"ok": False, "error": chunks}
-        ts = self._next_ts()
-        message: dict[str, Any] = {
-            "type": "message",
-            "user": self.user_id,
-            "bot_id": self.bot_id,
-            "app_id": self.api_app_id,
-            "team": self.team_id,
+        stream = {
+            "state": "streaming",
+            "started": time.monotonic(),
+            "chunks": [],
             "text": "",
-            "ts": ts,
-            "stream": {
-                "state": "streaming",
-                "started": time.monotonic(),
-                "chunks": [],
-                "text": "",
-                "recipient": [params.get("recipient_team_id"), params.get("recipient_user_id")],
-            },
+            "recipient": [params.get("recipient_team_id"), params.get("recipient_user_id")],
         }
-        if params.get("thread_ts"):
-            message["thread_ts"] = str(params["thread_ts"])
+        message = self._bot_message(params, text="", stream=stream)
+        ts = message["ts"]
         error = self._stream_add(message, chunks)
         if error:
             return {"ok": False, "error": error}
