@@ -399,8 +399,7 @@ class Dispatcher:
                         continue
                     done.add(entry.id)
                     lease = self._leases[key] = Lease(self._slots)
-                    async with held(lease):
-                        await self._handle_or_apologise(entry, claim)
+                    await self._handle_or_apologise(entry, claim, lease)
                 finally:
                     self._dequeued()
                     self._local.discard(entry.id)
@@ -443,15 +442,16 @@ class Dispatcher:
         INBOX_DEPTH.inc()
         self._queues[key].append(entry)
 
-    async def _handle_or_apologise(self, entry: InboxEntry, claim: Claim) -> None:
+    async def _handle_or_apologise(self, entry: InboxEntry, claim: Claim, lease: Lease) -> None:
         """Handle the message, retrying while the database fails; if it keeps failing, tell the user and move
         on (the row stays in the inbox, so the next start answers it), so the conversation is not stuck.
 
         Every log line and error report of the message carries its platform and conversation."""
         with run_context(platform=entry.message.platform, conversation=conversation_key(entry.message)):
-            await self._handle_with_retries(entry, claim)
+            await self._handle_with_retries(entry, claim, lease)
 
-    async def _handle_with_retries(self, entry: InboxEntry, claim: Claim) -> None:
+    async def _handle_with_retries(self, entry: InboxEntry, claim: Claim, lease: Lease) -> None:
+        """Handle the message under one of the global slots (`lease`), its stream open over every attempt."""
         platform = self.platforms[entry.message.platform]
 
         async def streams_into(ref: str) -> None:
@@ -462,13 +462,18 @@ class Dispatcher:
             # One stream over every attempt: a database failure interrupts an attempt, and the next goes on in the
             # message the first streamed into (which may show the whole answer already), not in a second one.
             async with streamed(platform, entry, streams_into, lost=lambda: key in self._lost) as streaming:
-                async for attempt in stamina.retry_context(
-                    on=TransientStoreError, attempts=3, timeout=30.0, wait_initial=0.5, wait_max=5.0
-                ):
-                    with attempt:
-                        if attempt.num > 1:
-                            entry = await self._again(entry, streaming)
-                        await self._handle(entry, claim, streaming)
+                if self._slots.locked() and entry.reply is None and not entry.stream:
+                    # Every slot is taken: the message waits in line, and its stream shows meanwhile that it is
+                    # on its way (the first sign of progress does not wait for a slot).
+                    await streaming.open()
+                async with held(lease):
+                    async for attempt in stamina.retry_context(
+                        on=TransientStoreError, attempts=3, timeout=30.0, wait_initial=0.5, wait_max=5.0
+                    ):
+                        with attempt:
+                            if attempt.num > 1:
+                                entry = await self._again(entry, streaming)
+                            await self._handle(entry, claim, streaming)
         except ClaimLost:
             raise  # another replica answers the conversation now; it owes the user the reply
         except Exception as exc:

@@ -126,6 +126,19 @@ async def test_a_two_tool_answer_streams_a_task_card_per_step_then_the_answer(wo
     assert await world.adapter.already_delivered(message, reply, "parley-1")
 
 
+@pytest.mark.parametrize(("options", "delay", "concurrency"), [(STREAM, 0.3, 1)])
+async def test_a_message_waiting_for_a_free_slot_shows_its_stream_before_its_turn(world: World) -> None:
+    """Every slot taken: the next conversation's message waits in line, but its stream opens at once, so the
+    person sees it is on its way before the answer ahead of it is done."""
+    await world.mention("what is 6*7?", ts="1900.1", event_id="EvBusy")
+    await world.mention("and 7*8?", ts="1900.2", event_id="EvWaiting", channel="C2")
+    await settled(world)
+    started = {call.params["channel"]: call.at for call in world.fake.calls_to("chat.startStream") if call.ok}
+    first_stop = min(call.at for call in world.fake.calls_to("chat.stopStream") if call.params["channel"] == "C1")
+    assert started["C2"] < first_stop
+    assert [s["state"] for s in world.fake.streams("C1") + world.fake.streams("C2")] == ["stopped", "stopped"]
+
+
 @pytest.mark.parametrize(("options", "delay"), [(STREAM, 0.1)])
 async def test_a_stream_that_fails_mid_way_ends_with_a_note_and_the_reply_is_posted(world: World) -> None:
     streaming(world)
