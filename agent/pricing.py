@@ -13,7 +13,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from agent.chains import ModelUsage
-from agent.engines import LOCAL_MODEL, SCRIPTED_MODEL
+from agent.options import LOCAL_MODEL, SCRIPTED_MODEL
 
 IN_PROCESS = frozenset({LOCAL_MODEL, SCRIPTED_MODEL})
 

@@ -20,6 +20,8 @@ from typing import NamedTuple
 
 from dspy.utils.exceptions import LMInvalidRequestError, LMUnsupportedModelError
 
+from agent.options import BreakerOptions
+
 log = logging.getLogger("parley.breaker")
 
 
@@ -136,9 +138,9 @@ class CircuitBreaker:
         self,
         name: str,
         *,
-        failure_threshold: int = 5,
-        reset_timeout_s: float = 30.0,
-        success_threshold: int = 1,
+        failure_threshold: int = BreakerOptions.failure_threshold,
+        reset_timeout_s: float = BreakerOptions.reset_timeout_s,
+        success_threshold: int = BreakerOptions.success_threshold,
         clock: Callable[[], float] = time.monotonic,
         listeners: tuple[StateListener, ...] = (),
     ) -> None:

@@ -36,7 +36,7 @@ from pydantic_settings import (
 from adapters.options import DiscordConfig, SlackConfig
 from agent.approvals.models import ApprovalPolicy
 from agent.attachments.models import Limits
-from agent.options import UNAVAILABLE_REPLY, AgentOptions
+from agent.options import UNAVAILABLE_REPLY, AgentOptions, BreakerOptions, ModelConfig
 from bot.budgets import budget_text
 from bot.channels import InvalidSetting, parse_rate, scope_chain, validate_table
 
@@ -57,6 +57,8 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
 # The defaults of the options the code runs with: each settings default below that has an option is read from it,
 # so a value is written once (the settings add the limits and descriptions).
 AGENT = AgentOptions()
+MODEL = ModelConfig()
+BREAKER = BreakerOptions()
 APPROVALS = ApprovalPolicy()
 
 # The scheduler's own jobs; `[[schedules]]` entries may not take these names.
@@ -71,13 +73,15 @@ class Section(BaseModel):
 
 class LMSettings(Section):
     model: str = Field(
-        "local", min_length=1, description="`local` (the embedded model) or any dspy.LM id: openai/gpt-4o-mini, ..."
+        MODEL.model,
+        min_length=1,
+        description="`local` (the embedded model) or any dspy.LM id: openai/gpt-4o-mini, ...",
     )
     api_base: str | None = Field(None, description="the provider's base URL (a proxy, a local server)")
     api_key: SecretStr | None = Field(None, description="the provider's key (or its own variable: OPENAI_API_KEY)")
-    timeout_s: float = Field(60.0, gt=0, description="the wait for each response of one model call")
-    max_tokens: int = Field(1024, gt=0, description="most tokens the model writes per call")
-    temperature: float = Field(AGENT.temperature, ge=0, le=2, description="sampling temperature")
+    timeout_s: float = Field(MODEL.timeout_s, gt=0, description="the wait for each response of one model call")
+    max_tokens: int = Field(MODEL.max_tokens, gt=0, description="most tokens the model writes per call")
+    temperature: float = Field(MODEL.temperature, ge=0, le=2, description="sampling temperature")
     vision: bool | None = Field(
         None, description="the model takes images (shared pictures are shown to it); unset: as litellm knows the model"
     )
@@ -106,9 +110,13 @@ class ModelSettings(Section):
 
 
 class BreakerSettings(Section):
-    failure_threshold: int = Field(5, ge=1, description="failed answers in a row that open a model's breaker")
-    reset_timeout_s: float = Field(30.0, gt=0, description="how long an open breaker waits before one trial call")
-    success_threshold: int = Field(1, ge=1, description="successful trials that close it again")
+    failure_threshold: int = Field(
+        BREAKER.failure_threshold, ge=1, description="failed answers in a row that open a model's breaker"
+    )
+    reset_timeout_s: float = Field(
+        BREAKER.reset_timeout_s, gt=0, description="how long an open breaker waits before one trial call"
+    )
+    success_threshold: int = Field(BREAKER.success_threshold, ge=1, description="successful trials that close it again")
 
 
 class AgentSettings(Section):

@@ -8,26 +8,9 @@ import dspy
 
 from agent.adapter import CachedJSONAdapter
 from agent.engines.scripted import AsyncScriptedEngine, ScriptedEngine
+from agent.options import LOCAL_MODEL, SCRIPTED_MODEL, ModelConfig
 
-LOCAL_MODEL = "local"
-# The model id of `scripted_model`: answers from a script, in process.
-SCRIPTED_MODEL = "scripted"
 _configured = False
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """What the factory needs to know; the bot maps its settings onto this."""
-
-    model: str = LOCAL_MODEL
-    api_base: str | None = None
-    api_key: str | None = None
-    timeout_s: float = 60.0
-    max_tokens: int = 1024
-    temperature: float = 0.2
-    num_retries: int = 2
-    # Whether the model takes images; None asks litellm's model table (unknown models: no).
-    vision: bool | None = None
 
 
 @dataclass(frozen=True)
