@@ -422,19 +422,27 @@ class Dispatcher:
                 self._idle.set()
 
     async def _catch_up(self, key: str, done: set[int]) -> None:
-        """Queue the conversation's unfinished inbox messages not queued or handled here yet, the queue kept in
-        arrival (inbox id) order."""
+        """Make the queue the conversation's unfinished inbox messages not handled here yet, as the inbox has them
+        now, in arrival (inbox id) order: messages taken in elsewhere join it, and a queued message that another
+        replica finished meanwhile (it held the claim first) leaves it, so it is not answered twice."""
         queue = self._queues[key]
+        # Queued before the read: in the inbox already, so one the read does not return is finished. One queued
+        # while the read ran may be newer than it, and stays.
+        before = {e.id for e in queue}
+        found = {e.id: e for e in await self.inbox.unfinished_of(key) if self._ours(e)}
         queued = {e.id for e in queue}
-        found = [e for e in await self.inbox.unfinished_of(key) if self._ours(e)]
-        fresh = [e for e in found if e.id not in done and e.id not in queued]
-        if not fresh:
-            return
-        for entry in fresh:
-            self._enqueue_more(key, entry)
-        ordered = sorted(queue, key=lambda e: e.id)
+        for entry_id, entry in found.items():
+            if entry_id not in done and entry_id not in queued:
+                self._enqueue_more(key, entry)
+        held = [e.id for e in queue]
+        mine = {e.id: e for e in queue}
+        keep = {i for i in held if i not in done and (i in found or i not in before)}
+        current = sorted((found.get(i, mine[i]) for i in keep), key=lambda e: e.id)
+        if len(held) > len(current):  # finished elsewhere, handled here already, or queued twice
+            self._dequeued(len(held) - len(current))
+            self._local.difference_update(set(held) - {e.id for e in current})
         queue.clear()
-        queue.extend(ordered)
+        queue.extend(current)
 
     def _enqueue_more(self, key: str, entry: InboxEntry) -> None:
         """A message found in the inbox for the conversation this task answers."""
