@@ -6,6 +6,7 @@ through the repositories: what is asserted is what the rest of Parley can rely o
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import replace
 
@@ -302,6 +303,33 @@ async def test_the_inbox_drops_redeliveries_and_tracks_each_message_to_delivery(
     assert states == [("E1", State.FAILED, False), ("E1", State.RECEIVED, False), ("E2", State.ANSWERED, True)]
     assert [e.message.event_id for e in await storage.inbox.recent(limit=1)] == ["E2"]
     assert await storage.inbox.get(10_000) is None
+
+
+async def test_a_read_sees_every_write_that_returned_before_it_while_other_reads_run(storage: Storage) -> None:
+    """The dispatcher drops a queued message the inbox no longer lists as finished elsewhere: a read that missed
+    a write which had already returned (an older snapshot, shared with a read still under way) would make it
+    skip a message and answer it last."""
+    others_read = asyncio.Event()
+    stop = asyncio.Event()
+
+    async def reader() -> None:
+        while not stop.is_set():
+            await storage.inbox.get(1)
+            await storage.inbox.unfinished_of("slack|other|")
+            others_read.set()
+
+    readers = [asyncio.create_task(reader()) for _ in range(8)]
+    try:
+        await others_read.wait()
+        for i in range(150):
+            entry = await storage.inbox.accept(message(f"E{i}", channel="C9"))
+            assert entry is not None
+            listed = [e.id for e in await storage.inbox.unfinished_of(conversation_key(entry.message))]
+            assert listed[-1:] == [entry.id], f"write {i} missing from a read made after it returned"
+            assert await storage.inbox.get(entry.id) is not None
+    finally:
+        stop.set()
+        await asyncio.gather(*readers)
 
 
 async def test_the_message_a_reply_streams_into_is_kept_until_delivery_and_fenced_by_the_claim(

@@ -133,18 +133,18 @@ class Database:
                 loop.call_soon_threadsafe(_settle, failed)
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
+        """Run the query and read its rows in one step on the reader thread. A statement left open across an await
+        would hold its read snapshot, and another read starting meanwhile would share it: it could miss a write
+        that returned before that read began."""
         try:
-            async with self._reader.execute(sql, params) as cursor:
-                return list(await cursor.fetchall())
+            return list(await self._reader.execute_fetchall(sql, params))
         except sqlite3.Error as exc:
             raise translate(exc) from exc
 
     async def fetchone(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
-        try:
-            async with self._reader.execute(sql, params) as cursor:
-                return await cursor.fetchone()
-        except sqlite3.Error as exc:
-            raise translate(exc) from exc
+        """The first row of a query that returns one (see `fetchall`)."""
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
 
     async def version(self) -> int:
         row = await self.fetchone("PRAGMA user_version")
