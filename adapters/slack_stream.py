@@ -57,6 +57,9 @@ UNREACHABLE = (SlackClientError, aiohttp.ClientError, TimeoutError)
 # `<!here>`, `<@U123>` and `<#C1>` in model output would ping or link: a zero-width space after `<` defuses them.
 _SPECIAL = re.compile(r"<(?=[!@#])")
 _MASS = re.compile(r"(?<!\w)@(?=(?:here|channel|everyone)\b)", re.IGNORECASE)
+# The end of a piece of answer text that could still become a mention with what follows (`<` before `!here>`,
+# `@chan` before `nel`): held back until more text comes, so escaping each piece escapes what the whole needs.
+_OPEN_END = re.compile(r"(?:<|(?<!\w)@\w{0,8})$")
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,12 @@ def metadata(key: str) -> dict[str, Any]:
 def safe_markdown(text: str) -> str:
     """Model output as stream markdown that cannot ping anyone or link a channel."""
     return _MASS.sub("@\u200b", _SPECIAL.sub("<\u200b", text))
+
+
+def settled(text: str) -> tuple[str, str]:
+    """`text` split into what can be escaped and sent now and the end that must wait for the text after it."""
+    match = _OPEN_END.search(text)
+    return (text, "") if match is None else (text[: match.start()], text[match.start() :])
 
 
 def coalesce(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -218,6 +227,9 @@ class SlackStream:
         self.cards: dict[str, dict[str, Any]] = {}
         self.text = ""  # markdown streamed so far, over every message of this reply
         self.here = ""  # of it, what the current message holds
+        self.held = ""  # answer text not sent yet: it could become a mention with what follows (`settled`)
+        # Answer text did not fit the message: none after it is streamed either (the reply posts the rest).
+        self.full = False
         self.pending: list[dict[str, Any]] = []
         self.stopped = False  # the person pressed Stop
         # Taken over from a process that died: what the message shows is not known here, so it is replaced whole.
@@ -238,7 +250,9 @@ class SlackStream:
             return
         chunk = card(event, self.cards)
         if chunk is None and isinstance(event, AnswerText):
-            chunk = {"type": "markdown_text", "text": safe_markdown(event.text)}
+            ready, self.held = settled(self.held + event.text)
+            if ready:
+                chunk = {"type": "markdown_text", "text": safe_markdown(ready)}
         if chunk is None:
             return
         self.pending.append(chunk)
@@ -264,9 +278,18 @@ class SlackStream:
     async def _append(self, chunks: list[dict[str, Any]]) -> None:
         if self.state == "live" and time.monotonic() - self.started > self.limits.max_age_s:
             await self._roll_over()
-        # Text that would overflow this message waits for `finish`, which posts what does not fit.
+        # Text that would overflow this message waits for `finish`, which posts what does not fit; so does all
+        # text after it, or the message would show the answer with a gap.
         room = self.limits.max_chars - len(self.here)
-        chunks = [c for c in chunks if c["type"] != "markdown_text" or len(c["text"]) <= room]
+        fitting = []
+        for chunk in chunks:
+            if chunk["type"] == "markdown_text":
+                self.full = self.full or len(chunk["text"]) > room
+                if self.full:
+                    continue
+                room -= len(chunk["text"])
+            fitting.append(chunk)
+        chunks = fitting
         if self.state not in ("live", "unknown") or not chunks:
             return
         try:

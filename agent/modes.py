@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import dspy
 
+from agent.answer_stream import streaming_answer
 from agent.chains import ModelUsage, StepRecorder
 from agent.loop_guard import guard_answer
 from agent.messages import Step
@@ -122,7 +123,8 @@ class DecomposeMode:
             findings.append(f"{i}. {part} -> {outcome.answer or '(no answer found)'}")
             steps.extend(outcome.steps)
             usage += outcome.usage
-        final, used = await _predict(self.synthesise, question=question, findings="\n".join(findings))
+        with streaming_answer():
+            final, used = await _predict(self.synthesise, question=question, findings="\n".join(findings))
         found = [f.split(" -> ", 1)[-1] for f in findings]
         answer = guard_answer(str(final.answer), [a for a in found if a != "(no answer found)"])
         steps.append(

@@ -30,6 +30,8 @@ class ModelConfig:
     num_retries: int = 2
     # Whether the model takes images; None asks litellm's model table (unknown models: no).
     vision: bool | None = None
+    # Ask the provider to stream the reply, so the answer shows as it is written (off: it shows whole at the end).
+    stream: bool = True
 
 
 @dataclass(frozen=True)

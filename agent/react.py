@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -18,6 +19,7 @@ from dspy.adapters.utils import format_field_value
 from dspy.utils.exceptions import AdapterParseError, ContextWindowExceededError, LMInvalidRequestError
 from pydantic.fields import FieldInfo
 
+from agent.answer_stream import streaming_answer
 from agent.chains import StepRecorder
 from agent.loop_guard import guard_answer
 from agent.messages import Step
@@ -131,7 +133,9 @@ class RobustReAct(dspy.ReAct):  # type: ignore[misc]
         """The steps, then the extract call that draws the outputs from them."""
         trajectory, steps = await self._loop(max_iters, part, recorder, input_args)
         try:
-            extract = await self._predict(self.extract, trajectory, recorder, input_args)
+            # The whole question's answer streams as it is written; a part's (decompose, vote) is not the reply.
+            with streaming_answer() if not part else contextlib.nullcontext():
+                extract = await self._predict(self.extract, trajectory, recorder, input_args)
             outputs = {name: extract[name] for name in self.signature.output_fields}
         except (AdapterParseError, ContextWindowExceededError) as err:
             raise_if_empty(err)

@@ -17,6 +17,7 @@ import dspy
 from structlog.contextvars import bound_contextvars
 
 from agent.adapter import CachedJSONAdapter
+from agent.answer_stream import AnswerTokens, answer_tokens
 from agent.attachments.models import AttachmentRecord, Outbox
 from agent.attachments.reader import Readings, read_attachments
 from agent.chains import ModelUsage
@@ -316,6 +317,8 @@ class Agent:
             platform=message.platform,
         )
         readings = Readings()
+        # The answer's text as the model writes it, for whoever watches the answer.
+        tokens = AnswerTokens(progress) if progress is not None else None
         try:
             async with held(Lease(self._slots)):
                 if remember:
@@ -324,7 +327,7 @@ class Agent:
                 else:
                     readings = await read_attachments(message.attachments, self.options.attachments)
                     outcome, answered_by, vision = await self._reason(
-                        message, text, run_id, readings, outbox, progress, profile=profile, paths=paths
+                        message, text, run_id, readings, outbox, progress, profile=profile, paths=paths, tokens=tokens
                     )
         except RunStopped as stopped:
             chain = replace(chain, status="limited", duration_ms=(time.time() - started) * 1000)
@@ -365,8 +368,11 @@ class Agent:
         if notes:
             answer = f"{answer}\n\n" + "\n".join(notes)
         files = outbox.files if status == "answered" else ()
-        # The answer arrives whole (no model is asked to stream its tokens): shown at once, before it is recorded.
-        emit(progress, AnswerText(answer))
+        # Shown before it is recorded: what the model's stream did not show yet (all of it from a model that does
+        # not stream); a reply that is not what was streamed (the loop guard's, a file note) replaces it at the end.
+        rest = tokens.rest(answer) if tokens is not None else answer
+        if rest:
+            emit(progress, AnswerText(rest))
         chain = replace(
             chain,
             answer=answer,
@@ -430,6 +436,7 @@ class Agent:
         *,
         profile: ChannelProfile = DEFAULT_PROFILE,
         paths: Sequence[tuple[ModelHandle, CircuitBreaker]] = (),
+        tokens: AnswerTokens | None = None,
     ) -> tuple[Outcome, str, bool]:
         """Try each model of the fallback chain (`paths`, the profile's) under its breaker; returns the outcome,
         who answered and whether it was shown the images (what the reply says about them depends on it).
@@ -466,7 +473,10 @@ class Agent:
                         breaker.guard(neutral=not_the_providers),
                         answer_deadline(self.options.answer_timeout_s),
                     ):
-                        with dspy.context(lm=handle.lm, adapter=CachedJSONAdapter()):
+                        with (
+                            dspy.context(lm=handle.lm, adapter=CachedJSONAdapter()),
+                            answer_tokens(tokens if handle.streams else None),
+                        ):
                             return await mode.answer(context, text, inputs), handle.name, handle.vision
                 except CircuitOpen as exc:
                     log.info("skipping %s: %s", handle.name, exc)

@@ -50,6 +50,7 @@ def model_config(settings: Settings) -> ModelConfig:
         max_tokens=lm.max_tokens,
         temperature=lm.temperature,
         vision=lm.vision,
+        stream=lm.stream,
     )
 
 
@@ -66,6 +67,7 @@ def named_model_config(settings: Settings, named: ModelSettings) -> ModelConfig:
         max_tokens=named.max_tokens if named.max_tokens is not None else base.max_tokens,
         temperature=named.temperature if named.temperature is not None else base.temperature,
         vision=named.vision if named.vision is not None else base.vision,
+        stream=named.stream if named.stream is not None else base.stream,
     )
 
 
@@ -102,6 +104,7 @@ def fallback_config(settings: Settings) -> ModelConfig | None:
         timeout_s=settings.lm.timeout_s,
         max_tokens=settings.lm.max_tokens,
         temperature=settings.lm.temperature,
+        stream=settings.lm.stream,
     )
 
 

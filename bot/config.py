@@ -85,6 +85,9 @@ class LMSettings(Section):
     vision: bool | None = Field(
         None, description="the model takes images (shared pictures are shown to it); unset: as litellm knows the model"
     )
+    stream: bool = Field(
+        MODEL.stream, description="ask the provider to stream answers, shown as they are written (off: shown whole)"
+    )
 
 
 class FallbackSettings(Section):
@@ -107,6 +110,7 @@ class ModelSettings(Section):
     max_tokens: int | None = Field(None, gt=0, description="most tokens written per call; unset: [lm] max_tokens")
     temperature: float | None = Field(None, ge=0, le=2, description="sampling temperature; unset: [lm] temperature")
     vision: bool | None = Field(None, description="the model takes images; unset: [lm] vision")
+    stream: bool | None = Field(None, description="ask the provider to stream answers; unset: [lm] stream")
 
 
 class BreakerSettings(Section):

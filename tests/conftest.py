@@ -25,7 +25,7 @@ from bot.config import ENV_ALIASES
 from tests.pg import pg_dsn, pg_url  # noqa: F401
 
 # The Slack world (a fake Slack, the real adapter, dispatcher and agent) for every test that asks for `world`.
-from tests.slack_world import concurrency, delay, fake, options, world  # noqa: F401
+from tests.slack_world import chunk_chars, concurrency, delay, fake, options, world  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -102,6 +102,12 @@ def options() -> dict[str, Any]:
 
 
 @pytest.fixture
+def chunk_chars() -> int | None:
+    """The scripted model streams its replies in pieces of this many characters; None: it does not stream."""
+    return None
+
+
+@pytest.fixture
 def concurrency() -> int:
     """The dispatcher's and the agent's limit of messages answered at once."""
     return 8
@@ -109,7 +115,12 @@ def concurrency() -> int:
 
 @pytest.fixture
 async def world(
-    storage: Storage, fake: FakeSlack, delay: float, options: dict[str, Any], concurrency: int
+    storage: Storage,
+    fake: FakeSlack,
+    delay: float,
+    options: dict[str, Any],
+    concurrency: int,
+    chunk_chars: int | None,
 ) -> AsyncIterator[World]:
     deployed: list[str] = []
 
@@ -121,7 +132,7 @@ async def world(
 
     broker = ApprovalBroker(storage.approvals, ApprovalPolicy(approvers={"slack": ["UBOSS"]}, expiry_s=2))
     runner = ToolRunner(ToolRegistry.of(*BUILTIN_TOOLS, deploy), gate=broker)
-    engine = ScriptedEngine(responder=model, delay_s=delay)
+    engine = ScriptedEngine(responder=model, delay_s=delay, chunk_chars=chunk_chars)
     agent = Agent(storage, scripted_model(engine), runner, AgentOptions(max_iters=3, concurrency=concurrency))
     config = SlackConfig(
         bot_token="xoxb-test",

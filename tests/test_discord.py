@@ -79,6 +79,7 @@ def build(
     policy: ApprovalPolicy = POLICY,
     channels: ChannelConfig | None = None,
     budgets: BudgetGuard | None = None,
+    engine: ScriptedEngine | None = None,
     **options: Any,
 ) -> tuple[DiscordAdapter, Dispatcher, ScriptedEngine]:
     @tool(name="deploy", approval="approve")
@@ -89,7 +90,7 @@ def build(
 
     broker = ApprovalBroker(storage.approvals, policy)
     runner = ToolRunner(ToolRegistry.of(*BUILTIN_TOOLS, deploy), gate=broker)
-    engine = ScriptedEngine(responder=model)
+    engine = engine or ScriptedEngine(responder=model)
     agent = Agent(storage, scripted_model(engine), runner, AgentOptions(max_iters=3))
     config = DiscordConfig(
         token=fake.token,

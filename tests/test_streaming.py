@@ -13,25 +13,29 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import stamina
 from dspy.lm15 import Request
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from adapters.discord import DiscordAdapter
 from adapters.discord_stream import EditLimits
 from adapters.slack import SlackAdapter, SlackConfig
 from adapters.slack_stream import BROKEN, StreamLimits, last_key
 from adapters.text import split_message, to_mrkdwn
+from agent.answer_stream import AnswerTokens
 from agent.approvals import ApprovalPolicy
 from agent.attachments.models import OutFile
-from agent.engines import ScriptedEngine, scripted_model
+from agent.engines import ModelConfig, ModelHandle, ScriptedEngine, build_model, scripted_model
 from agent.engines.scripted import echo, request_text
 from agent.events import AnswerText, Event, StepFinished, StepStarted
 from agent.messages import IncomingMessage, Reply
 from agent.ports import DeliveryError, Handlers
-from agent.runtime import Agent, AgentOptions
+from agent.runtime import Agent, AgentOptions, Resilience
 from agent.storage import Storage, open_storage
 from agent.storage.sqlite.database import Database
 from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner
@@ -39,6 +43,8 @@ from bot.commands import ChatCommands
 from bot.dispatcher import Dispatcher, DispatchOptions
 from tests.conftest import REPO
 from tests.fakes.discord import FakeDiscord
+from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.openai_server import Fault as ModelFault
 from tests.fakes.platform import RecordingPlatform
 from tests.fakes.slack import FakeSlack, Fault, event_callback_body
 from tests.slack_world import World, settled
@@ -97,6 +103,127 @@ async def test_the_agent_tells_each_tool_step_with_its_thought_and_outcome_but_n
     assert events[-1] == AnswerText(ANSWER)
 
 
+# The answer's tokens ------------------------------------------------------------------------------------------
+
+
+def _chunk(text: str | None, finish: str | None = None) -> SimpleNamespace:
+    """A streamed completion chunk as DSPy hands it to `send_stream` (OpenAI's shape)."""
+    return SimpleNamespace(choices=[SimpleNamespace(delta=SimpleNamespace(content=text), finish_reason=finish)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    answer=st.text(st.characters(exclude_categories=("Cs",)), max_size=60),
+    reasoning=st.text(max_size=20),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=12),
+    ascii_only=st.booleans(),
+)
+def test_the_answer_streams_as_its_decoded_text_however_the_provider_splits_it(
+    answer: str, reasoning: str, cuts: list[int], ascii_only: bool
+) -> None:
+    """Escapes (quotes, newlines, \\u sequences) cut anywhere: each piece is new answer text, never JSON syntax
+    nor the reasoning, and the pieces together are the answer as the reply has it (stripped)."""
+    content = json.dumps({"reasoning": reasoning, "answer": answer}, ensure_ascii=ascii_only)
+    bounds = sorted({0, len(content), *(c for c in cuts if c < len(content))})
+    parts = [content[a:b] for a, b in itertools.pairwise(bounds)]
+    events: list[Event] = []
+    tokens = AnswerTokens(events.append)
+
+    async def feed() -> None:
+        for i, part in enumerate(parts):
+            await tokens.send(_chunk(part, "stop" if i == len(parts) - 1 else None))
+        await tokens.send(SimpleNamespace(choices=[], usage={"prompt_tokens": 1}))  # the usage chunk
+
+    asyncio.run(feed())
+    pieces = [e.text for e in events if isinstance(e, AnswerText)]
+    assert len(pieces) == len(events) and all(pieces)
+    assert "".join(pieces) == answer.strip() == tokens.shown
+    assert tokens.rest(answer.strip()) == ""
+    assert tokens.rest(answer.strip() + "\n\nnote") == "\n\nnote"
+
+
+async def test_the_answer_streams_piece_by_piece_and_a_later_call_adds_only_what_goes_on_from_it() -> None:
+    events: list[Event] = []
+    tokens = AnswerTokens(events.append)
+    for part in ['{"reasoning": "r", "ans', 'wer": "The st', "andup is ", 'at 9:30"}']:
+        await tokens.send(_chunk(part))
+    await tokens.send(_chunk(None, "stop"))
+    assert [e.text for e in events if isinstance(e, AnswerText)] == ["The st", "andup is", " at 9:30"]
+    # A second call (the next model of the fallback chain) that says something else adds nothing to the shown
+    # text: the reply replaces it at the end. The rest of the reply is only what goes on from the shown text.
+    await tokens.send(_chunk('{"answer": "Something else entirely"}', "stop"))
+    assert len(events) == 3
+    assert tokens.rest("Something else entirely") == ""
+
+
+STREAMED = 'The standup is at 9:30 in the "blue" room,\nevery weekday.'
+
+
+def standup(system: str, user: str) -> dict[str, Any]:
+    """A model that finishes at once and answers about the standup."""
+    if "next_tool_name" in system:
+        return {"next_thought": "I know this.", "next_tool_name": "finish", "next_tool_args": {}}
+    return {"reasoning": "From the context.", "answer": STREAMED}
+
+
+def openai_model(fake: FakeOpenAI, **config: Any) -> ModelHandle:
+    return build_model(ModelConfig(model="openai/fake", api_base=fake.url, api_key="sk-fake", num_retries=0, **config))
+
+
+async def test_a_provider_that_streams_shows_the_answer_piece_by_piece_as_it_is_written(
+    storage: Storage, runner: ToolRunner
+) -> None:
+    """The real `dspy.LM` client against a server that streams (server-sent events): the reply's call streams,
+    the ReAct steps do not; the answer shows in pieces while the provider still writes it, and the usage the
+    stream reports is counted exactly."""
+    with FakeOpenAI(standup) as fake:
+        fake.chunk_chars, fake.chunk_delay_s = 6, 0.02
+        agent = Agent(storage, openai_model(fake), runner, AgentOptions(max_iters=3))
+        seen: list[tuple[float, Event]] = []
+        message = IncomingMessage(platform="console", channel="c", user="u", text="when is the standup?")
+        exchange = await agent.respond(message, progress=lambda event: seen.append((time.monotonic(), event)))
+        done = time.monotonic()
+    pieces = [(at, e.text) for at, e in seen if isinstance(e, AnswerText)]
+    assert "".join(text for _, text in pieces) == exchange.reply.text == STREAMED
+    assert len(pieces) >= 5
+    # The first piece showed while the rest was still being written (the fake pauses 20 ms between chunks).
+    assert done - pieces[0][0] >= 0.1
+    assert [bool(r.get("stream")) for r in fake.requests] == [False, True]
+    assert fake.requests[1]["stream_options"] == {"include_usage": True}
+    assert (exchange.chain.input_tokens, exchange.chain.output_tokens) == (20, 20)
+
+
+async def test_a_model_set_not_to_stream_shows_the_answer_whole(storage: Storage, runner: ToolRunner) -> None:
+    with FakeOpenAI(standup) as fake:
+        agent = Agent(storage, openai_model(fake, stream=False), runner, AgentOptions(max_iters=3))
+        events: list[Event] = []
+        message = IncomingMessage(platform="console", channel="c", user="u", text="when is the standup?")
+        exchange = await agent.respond(message, progress=events.append)
+    assert events == [AnswerText(STREAMED)] and exchange.reply.text == STREAMED
+    assert not any(r.get("stream") for r in fake.requests)
+
+
+async def test_a_provider_that_fails_mid_answer_gives_way_to_the_fallback_whose_answer_replaces_the_shown_text(
+    storage: Storage, runner: ToolRunner
+) -> None:
+    """The primary's stream breaks after a few chunks: nothing is retried on it (its text was shown), the
+    fallback model answers, and nothing more is added to the broken text (the reply replaces it at the end)."""
+    backup = ScriptedEngine(responder=lambda request: {"reasoning": "r", "answer": "From the backup."})
+    with FakeOpenAI(standup) as fake:
+        fake.chunk_chars = 12
+        fake.fail_next = [ModelFault.slow(0), ModelFault.cut(after=4)]
+        agent = Agent(
+            storage, openai_model(fake), runner, AgentOptions(max_iters=3), Resilience(fallback=scripted_model(backup))
+        )
+        events: list[Event] = []
+        message = IncomingMessage(platform="console", channel="c", user="u", text="when is the standup?")
+        exchange = await agent.respond(message, progress=events.append)
+    shown = "".join(e.text for e in events if isinstance(e, AnswerText))
+    assert exchange.reply.text == "From the backup."
+    assert shown and STREAMED.startswith(shown) and shown != STREAMED
+    assert exchange.chain.model == "scripted"
+
+
 # Slack ------------------------------------------------------------------------------------------------------------
 
 
@@ -124,6 +251,32 @@ async def test_a_two_tool_answer_streams_a_task_card_per_step_then_the_answer(wo
     reply, message = Reply(ANSWER), IncomingMessage("slack", "C1", "U1", "q", thread="1800.1", message_id="1800.1")
     assert stream["metadata"]["event_payload"]["key"] == last_key("parley-1", reply)
     assert await world.adapter.already_delivered(message, reply, "parley-1")
+
+
+PINGS = "Sure, I'll tell <!channel> and @here about it: the release is at 5pm, after the checks."
+
+
+@pytest.mark.parametrize(("options", "chunk_chars"), [(STREAM, 1)])
+async def test_a_streamed_answer_shows_in_pieces_and_a_mention_split_across_them_cannot_ping(world: World) -> None:
+    """The model streams one character at a time: the answer reaches Slack in several appends before the stream
+    ends, never replaced whole; `<` and `!channel>` (or `@` and `here`) in different pieces are still escaped."""
+    world.adapter.streams.limits = StreamLimits(append_interval_s=0.05)
+    world.engine.chunk_delay_s = 0.003
+
+    def answer(request: Request) -> dict[str, Any]:
+        if "next_tool_name" in request_text(request):
+            return {"next_thought": "answer", "next_tool_name": "finish", "next_tool_args": {}}
+        return {"reasoning": "asked to", "answer": PINGS}
+
+    world.engine.responder = answer
+    await world.mention("tell everyone about the release", ts="1850.1", event_id="EvPieces")
+    await settled(world)
+    [stream] = world.fake.streams("C1")
+    # Several appends of text (the stop adds the end at most): the answer showed while it was written.
+    assert len([chunk for chunk in stream["chunks"] if chunk["type"] == "markdown_text"]) >= 4
+    assert stream["state"] == "stopped" and stream["text"].replace("\u200b", "") == PINGS
+    assert "<!channel>" not in stream["text"] and "@here" not in stream["text"]
+    assert world.fake.calls_to("chat.update") == [] and world.fake.posted() == []
 
 
 @pytest.mark.parametrize(("options", "delay", "concurrency"), [(STREAM, 0.3, 1)])
@@ -301,6 +454,24 @@ async def test_discord_rolls_a_long_answer_over_to_new_messages_at_2000_characte
     chunks = [m["content"] for m in fake.messages(CHANNEL)]
     assert all(len(c) <= 2000 for c in chunks)
     assert " ".join(" ".join(chunks).split()) == " ".join(LONG_ANSWER.split())
+
+
+async def test_discord_edits_the_answer_in_as_the_model_writes_it(storage: Storage) -> None:
+    """A model that streams: the message shows the answer growing, edit by edit, then rolls over at 2,000."""
+    engine = ScriptedEngine(responder=tool_then_long, chunk_chars=40, chunk_delay_s=0.01)
+    with FakeDiscord(channel_ids=(CHANNEL,)) as fake:
+        adapter, dispatcher, _ = build(storage, fake, [], stream=True, engine=engine)
+        adapter.streams.limits = EditLimits(edit_interval_s=0.2)
+        async with dispatcher:
+            await adapter.start()
+            fake.message_create("<@2000> what is 6*7, and the time?", mentions_bot=True)
+            parts = split_message(LONG_ANSWER, 2000)
+            await fake.wait_for(lambda: [m["content"] for m in fake.messages(CHANNEL)] == parts, what="the answer")
+            await dispatcher.join()
+            await adapter.close()
+    edits = [e.json["content"] for e in fake.requests_to("PATCH /channels/{id}/messages/{mid}") if e.status == 200]
+    growing = [c for c in edits if c != parts[0] and parts[0].startswith(c) and c.startswith("Paragraph 0")]
+    assert len(growing) >= 2, edits
 
 
 async def test_discord_edits_a_slash_command_s_deferred_response_as_the_answer_grows(

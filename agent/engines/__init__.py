@@ -23,6 +23,8 @@ class ModelHandle:
     constrained: bool = False
     # Takes images: shared pictures are shown to it (as `dspy.Image`) instead of described.
     vision: bool = False
+    # Streams its replies (DSPy's `send_stream`): the answer is shown as it is written.
+    streams: bool = False
 
 
 def configure_dspy() -> None:
@@ -57,7 +59,7 @@ def build_model(config: ModelConfig) -> ModelHandle:
         cache=False,
         num_retries=config.num_retries,
     )
-    return ModelHandle(lm=lm, name=config.model, vision=takes_images(config))
+    return ModelHandle(lm=lm, name=config.model, vision=takes_images(config), streams=config.stream)
 
 
 def takes_images(config: ModelConfig) -> bool:
@@ -73,10 +75,16 @@ def takes_images(config: ModelConfig) -> bool:
 
 
 def scripted_model(engine: ScriptedEngine, *, constrained: bool = False) -> ModelHandle:
-    """A model that answers from a script, for tests and demos; it takes images when its engine says so."""
+    """A model that answers from a script, for tests and demos; it takes images and streams when its engine does."""
     configure_dspy()
     lm = dspy.LM(SCRIPTED_MODEL, engine=engine, async_engine=AsyncScriptedEngine(engine), cache=False, num_retries=0)
-    return ModelHandle(lm=lm, name=SCRIPTED_MODEL, constrained=constrained, vision=engine.vision)
+    return ModelHandle(
+        lm=lm,
+        name=SCRIPTED_MODEL,
+        constrained=constrained,
+        vision=engine.vision,
+        streams=engine.chunk_chars is not None,
+    )
 
 
 __all__ = [

@@ -5,11 +5,24 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import Any, TypeAlias
 
-from dspy.lm15 import ImagePart, InvalidRequestError, Message, Request, Response, ServerError, Usage
+from dspy.lm15 import (
+    ImagePart,
+    InvalidRequestError,
+    Message,
+    Request,
+    Response,
+    ServerError,
+    StreamDeltaEvent,
+    StreamEndEvent,
+    StreamStartEvent,
+    TextDelta,
+    Usage,
+)
 
+StreamEvent: TypeAlias = StreamStartEvent | StreamDeltaEvent | StreamEndEvent
 Scripted = str | dict[str, Any] | Exception | Callable[[Request], "str | dict[str, Any]"]
 
 
@@ -49,8 +62,13 @@ class ScriptedEngine:
         delay_s: float | Callable[[], float] = 0.0,
         compact_prompts: bool = False,
         vision: bool = False,
+        chunk_chars: int | None = None,
+        chunk_delay_s: float = 0.0,
     ) -> None:
         self.script = list(script)
+        # Streams its replies (when asked to) in pieces of this many characters, `chunk_delay_s` apart.
+        self.chunk_chars = chunk_chars
+        self.chunk_delay_s = chunk_delay_s
         # Takes images. A text-only one refuses a request with an image, as a provider would.
         self.vision = vision
         # Stand in for the embedded engine: the adapter sends the compact prompts of `agent.compact`.
@@ -95,8 +113,21 @@ class ScriptedEngine:
             usage=Usage(input_tokens=len(request_text(request)) // 4, output_tokens=len(text) // 4),
         )
 
-    def stream(self, request: Request) -> Any:
-        raise NotImplementedError
+    def stream(self, request: Request) -> Iterator[StreamEvent]:
+        if delay := self.delay():
+            time.sleep(delay)
+        for event in self.events(self.answer(request)):
+            if isinstance(event, StreamDeltaEvent):
+                time.sleep(self.chunk_delay_s)
+            yield event
+
+    def events(self, response: Response) -> Iterator[StreamEvent]:
+        """A response as a provider streams it: its text in pieces of `chunk_chars`, the usage at the end."""
+        text, size = response.text or "", self.chunk_chars or 1
+        yield StreamStartEvent(model=response.model)
+        for i in range(0, len(text), size):
+            yield StreamDeltaEvent(delta=TextDelta(text=text[i : i + size], part_index=0))
+        yield StreamEndEvent(finish_reason="stop", usage=response.usage)
 
     def close(self) -> None:
         pass
@@ -111,8 +142,13 @@ class AsyncScriptedEngine:
             await asyncio.sleep(delay)
         return self.engine.answer(request)
 
-    def stream(self, request: Request) -> Any:
-        raise NotImplementedError
+    async def stream(self, request: Request) -> AsyncIterator[StreamEvent]:
+        if delay := self.engine.delay():
+            await asyncio.sleep(delay)
+        for event in self.engine.events(self.engine.answer(request)):
+            if isinstance(event, StreamDeltaEvent):
+                await asyncio.sleep(self.engine.chunk_delay_s)
+            yield event
 
     async def aclose(self) -> None:
         pass

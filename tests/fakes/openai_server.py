@@ -22,6 +22,11 @@ takes one of either, or None; `fail_next` is used up first. The faults:
 
 `requests` holds every request body received, failed or not, and `served` what each one got (the `Fault`, or
 None for a normal answer), in the same order. A handler whose client hung up is cancelled.
+
+A request with `"stream": true` is answered as OpenAI streams: server-sent events, one `chat.completion.chunk`
+per `chunk_chars` characters of the content, `chunk_delay_s` apart, the usage in a last chunk when
+`stream_options.include_usage` asks for it, then `data: [DONE]`. `Fault.cut(after)` sends that many chunks and
+then drops the connection: a provider failing mid-answer.
 """
 
 from __future__ import annotations
@@ -70,6 +75,9 @@ def _field(text: str, name: str) -> str:
     return match.group(1).strip() if match else ""
 
 
+# What every answer reports it used.
+USAGE = {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}
+
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error"}
 
 
@@ -86,6 +94,8 @@ class Fault:
     delay_s: float = 0.0
     drop: bool = False
     answer: bool = False
+    # A streamed answer: drop the connection after this many content chunks.
+    cut_after: int | None = None
 
     @classmethod
     def error(cls, status: int = 500, message: str = "fake failure", *, retry_after: float | None = None) -> Fault:
@@ -106,6 +116,11 @@ class Fault:
     @classmethod
     def dropped(cls) -> Fault:
         return cls(status=0, drop=True)
+
+    @classmethod
+    def cut(cls, after: int = 2) -> Fault:
+        """A streamed answer that stops after `after` content chunks, the connection dropped."""
+        return cls(status=200, answer=True, cut_after=after)
 
     @classmethod
     def not_json(cls, body: str = "<html><body><h1>502 Bad Gateway</h1></body></html>") -> Fault:
@@ -140,6 +155,9 @@ class FakeOpenAI(BackgroundServer):
         self.down: int | Fault | None = None
         # Every request waits this long before anything else happens: a slow provider.
         self.latency_s = latency_s
+        # A streamed answer: how many characters of the content each chunk carries, and the pause between them.
+        self.chunk_chars = 8
+        self.chunk_delay_s = 0.0
 
     @property
     def url(self) -> str:
@@ -172,12 +190,16 @@ class FakeOpenAI(BackgroundServer):
                     content_type=fault.content_type,
                     headers=fault.headers,
                 )
+        if body.get("stream"):
+            return await self._stream(request, body, None if fault is None else fault.cut_after)
         return self._answer(body)
 
-    def _answer(self, body: dict[str, Any]) -> web.Response:
+    def _content(self, body: dict[str, Any]) -> str:
         system = "\n".join(m["content"] for m in body["messages"] if m["role"] == "system")
         user = "\n".join(m["content"] for m in body["messages"] if m["role"] == "user")
-        content = json.dumps(self.brain(system, user))
+        return json.dumps(self.brain(system, user))
+
+    def _answer(self, body: dict[str, Any]) -> web.Response:
         return web.json_response(
             {
                 "id": f"chatcmpl-{len(self.requests)}",
@@ -185,11 +207,46 @@ class FakeOpenAI(BackgroundServer):
                 "created": int(time.time()),
                 "model": body.get("model", "fake"),
                 "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": self._content(body)},
+                        "finish_reason": "stop",
+                    }
                 ],
-                "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
+                "usage": USAGE,
             }
         )
+
+    async def _stream(self, request: web.Request, body: dict[str, Any], cut_after: int | None) -> web.StreamResponse:
+        content = self._content(body)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        base = {
+            "id": f"chatcmpl-{len(self.requests)}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": body.get("model", "fake"),
+        }
+
+        async def send(choices: list[dict[str, Any]], **extra: Any) -> None:
+            await response.write(f"data: {json.dumps({**base, 'choices': choices, **extra})}\n\n".encode())
+
+        await send([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        pieces = [content[i : i + self.chunk_chars] for i in range(0, len(content), self.chunk_chars)]
+        for sent, piece in enumerate(pieces):
+            if cut_after is not None and sent == cut_after:
+                assert request.transport is not None
+                request.transport.close()
+                return response
+            if self.chunk_delay_s:
+                await asyncio.sleep(self.chunk_delay_s)
+            await send([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
+        await send([{"index": 0, "delta": {}, "finish_reason": "stop"}])
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await send([], usage=USAGE)
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
 
     def prompts(self) -> list[str]:
         """Every request's messages as one string each."""
