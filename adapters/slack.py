@@ -516,6 +516,10 @@ class SlackAdapter:
             raise DeliveryError(f"Slack could not be reached: {type(exc).__name__}") from None
         self._progress_done(message)
 
+    def stopped(self, where: str) -> str | None:
+        """A person stopped the stream at `where` ("CHANNEL TS"): see `SlackStreams.stopped`."""
+        return self.streams.stopped(where)
+
     async def open_stream(
         self, message: IncomingMessage, key: str, *, resume: str = "", moved: StreamMoved | None = None
     ) -> SlackStream | None:

@@ -543,7 +543,7 @@ class SlackStreams:
         # Posts a reply's files into its thread (raising DeliveryError), before the stream ends with its text.
         self.post_files = post_files
         self.limits = limits or StreamLimits()
-        # Told the delivery key of an answer whose stream the person stopped (the dispatcher's `stop_answer`).
+        # Told where a person stopped a stream (the dispatcher's `stop_answer`): whichever replica writes it stops.
         self.stop: Stop | None = None
         self._open: dict[tuple[str, str], SlackStream] = {}
 
@@ -609,19 +609,25 @@ class SlackStreams:
             del self._open[(stream.message.channel, stream.ts)]
 
     async def on_stopped(self, event: dict[str, Any]) -> None:
-        """Bolt's listener for the person's Stop: the stream is marked stopped and its answer cancelled."""
+        """Bolt's listener for the person's Stop: handed on as "CHANNEL TS", the stream's place; the replica that
+        writes the stream (this one or another) marks it stopped (`stopped`) and cancels its answer."""
         try:
             where = StreamStopped.model_validate(event).where
         except ValidationError:
             log.info("dropped a %s event of an unexpected shape", STOP_EVENT)
             return
-        stream = self._open.get(where)
-        if stream is None:
-            log.info("a stream stopped that this process does not write (%s)", where[1])
-            return
-        stream.stopped = True
         if self.stop is not None:
-            await self.stop("slack", stream.key)
+            await self.stop("slack", " ".join(where))
+
+    def stopped(self, where: str) -> str | None:
+        """`where` is "CHANNEL TS": the stream, if this process writes it, is marked stopped (Slack ended it, so
+        it is updated, never appended to, from now on); returns its reply's key."""
+        channel, _, ts = where.partition(" ")
+        stream = self._open.get((channel, ts))
+        if stream is None:
+            return None
+        stream.stopped = True
+        return stream.key
 
     async def close(self) -> None:
         """End every stream still open ("interrupted"): a restart answers their messages into them. The service

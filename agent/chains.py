@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,28 @@ def _add(a: int | None, b: int | None) -> int | None:
     return None if a is None and b is None else (a or 0) + (b or 0)
 
 
+class AnswerMeter:
+    """Every model call of one answer, whichever run, mode or model made it, and the model that made them: what a
+    stopped or failed answer cost counts against budgets too (pressing Stop must not make tokens free)."""
+
+    def __init__(self) -> None:
+        self.usage = ModelUsage()
+        self.model = ""
+
+
+_meter: ContextVar[AnswerMeter | None] = ContextVar("parley_answer_meter", default=None)
+
+
+@contextmanager
+def metering(meter: AnswerMeter) -> Iterator[None]:
+    """Around one answer: every `StepRecorder` under it adds its model calls to `meter` as well."""
+    reset = _meter.set(meter)
+    try:
+        yield
+    finally:
+        _meter.reset(reset)
+
+
 class StepRecorder(UsageTracker):  # type: ignore[misc]
     """Collects model call counts, durations and usage for one run; `take()` returns and resets what piled up."""
 
@@ -60,13 +83,15 @@ class StepRecorder(UsageTracker):  # type: ignore[misc]
         usage = dict(usage_entry or {})
         tokens_in = usage.get("prompt_tokens", usage.get("input_tokens"))
         tokens_out = usage.get("completion_tokens", usage.get("output_tokens"))
-        self._note(
-            ModelUsage(
-                calls=1,
-                input_tokens=int(tokens_in) if isinstance(tokens_in, int | float) else None,
-                output_tokens=int(tokens_out) if isinstance(tokens_out, int | float) else None,
-            )
+        call = ModelUsage(
+            calls=1,
+            input_tokens=int(tokens_in) if isinstance(tokens_in, int | float) else None,
+            output_tokens=int(tokens_out) if isinstance(tokens_out, int | float) else None,
         )
+        self._note(call)
+        if (meter := _meter.get()) is not None:
+            meter.usage += call
+            meter.model = lm
 
     def _note(self, usage: ModelUsage) -> None:
         self._pending += usage

@@ -26,8 +26,9 @@ Submit = Callable[[IncomingMessage], Awaitable[bool]]
 Decide = Callable[[Decision], Awaitable[Verdict]]
 
 
-# Stops the answer a person asked to stop (Slack's Stop button on a streamed reply): the platform and the key the
-# stream was opened with (the reply's delivery key). True when an answer under way was stopped.
+# Stops the answer a person asked to stop (Slack's Stop button on a streamed reply): the platform, and where the
+# stream shows, in the platform's own words (what its `Stoppable.stopped` reads). Whichever replica writes that
+# stream stops its answer. True when the answer was under way in this process.
 Stop = Callable[[str, str], Awaitable[bool]]
 
 
@@ -153,6 +154,16 @@ class ReplyStream(Protocol):
 
     async def release(self) -> None:
         """Stop writing, without a platform call: another process answers the message now and writes into it."""
+        ...
+
+
+@runtime_checkable
+class Stoppable(Protocol):
+    """A platform whose people can stop an answer while it streams."""
+
+    def stopped(self, where: str) -> str | None:
+        """A person stopped the stream shown at `where`: when this process writes it, it is marked stopped and
+        the reply's delivery key is returned (its answer is then cancelled); None otherwise."""
         ...
 
 

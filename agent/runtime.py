@@ -20,7 +20,7 @@ from agent.adapter import CachedJSONAdapter
 from agent.answer_stream import AnswerTokens, answer_tokens
 from agent.attachments.models import AttachmentRecord, Outbox
 from agent.attachments.reader import Readings, read_attachments
-from agent.chains import ModelUsage
+from agent.chains import AnswerMeter, ModelUsage, metering
 from agent.constraints import constrain, constrain_output
 from agent.engines import ModelHandle
 from agent.events import AnswerText, Progress, emit
@@ -278,12 +278,18 @@ class Agent:
         return [name for name in self.react.tools if name != "finish"]
 
     async def respond(
-        self, message: IncomingMessage, *, profile: ChannelProfile = DEFAULT_PROFILE, progress: Progress | None = None
+        self,
+        message: IncomingMessage,
+        *,
+        profile: ChannelProfile = DEFAULT_PROFILE,
+        progress: Progress | None = None,
+        meter: AnswerMeter | None = None,
     ) -> Exchange:
         """Answer one message. Never raises for bad input or a failing model: the reply says what happened.
 
         `profile` is what the conversation's channel settings resolved to; `progress` is told what the agent does
-        as it does it (agent/events.py), for platforms that show it.
+        as it does it (agent/events.py), for platforms that show it; `meter` counts every model call as it is made
+        (what a cancelled run cost is known from it). An answer cut short carries in its chain what it cost.
 
         Nothing of the exchange is written here: the caller records the returned chain with the reply, in one
         transaction with its own state (the dispatcher's inbox row). Cancellation (shutdown) propagates, so the
@@ -319,25 +325,35 @@ class Agent:
         readings = Readings()
         # The answer's text as the model writes it, for whoever watches the answer.
         tokens = AnswerTokens(progress) if progress is not None else None
+        meter = meter or AnswerMeter()
         try:
             async with held(Lease(self._slots)):
-                if remember:
-                    outcome, answered_by = await self._remember(message, remember.group("fact")), "rule"
-                    vision = False
-                else:
-                    readings = await read_attachments(message.attachments, self.options.attachments)
-                    outcome, answered_by, vision = await self._reason(
-                        message, text, run_id, readings, outbox, progress, profile=profile, paths=paths, tokens=tokens
-                    )
+                with metering(meter):
+                    if remember:
+                        outcome, answered_by = await self._remember(message, remember.group("fact")), "rule"
+                        vision = False
+                    else:
+                        readings = await read_attachments(message.attachments, self.options.attachments)
+                        outcome, answered_by, vision = await self._reason(
+                            message,
+                            text,
+                            run_id,
+                            readings,
+                            outbox,
+                            progress,
+                            profile=profile,
+                            paths=paths,
+                            tokens=tokens,
+                        )
         except RunStopped as stopped:
             chain = replace(chain, status="limited", duration_ms=(time.time() - started) * 1000)
-            return self._done(message, chain, Reply(stopped.reply, status="limited"))
+            return self._done(message, chain, Reply(stopped.reply, status="limited"), meter)
         except InputRefused as refused:
             chain = replace(
                 chain, status="rejected", error_id=refused.error_id, duration_ms=(time.time() - started) * 1000
             )
             reply = Reply(INPUT_REFUSED.format(error_id=refused.error_id), error_id=refused.error_id, status="rejected")
-            return self._done(message, chain, reply)
+            return self._done(message, chain, reply, meter)
         except NoModelAnswered as failed:
             reply_text = f"{self.resilience.fallback_reply} (error id {failed.error_id})"
             chain = replace(
@@ -347,14 +363,14 @@ class Agent:
                 error_id=failed.error_id,
                 duration_ms=(time.time() - started) * 1000,
             )
-            return self._done(message, chain, Reply(reply_text, error_id=failed.error_id, status="fallback"))
+            return self._done(message, chain, Reply(reply_text, error_id=failed.error_id, status="fallback"), meter)
         except Exception as exc:
             error_id = new_error_id()
             with bound_contextvars(error_id=error_id):
                 log.exception("answering failed (error id %s): %s", error_id, type(exc).__name__)
             reply_text = APOLOGY.format(error_id=error_id)
             chain = replace(chain, status="error", error_id=error_id, duration_ms=(time.time() - started) * 1000)
-            return self._done(message, chain, Reply(reply_text, error_id=error_id, status="error"))
+            return self._done(message, chain, Reply(reply_text, error_id=error_id, status="error"), meter)
         # Model output is outside input too: half an emoji in it must not fail the recording of the reply.
         status, answer = "answered", clean_text(outcome.answer)
         if not answer:
@@ -400,8 +416,21 @@ class Agent:
             )
         return None
 
-    def _done(self, message: IncomingMessage, chain: ChainRecord, reply: Reply) -> Exchange:
-        """Tell the observers about the chain; the exchange goes back to the caller to record."""
+    def _done(
+        self, message: IncomingMessage, chain: ChainRecord, reply: Reply, meter: AnswerMeter | None = None
+    ) -> Exchange:
+        """Tell the observers about the chain; the exchange goes back to the caller to record. A chain cut short
+        (`meter` given) carries what its model calls cost so far: they count against budgets like any other."""
+        if meter is not None and meter.usage.calls:
+            spent = meter.usage
+            cost = answer_cost(meter.model, spent)
+            chain = replace(
+                chain,
+                model_calls=spent.calls,
+                input_tokens=spent.input_tokens,
+                output_tokens=spent.output_tokens,
+                cost=cost,
+            )
         for observe in self.observers:
             try:
                 observe(message, chain)
@@ -490,6 +519,27 @@ class Agent:
         with bound_contextvars(error_id=error_id):
             log.error("no model could answer (error id %s); sending the fallback reply", error_id)
         raise NoModelAnswered(error_id)
+
+
+def stopped_exchange(message: IncomingMessage, text: str, meter: AnswerMeter, started_at: float) -> Exchange:
+    """The exchange of an answer a person stopped: the reply saying so, and a chain that carries what the model
+    calls made until then cost, so they count against the budgets like any other."""
+    spent = meter.usage
+    chain = ChainRecord(
+        question=clean_text(message.text).strip(),
+        answer=text,
+        status="stopped",
+        model=meter.model,
+        started_at=started_at,
+        duration_ms=(time.time() - started_at) * 1000,
+        user_id=message.user,
+        model_calls=spent.calls,
+        input_tokens=spent.input_tokens,
+        output_tokens=spent.output_tokens,
+        platform=message.platform,
+        cost=answer_cost(meter.model, spent) if spent.calls else None,
+    )
+    return Exchange(Reply(text, status="stopped"), chain)
 
 
 def _posted(name: str, media_type: str, content: bytes) -> AttachmentRecord:

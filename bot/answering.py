@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from agent.chains import AnswerMeter
 from agent.events import Progress
 from agent.messages import IncomingMessage, Reply
 from agent.profile import DEFAULT_PROFILE, ChannelProfile
@@ -20,7 +21,12 @@ class Responder(Protocol):
     """What answers a message: the agent, or anything with its `respond`."""
 
     async def respond(
-        self, message: IncomingMessage, *, profile: ChannelProfile = ..., progress: Progress | None = None
+        self,
+        message: IncomingMessage,
+        *,
+        profile: ChannelProfile = ...,
+        progress: Progress | None = None,
+        meter: AnswerMeter | None = None,
     ) -> Exchange: ...
 
 

@@ -33,11 +33,20 @@ import stamina
 from structlog.contextvars import bound_contextvars
 
 from agent.approvals import ApprovalBroker, Decision, Verdict
+from agent.chains import AnswerMeter
 from agent.messages import APOLOGY, IncomingMessage, Reply, new_error_id
 from agent.options import AgentOptions
 from agent.parking import Lease, held
-from agent.ports import ChatPlatform, ChecksDelivery, DeliveryError, NotAccepting, ProvidesContext, SharesFiles
-from agent.runtime import Exchange
+from agent.ports import (
+    ChatPlatform,
+    ChecksDelivery,
+    DeliveryError,
+    NotAccepting,
+    ProvidesContext,
+    SharesFiles,
+    Stoppable,
+)
+from agent.runtime import Exchange, stopped_exchange
 from agent.storage.base import Limits, Storage
 from agent.storage.errors import ClaimLost, StoreError, TransientStoreError
 from agent.storage.models import Claim, InboxEntry, Replica, conversation_key
@@ -203,13 +212,16 @@ class Dispatcher:
         and ask again. A live replica's requests still wait for their decisions."""
         now = time.time()
         await self.storage.replicas.beat(self.replica, now=now)
-        if self.approvals is not None:
-            live = await self.storage.replicas.live(now=now, ttl_s=self.options.claim_ttl_s)
-            await self.approvals.expire_pending("restart", keep_owners=[r.id for r in live])
-            self._watching = contextlib.AsyncExitStack()
-            await self._watching.enter_async_context(self.storage.approvals.watch(self.approvals.settled_elsewhere))
+        self._watching = contextlib.AsyncExitStack()
         self._stopping = False
         try:
+            # What other replicas do that concerns runs here: a person's Stop, an approval decided.
+            await self._watching.enter_async_context(self.storage.replicas.watch_stops(self._stopped_elsewhere))
+            if self.approvals is not None:
+                live = await self.storage.replicas.live(now=now, ttl_s=self.options.claim_ttl_s)
+                await self.approvals.expire_pending("restart", keep_owners=[r.id for r in live])
+                settled = self.approvals.settled_elsewhere
+                await self._watching.enter_async_context(self.storage.approvals.watch(settled))
             await self._look_for_work()
         except BaseException:  # not started: the listener opened above must not outlive this
             if self._watching is not None:
@@ -249,15 +261,32 @@ class Dispatcher:
             return Verdict(False, "approvals are not handled here")
         return await self.approvals.decide(decision)
 
-    async def stop_answer(self, platform: str, key: str) -> bool:
-        """A person stopped the answer delivered under `key` (Slack's Stop on a streamed reply): its run is
-        cancelled, and the reply says it was stopped. False when no such answer is under way here."""
-        task = self._answering.get((platform, key))
-        if task is None or task.done():
+    async def stop_answer(self, platform: str, where: str) -> bool:
+        """A person stopped the answer streamed at `where` (Slack's Stop): its run is cancelled and the reply
+        says it was stopped, by this replica when it writes that stream, else by the one that does (every other
+        replica is told). True when the answer was under way here."""
+        if self._stop_here(platform, where):
+            return True
+        try:
+            await self.storage.replicas.ask_stop(platform, where)
+        except StoreError as exc:
+            log.warning("could not pass a stop on to the other replicas: %s", exc)
+        return False
+
+    def _stop_here(self, platform: str, where: str) -> bool:
+        """Cancel the run of the answer streamed at `where`, when this process writes that stream."""
+        chat = self.platforms.get(platform)
+        key = chat.stopped(where) if isinstance(chat, Stoppable) else None
+        task = None if key is None else self._answering.get((platform, key))
+        if key is None or task is None or task.done():
             return False
         self._stops.add((platform, key))
         task.cancel()
         return True
+
+    def _stopped_elsewhere(self, platform: str, where: str) -> None:
+        """Another replica was told of a Stop: the answer is stopped if it streams here."""
+        self._stop_here(platform, where)
 
     async def join(self) -> None:
         """Wait until every message queued here is answered and delivered."""
@@ -560,15 +589,15 @@ class Dispatcher:
             await streaming.open()
         message = await self._with_context(entry.message)
         progress = streaming.progress if streaming is not None else None
+        meter, started = AnswerMeter(), time.time()
         try:
             # Only the agent's run can be stopped, not the write after it: a cancelled write may commit all the
             # same, and a reply that says "stopped" must not replace an answer recorded with its turns.
-            exchange = await self._stoppable(entry, self.responder.respond(message, profile=profile, progress=progress))
+            run = self.responder.respond(message, profile=profile, progress=progress, meter=meter)
+            exchange = await self._stoppable(entry, run)
             if exchange is None:
                 log.info("message %d was stopped by its sender", entry.id)
-                stopped = Reply(STOPPED, status="stopped")
-                await self.inbox.answer(entry.id, stopped, claim=claim)
-                return stopped
+                exchange = stopped_exchange(message, STOPPED, meter, started)
             return await record(self.storage, message, exchange, inbox_id=entry.id, claim=claim)
         except (ClaimLost, TransientStoreError):
             raise  # another replica answers now; or the database failed for a moment, and the message is retried

@@ -37,10 +37,12 @@ from agent.messages import IncomingMessage, Reply
 from agent.ports import DeliveryError, Handlers
 from agent.runtime import Agent, AgentOptions, Resilience
 from agent.storage import Storage, open_storage
+from agent.storage.postgres.storage import PostgresStorage
 from agent.storage.sqlite.database import Database
 from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner
 from bot.commands import ChatCommands
 from bot.dispatcher import Dispatcher, DispatchOptions
+from bot.streaming import STOPPED
 from tests.conftest import REPO
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.openai_server import FakeOpenAI
@@ -376,6 +378,46 @@ async def test_stop_cancels_the_answer_and_the_message_says_it_was_stopped(world
     assert "cancelled" in update.params["text"]
     await world.dispatcher.join()
     assert await world.storage.inbox.unfinished(["slack"]) == []
+    # What the model used before the Stop counts against the person's budget: pressing Stop makes nothing free.
+    spent = await world.storage.usage.spent(since=0, user="slack:U1")
+    asked = world.engine.requests
+    assert (spent.calls, spent.input_tokens) == (len(asked), sum(len(request_text(r)) // 4 for r in asked)) != (0, 0)
+    assert (await world.storage.chains.stats()).by_status == {"stopped": 1}
+
+
+async def test_a_stop_pressed_on_one_replica_stops_the_answer_another_replica_runs(
+    pg_url: str, runner: ToolRunner
+) -> None:
+    """Slack sends the Stop to any replica: the one that does not run the answer passes it on (PostgreSQL's
+    NOTIFY), and the one that does cancels the run; the reply says it was stopped, once."""
+    first = await PostgresStorage.open(pg_url, pool_size=4)
+    second = await PostgresStorage.open(pg_url, pool_size=4)
+    started = asyncio.Event()
+
+    def slow() -> float:
+        started.set()
+        return 30.0
+
+    here, there = RecordingPlatform(), RecordingPlatform()
+    running = Agent(first, scripted_model(ScriptedEngine(responder=echo, delay_s=slow)), runner, AgentOptions())
+    idle = Agent(second, scripted_model(ScriptedEngine(responder=echo)), runner, AgentOptions())
+    options = DispatchOptions(rate_limit=None)
+    try:
+        async with (
+            Dispatcher(first, running, [here], options) as answering,
+            Dispatcher(second, idle, [there], options) as other,
+        ):
+            await answering.submit(IncomingMessage(platform="test", channel="c", user="u", text="hi", event_id="E1"))
+            await asyncio.wait_for(started.wait(), 10)
+            [entry] = await first.inbox.recent()
+            assert await other.stop_answer("test", entry.delivery_key) is False  # not under way there: passed on
+            await asyncio.wait_for(answering.join(), 10)
+        assert here.texts() == [STOPPED] and there.texts() == []
+        stored = await first.inbox.get(entry.id)
+        assert stored is not None and stored.reply is not None and stored.reply.status == "stopped"
+    finally:
+        await first.close()
+        await second.close()
 
 
 @pytest.mark.parametrize("options", [STREAM])

@@ -11,11 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
+from dspy.lm15 import ServerError
 from prometheus_client import REGISTRY
 from typer.testing import CliRunner, Result
 
 from agent.chains import ModelUsage
-from agent.engines import ModelConfig, build_model
+from agent.engines import ModelConfig, ScriptedEngine, build_model, scripted_model
+from agent.engines.scripted import request_text
 from agent.messages import IncomingMessage
 from agent.pricing import answer_cost, cost_of
 from agent.runtime import Agent, AgentOptions
@@ -170,3 +172,21 @@ async def test_the_summary_names_the_three_heaviest_users_and_channels_of_its_wi
     assert "- Top users: slack:U0 500 tokens, slack:U1 400 tokens, slack:U2 300 tokens" in text
     assert "- Top channels: slack:T1/C0 550 tokens ($0.0200), slack:T1/C1 400 tokens, slack:T1/C2 300 tokens" in text
     assert "- Top users: none" in render(await summarise(storage, now + 60, now + 120))
+
+
+async def test_an_answer_cut_short_after_model_calls_still_counts_them(storage: Storage, runner: ToolRunner) -> None:
+    """The model takes a step, then its provider fails for good: the fallback reply is recorded with the tokens
+    the first call used, so a budget counts them (a failing answer is not a free one)."""
+    step = {"next_thought": "compute", "next_tool_name": "calculator", "next_tool_args": {"expression": "6*7"}}
+    engine = ScriptedEngine([step, ServerError("provider down", provider="scripted")])
+    agent = Agent(storage, scripted_model(engine), runner, AgentOptions(max_iters=3))
+    message = IncomingMessage(platform="slack", channel="C1", user="U1", text="what is 6*7?", workspace="T1")
+    reply = await answer(agent, storage, message)
+    assert reply.status == "fallback"
+    [first, _] = engine.requests
+    spent = await storage.usage.spent(since=0, user="slack:U1")
+    assert (spent.calls, spent.input_tokens, spent.output_tokens) == (
+        1,
+        len(request_text(first)) // 4,
+        len(json.dumps(step)) // 4,
+    )

@@ -293,6 +293,16 @@ class Replicas(Protocol):
         """A replica shutting down cleanly: what it held is free at once."""
         ...
 
+    async def ask_stop(self, platform: str, where: str) -> None:
+        """Tell every replica that a person stopped the answer shown at `where` (the platform's own reference to
+        a streamed message): the one writing it stops it. Best effort, like the button: a replica that was not
+        listening at that moment does not hear it, and the person can press Stop again."""
+        ...
+
+    def watch_stops(self, stopped: Callable[[str, str], None]) -> AbstractAsyncContextManager[None]:
+        """While the block runs, call `stopped(platform, where)` for every stop a replica asks (this one too)."""
+        ...
+
 
 class Claims(Protocol):
     """Which replica answers which conversation (see `Claim`)."""

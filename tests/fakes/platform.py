@@ -48,6 +48,10 @@ class RecordingPlatform:
         self.fail_settle = 0
         self._people: set[asyncio.Task[None]] = set()
 
+    def stopped(self, where: str) -> str | None:
+        """A Stop names the reply's delivery key itself here (this platform shows no streams)."""
+        return where
+
     async def request_approval(self, request: ApprovalRequest) -> PromptLocation:
         self.approval_requests.append(request)
         if self.on_approval is not None:

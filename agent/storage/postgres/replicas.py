@@ -5,11 +5,16 @@ locks the claim row (FOR SHARE), so the claim cannot change hands until the writ
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 
 from agent.storage.errors import ClaimLost
 from agent.storage.models import Claim, Replica
 from agent.storage.postgres.database import Conn, Database, affected
+from agent.storage.postgres.notices import listening
+
+# The NOTIFY channel of a person's Stop: "PLATFORM WHERE", to every replica.
+STOPPED = "parley_answer_stopped"
 
 
 async def fence(conn: Conn, claim: Claim | None) -> None:
@@ -53,6 +58,17 @@ class PostgresReplicas:
         async with self.db.transaction() as conn:
             await conn.execute("DELETE FROM conversation_claims WHERE owner = $1", replica_id)
             await conn.execute("DELETE FROM replicas WHERE id = $1", replica_id)
+
+    async def ask_stop(self, platform: str, where: str) -> None:
+        await self.db.execute("SELECT pg_notify($1, $2)", STOPPED, f"{platform} {where}")
+
+    def watch_stops(self, stopped: Callable[[str, str], None]) -> AbstractAsyncContextManager[None]:
+        def notice(payload: str) -> None:
+            platform, _, where = payload.partition(" ")
+            if where:  # "" after a reconnection: a stop asked meanwhile is not known, and not re-read
+                stopped(platform, where)
+
+        return listening(self.db.url, self.db.location, STOPPED, notice)
 
 
 class PostgresClaims:

@@ -6,7 +6,8 @@ every claim is its own, and a restart starts them afresh (whatever the previous 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import replace
 
 from agent.storage.errors import ClaimLost
@@ -27,6 +28,13 @@ class SqliteReplicas:
 
     async def leave(self, replica_id: str) -> None:
         self._replicas.pop(replica_id, None)
+
+    async def ask_stop(self, platform: str, where: str) -> None:
+        """This process is the only one: the answer it did not find here is not under way anywhere."""
+
+    @asynccontextmanager
+    async def watch_stops(self, stopped: Callable[[str, str], None]) -> AsyncIterator[None]:
+        yield
 
 
 class SqliteClaims:
