@@ -566,6 +566,10 @@ class DiscordAdapter:
         async def ask(interaction: discord.Interaction, question: str) -> None:
             await self._command(interaction, "ask", question)
 
+        @tree.command(name="stop", description=described("stop"))
+        async def stop(interaction: discord.Interaction) -> None:
+            await self._command(interaction, "stop")
+
         @tree.command(name="facts", description=described("facts"))
         async def facts(interaction: discord.Interaction) -> None:
             await self._command(interaction, "facts")

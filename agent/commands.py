@@ -27,6 +27,7 @@ class CommandInfo:
 # commands (Discord's slash commands) describe them from here.
 COMMANDS: Mapping[str, CommandInfo] = {
     "ask": CommandInfo("<question>", "ask me something; the answer is posted here"),
+    "stop": CommandInfo("", "stop my answer to you that is under way in this channel"),
     "facts": CommandInfo("", "what this channel remembers"),
     "forget": CommandInfo("", "erase what this channel remembers (asks first)"),
     "tools": CommandInfo("", "the tools I can use in this channel"),

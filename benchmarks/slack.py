@@ -179,6 +179,9 @@ def main() -> None:
     parser.add_argument("--model-s", type=float, default=0.3, help="the progress runs' model latency per call")
     parser.add_argument("--progress-channels", type=int, default=100, help="channels the progress mentions go to")
     parser.add_argument("--progress-workers", type=int, default=32, help="Parley's concurrency in the progress runs")
+    parser.add_argument(
+        "--write-chars-per-s", type=float, default=400.0, help="the model's writing pace in the answer-text runs"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     for name in QUIET:
@@ -190,6 +193,7 @@ def main() -> None:
             args.model_s,
             args.progress_workers,
             args.progress_channels,
+            args.write_chars_per_s,
         )
         return
 

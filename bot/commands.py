@@ -1,4 +1,4 @@
-"""Chat commands, written once for every platform: ask, facts, forget, tools, help, usage and channel.
+"""Chat commands, written once for every platform: ask, stop, facts, forget, tools, help, usage and channel.
 
 Each adapter turns its platform's command (a Slack slash command, a Discord interaction, a console line) into a
 `CommandCall` and renders the `CommandReply` it gets back (agent/commands.py); nothing here knows which platform
@@ -42,6 +42,8 @@ PERIODS: tuple[tuple[Period, str], ...] = (("daily", "Today"), ("monthly", "This
 
 
 Handler = Callable[["ChatCommands", CommandCall], Awaitable[CommandReply]]
+# The dispatcher's `stop_mine`: stops a person's answers under way in a channel (platform, channel key, user).
+StopMine = Callable[[str, str, str], Awaitable[bool | None]]
 
 
 class ChatCommands:
@@ -58,9 +60,11 @@ class ChatCommands:
         policy: ApprovalPolicy,
         *,
         channels: ChannelConfig | None = None,
+        stop: StopMine | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.storage = storage
+        self.stop_mine = stop
         self.registry = registry
         self.submit = submit
         self.policy = policy
@@ -100,6 +104,14 @@ class ChatCommands:
             return CommandReply(f"Ask me something: `{call.prefix}ask <question>`.")
         await self.submit(_message(call, question))
         return CommandReply(f"Thinking about: {question}", answer_follows=True)
+
+    async def stop(self, call: CommandCall) -> CommandReply:
+        if self.stop_mine is None:
+            return CommandReply("Stopping answers is not available here.")
+        stopped = await self.stop_mine(call.platform, call.channel_key, call.user)
+        if stopped is None:  # passed on to the other replicas: the one running it stops it
+            return CommandReply("Stopping your answer in this channel, if one is under way.")
+        return CommandReply("Stopped your answer." if stopped else "No answer to you is under way in this channel.")
 
     async def facts(self, call: CommandCall) -> CommandReply:
         remembered = await self.storage.facts.of_channel(call.channel_key)
@@ -230,6 +242,7 @@ class ChatCommands:
 # Each command's handler (agent.commands.COMMANDS says how each is typed and what it does).
 HANDLERS: Mapping[str, Handler] = {
     "ask": ChatCommands.ask,
+    "stop": ChatCommands.stop,
     "facts": ChatCommands.facts,
     "forget": ChatCommands.forget,
     "tools": ChatCommands.tools,
@@ -248,7 +261,14 @@ def chat_handlers(parley: App, dispatcher: Dispatcher) -> Handlers:
     """What every adapter hands its platform's events to: the dispatcher's submit, decide and stop, and the
     command set over the same storage, tools and settings."""
     policy = parley.approvals.policy
-    commands = ChatCommands(parley.storage, parley.runner.registry, dispatcher.submit, policy, channels=parley.channels)
+    commands = ChatCommands(
+        parley.storage,
+        parley.runner.registry,
+        dispatcher.submit,
+        policy,
+        channels=parley.channels,
+        stop=dispatcher.stop_mine,
+    )
     return Handlers(dispatcher.submit, dispatcher.decide, commands, dispatcher.stop_answer)
 
 

@@ -23,10 +23,9 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Coroutine, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import Any
 
 import limits
 import stamina
@@ -44,9 +43,8 @@ from agent.ports import (
     NotAccepting,
     ProvidesContext,
     SharesFiles,
-    Stoppable,
 )
-from agent.runtime import Exchange, stopped_exchange
+from agent.runtime import stopped_exchange
 from agent.storage.base import Limits, Storage
 from agent.storage.errors import ClaimLost, StoreError, TransientStoreError
 from agent.storage.models import Claim, InboxEntry, Replica, conversation_key
@@ -56,6 +54,7 @@ from bot.channels import ChannelResolver, Resolved
 from bot.config import DispatchSettings
 from bot.metrics import INBOX_DEPTH, observe_claim, observe_delivery
 from bot.observe import run_context
+from bot.stops import StopRequest, Stops
 from bot.streaming import STOPPED, UNDELIVERED, Streaming, streamed
 
 log = logging.getLogger("parley.dispatcher")
@@ -172,9 +171,8 @@ class Dispatcher:
         # them in: a later session must not reply to an earlier one.
         self._local: set[int] = set()
         self._failed: set[int] = set()
-        # (platform, delivery key) -> the agent's run answering that message here, which a person's Stop cancels.
-        self._answering: dict[tuple[str, str], asyncio.Task[Exchange | Exception]] = {}
-        self._stops: set[tuple[str, str]] = set()
+        # The agent's runs under way here, which a person may stop.
+        self._stops = Stops(self.platforms)
         # Conversations whose claim passed to another replica while their task ran: it is cancelled, and its
         # stream let go without a word (the new holder writes into the same message).
         self._lost: set[str] = set()
@@ -216,7 +214,7 @@ class Dispatcher:
         self._stopping = False
         try:
             # What other replicas do that concerns runs here: a person's Stop, an approval decided.
-            await self._watching.enter_async_context(self.storage.replicas.watch_stops(self._stopped_elsewhere))
+            await self._watching.enter_async_context(self.storage.replicas.watch_stops(self._stops.heard))
             if self.approvals is not None:
                 live = await self.storage.replicas.live(now=now, ttl_s=self.options.claim_ttl_s)
                 await self.approvals.expire_pending("restart", keep_owners=[r.id for r in live])
@@ -263,30 +261,27 @@ class Dispatcher:
 
     async def stop_answer(self, platform: str, where: str) -> bool:
         """A person stopped the answer streamed at `where` (Slack's Stop): its run is cancelled and the reply
-        says it was stopped, by this replica when it writes that stream, else by the one that does (every other
-        replica is told). True when the answer was under way here."""
-        if self._stop_here(platform, where):
+        says it was stopped. True when the answer was under way here (else the replica writing it stops it)."""
+        return await self._stop_run(StopRequest(platform, where=where)) is True
+
+    async def stop_mine(self, platform: str, channel: str, user: str) -> bool | None:
+        """The `stop` command: every answer of `user` under way in `channel` (its memory key) is stopped. True:
+        stopped here; False: none is under way (this process is the only one); None: the other replicas were
+        told, and the one running such an answer stops it."""
+        return await self._stop_run(StopRequest(platform, channel=channel, user=user))
+
+    async def _stop_run(self, request: StopRequest) -> bool | None:
+        """Stop what `request` names here, or pass it on to the other replicas (see `stop_mine`)."""
+        if self._stops.stop(request):
             return True
+        if not self.storage.claims.shared:
+            return False
         try:
-            await self.storage.replicas.ask_stop(platform, where)
+            await self.storage.replicas.ask_stop(request.encoded())
         except StoreError as exc:
             log.warning("could not pass a stop on to the other replicas: %s", exc)
-        return False
-
-    def _stop_here(self, platform: str, where: str) -> bool:
-        """Cancel the run of the answer streamed at `where`, when this process writes that stream."""
-        chat = self.platforms.get(platform)
-        key = chat.stopped(where) if isinstance(chat, Stoppable) else None
-        task = None if key is None else self._answering.get((platform, key))
-        if key is None or task is None or task.done():
             return False
-        self._stops.add((platform, key))
-        task.cancel()
-        return True
-
-    def _stopped_elsewhere(self, platform: str, where: str) -> None:
-        """Another replica was told of a Stop: the answer is stopped if it streams here."""
-        self._stop_here(platform, where)
+        return None
 
     async def join(self) -> None:
         """Wait until every message queued here is answered and delivered."""
@@ -594,7 +589,7 @@ class Dispatcher:
             # Only the agent's run can be stopped, not the write after it: a cancelled write may commit all the
             # same, and a reply that says "stopped" must not replace an answer recorded with its turns.
             run = self.responder.respond(message, profile=profile, progress=progress, meter=meter)
-            exchange = await self._stoppable(entry, run)
+            exchange = await self._stops.run(entry, run)
             if exchange is None:
                 log.info("message %d was stopped by its sender", entry.id)
                 exchange = stopped_exchange(message, STOPPED, meter, started)
@@ -608,36 +603,6 @@ class Dispatcher:
             reply = Reply(APOLOGY.format(error_id=error_id), status="error", error_id=error_id)
             await self.inbox.answer(entry.id, reply, error=type(exc).__name__, claim=claim)
             return reply
-
-    async def _stoppable(self, entry: InboxEntry, work: Coroutine[Any, Any, Exchange]) -> Exchange | None:
-        """Run the agent in a task of its own, which `stop_answer` can cancel without touching the conversation's
-        task: None when a person stopped it. A cancellation from outside (shutdown, a lost claim) still
-        propagates."""
-        key = (entry.message.platform, entry.delivery_key)
-
-        async def kept() -> Exchange | Exception:
-            # A failure comes back as a value and is raised here, in the conversation's task, where it is
-            # handled and reported (with its error id): an exception escaping a task is reported on its own.
-            try:
-                return await work
-            except Exception as exc:
-                return exc
-
-        task = asyncio.create_task(kept(), name=f"answer:{entry.id}")
-        self._answering[key] = task
-        try:
-            result = await task
-            if isinstance(result, Exception):
-                raise result
-            return result
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if key not in self._stops or (current is not None and current.cancelling()):
-                raise
-            return None
-        finally:
-            self._answering.pop(key, None)
-            self._stops.discard(key)
 
     async def _rate_limited(self, message: IncomingMessage, resolved: Resolved) -> Reply | None:
         """The reply refusing a message over its sender's rate, or None (the message is counted). A channel's own

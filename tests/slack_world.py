@@ -132,7 +132,9 @@ async def world(
 
     broker = ApprovalBroker(storage.approvals, ApprovalPolicy(approvers={"slack": ["UBOSS"]}, expiry_s=2))
     runner = ToolRunner(ToolRegistry.of(*BUILTIN_TOOLS, deploy), gate=broker)
-    engine = ScriptedEngine(responder=model, delay_s=delay, chunk_chars=chunk_chars)
+    engine = ScriptedEngine(
+        responder=model, delay_s=delay, streams=chunk_chars is not None, chunk_chars=chunk_chars or 8
+    )
     agent = Agent(storage, scripted_model(engine), runner, AgentOptions(max_iters=3, concurrency=concurrency))
     config = SlackConfig(
         bot_token="xoxb-test",
@@ -144,7 +146,7 @@ async def world(
     adapter = SlackAdapter(config)
     dispatch = DispatchOptions(rate_limit=None, concurrency=concurrency)
     dispatcher = Dispatcher(storage, agent, [adapter], dispatch, broker)
-    commands = ChatCommands(storage, runner.registry, dispatcher.submit, broker.policy)
+    commands = ChatCommands(storage, runner.registry, dispatcher.submit, broker.policy, stop=dispatcher.stop_mine)
     adapter.connect(Handlers(dispatcher.submit, dispatcher.decide, commands, dispatcher.stop_answer))
     await adapter.start()
 

@@ -50,7 +50,7 @@ POLICY = ApprovalPolicy(
     channel_approvers={"discord:3000/4050": ["6002"]},
 )
 # Each test's channel on every platform: its own memory, settings and usage.
-TESTS = ("ask", "facts", "forget", "tools", "help", "usage", "channel")
+TESTS = ("ask", "stop", "facts", "forget", "tools", "help", "usage", "channel")
 ROOM = {name: i + 1 for i, name in enumerate(TESTS)}
 
 
@@ -65,7 +65,9 @@ class Shared:
     channels: ChannelConfig
 
     def commands(self, dispatcher: Dispatcher) -> ChatCommands:
-        return ChatCommands(self.storage, self.registry, dispatcher.submit, POLICY, channels=self.channels)
+        return ChatCommands(
+            self.storage, self.registry, dispatcher.submit, POLICY, channels=self.channels, stop=dispatcher.stop_mine
+        )
 
 
 class Platform(Protocol):
@@ -293,6 +295,12 @@ async def test_ask_stores_the_question_and_its_answer_follows(platform: Platform
     assert seen[-1] == "re: what is the plan?"
     # Discord shows its own "thinking" placeholder until the answer replaces it.
     assert platform.name == "discord" or seen[0] == "Thinking about: what is the plan?"
+
+
+async def test_stop_with_no_answer_under_way_says_so(platform: Platform) -> None:
+    """The answer it would stop (a streamed one, or one waiting for an approval) is shown in tests/test_streaming."""
+    seen = await platform.run("stop", room=ROOM["stop"], user=platform.member)
+    assert seen == ["No answer to you is under way in this channel."]
 
 
 async def test_facts_lists_what_the_channel_remembers(platform: Platform, storage: Storage) -> None:

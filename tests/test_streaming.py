@@ -48,7 +48,7 @@ from tests.fakes.discord import FakeDiscord
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.openai_server import Fault as ModelFault
 from tests.fakes.platform import RecordingPlatform
-from tests.fakes.slack import FakeSlack, Fault, event_callback_body
+from tests.fakes.slack import FakeSlack, Fault, event_callback_body, slash_command_body
 from tests.slack_world import World, settled
 from tests.test_discord import CHANNEL, build
 
@@ -385,11 +385,38 @@ async def test_stop_cancels_the_answer_and_the_message_says_it_was_stopped(world
     assert (await world.storage.chains.stats()).by_status == {"stopped": 1}
 
 
-async def test_a_stop_pressed_on_one_replica_stops_the_answer_another_replica_runs(
-    pg_url: str, runner: ToolRunner
+async def slash(world: World, text: str, *, user: str, channel: str = "C1") -> str:
+    """A `/parley` command typed in Slack: the text of its acknowledgement, as the person sees it."""
+    body = slash_command_body(
+        "/parley", text, user_id=user, channel_id=channel, response_url=world.fake.response_url(text)
+    )
+    _, answer = await world.post(body)
+    return str(json.loads(answer)["text"])
+
+
+@pytest.mark.parametrize("options", [STREAM])
+async def test_the_stop_command_stops_the_persons_own_answer_under_way_in_the_channel(world: World) -> None:
+    """Wherever Slack's own Stop is not offered: `/parley stop` in the channel stops the caller's answer (here
+    waiting for an approval), and someone else's stop leaves it alone."""
+    world.adapter.streams.limits = StreamLimits(append_interval_s=0.05)
+    await world.mention("deploy web", ts="1800.7", event_id="EvStopCommand")
+    stream = await stream_card(world, "pending")
+    assert await slash(world, "stop", user="U2") == "No answer to you is under way in this channel."
+    assert await slash(world, "stop", user="U1") == "Stopped your answer."
+    await settled(world)
+    assert world.deployed == []
+    [shown] = world.fake.streams("C1")
+    assert shown["ts"] == stream["ts"] and "Stopped at your request." in shown["shown"]
+    await world.dispatcher.join()
+    assert await world.storage.inbox.unfinished(["slack"]) == []
+
+
+@pytest.mark.parametrize("how", ["stream", "command"])
+async def test_a_stop_asked_on_one_replica_stops_the_answer_another_replica_runs(
+    pg_url: str, runner: ToolRunner, how: str
 ) -> None:
-    """Slack sends the Stop to any replica: the one that does not run the answer passes it on (PostgreSQL's
-    NOTIFY), and the one that does cancels the run; the reply says it was stopped, once."""
+    """Slack sends the Stop (or the `stop` command) to any replica: the one that does not run the answer passes
+    it on (PostgreSQL's NOTIFY), and the one that does cancels the run; the reply says it was stopped, once."""
     first = await PostgresStorage.open(pg_url, pool_size=4)
     second = await PostgresStorage.open(pg_url, pool_size=4)
     started = asyncio.Event()
@@ -407,10 +434,15 @@ async def test_a_stop_pressed_on_one_replica_stops_the_answer_another_replica_ru
             Dispatcher(first, running, [here], options) as answering,
             Dispatcher(second, idle, [there], options) as other,
         ):
-            await answering.submit(IncomingMessage(platform="test", channel="c", user="u", text="hi", event_id="E1"))
+            message = IncomingMessage(platform="test", channel="c", user="u", text="hi", event_id="E1")
+            await answering.submit(message)
             await asyncio.wait_for(started.wait(), 10)
             [entry] = await first.inbox.recent()
-            assert await other.stop_answer("test", entry.delivery_key) is False  # not under way there: passed on
+            # Not under way there: passed on.
+            if how == "stream":
+                assert await other.stop_answer("test", entry.delivery_key) is False
+            else:
+                assert await other.stop_mine("test", message.conversation.channel, "u") is None
             await asyncio.wait_for(answering.join(), 10)
         assert here.texts() == [STOPPED] and there.texts() == []
         stored = await first.inbox.get(entry.id)
@@ -500,7 +532,7 @@ async def test_discord_rolls_a_long_answer_over_to_new_messages_at_2000_characte
 
 async def test_discord_edits_the_answer_in_as_the_model_writes_it(storage: Storage) -> None:
     """A model that streams: the message shows the answer growing, edit by edit, then rolls over at 2,000."""
-    engine = ScriptedEngine(responder=tool_then_long, chunk_chars=40, chunk_delay_s=0.01)
+    engine = ScriptedEngine(responder=tool_then_long, streams=True, chunk_chars=40, chunk_delay_s=0.01)
     with FakeDiscord(channel_ids=(CHANNEL,)) as fake:
         adapter, dispatcher, _ = build(storage, fake, [], stream=True, engine=engine)
         adapter.streams.limits = EditLimits(edit_interval_s=0.2)

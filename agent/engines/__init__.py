@@ -83,7 +83,7 @@ def scripted_model(engine: ScriptedEngine, *, constrained: bool = False) -> Mode
         name=SCRIPTED_MODEL,
         constrained=constrained,
         vision=engine.vision,
-        streams=engine.chunk_chars is not None,
+        streams=engine.streams,
     )
 
 

@@ -62,12 +62,15 @@ class ScriptedEngine:
         delay_s: float | Callable[[], float] = 0.0,
         compact_prompts: bool = False,
         vision: bool = False,
-        chunk_chars: int | None = None,
+        streams: bool = False,
+        chunk_chars: int = 8,
         chunk_delay_s: float = 0.0,
     ) -> None:
         self.script = list(script)
-        # Streams its replies (when asked to) in pieces of this many characters, `chunk_delay_s` apart.
-        self.chunk_chars = chunk_chars
+        # Writes its replies `chunk_chars` characters every `chunk_delay_s` seconds, whether it streams them (when
+        # asked to: `streams`) or hands them over whole at the end.
+        self.streams = streams
+        self.chunk_chars = max(chunk_chars, 1)
         self.chunk_delay_s = chunk_delay_s
         # Takes images. A text-only one refuses a request with an image, as a provider would.
         self.vision = vision
@@ -87,7 +90,13 @@ class ScriptedEngine:
     def complete(self, request: Request) -> Response:
         if delay := self.delay():
             time.sleep(delay)
-        return self.answer(request)
+        response = self.answer(request)
+        time.sleep(self.writing_s(response))
+        return response
+
+    def writing_s(self, response: Response) -> float:
+        """How long writing the whole reply takes at the engine's pace."""
+        return self.chunk_delay_s * -(-len(response.text or "") // self.chunk_chars)
 
     def answer(self, request: Request) -> Response:
         """The next scripted response, without the delay."""
@@ -123,7 +132,7 @@ class ScriptedEngine:
 
     def events(self, response: Response) -> Iterator[StreamEvent]:
         """A response as a provider streams it: its text in pieces of `chunk_chars`, the usage at the end."""
-        text, size = response.text or "", self.chunk_chars or 1
+        text, size = response.text or "", self.chunk_chars
         yield StreamStartEvent(model=response.model)
         for i in range(0, len(text), size):
             yield StreamDeltaEvent(delta=TextDelta(text=text[i : i + size], part_index=0))
@@ -140,7 +149,10 @@ class AsyncScriptedEngine:
     async def complete(self, request: Request) -> Response:
         if delay := self.engine.delay():
             await asyncio.sleep(delay)
-        return self.engine.answer(request)
+        response = self.engine.answer(request)
+        if writing := self.engine.writing_s(response):
+            await asyncio.sleep(writing)
+        return response
 
     async def stream(self, request: Request) -> AsyncIterator[StreamEvent]:
         if delay := self.engine.delay():

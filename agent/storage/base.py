@@ -293,14 +293,14 @@ class Replicas(Protocol):
         """A replica shutting down cleanly: what it held is free at once."""
         ...
 
-    async def ask_stop(self, platform: str, where: str) -> None:
-        """Tell every replica that a person stopped the answer shown at `where` (the platform's own reference to
-        a streamed message): the one writing it stops it. Best effort, like the button: a replica that was not
-        listening at that moment does not hear it, and the person can press Stop again."""
+    async def ask_stop(self, request: str) -> None:
+        """Tell every replica that a person asked to stop an answer (`request` is the dispatcher's, passed on as
+        it is): the one running the answer stops it. Best effort, like the button: a replica that was not
+        listening at that moment does not hear it, and the person can ask again."""
         ...
 
-    def watch_stops(self, stopped: Callable[[str, str], None]) -> AbstractAsyncContextManager[None]:
-        """While the block runs, call `stopped(platform, where)` for every stop a replica asks (this one too)."""
+    def watch_stops(self, heard: Callable[[str], None]) -> AbstractAsyncContextManager[None]:
+        """While the block runs, call `heard(request)` for every stop a replica asks (this one too)."""
         ...
 
 

@@ -13,7 +13,7 @@ from agent.storage.models import Claim, Replica
 from agent.storage.postgres.database import Conn, Database, affected
 from agent.storage.postgres.notices import listening
 
-# The NOTIFY channel of a person's Stop: "PLATFORM WHERE", to every replica.
+# The NOTIFY channel of a person's Stop, to every replica (NOTIFY takes payloads of under 8,000 bytes).
 STOPPED = "parley_answer_stopped"
 
 
@@ -59,14 +59,13 @@ class PostgresReplicas:
             await conn.execute("DELETE FROM conversation_claims WHERE owner = $1", replica_id)
             await conn.execute("DELETE FROM replicas WHERE id = $1", replica_id)
 
-    async def ask_stop(self, platform: str, where: str) -> None:
-        await self.db.execute("SELECT pg_notify($1, $2)", STOPPED, f"{platform} {where}")
+    async def ask_stop(self, request: str) -> None:
+        await self.db.execute("SELECT pg_notify($1, $2)", STOPPED, request)
 
-    def watch_stops(self, stopped: Callable[[str, str], None]) -> AbstractAsyncContextManager[None]:
+    def watch_stops(self, heard: Callable[[str], None]) -> AbstractAsyncContextManager[None]:
         def notice(payload: str) -> None:
-            platform, _, where = payload.partition(" ")
-            if where:  # "" after a reconnection: a stop asked meanwhile is not known, and not re-read
-                stopped(platform, where)
+            if payload:  # "" after a reconnection: a stop asked meanwhile is not known, and not re-read
+                heard(payload)
 
         return listening(self.db.url, self.db.location, STOPPED, notice)
 

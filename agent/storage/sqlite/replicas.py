@@ -29,11 +29,11 @@ class SqliteReplicas:
     async def leave(self, replica_id: str) -> None:
         self._replicas.pop(replica_id, None)
 
-    async def ask_stop(self, platform: str, where: str) -> None:
+    async def ask_stop(self, request: str) -> None:
         """This process is the only one: the answer it did not find here is not under way anywhere."""
 
     @asynccontextmanager
-    async def watch_stops(self, stopped: Callable[[str, str], None]) -> AsyncIterator[None]:
+    async def watch_stops(self, heard: Callable[[str], None]) -> AsyncIterator[None]:
         yield
 
 
