@@ -125,10 +125,17 @@ class ScriptedEngine:
     def stream(self, request: Request) -> Iterator[StreamEvent]:
         if delay := self.delay():
             time.sleep(delay)
+        started, sent = time.monotonic(), 0
         for event in self.events(self.answer(request)):
             if isinstance(event, StreamDeltaEvent):
-                time.sleep(self.chunk_delay_s)
+                sent += 1
+                time.sleep(self.until(started, sent))
             yield event
+
+    def until(self, started: float, chunks: int) -> float:
+        """The wait before the `chunks`-th chunk goes out, kept to the pace from `started`: sleeps that overrun
+        do not add up, so streaming a reply takes as long as writing it whole."""
+        return max(0.0, started + chunks * self.chunk_delay_s - time.monotonic())
 
     def events(self, response: Response) -> Iterator[StreamEvent]:
         """A response as a provider streams it: its text in pieces of `chunk_chars`, the usage at the end."""
@@ -157,9 +164,11 @@ class AsyncScriptedEngine:
     async def stream(self, request: Request) -> AsyncIterator[StreamEvent]:
         if delay := self.engine.delay():
             await asyncio.sleep(delay)
+        started, sent = time.monotonic(), 0
         for event in self.engine.events(self.engine.answer(request)):
             if isinstance(event, StreamDeltaEvent):
-                await asyncio.sleep(self.engine.chunk_delay_s)
+                sent += 1
+                await asyncio.sleep(self.engine.until(started, sent))
             yield event
 
     async def aclose(self) -> None:
