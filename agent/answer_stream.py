@@ -7,9 +7,11 @@ and only with a model that streams (`ModelHandle.streams`). The reply is a JSON 
 `StreamListener` is not used: for JSON adapters it hands out the field's raw JSON tokens (quotes and escapes
 included) and it knows adapters by class name, so our `CachedJSONAdapter` is not one of them.
 
-What is shown is always a prefix of the field's value, trailing whitespace held back (the reply is stripped): the
-platform's stream then only has to add what the final reply has beyond it. A later call (an adapter's retry, the
-next model of the fallback chain) shows more only where its text goes on from what is shown.
+What is shown is always a prefix of the field's value as the reply will have it (cleaned like any model output,
+trailing whitespace held back; jiter leaves out an escape cut in half): the platform's stream then only has to
+add what the final reply has beyond it. Each call starts afresh (`streaming_answer`), so a call that broke off
+mid-way leaves nothing behind; a later call (the next model of the fallback chain) shows more only where its text
+goes on from what is shown.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import dspy
 import jiter
 
 from agent.events import AnswerText, Progress, emit
+from agent.messages import clean_text
 
 
 class AnswerTokens:
@@ -35,14 +38,18 @@ class AnswerTokens:
         self._raw = ""  # the current call's content so far
         self._call_ended = False
 
+    def new_call(self) -> None:
+        """A model call that writes the answer begins: what an earlier one left unfinished is dropped."""
+        self._raw, self._call_ended = "", False
+
     async def send(self, chunk: Any) -> None:
         """One chunk of a streamed completion (DSPy's `EngineChunk` or litellm's, both OpenAI-shaped)."""
         try:
             choice = chunk.choices[0]
         except (AttributeError, IndexError, TypeError):
             return  # a usage-only chunk, or something else that carries no text
-        if self._call_ended:  # a new call: its content starts afresh
-            self._raw, self._call_ended = "", False
+        if self._call_ended:  # a new call (a retry within the same one): its content starts afresh
+            self.new_call()
         text = getattr(choice.delta, "content", None)
         if text:
             self._raw += text
@@ -54,7 +61,7 @@ class AnswerTokens:
         value = self._value()
         if value is None:
             return
-        ready = value.strip()
+        ready = clean_text(value).strip()
         if len(ready) > len(self.shown) and ready.startswith(self.shown):
             piece, self.shown = ready[len(self.shown) :], ready
             emit(self.progress, AnswerText(piece))
@@ -95,5 +102,6 @@ def streaming_answer() -> Iterator[None]:
     if tokens is None:
         yield
         return
+    tokens.new_call()
     with dspy.context(send_stream=tokens):
         yield

@@ -265,23 +265,24 @@ class Dispatcher:
         return await self._stop_run(StopRequest(platform, where=where)) is True
 
     async def stop_mine(self, platform: str, channel: str, user: str) -> bool | None:
-        """The `stop` command: every answer of `user` under way in `channel` (its memory key) is stopped. True:
-        stopped here; False: none is under way (this process is the only one); None: the other replicas were
-        told, and the one running such an answer stops it."""
+        """The `stop` command: every answer of `user` under way in `channel` (its memory key) is stopped, here and
+        (when replicas share the database) on the others. True: one was stopped here; False: none is under way
+        (this process is the only one); None: the other replicas were told, and one running such an answer stops
+        it."""
         return await self._stop_run(StopRequest(platform, channel=channel, user=user))
 
     async def _stop_run(self, request: StopRequest) -> bool | None:
-        """Stop what `request` names here, or pass it on to the other replicas (see `stop_mine`)."""
-        if self._stops.stop(request):
-            return True
-        if not self.storage.claims.shared:
-            return False
+        """Stop what `request` names here; pass it on to the other replicas unless it named one stream and that
+        stream was here (a person's answers in other threads of a channel may run anywhere). See `stop_mine`."""
+        stopped = self._stops.stop(request)
+        if (stopped and request.where) or not self.storage.claims.shared:
+            return stopped
         try:
             await self.storage.replicas.ask_stop(request.encoded())
         except StoreError as exc:
             log.warning("could not pass a stop on to the other replicas: %s", exc)
-            return False
-        return None
+            return stopped
+        return True if stopped else None
 
     async def join(self) -> None:
         """Wait until every message queued here is answered and delivered."""

@@ -1,6 +1,6 @@
 """A person stopping an answer under way: Slack's Stop on a streamed reply, or the `stop` command.
 
-Each agent run a person may stop runs in a task of its own (`Stoppable.run`), so stopping it cancels the run and
+Each agent run a person may stop runs in a task of its own (`Stops.run`), so stopping it cancels the run and
 nothing else: not the conversation's task, not the write of an answer that is already being recorded. Whichever
 replica hears the request and does not run the answer passes it on to the others (`Replicas.ask_stop`); the one
 that runs it stops it.

@@ -11,7 +11,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -27,13 +28,13 @@ from adapters.discord_stream import EditLimits
 from adapters.slack import SlackAdapter, SlackConfig
 from adapters.slack_stream import BROKEN, StreamLimits, last_key
 from adapters.text import split_message, to_mrkdwn
-from agent.answer_stream import AnswerTokens
+from agent.answer_stream import AnswerTokens, answer_tokens, streaming_answer
 from agent.approvals import ApprovalPolicy
 from agent.attachments.models import OutFile
 from agent.engines import ModelConfig, ModelHandle, ScriptedEngine, build_model, scripted_model
 from agent.engines.scripted import echo, request_text
 from agent.events import AnswerText, Event, StepFinished, StepStarted
-from agent.messages import IncomingMessage, Reply
+from agent.messages import IncomingMessage, Reply, clean_text
 from agent.ports import DeliveryError, Handlers
 from agent.runtime import Agent, AgentOptions, Resilience
 from agent.storage import Storage, open_storage
@@ -123,8 +124,9 @@ def _chunk(text: str | None, finish: str | None = None) -> SimpleNamespace:
 def test_the_answer_streams_as_its_decoded_text_however_the_provider_splits_it(
     answer: str, reasoning: str, cuts: list[int], ascii_only: bool
 ) -> None:
-    """Escapes (quotes, newlines, \\u sequences) cut anywhere: each piece is new answer text, never JSON syntax
-    nor the reasoning, and the pieces together are the answer as the reply has it (stripped)."""
+    """Escapes (quotes, newlines, \\u sequences, surrogate pairs) cut anywhere: each piece is new answer text,
+    never JSON syntax nor the reasoning, and the pieces together are the answer as the reply has it (cleaned of
+    control characters, stripped)."""
     content = json.dumps({"reasoning": reasoning, "answer": answer}, ensure_ascii=ascii_only)
     bounds = sorted({0, len(content), *(c for c in cuts if c < len(content))})
     parts = [content[a:b] for a, b in itertools.pairwise(bounds)]
@@ -139,9 +141,10 @@ def test_the_answer_streams_as_its_decoded_text_however_the_provider_splits_it(
     asyncio.run(feed())
     pieces = [e.text for e in events if isinstance(e, AnswerText)]
     assert len(pieces) == len(events) and all(pieces)
-    assert "".join(pieces) == answer.strip() == tokens.shown
-    assert tokens.rest(answer.strip()) == ""
-    assert tokens.rest(answer.strip() + "\n\nnote") == "\n\nnote"
+    reply = clean_text(answer).strip()
+    assert "".join(pieces) == reply == tokens.shown
+    assert tokens.rest(reply) == ""
+    assert tokens.rest(reply + "\n\nnote") == "\n\nnote"
 
 
 async def test_the_answer_streams_piece_by_piece_and_a_later_call_adds_only_what_goes_on_from_it() -> None:
@@ -156,6 +159,21 @@ async def test_the_answer_streams_piece_by_piece_and_a_later_call_adds_only_what
     await tokens.send(_chunk('{"answer": "Something else entirely"}', "stop"))
     assert len(events) == 3
     assert tokens.rest("Something else entirely") == ""
+
+
+async def test_a_call_that_broke_off_mid_answer_leaves_nothing_behind_for_the_next() -> None:
+    """The first model's stream breaks (no final chunk); the fallback's call starts afresh: no JSON of either
+    reaches the person, and the fallback's answer streams on where it goes on from what was shown."""
+    events: list[Event] = []
+    tokens = AnswerTokens(events.append)
+    with answer_tokens(tokens):
+        with streaming_answer():
+            await tokens.send(_chunk('{"reasoning": "r", "answer": "The st'))
+        with streaming_answer():
+            for part in ['{"reasoning": "r2", "answer": "The standup', " is late \\ud83d", '\\ude00 today"}']:
+                await tokens.send(_chunk(part))
+            await tokens.send(_chunk(None, "stop"))
+    assert "".join(e.text for e in events if isinstance(e, AnswerText)) == "The standup is late \U0001f600 today"
 
 
 STREAMED = 'The standup is at 9:30 in the "blue" room,\nevery weekday.'
@@ -411,40 +429,49 @@ async def test_the_stop_command_stops_the_persons_own_answer_under_way_in_the_ch
     assert await world.storage.inbox.unfinished(["slack"]) == []
 
 
-@pytest.mark.parametrize("how", ["stream", "command"])
+@pytest.mark.parametrize("how", ["stream", "command", "command on both"])
 async def test_a_stop_asked_on_one_replica_stops_the_answer_another_replica_runs(
     pg_url: str, runner: ToolRunner, how: str
 ) -> None:
     """Slack sends the Stop (or the `stop` command) to any replica: the one that does not run the answer passes
-    it on (PostgreSQL's NOTIFY), and the one that does cancels the run; the reply says it was stopped, once."""
+    it on (PostgreSQL's NOTIFY), and the one that does cancels the run; the reply says it was stopped, once. The
+    command stops the person's answers in every thread of the channel, here and on the other replicas."""
     first = await PostgresStorage.open(pg_url, pool_size=4)
     second = await PostgresStorage.open(pg_url, pool_size=4)
-    started = asyncio.Event()
+    started = {"first": asyncio.Event(), "second": asyncio.Event()}
 
-    def slow() -> float:
-        started.set()
-        return 30.0
+    def slow(name: str) -> Callable[[], float]:
+        def delay() -> float:
+            started[name].set()
+            return 30.0
+
+        return delay
 
     here, there = RecordingPlatform(), RecordingPlatform()
-    running = Agent(first, scripted_model(ScriptedEngine(responder=echo, delay_s=slow)), runner, AgentOptions())
-    idle = Agent(second, scripted_model(ScriptedEngine(responder=echo)), runner, AgentOptions())
+    both = how == "command on both"
+    running = Agent(first, scripted_model(ScriptedEngine(responder=echo, delay_s=slow("first"))), runner)
+    other_engine = ScriptedEngine(responder=echo, delay_s=slow("second") if both else 0.0)
+    idle = Agent(second, scripted_model(other_engine), runner)
     options = DispatchOptions(rate_limit=None)
     try:
         async with (
             Dispatcher(first, running, [here], options) as answering,
             Dispatcher(second, idle, [there], options) as other,
         ):
-            message = IncomingMessage(platform="test", channel="c", user="u", text="hi", event_id="E1")
+            message = IncomingMessage(platform="test", channel="c", user="u", text="hi", event_id="E1", thread="t1")
             await answering.submit(message)
-            await asyncio.wait_for(started.wait(), 10)
-            [entry] = await first.inbox.recent()
-            # Not under way there: passed on.
-            if how == "stream":
+            await asyncio.wait_for(started["first"].wait(), 10)
+            if both:  # the same person asks in another thread of the channel; the other replica answers it
+                await other.submit(replace(message, event_id="E2", thread="t2"))
+                await asyncio.wait_for(started["second"].wait(), 10)
+            [entry, *_] = await first.inbox.recent()
+            if how == "stream":  # not under way there: passed on
                 assert await other.stop_answer("test", entry.delivery_key) is False
             else:
-                assert await other.stop_mine("test", message.conversation.channel, "u") is None
+                assert await other.stop_mine("test", message.conversation.channel, "u") is (True if both else None)
             await asyncio.wait_for(answering.join(), 10)
-        assert here.texts() == [STOPPED] and there.texts() == []
+            await asyncio.wait_for(other.join(), 10)
+        assert here.texts() == [STOPPED] and there.texts() == ([STOPPED] if both else [])
         stored = await first.inbox.get(entry.id)
         assert stored is not None and stored.reply is not None and stored.reply.status == "stopped"
     finally:
