@@ -438,6 +438,27 @@ class Agent:
                 log.exception("a chain observer failed")
         return Exchange(reply, chain)
 
+    def stopped(self, message: IncomingMessage, text: str, meter: AnswerMeter, started_at: float) -> Exchange:
+        """The exchange of an answer a person stopped: the reply saying so (`text`), and a chain that carries what
+        the model calls made until then cost (`meter`), so they count against the budgets and in the metrics like
+        any other."""
+        spent = meter.usage
+        chain = ChainRecord(
+            question=clean_text(message.text).strip(),
+            answer=text,
+            status="stopped",
+            model=meter.model,
+            started_at=started_at,
+            duration_ms=(time.time() - started_at) * 1000,
+            user_id=message.user,
+            model_calls=spent.calls,
+            input_tokens=spent.input_tokens,
+            output_tokens=spent.output_tokens,
+            platform=message.platform,
+            cost=answer_cost(meter.model, spent) if spent.calls else None,
+        )
+        return self._done(message, chain, Reply(text, status="stopped"))
+
     def _may_remember(self, profile: ChannelProfile) -> bool:
         """Whether the model could call `remember_fact` under this profile: the rule does nothing it could not."""
         if profile.tools is not None and REMEMBER_TOOL not in profile.tools:
@@ -519,27 +540,6 @@ class Agent:
         with bound_contextvars(error_id=error_id):
             log.error("no model could answer (error id %s); sending the fallback reply", error_id)
         raise NoModelAnswered(error_id)
-
-
-def stopped_exchange(message: IncomingMessage, text: str, meter: AnswerMeter, started_at: float) -> Exchange:
-    """The exchange of an answer a person stopped: the reply saying so, and a chain that carries what the model
-    calls made until then cost, so they count against the budgets like any other."""
-    spent = meter.usage
-    chain = ChainRecord(
-        question=clean_text(message.text).strip(),
-        answer=text,
-        status="stopped",
-        model=meter.model,
-        started_at=started_at,
-        duration_ms=(time.time() - started_at) * 1000,
-        user_id=message.user,
-        model_calls=spent.calls,
-        input_tokens=spent.input_tokens,
-        output_tokens=spent.output_tokens,
-        platform=message.platform,
-        cost=answer_cost(meter.model, spent) if spent.calls else None,
-    )
-    return Exchange(Reply(text, status="stopped"), chain)
 
 
 def _posted(name: str, media_type: str, content: bytes) -> AttachmentRecord:

@@ -29,6 +29,10 @@ class Responder(Protocol):
         meter: AnswerMeter | None = None,
     ) -> Exchange: ...
 
+    def stopped(self, message: IncomingMessage, text: str, meter: AnswerMeter, started_at: float) -> Exchange:
+        """The exchange of an answer a person stopped, with what its model calls used (`meter`)."""
+        ...
+
 
 async def answer(
     responder: Responder,

@@ -44,7 +44,6 @@ from agent.ports import (
     ProvidesContext,
     SharesFiles,
 )
-from agent.runtime import stopped_exchange
 from agent.storage.base import Limits, Storage
 from agent.storage.errors import ClaimLost, StoreError, TransientStoreError
 from agent.storage.models import Claim, InboxEntry, Replica, conversation_key
@@ -593,7 +592,7 @@ class Dispatcher:
             exchange = await self._stops.run(entry, run)
             if exchange is None:
                 log.info("message %d was stopped by its sender", entry.id)
-                exchange = stopped_exchange(message, STOPPED, meter, started)
+                exchange = self.responder.stopped(message, STOPPED, meter, started)
             return await record(self.storage, message, exchange, inbox_id=entry.id, claim=claim)
         except (ClaimLost, TransientStoreError):
             raise  # another replica answers now; or the database failed for a moment, and the message is retried

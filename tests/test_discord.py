@@ -357,6 +357,36 @@ async def test_a_prompt_in_a_thread_is_decided_by_its_parent_channels_approvers(
     assert deployed == ["api"]
 
 
+async def test_always_in_a_thread_allows_the_tool_in_its_parent_channel_and_all_its_threads(
+    storage: Storage, fake: FakeDiscord
+) -> None:
+    """A thread follows its parent channel's approvers; "Always in this channel" clicked there is granted for the
+    parent channel, so the channel and its other threads run the tool without asking again."""
+    fake.thread_parents.update({"4100": CHANNEL, "4200": CHANNEL})
+    parent = f"discord:{fake.guild_id}/{CHANNEL}"
+    policy = ApprovalPolicy(approvers={"discord": ["7000"]})
+    deployed: list[str] = []
+    adapter, dispatcher, _ = build(storage, fake, deployed, policy=policy)
+    async with dispatcher:
+        await adapter.start()
+        fake.message_create("<@2000> deploy api", mentions_bot=True, channel_id="4100")
+        prompt = (await fake.wait_for(lambda: [m for m in fake.messages("4100") if m.get("components")]))[0]
+        always = prompt["components"][0]["components"][2]
+        assert always["label"] == "Always in this channel"
+        fake.interaction_create_component(
+            always["custom_id"], user_id="7000", message_id=prompt["id"], channel_id="4100"
+        )
+        await fake.wait_for(lambda: deployed, what="the first deploy")
+        fake.message_create("<@2000> deploy web", mentions_bot=True, channel_id="4200")
+        fake.message_create("<@2000> deploy db", mentions_bot=True)
+        await fake.wait_for(lambda: len(deployed) == 3, what="two more deploys, asked of no one")
+        await dispatcher.join()
+        await adapter.close()
+    assert sorted(deployed) == ["api", "db", "web"]
+    assert [(g.tool, g.channel) for g in await storage.approvals.grants()] == [("deploy", parent)]
+    assert not [m for m in fake.messages("4200") + fake.messages(CHANNEL) if m.get("components")]
+
+
 async def test_a_member_with_an_approver_role_is_exempt_from_budgets_when_approvers_are(
     storage: Storage, fake: FakeDiscord
 ) -> None:

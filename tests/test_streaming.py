@@ -811,6 +811,34 @@ async def test_database_failures_while_the_answer_is_recorded_and_marked_deliver
     assert entry.reply is not None and entry.reply.text == ANSWER and entry.delivered_at is not None
 
 
+async def test_a_stopped_answer_is_told_to_the_observers_with_the_model_calls_it_made(
+    storage: Storage, runner: ToolRunner
+) -> None:
+    """The metrics hear of a stopped answer like any other: its model calls and tokens so far."""
+    step = {"next_thought": "compute", "next_tool_name": "calculator", "next_tool_args": {"expression": "6*7"}}
+    second_call = asyncio.Event()
+    calls = itertools.count()
+
+    def delay() -> float:
+        if next(calls) == 0:
+            return 0.0
+        second_call.set()
+        return 30.0
+
+    engine = ScriptedEngine([step], responder=echo, delay_s=delay)
+    seen: list[tuple[str, int, int | None]] = []
+    observers = [lambda _message, chain: seen.append((chain.status, chain.model_calls, chain.input_tokens))]
+    agent = Agent(storage, scripted_model(engine), runner, observers=observers)
+    platform = RecordingPlatform()
+    async with Dispatcher(storage, agent, [platform], DispatchOptions(rate_limit=None)) as dispatcher:
+        await dispatcher.submit(IncomingMessage(platform="test", channel="c", user="u", text="6*7?", event_id="E1"))
+        await asyncio.wait_for(second_call.wait(), 10)
+        assert await dispatcher.stop_answer("test", "parley-1")
+        await dispatcher.join()
+    assert platform.texts() == [STOPPED]
+    assert seen == [("stopped", 1, len(request_text(engine.requests[0])) // 4)]
+
+
 async def test_a_stop_that_comes_while_the_answer_is_recorded_leaves_the_answer(
     storage: Storage, db: Database, runner: ToolRunner
 ) -> None:

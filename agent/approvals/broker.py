@@ -107,7 +107,12 @@ class ApprovalBroker:
             raise denied_by_policy(spec)
         if ctx is None:
             raise cannot_ask(spec)
-        if await self.store.granted(spec.name, channel):
+        # "Always" is granted for a channel and its threads: a Discord thread (a channel of its own) looks in its
+        # parent channel, and in itself for a grant made before grants went to the parent.
+        scope = ctx.conversation.settings_channel
+        if await self.store.granted(spec.name, scope) or (
+            scope != channel and await self.store.granted(spec.name, channel)
+        ):
             await self.store.note("allowed_always", "approved", tool=spec.name, channel=channel, actor="grant")
             self._count("always")
             return
@@ -238,7 +243,9 @@ class ApprovalBroker:
         if waiting is not None and not waiting.done():
             waiting.set_result(settled)
         if decision.always and decision.approve:
-            await self.store.grant(request.tool, request.channel, actor, now=self.clock(), request=request)
+            # A click in a thread grants the tool in the thread's parent channel (and so in all its threads).
+            scope = decision.parent if decision.parent and decision.channel == request.channel else request.channel
+            await self.store.grant(request.tool, scope, actor, now=self.clock(), request=request)
         return Verdict(True, f"{state.value} by {actor}", state)
 
     async def _why_not(self, request: ApprovalRequest | None, decision: Decision) -> str | None:
