@@ -32,6 +32,7 @@ import json
 import logging
 import re
 from collections import OrderedDict
+from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Any, Literal
 
@@ -52,7 +53,15 @@ from adapters.discord_edge import (
 )
 from adapters.discord_leader import GATEWAY, Seat, close_gateway
 from adapters.discord_prompt import prompt_text, settled_text
-from adapters.discord_stream import UNREACHABLE, DiscordStream, DiscordStreams
+from adapters.discord_stream import (
+    DISCORD_LIMIT,
+    INTERACTION,
+    UNREACHABLE,
+    DiscordStream,
+    DiscordStreams,
+    files_nonce,
+    files_of,
+)
 from adapters.edge import QuietLog, describe, problems
 from adapters.files import download, same_origin
 from adapters.options import DEFAULT_API, DEFAULT_GATEWAY
@@ -67,10 +76,8 @@ from agent.storage.leadership import Leadership
 
 log = logging.getLogger("parley.discord")
 
-DISCORD_LIMIT = 2000
 # Where Discord serves attachments (signed URLs: no token is sent).
 CDN_HOSTS = frozenset({"cdn.discordapp.com", "media.discordapp.net"})
-INTERACTION = "discord-interaction:"
 # custom_id: parley:<action>:<request id>:<first 40 hex digits of the arguments' hash> (at most 100 characters)
 APPROVAL_ID = r"parley:(?P<action>approve|deny|always):(?P<request>[\w-]+):(?P<hash>[0-9a-f]{32,64})"
 # custom_id: parley:confirm:<the confirmation's action>:<its value, e.g. a channel key> (at most 100 characters)
@@ -223,10 +230,10 @@ class ConfirmButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], 
 
     async def callback(self, interaction: discord.Interaction) -> None:
         client = interaction.client
-        if not isinstance(client, ParleyClient) or client.adapter.handlers is None:
-            return
-        commands = client.adapter.handlers.commands
-        if commands is None:
+        handlers = client.adapter.handlers if isinstance(client, ParleyClient) else None
+        commands = handlers.commands if handlers is not None else None
+        if commands is None:  # a click must always be answered, or Discord says the interaction failed
+            await interaction.response.send_message(NO_COMMANDS, ephemeral=True)
             return
         click = ConfirmClick(
             platform="discord",
@@ -509,7 +516,7 @@ class DiscordAdapter:
             return known
         try:
             channel = await self.client.fetch_channel(channel_id)
-        except (discord.HTTPException, OSError) as exc:
+        except (discord.HTTPException, discord.InvalidData, *UNREACHABLE) as exc:
             self.quiet.warning("parent", "could not ask Discord which channel %s belongs to (%s)", channel_id, exc)
             return ""
         parent = thread_parent(channel)
@@ -558,36 +565,17 @@ class DiscordAdapter:
             log.info("typing indicator failed: %s", exc)
 
     def _register_commands(self) -> None:
-        """The slash commands: each hands its options to the command set as one `CommandCall`."""
-        tree = self.tree
+        """The slash commands, in the command list's order: each hands its options to the command set as one
+        `CommandCall`. Those with options have their own callback here; the rest share `_without_options`."""
 
-        @tree.command(name="ask", description=described("ask"))
         @app_commands.describe(question="What to ask")
         async def ask(interaction: discord.Interaction, question: str) -> None:
             await self._command(interaction, "ask", question)
 
-        @tree.command(name="stop", description=described("stop"))
-        async def stop(interaction: discord.Interaction) -> None:
-            await self._command(interaction, "stop")
-
-        @tree.command(name="facts", description=described("facts"))
-        async def facts(interaction: discord.Interaction) -> None:
-            await self._command(interaction, "facts")
-
-        @tree.command(name="forget", description=described("forget"))
-        async def forget(interaction: discord.Interaction) -> None:
-            await self._command(interaction, "forget")
-
-        @tree.command(name="tools", description=described("tools"))
-        async def tools(interaction: discord.Interaction) -> None:
-            await self._command(interaction, "tools")
-
-        @tree.command(name="usage", description=described("usage"))
         @app_commands.describe(whose="Yours (me) or this channel's")
         async def usage(interaction: discord.Interaction, whose: Literal["me", "channel"] = "me") -> None:
             await self._command(interaction, "usage", whose)
 
-        @tree.command(name="channel", description=described("channel"))
         @app_commands.describe(action="show, set or reset", key="The setting", value="Its new value (set)")
         async def channel(
             interaction: discord.Interaction,
@@ -597,9 +585,22 @@ class DiscordAdapter:
         ) -> None:
             await self._command(interaction, "channel", action, key, value)
 
-        @tree.command(name="help", description=described("help"))
-        async def help_(interaction: discord.Interaction) -> None:
-            await self._command(interaction, "help")
+        with_options: dict[str, Callable[..., Coroutine[Any, Any, None]]] = {
+            "ask": ask,
+            "usage": usage,
+            "channel": channel,
+        }
+        for name in COMMANDS:
+            callback = with_options.get(name) or self._without_options(name)
+            self.tree.command(name=name, description=described(name))(callback)
+
+    def _without_options(self, name: str) -> Callable[[discord.Interaction], Coroutine[Any, Any, None]]:
+        """The callback of the slash command `name`, which takes no options."""
+
+        async def run(interaction: discord.Interaction) -> None:
+            await self._command(interaction, name)
+
+        return run
 
     async def _command(self, interaction: discord.Interaction, name: str, *options: str) -> None:
         """Run a command and show its reply to the caller. Every command is deferred at once (Discord allows 3 s
@@ -664,12 +665,11 @@ class DiscordAdapter:
         none = discord.AllowedMentions.none()
         try:
             if message.reply_url.startswith(INTERACTION):
-                app_id, _, token = message.reply_url.removeprefix(INTERACTION).partition(":")
-                webhook = discord.Webhook.partial(int(app_id), token, client=self.client)
+                webhook = self.streams.webhook(message)
                 for chunk in chunks:
                     await webhook.send(chunk, allowed_mentions=none)
                 if reply.files:
-                    await webhook.send(files=_files(reply), allowed_mentions=none)
+                    await webhook.send(files=files_of(reply), allowed_mentions=none)
                 return
             channel = await self._channel(int(message.channel))
             reference = discord.MessageReference(
@@ -681,7 +681,7 @@ class DiscordAdapter:
                 await channel.send(chunk, reference=reference if i == 0 else None, allowed_mentions=none, nonce=nonce)
             if reply.files:
                 # The reply's files in one message after its text, under a nonce of their own.
-                await channel.send(files=_files(reply), allowed_mentions=none, nonce=f"{key}-files"[-25:])
+                await channel.send(files=files_of(reply), allowed_mentions=none, nonce=files_nonce(key))
         except discord.Forbidden as exc:
             raise DeliveryError(f"Discord refused the reply ({exc.status})", transient=False) from None
         except discord.NotFound as exc:
@@ -771,11 +771,11 @@ def fitted(text: str) -> str:
 
 
 def _rendered(reply: CommandReply) -> dict[str, Any]:
-    """A command's reply as the interaction response's fields: ephemeral unless public, a confirmation as a
+    """A command's reply as the interaction response's fields: seen only by the caller, a confirmation as a
     button that outlives a restart, nobody pinged."""
     fields: dict[str, Any] = {
         "content": fitted(reply.text),
-        "ephemeral": not reply.public,
+        "ephemeral": True,
         "allowed_mentions": discord.AllowedMentions.none(),
     }
     if reply.confirm is not None:
@@ -783,7 +783,3 @@ def _rendered(reply: CommandReply) -> dict[str, Any]:
         view.add_item(ConfirmButton(reply.confirm.action, reply.confirm.value, reply.confirm.label))
         fields["view"] = view
     return fields
-
-
-def _files(reply: Reply) -> list[discord.File]:
-    return [discord.File(io.BytesIO(f.content), filename=f.name) for f in reply.files]

@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 import discord
 
+from adapters.flusher import Flusher
 from adapters.text import split_message
 from agent.events import AnswerText, ApprovalWaiting, Event, StepFinished, StepStarted
 from agent.messages import IncomingMessage, Reply
@@ -89,10 +90,9 @@ class DiscordStream:
         self.steps: dict[int, tuple[str, str]] = {}
         self.calls_shown: dict[int, str] = {}  # each step's call as its status shows it: tool and arguments
         self.text = ""
-        self.calls = 0
         self._dirty = False
         self._next = 0.0  # no edit before this (monotonic)
-        self._flusher: asyncio.Task[None] | None = None
+        self._flusher = Flusher(self._flush, f"discord-stream:{key}")
         self._lock = asyncio.Lock()
 
     @property
@@ -103,7 +103,7 @@ class DiscordStream:
         if self.state != "live":
             return
         if isinstance(event, StepStarted):
-            self.calls_shown[event.index] = f"{event.tool}({event.arguments})" if event.arguments else event.tool
+            self.calls_shown[event.index] = event.call
             self.steps[event.index] = ("running", self.calls_shown[event.index])
         elif isinstance(event, ApprovalWaiting):
             self.steps[event.index] = ("waiting", f"{event.tool} (waiting for approval)")
@@ -115,8 +115,7 @@ class DiscordStream:
         elif isinstance(event, AnswerText):
             self.text += event.text
         self._dirty = True
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name=f"discord-stream:{self.key}")
+        self._flusher.start()
 
     def _contents(self, note: str = "") -> list[str]:
         """What the reply's messages show now: the answer split at 2,000 characters, else the status line."""
@@ -176,7 +175,6 @@ class DiscordStream:
         return True
 
     async def _edit(self, i: int, content: str) -> None:
-        self.calls += 1
         none = discord.AllowedMentions.none()
         if self.interaction:
             webhook = self.owner.webhook(self.message)
@@ -187,7 +185,6 @@ class DiscordStream:
         await channel.get_partial_message(int(self.ids[i])).edit(content=content, allowed_mentions=none)
 
     async def _post(self, i: int, content: str) -> None:
-        self.calls += 1
         none = discord.AllowedMentions.none()
         if self.interaction:
             sent: Any = await self.owner.webhook(self.message).send(content, allowed_mentions=none, wait=True)
@@ -212,21 +209,13 @@ class DiscordStream:
                 except Exception as exc:  # the reply still shows; only a restart would not find it
                     log.warning("the streamed message of %s was not recorded: %s", self.key, type(exc).__name__)
 
-    async def _stop_flusher(self) -> None:
-        """Cancel the flusher and wait until it is done. Only the flusher's own cancellation ends here: the
-        caller's (a shutdown) goes on."""
-        flusher = self._flusher
-        if flusher is not None and not flusher.done():
-            flusher.cancel()
-            await asyncio.wait([flusher])
-
     def _done(self) -> None:
         self.state = "ended"
         self.owner.typing_done(self.message)
 
     async def finish(self, reply: Reply) -> bool:
         async with self._lock:  # held, the flusher is not in the middle of a call: stopping it loses nothing
-            await self._stop_flusher()
+            await self._flusher.stop()
             if self.state == "shown":  # the text is there; only its files did not go
                 await self._send_files(reply)
                 self._done()
@@ -259,21 +248,18 @@ class DiscordStream:
             raise DeliveryError(f"Discord could not be reached ({type(exc).__name__})") from None
 
     async def _files(self, reply: Reply) -> None:
-        files = [discord.File(io.BytesIO(f.content), filename=f.name) for f in reply.files]
         none = discord.AllowedMentions.none()
-        self.calls += 1
         if self.interaction:
-            await self.owner.webhook(self.message).send(files=files, allowed_mentions=none)
+            await self.owner.webhook(self.message).send(files=files_of(reply), allowed_mentions=none)
             return
         channel = self.owner.client.get_partial_messageable(int(self.message.channel))
-        # Under a nonce Discord enforces: a second try after a lost answer gets the first message back.
-        await channel.send(files=files, allowed_mentions=none, nonce=f"{self.key}-files"[-25:])
+        await channel.send(files=files_of(reply), allowed_mentions=none, nonce=files_nonce(self.key))
 
     async def abort(self, note: str) -> None:
         try:
             # Within `end_timeout_s`: an edit under way is cut short (the message ends with what it shows).
             async with asyncio.timeout(self.owner.limits.end_timeout_s):
-                await self._stop_flusher()
+                await self._flusher.stop()
                 async with self._lock:
                     if self.state in ("live", "shown") and self.ids:
                         await self._sync(self._contents(note), live=False)
@@ -283,7 +269,7 @@ class DiscordStream:
             self._done()
 
     async def release(self) -> None:
-        await self._stop_flusher()
+        await self._flusher.stop()
         self._done()
 
 
@@ -307,6 +293,17 @@ class DiscordStreams:
         self, message: IncomingMessage, key: str, *, resume: str = "", moved: StreamMoved | None = None
     ) -> DiscordStream:
         return DiscordStream(self, message, key, resume=resume, moved=moved)
+
+
+def files_of(reply: Reply) -> list[discord.File]:
+    """A reply's files as discord.py uploads them."""
+    return [discord.File(io.BytesIO(f.content), filename=f.name) for f in reply.files]
+
+
+def files_nonce(key: str) -> str:
+    """The nonce of a reply's files message: Discord enforces it, so a second try after a lost answer (a crash, a
+    timeout) gets the first message back instead of posting the files twice."""
+    return f"{key}-files"[-25:]
 
 
 def _retry_after(exc: discord.HTTPException) -> float:

@@ -2,9 +2,10 @@
 
 Events become `IncomingMessage`s and go to the dispatcher before Slack is acknowledged (Bolt runs the
 listener before it answers, `process_before_response=True`), so a crash never loses one and a Slack retry
-is dropped by the inbox. Replies are posted in the thread of the message (a DM is answered in the DM),
-converted to mrkdwn and split to Slack's size. While Parley works, the question carries a reaction.
-Approval requests are Block Kit messages with Approve / Deny / Always buttons.
+is dropped by the inbox. Replies stream into the thread of the message while they are produced
+(adapters/slack_stream.py); otherwise they are posted there (a DM is answered in the DM), converted to mrkdwn and
+split to Slack's size, and a slow one's question carries a reaction meanwhile. Approval requests are Block Kit
+messages with Approve / Deny / Always buttons; `/parley NAME` runs the command set (bot/commands.py).
 
 Files shared with a question (and earlier in its thread) become attachments downloaded from Slack's file host
 with the bot token (files:read); files a reply carries are uploaded into its thread (files:write).
@@ -62,7 +63,7 @@ from adapters.slack_edge import (
     parse_body,
 )
 from adapters.slack_prompt import FILE_ABOVE, MAX_LISTED_ARGUMENTS, NO_FILE, literal, prompt_blocks, section
-from adapters.slack_stream import STOP_EVENT, UNREACHABLE, SlackStream, SlackStreams, last_key
+from adapters.slack_stream import STOP_EVENT, UNREACHABLE, SlackStream, SlackStreams, last_key, metadata
 from adapters.text import split_message, to_mrkdwn
 from agent.approvals import ApprovalRequest, ApprovalState, Decision, PromptLocation
 from agent.attachments.models import Attachment, AttachmentRefused
@@ -482,8 +483,8 @@ class SlackAdapter:
                 channel=message.channel, oldest=message.message_id or "0", include_all_metadata=True, limit=200
             )
         for item in found.get("messages") or []:
-            metadata = item.get("metadata") if isinstance(item, dict) else None
-            payload = metadata.get("event_payload") if isinstance(metadata, dict) else None
+            carried = item.get("metadata") if isinstance(item, dict) else None
+            payload = carried.get("event_payload") if isinstance(carried, dict) else None
             if isinstance(payload, dict) and payload.get("key") == last:
                 return True
         return False
@@ -507,7 +508,7 @@ class SlackAdapter:
                         channel=message.channel,
                         thread_ts=message.thread or None,
                         text=chunk,
-                        metadata={"event_type": "parley_reply", "event_payload": {"key": f"{key}:{i}"}},
+                        metadata=metadata(f"{key}:{i}"),
                     )
         except SlackApiError as exc:
             error = str(exc.response.get("error", "unknown"))
@@ -707,9 +708,9 @@ def attachments_of(files: Sequence[SlackFile], origin: str) -> tuple[Attachment,
 
 def _rendered(reply: CommandReply) -> dict[str, Any]:
     """A command's reply as the acknowledgement's fields: mrkdwn text, and a confirmation as a button below it;
-    seen only by the caller unless the reply is public."""
+    seen only by the caller."""
     text = to_mrkdwn(reply.text)
-    fields: dict[str, Any] = {"text": text, "response_type": "in_channel" if reply.public else "ephemeral"}
+    fields: dict[str, Any] = {"text": text, "response_type": "ephemeral"}
     if reply.confirm is not None:
         value = json.dumps({"action": reply.confirm.action, "value": reply.confirm.value})
         fields["text"] = reply.confirm.question

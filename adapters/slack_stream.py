@@ -37,7 +37,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.text import MIN_LIMIT, split_message, to_mrkdwn
+from adapters.flusher import Flusher
+from adapters.text import MIN_LIMIT, safe_markdown, split_message, to_mrkdwn
 from agent.events import AnswerText, ApprovalWaiting, Event, StepFinished, StepStarted
 from agent.messages import IncomingMessage, Reply
 from agent.ports import DeliveryError, Stop, StreamMoved
@@ -54,9 +55,6 @@ STATUS_ICON = {"in_progress": "\u23f3", "pending": "\u270b", "complete": "\u2705
 # What a call to Slack fails with when Slack cannot be reached: slack-sdk's own errors, and the aiohttp and timeout
 # errors its retry handlers pass on as they are.
 UNREACHABLE = (SlackClientError, aiohttp.ClientError, TimeoutError)
-# `<!here>`, `<@U123>` and `<#C1>` in model output would ping or link: a zero-width space after `<` defuses them.
-_SPECIAL = re.compile(r"<(?=[!@#])")
-_MASS = re.compile(r"(?<!\w)@(?=(?:here|channel|everyone)\b)", re.IGNORECASE)
 # The end of a piece of answer text that could still become a mention with what follows (`<` before `!here>`,
 # `@chan` before `nel`): held back until more text comes, so escaping each piece escapes what the whole needs.
 _OPEN_END = re.compile(r"(?:<|(?<!\w)@\w{0,8})$")
@@ -133,11 +131,6 @@ def metadata(key: str) -> dict[str, Any]:
     return {"event_type": "parley_reply", "event_payload": {"key": key}}
 
 
-def safe_markdown(text: str) -> str:
-    """Model output as stream markdown that cannot ping anyone or link a channel."""
-    return _MASS.sub("@\u200b", _SPECIAL.sub("<\u200b", text))
-
-
 def settled(text: str) -> tuple[str, str]:
     """`text` split into what can be escaped and sent now and the end that must wait for the text after it."""
     match = _OPEN_END.search(text)
@@ -170,10 +163,11 @@ def card(event: Event, cards: dict[str, dict[str, Any]]) -> dict[str, Any] | Non
     task_id = f"step-{event.index}"
     shown = dict(cards.get(task_id) or {"type": "task_update", "id": task_id, "title": event.tool})
     if isinstance(event, StepStarted):
-        shown["title"] = f"{event.tool}({event.arguments})" if event.arguments else event.tool
+        # The arguments and the thought are the model's words, as the answer is: they must not ping either.
+        shown["title"] = safe_markdown(event.call)
         shown["status"] = "in_progress"
         if event.thought:
-            shown["details"] = event.thought
+            shown["details"] = safe_markdown(event.thought)
     elif isinstance(event, ApprovalWaiting):
         shown["status"] = "pending"
         shown["details"] = WAITING
@@ -234,11 +228,10 @@ class SlackStream:
         self.stopped = False  # the person pressed Stop
         # Taken over from a process that died: what the message shows is not known here, so it is replaced whole.
         self.resumed = state == "unknown"
-        self.calls = 0  # Slack API calls made for this reply
         # The parts of a long reply still to post after the stream, with their metadata keys.
         self._rest: list[tuple[str, str]] = []
         self._last = time.monotonic()
-        self._flusher: asyncio.Task[None] | None = None
+        self._flusher = Flusher(self._flush, f"slack-stream:{key}")
         self._lock = asyncio.Lock()
 
     @property
@@ -256,8 +249,7 @@ class SlackStream:
         if chunk is None:
             return
         self.pending.append(chunk)
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name=f"slack-stream:{self.key}")
+        self._flusher.start()
 
     async def _flush(self) -> None:
         """Send what is pending, no more often than the interval and the workspace's budget allow."""
@@ -319,7 +311,6 @@ class SlackStream:
         self.here += text
 
     async def _call(self, call: Coroutine[Any, Any, Any]) -> Any:
-        self.calls += 1
         self._last = time.monotonic()
         return await call
 
@@ -397,17 +388,9 @@ class SlackStream:
         self.state = "broken"
         await self._end_message(BROKEN)
 
-    async def _stop_flusher(self) -> None:
-        """Cancel the flusher and wait until it is done. Only the flusher's own cancellation ends here: the
-        caller's (a shutdown) goes on."""
-        flusher = self._flusher
-        if flusher is not None and not flusher.done():
-            flusher.cancel()
-            await asyncio.wait([flusher])
-
     async def _quiet(self) -> list[dict[str, Any]]:
         """Stop the flusher; the task cards still to send (text still to send is part of what `finish` sends)."""
-        await self._stop_flusher()
+        await self._flusher.stop()
         cards = [c for c in coalesce(self.pending) if c["type"] == "task_update"]
         self.pending = []
         return cards
@@ -508,7 +491,7 @@ class SlackStream:
         try:
             # Within `end_timeout_s`: an append under way is cut short (the message ends with what it shows).
             async with asyncio.timeout(self.limits.end_timeout_s):
-                await self._stop_flusher()
+                await self._flusher.stop()
                 async with self._lock:
                     cards = await self._quiet()
                     if self.state == "live":
@@ -525,7 +508,7 @@ class SlackStream:
             self._done()
 
     async def release(self) -> None:
-        await self._stop_flusher()
+        await self._flusher.stop()
         self.pending = []
         self._done()
 
@@ -592,7 +575,6 @@ class SlackStreams:
             log.info("no stream for a reply (%s): it is posted whole", type(exc).__name__)
             return None
         stream = SlackStream(self, message, key, str(answer["ts"]), state="live", moved=moved)
-        stream.calls = 1
         self.register(stream)
         if moved is not None:
             try:

@@ -37,6 +37,8 @@ _ZWSP = "\u200b"
 _MD = MarkdownIt("commonmark", {"html": False, "maxNesting": 100}).enable("strikethrough")
 _ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
 _MASS_MENTION = re.compile(r"(?<!\w)@(?=(?:here|channel|everyone)\b)", re.IGNORECASE)
+# `<!here>`, `<@U123>` and `<#C1>` in Markdown that Slack renders itself would ping or link.
+_SPECIAL = re.compile(r"<(?=[!@#])")
 _URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 # A URL must not end the `<url|text>` link early or smuggle in a second one.
 _URL_UNSAFE = str.maketrans({"|": "%7C", "<": "%3C", ">": "%3E", " ": "%20", "\n": "%0A"})
@@ -61,6 +63,12 @@ def to_mrkdwn(markdown: str) -> str:
 def _escape(text: str) -> str:
     """Entity-escape Slack's control characters and defuse @here/@channel/@everyone."""
     return _MASS_MENTION.sub("@" + _ZWSP, text.translate(_ESCAPES))
+
+
+def safe_markdown(text: str) -> str:
+    """Model output as Markdown that Slack renders itself (a stream, a markdown block) that cannot ping anyone or
+    link a channel: a zero-width space after `<` of `<!here>`, `<@U1>`, `<#C1>`, and after the `@` of `@here`."""
+    return _MASS_MENTION.sub("@" + _ZWSP, _SPECIAL.sub("<" + _ZWSP, text))
 
 
 # --- blocks -------------------------------------------------------------------------------------------------

@@ -76,8 +76,8 @@ class AnswerTokens:
         return value if isinstance(value, str) else None
 
     def rest(self, answer: str) -> str:
-        """What of the final `answer` has not been shown: all of it when the shown text is not its beginning (the
-        platform's stream replaces it with the reply at the end)."""
+        """What of the final `answer` has not been shown; nothing when the shown text is not its beginning (the
+        platform's stream then replaces what it shows with the reply at the end)."""
         return answer[len(self.shown) :] if answer.startswith(self.shown) else ""
 
 

@@ -41,12 +41,21 @@ def _add(a: int | None, b: int | None) -> int | None:
 
 
 class AnswerMeter:
-    """Every model call of one answer, whichever run, mode or model made it, and the model that made them: what a
-    stopped or failed answer cost counts against budgets too (pressing Stop must not make tokens free)."""
+    """Every model call of one answer, by the model that made it, whichever run or mode made it: what an answer
+    records as its use. A model that failed after some calls, or a run a person stopped, counts too (neither a
+    fallback nor pressing Stop makes tokens free)."""
 
     def __init__(self) -> None:
-        self.usage = ModelUsage()
-        self.model = ""
+        self.by_model: dict[str, ModelUsage] = {}
+        self.model = ""  # the model that made the latest call
+
+    def add(self, model: str, call: ModelUsage) -> None:
+        self.by_model[model] = self.by_model.get(model, ModelUsage()) + call
+        self.model = model
+
+    @property
+    def usage(self) -> ModelUsage:
+        return sum(self.by_model.values(), ModelUsage())
 
 
 _meter: ContextVar[AnswerMeter | None] = ContextVar("parley_answer_meter", default=None)
@@ -68,7 +77,6 @@ class StepRecorder(UsageTracker):  # type: ignore[misc]
     def __init__(self) -> None:
         UsageTracker.__init__(self)
         self._pending = ModelUsage()
-        self.total = ModelUsage()
 
     @contextmanager
     def timing(self) -> Iterator[None]:
@@ -90,12 +98,10 @@ class StepRecorder(UsageTracker):  # type: ignore[misc]
         )
         self._note(call)
         if (meter := _meter.get()) is not None:
-            meter.usage += call
-            meter.model = lm
+            meter.add(lm, call)
 
     def _note(self, usage: ModelUsage) -> None:
         self._pending += usage
-        self.total += usage
 
     def take(self) -> ModelUsage:
         taken, self._pending = self._pending, ModelUsage()

@@ -89,11 +89,11 @@ class Confirmation:
 
 @dataclass(frozen=True)
 class CommandReply:
-    """What to show: markdown text (each adapter converts it), seen only by the caller unless `public`."""
+    """What to show: markdown text (each adapter converts it), seen only by the caller (an `ask` answers in the
+    channel, through the dispatcher)."""
 
     text: str
     confirm: Confirmation | None = None
-    public: bool = False
     # The command handed a question to the dispatcher: its answer follows where the call's `reply_url` points
     # (Discord shows its "thinking" placeholder until then instead of this text).
     answer_follows: bool = False

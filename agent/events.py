@@ -23,6 +23,11 @@ class StepStarted:
     thought: str = ""
     arguments: str = ""
 
+    @property
+    def call(self) -> str:
+        """The call as a status line names it: `calculator(expression=6*7)`, or the tool alone."""
+        return f"{self.tool}({self.arguments})" if self.arguments else self.tool
+
 
 @dataclass(frozen=True)
 class StepFinished:

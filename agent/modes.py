@@ -30,11 +30,11 @@ log = logging.getLogger("parley.agent")
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a mode produced: the answer (empty when none was reached), its steps and the model usage."""
+    """What a mode produced: the answer (empty when none was reached) and its steps. The model usage of the whole
+    answer is the runtime's `AnswerMeter`, which also counts calls of runs that failed."""
 
     answer: str
     steps: tuple[Step, ...]
-    usage: ModelUsage
 
 
 # Inputs besides the context and the question that every ReAct run of one answer gets (the shared images).
@@ -59,7 +59,7 @@ async def _react(
     react: RobustReAct, context: str, question: str, part: str = "", inputs: Inputs | None = None
 ) -> Outcome:
     prediction = await react.acall(context=context, question=question, part=part, **(inputs or {}))
-    return Outcome(str(prediction.answer).strip(), prediction.steps, prediction.usage)
+    return Outcome(str(prediction.answer).strip(), prediction.steps)
 
 
 class ReactMode:
@@ -102,8 +102,7 @@ class DecomposeMode:
         split, usage = await _predict(self.split, context=context, question=question)
         parts = [str(q).strip() for q in (split.sub_questions or []) if str(q).strip()][: self.max_parts]
         if len(parts) <= 1:
-            outcome = await _react(self.react, context, question, inputs=inputs)
-            return Outcome(outcome.answer, outcome.steps, usage + outcome.usage)
+            return await _react(self.react, context, question, inputs=inputs)
         plan = Step(
             "Split the question into sub-questions.",
             "decompose",
@@ -122,7 +121,6 @@ class DecomposeMode:
             outcome = await _react(self.react, known, part, part=f"{i}. {part}", inputs=inputs)
             findings.append(f"{i}. {part} -> {outcome.answer or '(no answer found)'}")
             steps.extend(outcome.steps)
-            usage += outcome.usage
         with streaming_answer():
             final, used = await _predict(self.synthesise, question=question, findings="\n".join(findings))
         found = [f.split(" -> ", 1)[-1] for f in findings]
@@ -139,7 +137,7 @@ class DecomposeMode:
                 output_tokens=used.output_tokens,
             )
         )
-        return Outcome(answer, tuple(steps), usage + used)
+        return Outcome(answer, tuple(steps))
 
 
 def normalise(answer: str) -> str:
@@ -176,10 +174,8 @@ class VoteMode:
         failed = self.voters - len(outcomes)
         if failed:
             log.warning("%d of %d voters failed", failed, self.voters)
-        usage = ModelUsage()
         steps: list[Step] = []
         for outcome in outcomes:
-            usage += outcome.usage
             steps.extend(outcome.steps)
         votes = Counter(normalise(o.answer) for o in outcomes if o.answer)
         ranked = votes.most_common()
@@ -201,4 +197,4 @@ class VoteMode:
         else:
             answer = ""
         steps.append(Step(f"Votes: {tally}", "", {}, answer, kind="conclusion"))
-        return Outcome(answer, tuple(steps), usage)
+        return Outcome(answer, tuple(steps))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from agent.chains import ModelUsage
+from agent.chains import AnswerMeter, ModelUsage
 from agent.options import LOCAL_MODEL, SCRIPTED_MODEL
 
 IN_PROCESS = frozenset({LOCAL_MODEL, SCRIPTED_MODEL})
@@ -45,6 +45,15 @@ def _listed(model: str) -> bool:
     if "/" in model:
         return model.split("/", 1)[0] in litellm.provider_list
     return model in litellm.model_cost
+
+
+def metered_cost(meter: AnswerMeter) -> float | None:
+    """What an answer's model calls cost, each model's at its own price: None when no model was called, or when
+    any model's part cannot be priced (a partial bill would pass for the whole)."""
+    parts = [answer_cost(model, usage) for model, usage in meter.by_model.items()]
+    if not parts or any(part is None for part in parts):
+        return None
+    return sum(part for part in parts if part is not None)
 
 
 def answer_cost(model: str, usage: ModelUsage) -> float | None:

@@ -125,7 +125,7 @@ class RobustReAct(dspy.ReAct):  # type: ignore[misc]
                 output_tokens=used.output_tokens,
             )
         )
-        return dspy.Prediction(trajectory=trajectory, steps=tuple(steps), usage=recorder.total, **outputs)
+        return dspy.Prediction(trajectory=trajectory, steps=tuple(steps), **outputs)
 
     async def _run(
         self, max_iters: int, part: str, recorder: StepRecorder, input_args: dict[str, Any]

@@ -20,7 +20,7 @@ from agent.adapter import CachedJSONAdapter
 from agent.answer_stream import AnswerTokens, answer_tokens
 from agent.attachments.models import AttachmentRecord, Outbox
 from agent.attachments.reader import Readings, read_attachments
-from agent.chains import AnswerMeter, ModelUsage, metering
+from agent.chains import AnswerMeter, metering
 from agent.constraints import constrain, constrain_output
 from agent.engines import ModelHandle
 from agent.events import AnswerText, Progress, emit
@@ -30,7 +30,7 @@ from agent.modes import DecomposeMode, Mode, Outcome, ReactMode, VoteMode
 from agent.options import UNAVAILABLE_REPLY
 from agent.options import AgentOptions as AgentOptions  # where callers have always found it
 from agent.parking import Lease, held
-from agent.pricing import answer_cost
+from agent.pricing import metered_cost
 from agent.profile import DEFAULT_PROFILE, ChannelProfile
 from agent.react import RobustReAct
 from agent.resilience import CircuitBreaker, CircuitOpen, answer_deadline, caused_by_input
@@ -396,13 +396,9 @@ class Agent:
             model=answered_by,
             duration_ms=(time.time() - started) * 1000,
             steps=outcome.steps,
-            model_calls=outcome.usage.calls,
-            input_tokens=outcome.usage.input_tokens,
-            output_tokens=outcome.usage.output_tokens,
-            cost=answer_cost(answered_by, outcome.usage),
             attachments=readings.records(vision) + tuple(_posted(f.name, f.media_type, f.content) for f in files),
         )
-        return self._done(message, chain, Reply(answer, steps=outcome.steps, status=status, files=files))
+        return self._done(message, chain, Reply(answer, steps=outcome.steps, status=status, files=files), meter)
 
     def _reject(self, text: str) -> Reply | None:
         """A reply for a message the agent will not take, or None."""
@@ -416,20 +412,17 @@ class Agent:
             )
         return None
 
-    def _done(
-        self, message: IncomingMessage, chain: ChainRecord, reply: Reply, meter: AnswerMeter | None = None
-    ) -> Exchange:
-        """Tell the observers about the chain; the exchange goes back to the caller to record. A chain cut short
-        (`meter` given) carries what its model calls cost so far: they count against budgets like any other."""
-        if meter is not None and meter.usage.calls:
-            spent = meter.usage
-            cost = answer_cost(meter.model, spent)
+    def _done(self, message: IncomingMessage, chain: ChainRecord, reply: Reply, meter: AnswerMeter) -> Exchange:
+        """Tell the observers about the chain, which carries every model call the answer made (`meter`), whether
+        it was answered, fell back, failed or was stopped; the exchange goes back to the caller to record."""
+        spent = meter.usage
+        if spent.calls:
             chain = replace(
                 chain,
                 model_calls=spent.calls,
                 input_tokens=spent.input_tokens,
                 output_tokens=spent.output_tokens,
-                cost=cost,
+                cost=metered_cost(meter),
             )
         for observe in self.observers:
             try:
@@ -442,7 +435,6 @@ class Agent:
         """The exchange of an answer a person stopped: the reply saying so (`text`), and a chain that carries what
         the model calls made until then cost (`meter`), so they count against the budgets and in the metrics like
         any other."""
-        spent = meter.usage
         chain = ChainRecord(
             question=clean_text(message.text).strip(),
             answer=text,
@@ -451,13 +443,9 @@ class Agent:
             started_at=started_at,
             duration_ms=(time.time() - started_at) * 1000,
             user_id=message.user,
-            model_calls=spent.calls,
-            input_tokens=spent.input_tokens,
-            output_tokens=spent.output_tokens,
             platform=message.platform,
-            cost=answer_cost(meter.model, spent) if spent.calls else None,
         )
-        return self._done(message, chain, Reply(text, status="stopped"))
+        return self._done(message, chain, Reply(text, status="stopped"), meter)
 
     def _may_remember(self, profile: ChannelProfile) -> bool:
         """Whether the model could call `remember_fact` under this profile: the rule does nothing it could not."""
@@ -473,7 +461,7 @@ class Agent:
         observation = f"Remembered {key}: {value}"
         step = Step("The user asked me to remember this.", REMEMBER_TOOL, {"key": key, "value": value}, observation)
         answer = f"Got it, I'll remember that {value}."
-        return Outcome(answer, (step, Step("", "", {}, answer, kind="conclusion")), ModelUsage())
+        return Outcome(answer, (step, Step("", "", {}, answer, kind="conclusion")))
 
     async def _reason(
         self,
@@ -482,11 +470,11 @@ class Agent:
         run_id: str,
         readings: Readings,
         outbox: Outbox,
-        progress: Progress | None = None,
+        progress: Progress | None,
         *,
-        profile: ChannelProfile = DEFAULT_PROFILE,
-        paths: Sequence[tuple[ModelHandle, CircuitBreaker]] = (),
-        tokens: AnswerTokens | None = None,
+        profile: ChannelProfile,
+        paths: Sequence[tuple[ModelHandle, CircuitBreaker]],
+        tokens: AnswerTokens | None,
     ) -> tuple[Outcome, str, bool]:
         """Try each model of the fallback chain (`paths`, the profile's) under its breaker; returns the outcome,
         who answered and whether it was shown the images (what the reply says about them depends on it).
@@ -507,7 +495,6 @@ class Agent:
             progress=progress,
             allowed=profile.tools,
         )
-        paths = paths or self.paths
         # Constrained steps follow the chain's first model (the embedded one needs them), as the default's do.
         constrained = paths[0][0].constrained
         with tool_context(tools):

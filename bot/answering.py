@@ -1,7 +1,7 @@
 """Answer a message and record it: the agent reasons, the storage seam writes the exchange in one transaction.
 
-The dispatcher, `parley ask` and scheduled reports all answer through `answer`, so an answer is recorded the
-same way wherever it was asked.
+`parley ask` and scheduled reports answer through `answer`; the dispatcher runs the agent itself (a person may
+stop the run) and records through `record`. Either way an answer is recorded the same way wherever it was asked.
 """
 
 from __future__ import annotations
@@ -40,14 +40,12 @@ async def answer(
     message: IncomingMessage,
     *,
     inbox_id: int | None = None,
-    claim: Claim | None = None,
     profile: ChannelProfile = DEFAULT_PROFILE,
-    progress: Progress | None = None,
 ) -> Reply:
-    """The reply to `message`, recorded with its chain, turns and (given `inbox_id`) the inbox row's answer,
-    under the replica's `claim` of the conversation when it has one."""
-    exchange = await responder.respond(message, profile=profile, progress=progress)
-    return await record(storage, message, exchange, inbox_id=inbox_id, claim=claim)
+    """The reply to `message` (`parley ask`, a scheduled report), recorded with its chain, turns and (given
+    `inbox_id`) the inbox row's answer. The dispatcher runs and records its answers itself (they may be stopped)."""
+    exchange = await responder.respond(message, profile=profile)
+    return await record(storage, message, exchange, inbox_id=inbox_id)
 
 
 async def record(

@@ -13,6 +13,7 @@ threads included (a Discord thread's use counts in its parent channel).
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from collections.abc import Callable
@@ -31,7 +32,11 @@ log = logging.getLogger("parley.budgets")
 
 OFF = ("", "off", "none")
 _TOKENS = re.compile(r"^(?P<n>\d[\d,_]*)\s*(?:tokens?)$", re.I)
-_DOLLARS = re.compile(r"^(?:\$\s*(?P<a>\d+(?:\.\d+)?)|(?P<b>\d+(?:\.\d+)?)\s*(?:usd|\$))$", re.I)
+# "$1,500.00" is how a dollar budget is shown (`Budget.figure`): it must read back as what it shows.
+_DOLLARS = re.compile(r"^(?:\$\s*(?P<a>\d[\d,_]*(?:\.\d+)?)|(?P<b>\d[\d,_]*(?:\.\d+)?)\s*(?:usd|\$))$", re.I)
+Unit = Literal["tokens", "usd"]
+# Each form a budget is written in, its unit, and the smallest amount it can be (a dollar budget shows cents).
+_FORMS: tuple[tuple[re.Pattern[str], Unit, float], ...] = ((_TOKENS, "tokens", 1.0), (_DOLLARS, "usd", 0.01))
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,7 @@ class Budget:
     """A limit on the usage of one period: `amount` tokens, or `amount` US dollars of model cost."""
 
     amount: float
-    unit: Literal["tokens", "usd"]
+    unit: Unit
 
     def __str__(self) -> str:
         return self.quantity(self.amount)
@@ -63,16 +68,13 @@ def parse_budget(text: str) -> Budget | None:
     value = text.strip()
     if value.lower() in OFF:
         return None
-    tokens = _TOKENS.match(value)
-    if tokens:
-        amount = float(tokens.group("n").replace(",", "").replace("_", ""))
-        if amount > 0:
-            return Budget(amount, "tokens")
-    dollars = _DOLLARS.match(value)
-    if dollars:
-        amount = float(dollars.group("a") or dollars.group("b"))
-        if amount > 0:
-            return Budget(amount, "usd")
+    for pattern, unit, smallest in _FORMS:
+        found = pattern.match(value)
+        if found:
+            number = next(group for group in found.groups() if group)
+            amount = float(number.replace(",", "").replace("_", ""))
+            if math.isfinite(amount) and amount >= smallest:
+                return Budget(amount, unit)
     raise ValueError(f"{text!r} is not a budget such as 50000 tokens or $2.50 (or off)")
 
 
@@ -137,8 +139,8 @@ def wait_text(seconds: float) -> str:
 
 
 @dataclass(frozen=True)
-class Exceeded:
-    """A budget used up: which, its limit, the usage, and when the period ends."""
+class Standing:
+    """Where a message stands against one budget: which, its limit, the usage so far, and when the period ends."""
 
     whose: Whose
     period: Period
@@ -147,6 +149,10 @@ class Exceeded:
     resets_at: float
     # A person's budget for this channel only.
     in_channel: bool = False
+
+    @property
+    def over(self) -> bool:
+        return self.used >= self.budget.amount
 
     def reply_text(self, now: float) -> str:
         owner = "your" if self.whose == "user" else "this channel's"
@@ -173,26 +179,30 @@ class BudgetGuard:
         self.is_approver = is_approver
         self.clock = clock
 
-    async def exceeded(self, message: IncomingMessage, budgets: Budgets) -> Exceeded | None:
-        """The used-up budget that resets last (the one that decides when the person can go on), or None."""
+    async def standing(self, message: IncomingMessage, budgets: Budgets, whose: Whose | None = None) -> list[Standing]:
+        """Each budget in force (of `whose` only, when given), with what the sender, or the message's channel,
+        used of it this period. A person's budget set for the channel counts only their use of the channel."""
         now = self.clock()
         user = f"{message.platform}:{message.user}"
         channel = message.conversation.settings_channel
-        found: list[Exceeded] = []
-        for key, whose, period in BUDGET_KEYS:
+        found: list[Standing] = []
+        for key, owner, period in BUDGET_KEYS:
             budget: Budget | None = getattr(budgets, key)
-            if budget is None:
+            if budget is None or whose not in (None, owner):
                 continue
             start, end = period_bounds(period, now)
-            in_channel = whose == "user" and key in budgets.in_channel
-            if whose == "user":
+            in_channel = owner == "user" and key in budgets.in_channel
+            if owner == "user":
                 total = await self.usage.spent(since=start, user=user, channel=channel if in_channel else None)
             else:
                 total = await self.usage.spent(since=start, channel=channel)
-            used = budget.used(total)
-            if used >= budget.amount:
-                found.append(Exceeded(whose, period, budget, used, end, in_channel))
-        return max(found, key=lambda e: e.resets_at) if found else None
+            found.append(Standing(owner, period, budget, budget.used(total), end, in_channel))
+        return found
+
+    async def exceeded(self, message: IncomingMessage, budgets: Budgets) -> Standing | None:
+        """The used-up budget that resets last (the one that decides when the person can go on), or None."""
+        over = [s for s in await self.standing(message, budgets) if s.over]
+        return max(over, key=lambda s: s.resets_at) if over else None
 
     async def check(
         self, message: IncomingMessage, budgets: Budgets, profile: ChannelProfile

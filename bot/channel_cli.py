@@ -44,11 +44,12 @@ def _actor() -> str:
 
 @asynccontextmanager
 async def _channels(settings: Settings, *, with_tools: bool = False) -> AsyncIterator[ChannelConfig]:
-    """The channel settings of the configured database; `with_tools` connects the MCP servers to know their tools."""
+    """The channel settings of the configured database; `with_tools` connects the MCP servers to know their tools.
+    A setting the block refuses (an unknown scope or key, a bad value) ends the command with its one line."""
     from contextlib import AsyncExitStack
 
     from agent.mcp import McpServers
-    from bot.channels import ChannelConfig
+    from bot.channels import ChannelConfig, InvalidSetting
     from bot.database import open_db
     from bot.mcp import server_specs
     from bot.tools import build_registry
@@ -62,7 +63,10 @@ async def _channels(settings: Settings, *, with_tools: bool = False) -> AsyncIte
             names = [spec.name for spec in registry]
             enabled = [spec.name for spec in registry.enabled()]
         storage = await stack.enter_async_context(open_db(settings))
-        yield ChannelConfig(settings, storage, tool_names=lambda: names, enabled_tool_names=lambda: enabled)
+        try:
+            yield ChannelConfig(settings, storage, tool_names=lambda: names, enabled_tool_names=lambda: enabled)
+        except InvalidSetting as exc:
+            raise fail(exc.message, 2) from None
 
 
 def _when(ts: float) -> str:
@@ -73,13 +77,8 @@ def _when(ts: float) -> str:
 @run_async
 async def show(scope: ScopeArg, as_json: JsonOpt = False) -> None:
     """Every setting's value in a scope, and where it comes from (set in chat, the file, or the defaults)."""
-    from bot.channels import InvalidSetting
-
     async with _channels(settings_or_exit()) as channels:
-        try:
-            shown = await channels.show(scope)
-        except InvalidSetting as exc:
-            raise fail(exc.message, 2) from None
+        shown = await channels.show(scope)
     if as_json:
         typer.echo(json.dumps([row._asdict() for row in shown], indent=2))
         return
@@ -93,15 +92,10 @@ async def show(scope: ScopeArg, as_json: JsonOpt = False) -> None:
 @run_async
 async def set_(scope: ScopeArg, key: KeyArg, value: Annotated[str, typer.Argument(help="The new value.")]) -> None:
     """Set a value at a scope; it wins over the file's at that scope and applies to the next message."""
-    from bot.channels import InvalidSetting
-
     settings = settings_or_exit()
     async with _channels(settings, with_tools=key.strip().lower() == "tools") as channels:
-        try:
-            old = await channels.set(scope, key, value, _actor())
-            new = next(row.value for row in await channels.show(scope) if row.key == key.strip().lower())
-        except InvalidSetting as exc:
-            raise fail(exc.message, 2) from None
+        old = await channels.set(scope, key, value, _actor())
+        new = next(row.value for row in await channels.show(scope) if row.key == key.strip().lower())
     typer.echo(f"{key} at {scope}: {new}" + (f" (was {old})" if old is not None else ""))
 
 
@@ -109,13 +103,8 @@ async def set_(scope: ScopeArg, key: KeyArg, value: Annotated[str, typer.Argumen
 @run_async
 async def reset(scope: ScopeArg, key: KeyArg) -> None:
     """Remove a value set at a scope: the file's, or a wider scope's, applies again."""
-    from bot.channels import InvalidSetting
-
     async with _channels(settings_or_exit()) as channels:
-        try:
-            old = await channels.reset(scope, key, _actor())
-        except InvalidSetting as exc:
-            raise fail(exc.message, 2) from None
+        old = await channels.reset(scope, key, _actor())
     if old is None:
         typer.echo(f"{key} was not set at {scope}; nothing changed.")
     else:
@@ -131,13 +120,8 @@ async def history(
     """Every change of channel settings, oldest first: when, who, the scope and key, the old and new value."""
     from dataclasses import asdict
 
-    from bot.channels import InvalidSetting
-
     async with _channels(settings_or_exit()) as channels:
-        try:
-            changes = await channels.history(scope)
-        except InvalidSetting as exc:
-            raise fail(exc.message, 2) from None
+        changes = await channels.history(scope)
     if as_json:
         typer.echo(json.dumps([asdict(change) for change in changes], indent=2))
         return

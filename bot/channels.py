@@ -11,9 +11,9 @@ A Discord thread has a channel id of its own; its scope is the thread scope of i
 its threads (its memory stays the thread's own, under `discord:G1/THREAD`). A Discord direct message belongs to no
 server and so to no scope: the global settings apply there, and its settings cannot be changed from chat.
 
-The keys are one table (`KEYS`): their parsing, canonical text and description serve the TOML file, chat and
-the CLI alike. Stored values are text; one that no longer parses (a model removed from the settings) is ignored
-with a warning, never a crash.
+The keys are one table (`KEYS`): their parsing and canonical text serve the TOML file, chat and the CLI alike
+(what each does is said once, by `ChannelTable` in bot/config.py, and so in the README). Stored values are text;
+one that no longer parses (a model removed from the settings) is ignored with a warning, never a crash.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ import re
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, get_args
 
 from agent.messages import IncomingMessage
+from agent.options import ModeName
 from agent.profile import DEFAULT_PROFILE, ChannelProfile
 from bot.budgets import BUDGET_KEYS, OFF, Budgets, parse_budget
 
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("parley.channels")
 
-MODES = ("react", "decompose", "vote")
+MODES: tuple[str, ...] = get_args(ModeName)
 MAX_INSTRUCTIONS = 2000
 PLATFORMS = ("slack", "discord")
 # A part of a scope: an id or a console channel name, without the separators.
@@ -160,9 +161,7 @@ def _budget(text: str, known: Known) -> Any:
 
 
 def _show(value: Any) -> str:
-    """A parsed value as its canonical text (what `set` stores and `show` prints)."""
-    if value is None:
-        return "off"
+    """A parsed value (not None: see `key_text`) as its canonical text (what `set` stores and `show` prints)."""
     if isinstance(value, frozenset):
         return ", ".join(sorted(value)) if value else "none"
     return str(value)
@@ -170,25 +169,24 @@ def _show(value: Any) -> str:
 
 @dataclass(frozen=True)
 class Key:
-    """One channel setting: its name, how its text is read (ValueError with the reason), and what it does."""
+    """One channel setting: its name and how its text is read (ValueError with the reason)."""
 
     name: str
     parse: Callable[[str, Known], Any]
-    description: str
     # The canonical text of a parsed value; None is shown by `none_text`.
     none_text: str = "off"
 
 
 KEYS: tuple[Key, ...] = (
-    Key("instructions", _instructions, "added to the agent's instructions in this scope"),
-    Key("model", _model, "a named model ([models.NAME]) the answers use, or default", none_text="default"),
-    Key("tools", _tools, "the only tools the agent may call: names separated by commas, all, or none", "all"),
-    Key("mode", _mode, "how the agent reasons: react, decompose or vote"),
-    Key("rate_limit", _rate, "messages per user in this channel (10/minute, 100/hour), or off"),
-    Key("user_daily", _budget, "each person's model use per day (50000 tokens, $2.50), or off"),
-    Key("user_monthly", _budget, "each person's model use per month, or off"),
-    Key("channel_daily", _budget, "the channel's model use per day, or off"),
-    Key("channel_monthly", _budget, "the channel's model use per month, or off"),
+    Key("instructions", _instructions),
+    Key("model", _model, none_text="default"),
+    Key("tools", _tools, none_text="all"),
+    Key("mode", _mode),
+    Key("rate_limit", _rate),
+    Key("user_daily", _budget),
+    Key("user_monthly", _budget),
+    Key("channel_daily", _budget),
+    Key("channel_monthly", _budget),
 )
 KEY_NAMES = tuple(key.name for key in KEYS)
 _BY_NAME = {key.name: key for key in KEYS}

@@ -23,8 +23,9 @@ from agent.ports import Handlers, NotAccepting, Submit
 from agent.storage.base import Storage
 from agent.storage.models import UsageTotal
 from agent.tools.registry import ToolRegistry, ToolSpec
-from bot.budgets import BUDGET_KEYS, Budgets, Period, period_bounds, wait_text
+from bot.budgets import BudgetGuard, Period, Whose, period_bounds, wait_text
 from bot.channels import ChannelConfig, InvalidSetting, Shown, message_scopes
+from bot.usage import usd
 
 if TYPE_CHECKING:
     from bot.app import App
@@ -167,10 +168,9 @@ class ChatCommands:
         message = _message(call)
         # Where usage counts: a thread-channel's counts in its parent channel.
         channel = message.conversation.settings_channel
-        if whose == "me":
-            who, owner, title = {"user": f"{call.platform}:{call.user}"}, "user", "Your usage"
-        else:
-            who, owner, title = {"channel": channel}, "channel", "This channel's usage"
+        owner: Whose = "user" if whose == "me" else "channel"
+        who = {"user": f"{call.platform}:{call.user}"} if owner == "user" else {"channel": channel}
+        title = "Your usage" if owner == "user" else "This channel's usage"
         lines = [f"**{title}**"]
         for period, name in PERIODS:
             total = await self.storage.usage.spent(since=period_bounds(period, now)[0], **who)
@@ -180,27 +180,12 @@ class ChatCommands:
             if budgets.exempt_approvers and owner == "user" and self._approver(call):
                 lines.append("- Budgets: none for you (approvers are exempt).")
             else:
-                lines += await self._budgets_left(budgets, owner, who, channel, now)
+                guard = BudgetGuard(self.storage.usage, clock=self.clock)
+                for s in await guard.standing(message, budgets, owner):
+                    left = s.budget.quantity(max(s.budget.amount - s.used, 0.0))
+                    name = f"{s.period.capitalize()} budget" + (" in this channel" if s.in_channel else "")
+                    lines.append(f"- {name}: {left} left of {s.budget} (resets in {wait_text(s.resets_at - now)})")
         return CommandReply("\n".join(lines))
-
-    async def _budgets_left(
-        self, budgets: Budgets, owner: str, who: Mapping[str, str], channel: str, now: float
-    ) -> list[str]:
-        """One line per budget that applies to the caller (or the channel): what is left and when it resets. A
-        person's budget for this channel counts only their use of it."""
-        lines = []
-        for key, whose, period in BUDGET_KEYS:
-            budget = getattr(budgets, key)
-            if whose != owner or budget is None:
-                continue
-            start, end = period_bounds(period, now)
-            in_channel = key in budgets.in_channel
-            counted = {**who, "channel": channel} if in_channel else who
-            used = budget.used(await self.storage.usage.spent(since=start, **counted))
-            left = budget.quantity(max(budget.amount - used, 0.0))
-            name = f"{period.capitalize()} budget" + (" in this channel" if in_channel else "")
-            lines.append(f"- {name}: {left} left of {budget} (resets in {wait_text(end - now)})")
-        return lines
 
     async def channel(self, call: CommandCall) -> CommandReply:
         action, _, rest = call.text.strip().partition(" ")
@@ -296,7 +281,7 @@ def _setting(shown: Shown) -> str:
 
 def _spent(total: UsageTotal) -> str:
     answers = f"{total.answers:,} answer" + ("" if total.answers == 1 else "s")
-    cost = f", ${total.cost:,.4f}" if total.cost is not None else ""
+    cost = f", {usd(total.cost)}" if total.cost is not None else ""
     return f"{total.tokens:,} tokens in {answers}{cost}"
 
 

@@ -36,7 +36,7 @@ from pydantic_settings import (
 from adapters.options import DiscordConfig, SlackConfig
 from agent.approvals.models import ApprovalPolicy
 from agent.attachments.models import Limits
-from agent.options import UNAVAILABLE_REPLY, AgentOptions, BreakerOptions, ModelConfig
+from agent.options import UNAVAILABLE_REPLY, AgentOptions, BreakerOptions, ModelConfig, ModeName
 from bot.budgets import budget_text
 from bot.channels import InvalidSetting, parse_rate, scope_chain, validate_table
 
@@ -125,7 +125,7 @@ class BreakerSettings(Section):
 
 class AgentSettings(Section):
     max_iters: int = Field(AGENT.max_iters, ge=1, le=50, description="most ReAct steps (tool calls) per answer")
-    mode: Literal["react", "decompose", "vote"] = Field(
+    mode: ModeName = Field(
         AGENT.mode, description="react; decompose (split, answer each part, combine); vote (several agents, majority)"
     )
     max_message_chars: int = Field(
@@ -314,16 +314,7 @@ class DispatchSettings(Section):
     @field_validator("rate_limit")
     @classmethod
     def _parse_rate(cls, value: str | None) -> str | None:
-        if value is None or value.strip().lower() in ("", "off", "none"):
-            return None
-        # Imported here: `limits` pulls in its async storage backends (~55 ms) for every command otherwise.
-        import limits
-
-        try:
-            limits.parse(value)
-        except ValueError:
-            raise ValueError(f"{value!r} is not a rate such as 10/minute or 100/hour") from None
-        return value.strip()
+        return None if value is None else parse_rate(value)
 
 
 # "50000 tokens", "$2.50" or off, kept as its canonical text.
@@ -350,7 +341,7 @@ class ChannelTable(Section):
     instructions: str | None = Field(None, description="added to the agent's instructions")
     model: str | None = Field(None, description="a [models.NAME] the answers use (default: [lm])")
     tools: list[str] | None = Field(None, description="the only tools the agent is offered and may call")
-    mode: Literal["react", "decompose", "vote"] | None = Field(None, description="how the agent reasons")
+    mode: ModeName | None = Field(None, description="how the agent reasons")
     rate_limit: str | None = Field(
         None, description="messages per user in this channel (replaces [dispatch] rate_limit), or off"
     )

@@ -563,7 +563,7 @@ class Dispatcher:
         await self.inbox.delivered(entry.id, claim=claim)
         observe_delivery(entry.message, reply.status)
 
-    async def _answer(self, entry: InboxEntry, claim: Claim, streaming: Streaming | None = None) -> Reply:
+    async def _answer(self, entry: InboxEntry, claim: Claim, streaming: Streaming) -> Reply:
         """The reply to a message, stored in the inbox (with the exchange, when the agent answered). A message
         that is answered (not refused by a limit) is streamed on platforms that stream: the stream opens first."""
         attempts = await self.inbox.start(entry.id, claim=claim)
@@ -580,15 +580,13 @@ class Dispatcher:
             await self.inbox.answer(entry.id, refused, claim=claim)
             return refused
 
-        if streaming is not None:
-            await streaming.open()
+        await streaming.open()
         message = await self._with_context(entry.message)
-        progress = streaming.progress if streaming is not None else None
         meter, started = AnswerMeter(), time.time()
         try:
             # Only the agent's run can be stopped, not the write after it: a cancelled write may commit all the
             # same, and a reply that says "stopped" must not replace an answer recorded with its turns.
-            run = self.responder.respond(message, profile=profile, progress=progress, meter=meter)
+            run = self.responder.respond(message, profile=profile, progress=streaming.progress, meter=meter)
             exchange = await self._stops.run(entry, run)
             if exchange is None:
                 log.info("message %d was stopped by its sender", entry.id)
@@ -682,9 +680,7 @@ class Dispatcher:
         )
         return replace(entry, reply=reply)
 
-    async def _deliver(
-        self, platform: ChatPlatform, entry: InboxEntry, reply: Reply, streaming: Streaming | None = None
-    ) -> None:
+    async def _deliver(self, platform: ChatPlatform, entry: InboxEntry, reply: Reply, streaming: Streaming) -> None:
         retrying = stamina.retry_context(
             on=_retry_delivery,
             attempts=self.options.delivery_attempts,
@@ -697,5 +693,5 @@ class Dispatcher:
             with attempt:
                 # A stream that shows part of the reply and failed on the rest (a file, the overflow) is asked
                 # again and sends only the rest; one that could not carry the reply leaves it to the usual way.
-                if streaming is None or not await streaming.deliver(reply):
+                if not await streaming.deliver(reply):
                     await platform.deliver(entry.message, reply, entry.delivery_key)

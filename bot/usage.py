@@ -14,7 +14,12 @@ def parse_since(text: str, now: float) -> float:
     """The start of a report: a span back from `now` (`30m`, `24h`, `7d`, `2w`), or an ISO date or time (UTC
     unless it says otherwise). ValueError with the accepted forms for anything else."""
     if span := SPAN.fullmatch(text.strip().lower()):
-        return now - int(span[1]) * SPAN_SECONDS[span[2]]
+        try:
+            start = now - int(span[1]) * SPAN_SECONDS[span[2]]
+            datetime.fromtimestamp(start, UTC)  # a report prints its start: it must be a date
+        except (OverflowError, OSError, ValueError):
+            raise ValueError(f"{text!r} reaches back further than any date") from None
+        return start
     try:
         parsed = datetime.fromisoformat(text.strip())
     except ValueError:

@@ -19,7 +19,7 @@ from agent.runtime import Agent, AgentOptions
 from agent.storage import Storage
 from agent.storage.models import ChainRecord, UsageRecord
 from agent.tools import BUILTIN_TOOLS, ToolRegistry, ToolRunner
-from bot.budgets import Budget, BudgetGuard, Budgets, parse_budget, period_bounds, wait_text
+from bot.budgets import Budget, BudgetGuard, Budgets, budget_text, parse_budget, period_bounds, wait_text
 from bot.channels import ChannelConfig
 from bot.config import Settings
 from bot.dispatcher import Dispatcher, DispatchOptions
@@ -198,7 +198,13 @@ def test_budgets_are_written_as_tokens_or_dollars() -> None:
     assert parse_budget("50000 tokens") == parse_budget("50,000 tokens") == Budget(50000, "tokens")
     assert parse_budget("$2.50") == parse_budget("2.5 usd") == Budget(2.5, "usd")
     assert parse_budget("off") is None
-    for bad in ("fifty", "0 tokens", "$", "-3 tokens"):
+    assert parse_budget("$1500") == parse_budget("$1,500.00") == parse_budget("1,500 usd") == Budget(1500, "usd")
+    # Settings keep a budget's canonical text and read it again for every message: it must read back as itself.
+    for written in ("$1500", "1500000 tokens", "$0.01", "2.5 usd"):
+        shown = budget_text(written)
+        assert budget_text(shown) == shown
+    # Nothing a budget cannot show: under a cent, or beyond any number.
+    for bad in ("fifty", "0 tokens", "$", "-3 tokens", "$0.001", "9" * 400 + " tokens"):
         with pytest.raises(ValueError, match="not a budget"):
             parse_budget(bad)
     assert [wait_text(s) for s in (30, 3 * 3600 + 12 * 60, 86400 * 12 + 3600 * 4)] == [

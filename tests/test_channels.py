@@ -245,7 +245,10 @@ async def test_profiles_get_their_own_built_agent_once_and_the_default_keeps_its
         runner.close()
     prompts = [request_text(r) for r in engine.requests]
     assert "Talk like a pirate." in prompts[0] and "Talk like a pirate." not in prompts[2]
-    assert len(agent._modules) == 1
+    # The pirate's agent was built once and is the one every later pirate message gets; the default keeps its own.
+    built = agent._module(pirate, seeing=False, constrained=False)
+    assert agent._module(pirate, seeing=False, constrained=False) is built and len(agent._modules) == 1
+    assert agent._module(ChannelProfile(), seeing=False, constrained=False) is agent.mode
 
 
 async def test_a_named_model_has_its_own_breaker_and_the_fallback_model_after_it(storage: Storage) -> None:

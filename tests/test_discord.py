@@ -15,7 +15,7 @@ from dspy.lm15 import Request
 
 from adapters.discord import DiscordAdapter, DiscordConfig, DiscordUnavailable
 from agent.approvals import ApprovalBroker, ApprovalPolicy
-from agent.commands import COMMANDS
+from agent.commands import COMMANDS, NO_COMMANDS
 from agent.engines import ScriptedEngine, scripted_model
 from agent.engines.scripted import echo, request_text
 from agent.ports import Handlers
@@ -331,6 +331,18 @@ async def test_a_thread_follows_its_parent_channels_tools_and_rate_but_keeps_a_m
     assert "at most 2 messages per minute in this channel" in third
     assert "current_time" not in request_text(engine.requests[0]) and "calculator" in request_text(engine.requests[0])
     assert [t.text for t in await storage.turns.of_channel(f"discord:{fake.guild_id}/4100")] == ["first", "re: first"]
+
+
+async def test_a_confirmation_clicked_where_no_commands_are_connected_is_answered(
+    world: World, fake: FakeDiscord
+) -> None:
+    """A click is always answered (else Discord shows "This interaction failed"), even by an adapter that was
+    connected without the command set."""
+    click = fake.interaction_create_component(f"parley:confirm:forget:discord:{fake.guild_id}/{CHANNEL}")
+    [callback] = await fake.wait_for(
+        lambda: [c for c in fake.interaction_callbacks if c.interaction_id == click["id"]], what="the answer"
+    )
+    assert (callback.data or {}).get("content") == NO_COMMANDS
 
 
 async def test_a_prompt_in_a_thread_is_decided_by_its_parent_channels_approvers(

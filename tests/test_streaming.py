@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from adapters.discord import DiscordAdapter
 from adapters.discord_stream import EditLimits
 from adapters.slack import SlackAdapter, SlackConfig
-from adapters.slack_stream import BROKEN, StreamLimits, last_key
+from adapters.slack_stream import BROKEN, StreamLimits, card, last_key, render
 from adapters.text import split_message, to_mrkdwn
 from agent.answer_stream import AnswerTokens, answer_tokens, streaming_answer
 from agent.approvals import ApprovalPolicy
@@ -245,6 +245,17 @@ async def test_a_provider_that_fails_mid_answer_gives_way_to_the_fallback_whose_
 
 
 # Slack ------------------------------------------------------------------------------------------------------------
+
+
+def test_a_task_card_shows_the_models_words_without_letting_them_ping() -> None:
+    """A tool's arguments and the thought before it are the model's words, shown in a card and, when the message
+    is updated whole, in its markdown: a mention in them is defused like one in the answer."""
+    cards: dict[str, dict[str, Any]] = {}
+    shown = card(StepStarted(1, "post", "tell <!channel> and @here", "text=<@U1> hi"), cards)
+    assert shown is not None
+    assert shown["title"] == "post(text=<\u200b@U1> hi)"
+    assert shown["details"] == "tell <\u200b!channel> and @\u200bhere"
+    assert "<!channel>" not in render(list(cards.values()), "") and "<@U1>" not in render(list(cards.values()), "")
 
 
 @pytest.mark.parametrize(("options", "delay"), [(STREAM, 0.1)])
@@ -661,7 +672,7 @@ async def recorded(database: Path) -> None:
         await storage.close()
 
 
-# Review fixes: what a stream counts as delivered, retries, lost claims, Stop and recording ----------------------
+# What a stream counts as delivered; retries, lost claims, Stop and recording ----------------------
 
 
 def question(ts: str) -> IncomingMessage:

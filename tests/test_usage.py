@@ -20,7 +20,7 @@ from agent.engines import ModelConfig, ScriptedEngine, build_model, scripted_mod
 from agent.engines.scripted import request_text
 from agent.messages import IncomingMessage
 from agent.pricing import answer_cost, cost_of
-from agent.runtime import Agent, AgentOptions
+from agent.runtime import Agent, AgentOptions, Resilience
 from agent.storage import Storage, open_storage
 from agent.storage.models import UsageRecord
 from agent.tools import ToolRunner
@@ -154,6 +154,12 @@ def test_a_since_that_is_neither_a_span_nor_a_date_is_one_line_and_exit_2(usage_
     assert parse_since("2026-11-01", 0.0) == 1793491200.0  # midnight UTC
     assert parse_since("2026-11-01T02:00+02:00", 0.0) == 1793491200.0
     assert parse_since("36h", 1_000_000.0) == 1_000_000.0 - 36 * 3600
+    for too_far in ("99999999999d", "9" * 400 + "w"):
+        result = parley("--since", too_far)
+        assert (result.exit_code, result.stderr.strip()) == (
+            2,
+            f"parley: --since {too_far!r} reaches back further than any date",
+        )
 
 
 # The metrics summary ---------------------------------------------------------------------------------------
@@ -189,4 +195,28 @@ async def test_an_answer_cut_short_after_model_calls_still_counts_them(storage: 
         1,
         len(request_text(first)) // 4,
         len(json.dumps(step)) // 4,
+    )
+
+
+async def test_an_answer_the_fallback_finished_counts_the_calls_the_first_model_made_too(
+    storage: Storage, runner: ToolRunner
+) -> None:
+    """The first model takes a step, then fails; the fallback answers from the start. Both models' calls were
+    made for this answer, and both count."""
+    step = {"next_thought": "compute", "next_tool_name": "calculator", "next_tool_args": {"expression": "6*7"}}
+    first = ScriptedEngine([step, ServerError("provider down", provider="scripted")])
+    finish = {"next_thought": "done", "next_tool_name": "finish", "next_tool_args": {}}
+    backup = ScriptedEngine([finish], responder={"reasoning": "r", "answer": "42"})
+    agent = Agent(
+        storage, scripted_model(first), runner, AgentOptions(max_iters=3), Resilience(fallback=scripted_model(backup))
+    )
+    message = IncomingMessage(platform="slack", channel="C1", user="U1", text="what is 6*7?", workspace="T1")
+    reply = await answer(agent, storage, message)
+    assert reply.text == "42"
+    asked = [*first.requests[:1], *backup.requests]
+    spent = await storage.usage.spent(since=0, user="slack:U1")
+    assert (spent.answers, spent.calls, spent.input_tokens) == (
+        1,
+        len(asked),
+        sum(len(request_text(r)) // 4 for r in asked),
     )

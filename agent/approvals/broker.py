@@ -244,7 +244,7 @@ class ApprovalBroker:
             waiting.set_result(settled)
         if decision.always and decision.approve:
             # A click in a thread grants the tool in the thread's parent channel (and so in all its threads).
-            scope = decision.parent if decision.parent and decision.channel == request.channel else request.channel
+            scope = _parent(decision, request) or request.channel
             await self.store.grant(request.tool, scope, actor, now=self.clock(), request=request)
         return Verdict(True, f"{state.value} by {actor}", state)
 
@@ -264,9 +264,8 @@ class ApprovalBroker:
         ):
             return "the arguments differ from the ones in the request"
         platform, user, roles = decision.platform, decision.user, decision.roles
-        # The parent of the thread the click came from counts only for a click in the request's own channel: a
-        # thread's prompt is decided by its parent channel's approvers.
-        parent = decision.parent if decision.channel == request.channel else ""
+        # A thread's prompt is decided by its parent channel's approvers.
+        parent = _parent(decision, request)
         why_not = self.policy.may_decide(request, platform, user, roles, parent=parent)
         if (
             why_not is None
@@ -328,6 +327,12 @@ class ApprovalBroker:
             log.warning(
                 "gave up updating old approval prompts after %.0f s; the next start tries again", CLOSE_PROMPTS_S
             )
+
+
+def _parent(decision: Decision, request: ApprovalRequest) -> str:
+    """The parent channel of the thread a click came from; it counts only for a click in the request's own
+    channel (a thread's prompt), else ""."""
+    return decision.parent if decision.channel == request.channel else ""
 
 
 def _already(request: ApprovalRequest | None) -> str:

@@ -331,6 +331,14 @@ def audit_values(
 # Channel settings and usage ------------------------------------------------------------------------------------
 
 
+def settings_by_scope(rows: Iterable[Row]) -> dict[str, dict[str, str]]:
+    """(scope, key, value) rows as each scope's values by key."""
+    found: dict[str, dict[str, str]] = {}
+    for scope, key, value in rows:
+        found.setdefault(str(scope), {})[str(key)] = str(value)
+    return found
+
+
 def setting_change_from(row: Row) -> SettingChange:
     """An audit row read with SETTING_CHANGE_COLUMNS."""
     return SettingChange(

@@ -136,7 +136,8 @@ class ToolRunner:
         progress = context.progress if context is not None else None
         step = next(context.steps) if context is not None and progress is not None else 0
         call = ToolCall(name, dict(args) if isinstance(args, dict) else {"value": args}, context, step)
-        emit(progress, StepStarted(step, name, brief(thought, 200), summarise(call.args)))
+        if progress is not None:  # summarised only for someone watching: an argument may be a whole file
+            emit(progress, StepStarted(step, name, brief(thought, 200), summarise(call.args)))
         spec = self.registry.get(name)
         try:
             allowed = context.allowed if context is not None else None

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from agent.storage.models import SettingChange
 from agent.storage.postgres.database import Conn, Database
-from agent.storage.rows import SETTING_CHANGE_COLUMNS, setting_change_from
+from agent.storage.rows import SETTING_CHANGE_COLUMNS, setting_change_from, settings_by_scope
 
 # One 64-bit key per schema and setting; quoting each part keeps ("a", "bc") and ("ab", "c") apart.
 LOCK_SETTING = (
@@ -45,10 +45,7 @@ class PostgresChannelSettings:
             'ORDER BY scope COLLATE "C", key COLLATE "C"',
             names,
         )
-        found: dict[str, dict[str, str]] = {}
-        for scope, key, value in rows:
-            found.setdefault(str(scope), {})[str(key)] = str(value)
-        return found
+        return settings_by_scope(rows)
 
     async def set(self, scope: str, key: str, value: str, *, actor: str, now: float) -> str | None:
         async with self.db.transaction() as conn:

@@ -10,7 +10,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from agent.storage.models import SettingChange
-from agent.storage.rows import SETTING_CHANGE_COLUMNS, setting_change_from
+from agent.storage.rows import SETTING_CHANGE_COLUMNS, setting_change_from, settings_by_scope
 from agent.storage.sqlite.database import Database
 
 
@@ -41,10 +41,7 @@ class SqliteChannelSettings:
             "ORDER BY scope, key",
             names,
         )
-        found: dict[str, dict[str, str]] = {}
-        for scope, key, value in rows:
-            found.setdefault(str(scope), {})[str(key)] = str(value)
-        return found
+        return settings_by_scope(rows)
 
     async def set(self, scope: str, key: str, value: str, *, actor: str, now: float) -> str | None:
         def write(db: sqlite3.Connection) -> str | None:
